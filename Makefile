@@ -1,0 +1,29 @@
+# promptkd-edge: `make demo` runs the embedded demo, `make test` the test suite. Both create or reuse .venv.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/pkd demo --out demo-output
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	$(BIN)/ruff check promptkd_edge tests benchmarks
+
+lint: $(STAMP)
+	$(BIN)/ruff check promptkd_edge tests benchmarks
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/distill_throughput.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Evaluation: top-1 accuracy and agreement on labeled ImageFolders."""

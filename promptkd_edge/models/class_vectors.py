@@ -1,0 +1,120 @@
+"""Class vectors W [C, D_t]: the teacher's L2-normalised text features, computed once and stored.
+
+On disk: `class_vectors.safetensors` (tensor `class_vectors`, fp32) and `classes.json` (names, teacher, template,
+logit scale, the tensor file's sha256). Training, evaluation and export all read these two files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from promptkd_edge.errors import PkdError
+from promptkd_edge.models.teacher import Teacher, class_prompt
+from promptkd_edge.utils.files import atomic_path, read_json, sha256_file, write_json
+
+VECTORS_FILE = "class_vectors.safetensors"
+CLASSES_FILE = "classes.json"
+
+
+@dataclass
+class ClassVectors:
+    names: list[str]
+    vectors: torch.Tensor  # [C, D] float32, rows of unit length
+    teacher: str
+    template: str
+    logit_scale: float
+
+    def __post_init__(self) -> None:
+        validate_class_names(self.names, "class list")
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.names):
+            raise PkdError(f"class vectors of shape {list(self.vectors.shape)} do not match "
+                           f"{len(self.names)} class names")
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """scale * normalised features @ W^T (features must already be unit vectors)."""
+        w = self.vectors.to(device=features.device, dtype=features.dtype)
+        return self.logit_scale * features @ w.t()
+
+    def to(self, device: str | torch.device) -> ClassVectors:
+        return ClassVectors(self.names, self.vectors.to(device), self.teacher, self.template, self.logit_scale)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        with atomic_path(directory / VECTORS_FILE) as tmp:
+            save_file({"class_vectors": self.vectors.detach().float().cpu().contiguous()}, str(tmp))
+        write_json(directory / CLASSES_FILE, {
+            "names": self.names, "teacher": self.teacher, "template": self.template,
+            "logit_scale": self.logit_scale, "dim": self.dim,
+            "vectors_file": VECTORS_FILE, "vectors_sha256": sha256_file(directory / VECTORS_FILE)})
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> ClassVectors:
+        """Load from a folder holding classes.json + class_vectors.safetensors (a run or a bundle)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if directory.is_file():
+            directory = directory.parent
+        meta = read_json(directory / CLASSES_FILE, "class list")
+        vectors_path = directory / meta.get("vectors_file", VECTORS_FILE)
+        if not vectors_path.is_file():
+            raise PkdError(f"class vectors not found: {vectors_path}")
+        if meta.get("vectors_sha256") and sha256_file(vectors_path) != meta["vectors_sha256"]:
+            raise PkdError(f"{vectors_path} was modified after {directory / CLASSES_FILE} was written "
+                           "(sha256 mismatch)")
+        vectors = load_file(str(vectors_path))["class_vectors"].float()
+        return cls(list(meta["names"]), vectors, meta["teacher"], meta["template"], float(meta["logit_scale"]))
+
+
+def validate_class_names(names: list[str], source: str) -> None:
+    if not names:
+        raise PkdError(f"{source} holds no class names")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise PkdError(f"{source}: class {i + 1} has an empty name")
+        if name in seen:
+            raise PkdError(f"{source}: duplicate class name '{name}' (classes {seen[name] + 1} and {i + 1})")
+        seen[name] = i
+
+
+def read_class_names(source: str | os.PathLike) -> list[str]:
+    """Class names from a text file (one per line; trailing blank lines ignored) or an ImageFolder's sub-folders."""
+    source = Path(source)
+    if source.is_dir():
+        names = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+        validate_class_names(names, f"image folder {source} (no class sub-folders)" if not names else str(source))
+        return names
+    if not source.is_file():
+        raise PkdError(f"class list not found: {source}")
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PkdError(f"cannot read class list {source}: {e}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            raise PkdError(f"{source}: line {i + 1} is empty; every line must name one class")
+    names = [line.strip() for line in lines]
+    validate_class_names(names, str(source))
+    return names
+
+
+def compute_class_vectors(teacher: Teacher, names: list[str], template: str) -> ClassVectors:
+    """W = normalised teacher text features of `template` filled with each class name."""
+    validate_class_names(names, "class list")
+    if "{}" not in template:
+        raise PkdError(f"template {template!r} has no '{{}}' where the class name goes")
+    vectors = teacher.encode_text([class_prompt(template, n) for n in names]).float().cpu()
+    return ClassVectors(names, vectors, teacher.spec, template, teacher.logit_scale)

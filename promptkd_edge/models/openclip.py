@@ -1,0 +1,388 @@
+"""Load any open_clip model from a spec: `ARCH`, `ARCH:TAG`, `ARCH:/path/to/weights`, `hf-hub:...`, `local-dir:...`.
+
+Offline, a pretrained tag whose weights are not in the local cache fails at once with one line that says how to
+pass a local file, instead of open_clip's ~46 s of download retries.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from promptkd_edge.errors import PkdError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+SCHEMAS = ("hf-hub:", "local-dir:")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An open_clip model: architecture plus optional pretrained tag or local weights file."""
+
+    arch: str
+    pretrained: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        text = text.strip()
+        if not text:
+            raise PkdError("empty model spec; expected ARCH, ARCH:TAG or ARCH:/path/to/weights")
+        if text.startswith(SCHEMAS):
+            return cls(text, None)
+        arch, sep, pretrained = text.partition(":")
+        if sep and not pretrained:
+            raise PkdError(f"model spec '{text}' ends with ':'; expected ARCH:TAG or ARCH:/path/to/weights")
+        return cls(arch, pretrained or None)
+
+    @property
+    def is_file(self) -> bool:
+        p = self.pretrained
+        return p is not None and (os.sep in p or "/" in p or p.endswith(WEIGHT_SUFFIXES) or Path(p).exists())
+
+    def __str__(self) -> str:
+        return self.arch if self.pretrained is None else f"{self.arch}:{self.pretrained}"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images must be prepared for a model (what open_clip calls the preprocess config)."""
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation, "resize_mode": self.resize_mode}
+
+
+@dataclass
+class LoadedCLIP:
+    """An open_clip model, frozen and in eval mode, with what it needs around it."""
+
+    model: torch.nn.Module
+    spec: ModelSpec
+    preprocess: Preprocess
+    weights_file: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def tokenizer(self):
+        import open_clip
+
+        return open_clip.get_tokenizer(self.spec.arch)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp().item())
+
+
+_registered = False
+
+
+def register_tiny_configs() -> None:
+    """Make the package's tiny architectures (`pkd-tiny-teacher`, `pkd-tiny-student`) known to open_clip."""
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def list_architectures() -> list[str]:
+    import open_clip
+
+    register_tiny_configs()
+    return open_clip.list_models()
+
+
+def _check_arch(arch: str) -> None:
+    known = list_architectures()
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `pkd models` lists them"
+        raise PkdError(f"unknown open_clip architecture '{arch}'{hint}")
+
+
+def _hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick probe of the Hugging Face Hub (skipped behind a proxy, which the hub client handles itself)."""
+    if _hf_offline():
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_tag_file(cfg: dict[str, Any]) -> str | None:
+    """The local file of a pretrained tag when it is already downloaded, else None."""
+    if "file" in cfg:
+        return cfg["file"]
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        filename = filename or "open_clip_pytorch_model.bin"
+        candidates = [filename]
+        if filename.endswith((".bin", ".pth")):
+            candidates.insert(0, "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin"
+                              else filename[:-4] + ".safetensors")
+        for name in candidates:
+            found = try_to_load_from_cache(repo_id=repo, filename=name)
+            if isinstance(found, str):
+                return found
+    url = cfg.get("url", "")
+    if url:
+        target = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        if target.is_file():
+            return str(target)
+    return None
+
+
+def _resolve_tag(arch: str, tag: str) -> tuple[str, dict[str, Any]]:
+    """Return (local weights file, tag config), downloading only when the hub is reachable."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        known = f"known tags for {arch}: {', '.join(tags)}" if tags else f"{arch} has no pretrained tags"
+        raise PkdError(f"'{tag}' is neither a pretrained tag nor an existing weights file ({known})")
+    cached = _cached_tag_file(cfg)
+    if cached:
+        return cached, cfg
+    if not _hub_reachable():
+        where = cfg.get("hf_hub") or cfg.get("url") or "the model hub"
+        raise PkdError(
+            f"weights for {arch}:{tag} are not cached and the model hub is unreachable (offline); download "
+            f"{where} on a connected machine and pass {arch}:/path/to/open_clip_model.safetensors instead")
+    try:
+        return open_clip.download_pretrained(cfg), cfg
+    except Exception as e:  # network errors of every kind end here
+        raise PkdError(f"could not download weights for {arch}:{tag}: {e}".splitlines()[0]) from None
+
+
+def weights_file_for(spec: ModelSpec | str) -> str | None:
+    """The local weights file `spec` loads (tags resolved through the cache, downloading when online)."""
+    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+    if spec.arch.startswith(SCHEMAS) or not spec.pretrained:
+        return None
+    if spec.is_file:
+        path = Path(spec.pretrained).expanduser()
+        if not path.is_file():
+            raise PkdError(f"weights file not found: {path}")
+        return str(path)
+    register_tiny_configs()
+    _check_arch(spec.arch)
+    return _resolve_tag(spec.arch, spec.pretrained)[0]
+
+
+def read_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a weights file (.safetensors, a .pt/.bin state dict, or an open_clip training checkpoint).
+
+    Pickle-based files are read with `weights_only=True` (no code runs). OpenAI's TorchScript archives need
+    real unpickling and are only opened with `allow_pickle=True`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PkdError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = _torch_load(path, allow_pickle)
+    except PkdError:
+        raise
+    except Exception as e:
+        raise PkdError(f"cannot read weights file {path}: {str(e).splitlines()[0]}") from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise PkdError(f"weights file {path} holds no state dict of tensors")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _torch_load(path: Path, allow_pickle: bool) -> Any:
+    import zipfile
+
+    is_torchscript = False
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            is_torchscript = any(n.endswith("constants.pkl") for n in z.namelist())
+    if is_torchscript:
+        if not allow_pickle:
+            raise PkdError(f"{path} is a TorchScript archive (OpenAI's original CLIP format); reading it runs "
+                           "pickled code: pass --allow-pickle if you trust the file")
+        sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+        return {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        if not allow_pickle:
+            raise PkdError(f"{path} needs full unpickling to be read ({str(e).splitlines()[0][:120]}); "
+                           "pass --allow-pickle if you trust the file") from None
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+
+
+def _describe_mismatch(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> str:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} file {list(sd[k].shape)} vs model {list(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
+    return "; ".join(parts) or "keys do not match"
+
+
+def load_weights_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, arch: str) -> None:
+    """Load an open_clip state dict (converting third-party layouts as open_clip does) or fail with one line."""
+    from open_clip.factory import convert_state_dict, resize_pos_embed, resize_text_pos_embed
+    from open_clip.model import convert_to_custom_text_state_dict
+
+    sd = convert_state_dict(model, dict(sd))
+    if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
+        sd = convert_to_custom_text_state_dict(sd)
+    if "logit_scale" in sd and sd["logit_scale"].ndim != model.logit_scale.ndim:
+        sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+    own = model.state_dict()
+    transient = {name for name, _ in model.named_buffers()} - set(own)  # e.g. attn_mask, rebuilt by the model
+    sd = {k: v for k, v in sd.items() if k not in transient}
+    if set(sd) != set(own):
+        raise PkdError(f"weights {source} do not fit architecture {arch}: {_describe_mismatch(model, sd)}")
+    resize_pos_embed(sd, model)
+    resize_text_pos_embed(sd, model)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError:
+        raise PkdError(f"weights {source} do not fit architecture {arch}: {_describe_mismatch(model, sd)}") from None
+
+
+def load_clip(spec: ModelSpec | str, *, device: str | torch.device = "cpu", allow_pickle: bool = False) -> LoadedCLIP:
+    """Create an open_clip model from `spec`, load its weights, freeze it and put it in eval mode."""
+    import open_clip
+
+    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+    register_tiny_configs()
+    weights_file: str | None = None
+    tag_cfg: dict[str, Any] = {}
+    state_dict = None
+    if spec.arch.startswith(SCHEMAS):
+        model = _create_from_schema(spec.arch)
+    else:
+        _check_arch(spec.arch)
+        if spec.pretrained and spec.is_file:
+            weights_file = str(Path(spec.pretrained).expanduser())
+            state_dict = read_state_dict(weights_file, allow_pickle=allow_pickle)
+        elif spec.pretrained:
+            weights_file, tag_cfg = _resolve_tag(spec.arch, spec.pretrained)
+            state_dict = read_state_dict(weights_file, allow_pickle=allow_pickle)
+        preprocess_keys = ("mean", "std", "interpolation", "resize_mode")
+        with warnings.catch_warnings(), _quiet_open_clip():
+            warnings.simplefilter("ignore")
+            model = open_clip.create_model(
+                spec.arch, pretrained=None, force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                force_preprocess_cfg={k: tag_cfg[k] for k in preprocess_keys if k in tag_cfg})
+        if state_dict is not None:
+            load_weights_into(model, state_dict, weights_file or str(spec), spec.arch)
+    model.eval().requires_grad_(False)
+    model.to(device)
+    return LoadedCLIP(model=model, spec=spec, preprocess=preprocess_of(model), weights_file=weights_file)
+
+
+def _create_from_schema(name: str) -> torch.nn.Module:
+    import open_clip
+
+    if name.startswith("hf-hub:") and not _hub_reachable():
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = name[len("hf-hub:"):]
+        if not isinstance(try_to_load_from_cache(repo_id=repo, filename="open_clip_config.json"), str):
+            raise PkdError(f"{name} is not cached and the model hub is unreachable (offline); download the repo "
+                           f"on a connected machine and pass local-dir:/path/to/it instead")
+    try:
+        with warnings.catch_warnings(), _quiet_open_clip():
+            warnings.simplefilter("ignore")
+            return open_clip.create_model(name)
+    except FileNotFoundError as e:
+        raise PkdError(str(e)) from None
+    except RuntimeError as e:
+        raise PkdError(f"cannot load {name}: {str(e).splitlines()[0]}") from None
+
+
+class _quiet_open_clip:
+    """Silence open_clip's INFO/WARNING chatter ('No pretrained weights loaded') for the duration."""
+
+    def __enter__(self):
+        self._logger = logging.getLogger()
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+
+
+def preprocess_for(spec: ModelSpec | str) -> Preprocess:
+    """The preprocessing `spec` implies, read from open_clip's configs without building the model."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+    if spec.arch.startswith(SCHEMAS):
+        return load_clip(spec).preprocess
+    register_tiny_configs()
+    _check_arch(spec.arch)
+    cfg = open_clip.get_model_config(spec.arch)
+    merged = {**PreprocessCfg().__dict__, **cfg.get("preprocess_cfg", {})}
+    if spec.pretrained and not spec.is_file:
+        merged.update({k: v for k, v in open_clip.get_pretrained_cfg(spec.arch, spec.pretrained).items()
+                       if k in ("mean", "std", "interpolation", "resize_mode")})
+    size = cfg["vision_cfg"].get("image_size", merged["size"])
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return Preprocess(size=(int(size[0]), int(size[1])), mean=tuple(merged["mean"]), std=tuple(merged["std"]),
+                      interpolation=merged["interpolation"], resize_mode=merged["resize_mode"])
+
+
+def preprocess_of(model: torch.nn.Module) -> Preprocess:
+    from open_clip import get_model_preprocess_cfg
+
+    cfg = get_model_preprocess_cfg(model)
+    size = cfg.get("size", model.visual.image_size)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return Preprocess(size=(int(size[0]), int(size[1])), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                      interpolation=cfg.get("interpolation", "bicubic"),
+                      resize_mode=cfg.get("resize_mode", "shortest"))

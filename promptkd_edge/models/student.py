@@ -1,0 +1,119 @@
+"""The PromptKD student: frozen open_clip image tower + deep visual prompts + projector, L2-normalised output."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from promptkd_edge.errors import PkdError
+from promptkd_edge.models.openclip import LoadedCLIP, ModelSpec, Preprocess, load_clip
+from promptkd_edge.models.projector import Projector
+from promptkd_edge.models.prompted_vision import PromptedVisionTower
+from promptkd_edge.utils.files import atomic_path
+
+STUDENT_FORMAT = "promptkd-edge/student"
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Everything needed to rebuild a student around its trained weights."""
+
+    spec: str
+    teacher_dim: int
+    prompt_tokens: int = 4
+    prompt_depth: int = 9
+    prompt_init_std: float = 0.02
+    init_seed: int = 0  # recreates base weights that come from no file (random-init test models)
+    weights_sha256: str | None = None
+
+
+class Student(nn.Module):
+    """image -> prompted frozen ViT -> projector -> L2-normalised feature in the teacher's space [B, D_t]."""
+
+    def __init__(self, tower: PromptedVisionTower, projector: Projector, config: StudentConfig,
+                 preprocess: Preprocess):
+        super().__init__()
+        self.tower, self.projector, self.config, self.preprocess = tower, projector, config, preprocess
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projector(self.tower(images)), dim=-1)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """Prompts and projector (parameters and BatchNorm statistics): what distillation changes."""
+        state = {"tower.prompts": self.tower.prompts}
+        state.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def load_trained_state(self, state: dict[str, torch.Tensor], source: str = "weights") -> None:
+        own = {k: v for k, v in self.trained_state().items()}
+        if set(state) != set(own):
+            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+            raise PkdError(f"{source} do not fit this student: missing {missing[:3]}, unexpected {extra[:3]}")
+        for k, v in state.items():
+            if v.shape != own[k].shape:
+                raise PkdError(f"{source} do not fit this student: {k} is {list(v.shape)}, "
+                               f"the student has {list(own[k].shape)}")
+        with torch.no_grad():
+            self.tower.prompts.copy_(state["tower.prompts"])
+        self.projector.load_state_dict({k[len("projector."):]: v for k, v in state.items()
+                                        if k.startswith("projector.")})
+
+
+def build_student(clip: LoadedCLIP, config: StudentConfig) -> Student:
+    """Wrap `clip.model.visual` with prompts and a fresh projector; only prompts and projector train."""
+    tower = PromptedVisionTower(clip.model.visual, config.prompt_tokens, config.prompt_depth,
+                                config.prompt_init_std)
+    projector = Projector(tower.output_dim, config.teacher_dim)
+    return Student(tower, projector, config, clip.preprocess).to(next(clip.model.parameters()).device)
+
+
+def save_student(student: Student, path: str | os.PathLike) -> None:
+    """Write prompts + projector as safetensors, with the StudentConfig in the file's metadata."""
+    from safetensors.torch import save_file
+
+    meta = {"format": STUDENT_FORMAT, "config": json.dumps(asdict(student.config))}
+    with atomic_path(path) as tmp:
+        save_file(student.trained_state(), str(tmp), metadata=meta)
+
+
+def read_student_file(path: str | os.PathLike) -> tuple[StudentConfig, dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PkdError(f"student weights not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+    except Exception as e:
+        raise PkdError(f"cannot read student weights {path}: {str(e).splitlines()[0]}") from None
+    if meta.get("format") != STUDENT_FORMAT:
+        raise PkdError(f"{path} is not a promptkd-edge student file (format {meta.get('format')!r})")
+    return StudentConfig(**json.loads(meta["config"])), state
+
+
+def load_student(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                 allow_pickle: bool = False, verify_weights: bool = True) -> Student:
+    """Rebuild a trained student from its safetensors file (base weights come from its recorded spec)."""
+    config, state = read_student_file(path)
+    torch.manual_seed(config.init_seed)
+    clip = load_clip(ModelSpec.parse(config.spec), device=device, allow_pickle=allow_pickle)
+    if verify_weights and config.weights_sha256 and clip.weights_file:
+        from promptkd_edge.utils.files import sha256_file
+
+        if sha256_file(clip.weights_file) != config.weights_sha256:
+            raise PkdError(f"the base weights {clip.weights_file} differ from those the student was trained on "
+                           f"(sha256 {config.weights_sha256[:12]}...)")
+    student = build_student(clip, config)
+    student.load_trained_state({k: v.to(device) for k, v in state.items()}, source=str(path))
+    return student.eval()

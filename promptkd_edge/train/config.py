@@ -1,0 +1,103 @@
+"""The distillation config: every knob of `pkd distill`, written resolved into the run directory."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from promptkd_edge.errors import PkdError
+from promptkd_edge.models.teacher import DEFAULT_TEMPLATE
+from promptkd_edge.train.losses import KD_NORMS
+
+# What may change when a run is resumed: nothing that changes the numbers.
+RESUMABLE_CHANGES = frozenset({"workers", "log_every", "cache_dir", "compile", "device"})
+
+
+@dataclass
+class DistillConfig:
+    # teacher and classes
+    teacher: str = "ViT-L-14:openai"
+    classes: str | None = None  # a class-names file or an ImageFolder; or reuse `class_vectors`
+    class_vectors: str | None = None  # a folder with classes.json + class_vectors.safetensors
+    template: str = DEFAULT_TEMPLATE
+    # student
+    student: str = "ViT-B-16:openai"
+    prompt_tokens: int = 4
+    prompt_depth: int = 9
+    prompt_init_std: float = 0.02
+    allow_pickle: bool = False
+    # data
+    data: str = ""
+    epochs: int = 20
+    batch_size: int = 8  # per process
+    workers: int = 4
+    crop_scale_min: float = 0.08
+    max_bad_fraction: float = 0.01
+    shard_epoch_size: int = 0  # images per epoch for WebDataset shards (their count is unknown up front)
+    # loss
+    temperature: float = 1.0
+    kd_norm: str = "paper"
+    kd_weight: float = 1000.0
+    # optimisation
+    optimizer: str = "sgd"
+    lr: float | None = None  # None: scaled from the reference batch 8 (SGD 0.005)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    # performance
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    teacher_cache: int = 0  # K cached teacher views per image; 0 runs the teacher every step
+    cache_dir: str | None = None
+    # bookkeeping
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
+    keep_checkpoints: int = 2
+
+    def validate(self) -> DistillConfig:
+        if not self.data:
+            raise PkdError("no training data: pass --data FOLDER|FILE_LIST|SHARDS")
+        if not self.classes and not self.class_vectors:
+            raise PkdError("no classes: pass --classes FILE|IMAGEFOLDER or --class-vectors DIR")
+        checks = [
+            (self.epochs >= 1, "--epochs must be >= 1"),
+            (self.batch_size >= 2, "--batch-size must be >= 2 (the projector has BatchNorm)"),
+            (self.workers >= 0, "--workers must be >= 0"),
+            (0 < self.crop_scale_min <= 1, "--crop-scale-min must be in (0, 1]"),
+            (0 <= self.max_bad_fraction < 1, "--max-bad-fraction must be in [0, 1)"),
+            (self.temperature > 0, "--temperature must be > 0"),
+            (self.kd_norm in KD_NORMS, f"--kd-norm must be one of {', '.join(KD_NORMS)}"),
+            (self.kd_weight > 0, "--kd-weight must be > 0"),
+            (self.optimizer in ("sgd", "adamw"), "--optimizer must be sgd or adamw"),
+            (self.lr is None or self.lr > 0, "--lr must be > 0"),
+            (0 <= self.warmup_epochs < self.epochs or self.epochs == 1 and self.warmup_epochs == 0,
+             "--warmup-epochs must be smaller than --epochs"),
+            (self.teacher_cache >= 0, "--teacher-cache must be >= 0"),
+            (self.prompt_tokens >= 0 and self.prompt_depth >= 0, "prompt tokens and depth must be >= 0"),
+            (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
+            (self.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1"),
+            (self.log_every >= 1, "--log-every must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PkdError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise PkdError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    def differences(self, other: DistillConfig) -> list[str]:
+        """Fields that differ and would change the result of a resumed run."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k]]

@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny open_clip models (random weights), generated images, a finished tiny run."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports open_clip / huggingface_hub
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from promptkd_edge.models.openclip import register_tiny_configs  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+register_tiny_configs()  # tests also call open_clip.create_model("pkd-tiny-...") directly
+
+TEACHER = "pkd-tiny-teacher"
+STUDENT = "pkd-tiny-student"
+NAMES = ["red_square", "green_circle", "blue_stripes"]
+
+
+def write_images(root: Path, count: int, size: int = 48, seed: int = 0, classes: list[str] | None = None) -> Path:
+    """`count` random-pattern PNGs under root (in class sub-folders when `classes` is given)."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        folder = root / classes[i % len(classes)] if classes else root / f"part{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((size, size), Image.Resampling.NEAREST)
+        img.save(folder / f"img{i:03d}.png")
+    return root
+
+
+def tiny_config(tmp_path: Path, **overrides):
+    from promptkd_edge.train.config import DistillConfig
+
+    classes = tmp_path / "classes.txt"
+    if not classes.exists():
+        classes.write_text("\n".join(NAMES) + "\n")
+    data = tmp_path / "unlabeled"
+    if not data.exists():
+        write_images(data, 16)
+    base = dict(teacher=TEACHER, student=STUDENT, classes=str(classes), data=str(data), epochs=2, batch_size=4,
+                workers=0, prompt_depth=3, device="cpu", cache_dir=str(tmp_path / "cache"), log_every=2)
+    base.update(overrides)
+    return DistillConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished 2-epoch distillation of the tiny student, shared by read-only tests."""
+    from promptkd_edge.train.distill import distill
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    distill(tiny_config(root), root / "run")
+    return root / "run"
+
+
+@pytest.fixture()
+def labeled_dir(tmp_path) -> Path:
+    return write_images(tmp_path / "labeled", 12, classes=NAMES, seed=3)
+
+
+def pkd(*args: str, cwd: Path | None = None, env: dict | None = None):
+    """Run the real `pkd` CLI in a subprocess; returns CompletedProcess."""
+    import subprocess
+
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "promptkd_edge", *args], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=600)
+
+
+@pytest.fixture()
+def clean_dir(tmp_path):
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
