@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from click.core import ParameterSource
 
 from promptkd_edge import __version__
 from promptkd_edge.errors import PkdError
@@ -175,7 +174,8 @@ def distill(
             raise PkdError("pass either --out (a new run) or --resume (an existing one), not both")
         RunDir(resume).check_existing()
         stored = read_json(RunDir(resume).config, "run config")["config"]
-        explicit = {k: v for k, v in given.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        # typer may carry its own click: compare the source by name
+        explicit = {k: v for k, v in given.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
         cfg = DistillConfig.from_dict({**stored, **explicit})
         run_dir = resume
     else:

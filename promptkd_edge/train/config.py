@@ -73,8 +73,9 @@ class DistillConfig:
             (self.kd_weight > 0, "--kd-weight must be > 0"),
             (self.optimizer in ("sgd", "adamw"), "--optimizer must be sgd or adamw"),
             (self.lr is None or self.lr > 0, "--lr must be > 0"),
-            (0 <= self.warmup_epochs < self.epochs or self.epochs == 1 and self.warmup_epochs == 0,
-             "--warmup-epochs must be smaller than --epochs"),
+            (0 <= self.warmup_epochs < self.epochs,
+             f"--warmup-epochs {self.warmup_epochs} leaves no epoch of the {self.epochs} for the cosine schedule; "
+             "pass --warmup-epochs 0 or more --epochs"),
             (self.teacher_cache >= 0, "--teacher-cache must be >= 0"),
             (self.prompt_tokens >= 0 and self.prompt_depth >= 0, "prompt tokens and depth must be >= 0"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),

@@ -88,6 +88,13 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
     barrier(rt)
     run.path.mkdir(parents=True, exist_ok=True)
 
+    # 0. Inputs first: a missing folder or weights file fails before any model is loaded.
+    shards = is_shard_spec(cfg.data)
+    paths = [] if shards else list_images(cfg.data)
+    names = read_class_names(cfg.classes) if cfg.classes and not cfg.class_vectors else None
+    for spec in (cfg.student, cfg.teacher):
+        weights_file_for(spec)
+
     # 1. Teacher (loaded only when needed) and its class vectors, computed once and stored in the run.
     teacher: Teacher | None = None
 
@@ -100,7 +107,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
         return teacher
 
     if rt.is_main and not (run.path / CLASSES_FILE).is_file():
-        class_vectors = _class_vectors(cfg, get_teacher, progress)
+        class_vectors = _class_vectors(cfg, names, get_teacher, progress)
         class_vectors.save(run.path)
     barrier(rt)
     class_vectors = ClassVectors.load(run.path).to(rt.device)
@@ -116,8 +123,6 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
     student = build_student(student_clip, student_config)
 
     # 3. Data, and the teacher's features when they are cached.
-    shards = is_shard_spec(cfg.data)
-    paths = [] if shards else list_images(cfg.data)
     cache = None
     if cfg.teacher_cache:
         if shards:
@@ -130,11 +135,11 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
         teacher = None  # training reads the cache; free the teacher's memory
     if shards and not cfg.shard_epoch_size:
         raise PkdError("WebDataset shards have no length: pass --shard-epoch-size (images per epoch)")
-    images = cfg.shard_epoch_size if shards else len(paths)
-    per_rank = -(-images // rt.world_size)
+    dataset_size = cfg.shard_epoch_size if shards else len(paths)
+    per_rank = -(-dataset_size // rt.world_size)
     steps_per_epoch = per_rank // cfg.batch_size
     if steps_per_epoch == 0:
-        raise PkdError(f"{images} images make no full batch of {cfg.batch_size} per process; "
+        raise PkdError(f"{dataset_size} images make no full batch of {cfg.batch_size} per process; "
                        "lower --batch-size or add images")
     total_steps = cfg.epochs * steps_per_epoch
     crop_scale = (cfg.crop_scale_min, 1.0)
@@ -146,7 +151,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
                                 batch_size=cfg.batch_size, epoch=epoch, rank=rt.rank)
             return DataLoader(stream, batch_size=cfg.batch_size, num_workers=min(cfg.workers, steps_per_epoch),
                               collate_fn=collate_skipping_bad, pin_memory=rt.device.type == "cuda")
-        sampler = EpochSampler(images, seed=cfg.seed, epoch=epoch, rank=rt.rank, world_size=rt.world_size,
+        sampler = EpochSampler(dataset_size, seed=cfg.seed, epoch=epoch, rank=rt.rank, world_size=rt.world_size,
                                views=cfg.teacher_cache or None, skip=skip_batches * cfg.batch_size)
         return DataLoader(folder_views, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                           collate_fn=collate_skipping_bad, pin_memory=rt.device.type == "cuda", drop_last=True)
@@ -164,7 +169,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
     resolved = {"lr": lr, "global_batch": global_batch, "world_size": rt.world_size, "precision": precision,
-                "device": rt.device.type, "images": images, "steps_per_epoch": steps_per_epoch,
+                "device": rt.device.type, "images": dataset_size, "steps_per_epoch": steps_per_epoch,
                 "total_steps": total_steps, "student": student_config.__dict__,
                 "trainable_parameters": sum(p.numel() for p in params),
                 "class_count": len(class_vectors.names), "logit_scale": class_vectors.logit_scale}
@@ -173,7 +178,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
 
     # 5. Resume: every tensor of the training state, then the same data order from the same step.
     start_epoch, start_in_epoch, step, elapsed, seen = 0, 0, 0, 0.0, 0
-    bad = BadImages(images, cfg.max_bad_fraction)
+    bad = BadImages(dataset_size, cfg.max_bad_fraction)
     state = load_latest(run.checkpoints) if resume else None
     if state is not None:
         student.load_trained_state({k: v.to(rt.device) for k, v in state.student.items()}, "checkpoint")
@@ -183,8 +188,11 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
             scaler.load_state_dict(state.scaler)
         start_epoch, start_in_epoch, step = state.epoch, state.step_in_epoch, state.step
         elapsed, seen = state.extra.get("seconds", 0.0), state.extra.get("images_seen", 0)
-        bad = BadImages(images, cfg.max_bad_fraction, set(state.extra.get("bad_images", [])))
-        progress.note(f"resuming {run.path} at epoch {start_epoch + 1}, step {step}")
+        bad = BadImages(dataset_size, cfg.max_bad_fraction, set(state.extra.get("bad_images", [])))
+        if start_epoch >= cfg.epochs:
+            progress.note(f"{run.path} has already finished its {cfg.epochs} epochs")
+        else:
+            progress.note(f"resuming {run.path} at epoch {start_epoch + 1}, step {step}")
 
     model: torch.nn.Module = student
     if rt.distributed:
@@ -200,7 +208,11 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
     metrics = MetricsLog(run.metrics, resume_step=step if resume else None) if rt.is_main else None
 
     def checkpoint(epoch: int, in_epoch: int) -> None:
-        extra = {"seconds": elapsed + time.perf_counter() - t0, "images_seen": seen, "bad_images": sorted(bad.paths)}
+        nonlocal last_loss
+        if pending:
+            last_loss = _log(pending, metrics, elapsed + time.perf_counter() - t0)
+        extra = {"seconds": elapsed + time.perf_counter() - t0, "images_seen": seen, "loss": last_loss,
+                 "bad_images": sorted(bad.paths)}
         state = TrainingState(epoch=epoch, step=step, step_in_epoch=in_epoch, student=student.trained_state(),
                               optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                               scaler=scaler.state_dict() if scaler.is_enabled() else None, extra=extra)
@@ -216,7 +228,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
     # 6. The loop.
     pending: list[tuple[dict[str, Any], torch.Tensor]] = []
     t0 = time.perf_counter()
-    last_loss = float("nan")
+    last_loss = state.extra.get("loss", float("nan")) if state else float("nan")
     for epoch in range(start_epoch, cfg.epochs):
         in_epoch = start_in_epoch if epoch == start_epoch else 0
         batches = iter(loader_for(epoch, in_epoch))
@@ -283,14 +295,14 @@ def _log(pending: list[tuple[dict[str, Any], torch.Tensor]], metrics: MetricsLog
     return losses[-1]
 
 
-def _class_vectors(cfg: DistillConfig, get_teacher: Callable[[], Teacher], progress: Progress) -> ClassVectors:
+def _class_vectors(cfg: DistillConfig, names: list[str] | None, get_teacher: Callable[[], Teacher],
+                   progress: Progress) -> ClassVectors:
     if cfg.class_vectors:
         vectors = ClassVectors.load(cfg.class_vectors)
         if vectors.teacher != cfg.teacher:
             raise PkdError(f"the class vectors in {cfg.class_vectors} come from teacher {vectors.teacher}, "
                            f"not --teacher {cfg.teacher}")
         return vectors
-    names = read_class_names(cfg.classes)
     progress.note(f"computing class vectors for {len(names)} classes with {cfg.teacher}")
     return compute_class_vectors(get_teacher(), names, cfg.template)
 

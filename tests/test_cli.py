@@ -1,0 +1,111 @@
+"""The `pkd` CLI: help with examples, JSON output, and bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import NAMES, STUDENT, TEACHER, pkd, write_images
+from typer.testing import CliRunner
+
+from promptkd_edge.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("command", ["distill", "eval", "demo", "models"])
+def test_every_command_has_help_with_examples(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    assert "Examples" in result.output and f"pkd {command}" in result.output
+
+
+def test_version_and_models():
+    assert invoke("--version").output.strip().startswith("promptkd-edge ")
+    result = invoke("models", "--filter", "pkd-tiny", "--json")
+    assert json.loads(result.output) == {TEACHER: [], STUDENT: []}
+
+
+def _distill_args(tmp_path, **overrides):
+    args = {"--teacher": TEACHER, "--student": STUDENT, "--classes": str(tmp_path / "classes.txt"),
+            "--data": str(tmp_path / "data"), "--out": str(tmp_path / "run"), "--epochs": "2",
+            "--batch-size": "4", "--workers": "0", "--prompt-depth": "2", "--cache-dir": str(tmp_path / "cache")}
+    args.update(overrides)
+    return ["distill", *[x for kv in args.items() for x in kv if x is not None]]
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    (tmp_path / "classes.txt").write_text("\n".join(NAMES) + "\n")
+    write_images(tmp_path / "data", 8)
+    return tmp_path
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"--data": "missing"}, "data not found"),
+    ({"--teacher": "ViT-Q-99"}, "unknown open_clip architecture 'ViT-Q-99'"),
+    ({"--student": f"{STUDENT}:nowhere/weights.safetensors"}, "weights file not found"),
+    ({"--teacher": f"{TEACHER}:STUDENT_WEIGHTS"}, "do not fit architecture pkd-tiny-teacher"),
+    ({"--classes": "EMPTY"}, "holds no class names"),
+    ({"--classes": "DUPLICATES"}, "duplicate class name 'cat'"),
+    ({"--batch-size": "1"}, "--batch-size must be >= 2"),
+    ({"--prompt-depth": "7"}, "exceeds the 4 transformer layers"),
+])
+def test_bad_input_is_one_line_and_exit_2(inputs, overrides, message):
+    import open_clip
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in open_clip.create_model(STUDENT).state_dict().items()},
+              str(inputs / "student.safetensors"))
+    (inputs / "empty.txt").write_text("\n")
+    (inputs / "dups.txt").write_text("cat\ndog\ncat\n")
+    fixups = {"missing": str(inputs / "missing"), "STUDENT_WEIGHTS": str(inputs / "student.safetensors"),
+              "EMPTY": str(inputs / "empty.txt"), "DUPLICATES": str(inputs / "dups.txt")}
+    overrides = {k: next((v.replace(a, b) for a, b in fixups.items() if a in v), v) for k, v in overrides.items()}
+    result = runner.invoke(app, _distill_args(inputs, **overrides))
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.output  # progress notes may come before it
+    assert "Traceback" not in result.output
+    assert not (inputs / "run").exists()  # nothing half-written
+
+
+def test_resume_with_another_config_exits_2_and_keeps_the_run(inputs):
+    assert invoke(*_distill_args(inputs)).exit_code == 0
+    before = (inputs / "run/student.safetensors").read_bytes()
+    result = runner.invoke(app, ["distill", "--resume", str(inputs / "run"), "--lr", "0.3"])
+    assert result.exit_code == 2 and "different config: lr=0.3" in " ".join(result.output.split())
+    assert (inputs / "run/student.safetensors").read_bytes() == before
+    result = runner.invoke(app, _distill_args(inputs))
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert invoke("distill", "--resume", str(inputs / "run"), "--workers", "1").exit_code == 0  # allowed change
+
+
+def test_distill_then_eval_json(inputs):
+    result = invoke(*_distill_args(inputs), "--json")
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 4 and summary["run_dir"] == str(inputs / "run")
+    labeled = write_images(inputs / "test", 6, classes=NAMES, seed=5)
+    result = invoke("eval", str(inputs / "run"), "--data", str(labeled), "--teacher", "--json", "--workers", "0")
+    report = json.loads(result.stdout)
+    assert report["images"] == 6 and report["classes"] == 3
+    assert set(report["top1"]) == {"student", "teacher"} and 0 <= report["top1"]["student"] <= 1
+    assert set(report["agreement"]) == {"student vs teacher"}
+    table = invoke("eval", str(inputs / "run"), "--data", str(labeled), "--workers", "0")
+    assert "student" in table.output and "%" in table.output
+    bad = runner.invoke(app, ["eval", str(inputs / "run"), "--data", str(inputs / "data")])
+    assert bad.exit_code == 2 and "not in the class list" in " ".join(bad.output.split())
+
+
+def test_real_process_bad_input_no_traceback(tmp_path):
+    """The installed entry point itself (not the test runner): exit code 2, one line on stderr."""
+    proc = pkd("distill", "--data", str(tmp_path / "nope"), "--classes", "x.txt", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+    debug = pkd("--debug", "distill", "--data", str(tmp_path / "nope"), "--classes", "x.txt",
+                "--out", str(tmp_path / "r"))
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
