@@ -220,3 +220,17 @@ def test_ddp_two_processes_average_gradients(tmp_path):
         torch.testing.assert_close(saved[key], value, rtol=1e-4, atol=5e-5, msg=key)
         moved = (value - student.trained_state()[key]).abs().max()
         assert key.endswith(("num_batches_tracked", "0.bias")) or moved > 1e-2, (key, moved)
+
+
+def test_config_paths_are_stored_absolute(tmp_path, monkeypatch):
+    from promptkd_edge.train.config import DistillConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = DistillConfig(teacher="ViT-B-16:openai", student="pkd-tiny-student:w/s.safetensors", data="imgs",
+                        classes="names.txt", cache_dir="~/c").with_absolute_paths()
+    assert cfg.teacher == "ViT-B-16:openai"  # a tag stays a tag
+    assert cfg.student == f"pkd-tiny-student:{tmp_path / 'w/s.safetensors'}"
+    assert (cfg.data, cfg.classes) == (str(tmp_path / "imgs"), str(tmp_path / "names.txt"))
+    assert cfg.cache_dir == str(Path("~/c").expanduser())
+    shards = DistillConfig(data="pipe:curl -s http://x/{0..9}.tar").with_absolute_paths()
+    assert shards.data == "pipe:curl -s http://x/{0..9}.tar"

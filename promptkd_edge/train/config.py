@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from promptkd_edge.errors import PkdError
@@ -86,6 +87,25 @@ class DistillConfig:
             if not ok:
                 raise PkdError(message)
         return self
+
+    def with_absolute_paths(self) -> DistillConfig:
+        """The same config with every local path absolute, so a run can be resumed or evaluated from anywhere."""
+        from promptkd_edge.data.shards import is_shard_spec
+        from promptkd_edge.models.openclip import ModelSpec
+
+        def spec(text: str) -> str:
+            parsed = ModelSpec.parse(text)
+            if parsed.pretrained and parsed.is_file:
+                return f"{parsed.arch}:{Path(parsed.pretrained).expanduser().resolve()}"
+            return text
+
+        def path(text: str | None) -> str | None:
+            return str(Path(text).expanduser().resolve()) if text else text
+
+        data = self.data if is_shard_spec(self.data) or "://" in self.data else path(self.data)
+        return replace(self, teacher=spec(self.teacher), student=spec(self.student), data=data,
+                       classes=path(self.classes), class_vectors=path(self.class_vectors),
+                       cache_dir=path(self.cache_dir))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -62,7 +62,7 @@ class DistillResult:
 def distill(cfg: DistillConfig, out: str | Path, *, resume: bool = False, progress: Progress | None = None,
             on_checkpoint: Callable[[TrainingState], None] | None = None) -> DistillResult:
     """Run (or, with `resume`, continue) a distillation into the run directory `out`."""
-    cfg.validate()
+    cfg = cfg.validate().with_absolute_paths()
     rt = init_runtime(cfg.device)
     run = RunDir(out)
     fresh = not resume and not run.path.exists()
