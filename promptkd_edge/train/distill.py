@@ -90,6 +90,10 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
 
     # 0. Inputs first: a missing folder or weights file fails before any model is loaded.
     shards = is_shard_spec(cfg.data)
+    if shards and cfg.teacher_cache:
+        raise PkdError("--teacher-cache needs a folder or file list of images, not WebDataset shards")
+    if shards and not cfg.shard_epoch_size:
+        raise PkdError("WebDataset shards have no length: pass --shard-epoch-size (images per epoch)")
     paths = [] if shards else list_images(cfg.data)
     names = read_class_names(cfg.classes) if cfg.classes and not cfg.class_vectors else None
     for spec in (cfg.student, cfg.teacher):
@@ -125,16 +129,12 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
     # 3. Data, and the teacher's features when they are cached.
     cache = None
     if cfg.teacher_cache:
-        if shards:
-            raise PkdError("--teacher-cache needs a folder or file list of images, not WebDataset shards")
         cache = _teacher_cache(cfg, rt, paths, class_vectors.dim, get_teacher, progress, amp)
     models = {"student": student_clip.preprocess}
     if cache is None:
         models["teacher"] = get_teacher().clip.preprocess
     else:
         teacher = None  # training reads the cache; free the teacher's memory
-    if shards and not cfg.shard_epoch_size:
-        raise PkdError("WebDataset shards have no length: pass --shard-epoch-size (images per epoch)")
     dataset_size = cfg.shard_epoch_size if shards else len(paths)
     per_rank = -(-dataset_size // rt.world_size)
     steps_per_epoch = per_rank // cfg.batch_size
