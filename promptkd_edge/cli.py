@@ -230,18 +230,154 @@ def eval_(
     if as_json:
         _print_json(result.to_dict())
         return
-    from rich.table import Table
-
-    table = Table(title=f"{run} on {data} ({result.images} images, {result.classes} classes)")
-    table.add_column("model")
-    table.add_column("top-1", justify="right")
-    for name, acc in result.top1.items():
-        table.add_row(name, f"{100 * acc:.2f} %")
-    for name, agree in result.agreement.items():
-        table.add_row(f"agreement {name}", f"{100 * agree:.2f} %")
-    _out().print(table)
+    _out().print(_accuracy_table(f"{run} on {data} ({result.images} images, {result.classes} classes)",
+                                 result.top1, result.base, result.novel, result.hm, result.agreement))
     if result.bad_images:
         _err().print(f"{len(result.bad_images)} unreadable images skipped (e.g. {result.bad_images[0]})")
+
+
+TEACHER_EXAMPLES = """
+[bold]Examples[/bold]
+
+  # PromptSRC-style tuning of ViT-L/14 on 16 shots of the base classes (the paper's teacher)
+  pkd teacher --teacher ViT-L-14:openai --data data/fewshot --shots 16 --classes base --out runs/teacher
+  pkd distill --teacher runs/teacher --student ViT-B-16:openai --data data/unlabeled --out runs/student
+
+  # 1000 ImageNet classes on a 24 GB GPU: text tower in chunks of 64 classes, checkpointed
+  pkd teacher --teacher ViT-L-14:openai --data imagenet/train --classes all --text-chunk 64 --out runs/in1k
+
+  # import an official PromptKD teacher checkpoint (needs the same base weights)
+  pkd teacher --from-official teacher_model/OxfordPets/VLPromptLearner/model-best.pth.tar \\
+      --teacher ViT-L-14-quickgelu:weights/ViT-L-14.safetensors --class-names pets.txt --out runs/pets-teacher
+"""
+
+
+@app.command(epilog=TEACHER_EXAMPLES)
+@_errors_to_exit
+def teacher(
+    out: Path = typer.Option(..., "--out", help="New teacher run directory."),
+    teacher: str = typer.Option("ViT-L-14:openai", help="Base CLIP: ARCH, ARCH:TAG or ARCH:/path/to/weights."),
+    data: str = typer.Option("", "--data", help="Labeled ImageFolder (class sub-folders) to take the shots from."),
+    class_names: str | None = typer.Option(None, help="Class names file fixing the class order (class ids); "
+                                           "default: the sorted sub-folders of --data."),
+    shots: int = typer.Option(16, help="Labeled images per class."),
+    classes: str = typer.Option("base", help="base: tune on the first ceil(N/2) classes (base-to-novel); all."),
+    vision_tokens: int = typer.Option(4, help="Visual prompt tokens per layer.", rich_help_panel="Prompts"),
+    vision_depth: int = typer.Option(9, help="Layers with visual prompts.", rich_help_panel="Prompts"),
+    text_tokens: int = typer.Option(4, help="Text context tokens per layer.", rich_help_panel="Prompts"),
+    text_depth: int = typer.Option(9, help="Layers with text prompts.", rich_help_panel="Prompts"),
+    text_init: str = typer.Option("a photo of a", help="Words the text context starts from.",
+                                  rich_help_panel="Prompts"),
+    self_consistency: bool = typer.Option(True, help="PromptSRC's L1/KL consistency with the frozen model.",
+                                          rich_help_panel="PromptSRC"),
+    text_loss_weight: float = typer.Option(25.0, rich_help_panel="PromptSRC"),
+    image_loss_weight: float = typer.Option(10.0, rich_help_panel="PromptSRC"),
+    gpa: bool = typer.Option(True, help="Gaussian-weighted aggregation of the prompts over epochs.",
+                             rich_help_panel="PromptSRC"),
+    gpa_mean: float = typer.Option(15.0, rich_help_panel="PromptSRC"),
+    gpa_std: float = typer.Option(1.0, rich_help_panel="PromptSRC"),
+    epochs: int = typer.Option(20, rich_help_panel="Training"),
+    batch_size: int = typer.Option(8, rich_help_panel="Training"),
+    lr: float | None = typer.Option(None, help="\\[default: 0.005 x batch / 8 (SGD)]", rich_help_panel="Training"),
+    optimizer: str = typer.Option("sgd", rich_help_panel="Training"),
+    warmup_epochs: int = typer.Option(1, rich_help_panel="Training"),
+    text_chunk: int = typer.Option(128, help="Classes per text-tower pass; with more classes the passes are "
+                                   "checkpointed (memory for 1000 classes).", rich_help_panel="Training"),
+    seed: int = typer.Option(1, rich_help_panel="Training"),
+    device: str = typer.Option("auto", rich_help_panel="Performance"),
+    precision: str = typer.Option("auto", rich_help_panel="Performance"),
+    workers: int = typer.Option(4, rich_help_panel="Performance"),
+    allow_pickle: bool = typer.Option(False, help="Allow files that need unpickling (TorchScript .pt, some "
+                                      "checkpoints); only for files you trust."),
+    from_official: Path | None = typer.Option(None, help="Convert an official PromptKD/PromptSRC teacher "
+                                              "checkpoint instead of training.", rich_help_panel="Import"),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Stage I: prompt-tune the CLIP teacher on a few labeled shots (PromptSRC), or import an official one."""
+    from promptkd_edge.models.class_vectors import read_class_names
+    from promptkd_edge.train.config import TeacherTuneConfig
+    from promptkd_edge.train.teacher import import_official_teacher, tune_teacher
+
+    if from_official is not None:
+        if not class_names and not data:
+            raise PkdError("--from-official needs the class list: --class-names FILE or --data IMAGEFOLDER")
+        names = read_class_names(class_names or data)
+        path = import_official_teacher(from_official, teacher, names, out, text_prefix=text_init, device=device,
+                                       allow_pickle=allow_pickle)
+        summary = {"run_dir": str(path), "imported_from": str(from_official), "classes": len(names)}
+    else:
+        cfg = TeacherTuneConfig(
+            teacher=teacher, data=data, class_names=class_names, shots=shots, classes=classes,
+            vision_tokens=vision_tokens, vision_depth=vision_depth, text_tokens=text_tokens, text_depth=text_depth,
+            text_init=text_init, self_consistency=self_consistency, text_loss_weight=text_loss_weight,
+            image_loss_weight=image_loss_weight, gpa=gpa, gpa_mean=gpa_mean, gpa_std=gpa_std, epochs=epochs,
+            batch_size=batch_size, lr=lr, optimizer=optimizer, warmup_epochs=warmup_epochs, text_chunk=text_chunk,
+            seed=seed, device=device, precision=precision, workers=workers, allow_pickle=allow_pickle)
+        result = tune_teacher(cfg, out, progress=_progress(not as_json))
+        summary = {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
+    if as_json:
+        _print_json(summary)
+    else:
+        _out().print(f"[bold green]teacher ready[/]: {summary['run_dir']} (teacher.safetensors, class vectors); "
+                     f"next: pkd distill --teacher {summary['run_dir']} ...")
+
+
+@app.command(epilog="""
+[bold]Examples[/bold]
+
+  # class vectors of a new or extended class list from a tuned teacher (or a distillation run's teacher)
+  pkd classes runs/teacher --names more_classes.txt --out vectors/more
+  pkd classes runs/student --names classes.txt --out vectors/again --json
+""")
+@_errors_to_exit
+def classes(
+    run: Path = typer.Argument(..., help="A teacher run, a distillation run, or any folder with classes.json."),
+    names: Path = typer.Option(..., "--names", help="Class names: a text file or an ImageFolder."),
+    out: Path = typer.Option(..., "--out", help="Folder for classes.json + class_vectors.safetensors."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    allow_pickle: bool = typer.Option(False, help="Allow weight files that need unpickling."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Class vectors W for a new or extended class list, from the run's (prompted) teacher text tower."""
+    from promptkd_edge.models.class_vectors import CLASSES_FILE, ClassVectors, compute_class_vectors, read_class_names
+    from promptkd_edge.models.teacher import DEFAULT_TEMPLATE, load_teacher, teacher_run_file
+    from promptkd_edge.train.distributed import resolve_device
+
+    class_names = read_class_names(names)
+    if (out / CLASSES_FILE).exists():
+        raise PkdError(f"{out} already holds {CLASSES_FILE}; choose another --out")
+    existing = ClassVectors.load(run) if (run / CLASSES_FILE).is_file() else None
+    if existing is None and teacher_run_file(run) is None:
+        raise PkdError(f"{run} is neither a teacher run nor a folder with {CLASSES_FILE}")
+    source = str(run.resolve()) if teacher_run_file(run) else existing.teacher
+    teacher_model = load_teacher(source, device=resolve_device(device), allow_pickle=allow_pickle)
+    # a zero-shot teacher keeps the run's template, so the original list gives back exactly the run's W
+    template = existing.template if existing is not None and not teacher_model.prompted else DEFAULT_TEMPLATE
+    vectors = compute_class_vectors(teacher_model, class_names, template)
+    vectors.save(out)
+    summary = {"out": str(out), "classes": len(class_names), "teacher": vectors.teacher, "dim": vectors.dim}
+    if as_json:
+        _print_json(summary)
+    else:
+        _out().print(f"{len(class_names)} class vectors from {vectors.teacher} written to {out}")
+
+
+def _accuracy_table(title: str, top1: dict, base: dict, novel: dict, hm: dict, agreement: dict):
+    """All-class top-1 and the base-to-novel protocol (base = first ceil(N/2) classes), one row per model."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("model", "top-1 (all classes)", "base", "novel", "HM"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+
+    def pct(d: dict, name: str) -> str:
+        return f"{100 * d[name]:.2f} %" if name in d else "-"
+
+    for name in top1:
+        table.add_row(name, pct(top1, name), pct(base, name), pct(novel, name), pct(hm, name))
+    for name, value in agreement.items():
+        table.add_row(f"top-1 agreement {name}", f"{100 * value:.2f} %", "", "", "")
+    return table
 
 
 # ---------------------------------------------------------------------------------------------------- demo
@@ -280,16 +416,13 @@ def demo(
     for stage, seconds in report.seconds.items():
         times.add_row(stage, f"{seconds:.1f}")
     times.add_row("[bold]total[/]", f"[bold]{sum(report.seconds.values()):.1f}[/]")
-    acc = Table(title=f"test top-1 ({report.test_images} images, {report.classes} classes, chance "
-                      f"{100 / report.classes:.0f} %)")
-    acc.add_column("model")
-    acc.add_column("top-1", justify="right")
-    for name, value in report.top1.items():
-        acc.add_row(name, f"{100 * value:.1f} %")
-    acc.add_row("agreement student/teacher", f"{100 * report.agreement:.1f} %")
+    acc = _accuracy_table(f"test split ({report.test_images} images, {report.classes} classes, chance "
+                          f"{100 / report.classes:.0f} %)", report.top1, report.base, report.novel, report.hm,
+                          {"student after / teacher tuned": report.agreement})
     _out().print(times)
     _out().print(acc)
-    _out().print(f"run: {report.distill['run']} (student.safetensors, metrics.jsonl, loss.png)")
+    _out().print(f"teacher run: {report.teacher['run']}; student run: {report.distill['run']} "
+                 "(student.safetensors, metrics.jsonl, loss.png)")
 
 
 # ---------------------------------------------------------------------------------------------------- models

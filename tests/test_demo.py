@@ -18,20 +18,25 @@ def test_quick_demo_end_to_end(tmp_path):
     report = json.loads(result.stdout)
     assert report["pretrained_here"] is True
     assert report["classes"] == len(CLASSES) and report["test_images"] == 4 * len(CLASSES)
-    assert set(report["top1"]) == {"teacher zero-shot", "student zero-shot (before)", "student + PromptKD (after)"}
-    assert all(0.0 <= v <= 1.0 for v in report["top1"].values()) and 0.0 <= report["agreement"] <= 1.0
+    models = {"teacher zero-shot", "teacher tuned (stage I)", "student zero-shot (before)",
+              "student + PromptKD (after)"}
+    for metric in ("top1", "base", "novel", "hm"):
+        assert set(report[metric]) == models and all(0.0 <= v <= 1.0 for v in report[metric].values())
+    assert 0.0 <= report["agreement"] <= 1.0
+    assert report["teacher"]["train_classes"] == len(CLASSES) // 2 and report["teacher"]["steps"] == 2 * 1
     assert report["distill"]["steps"] == 2 * (8 * len(CLASSES) // 16)
     for split in ("fewshot", "unlabeled", "test"):
         assert sorted(p.name for p in (tmp_path / "data" / split).iterdir()) == sorted(CLASSES)
-    for f in ("weights/teacher.safetensors", "weights/student.safetensors", "run/student.safetensors",
+    for f in ("weights/teacher.safetensors", "weights/student.safetensors", "teacher/teacher.safetensors",
+              "teacher/class_vectors.safetensors", "run/student.safetensors",
               "run/class_vectors.safetensors", "run/loss.png", "run/metrics.jsonl", "demo_report.json"):
         assert (tmp_path / f).is_file(), f
     config = json.loads((tmp_path / "run/config.json").read_text())["config"]
-    assert config["teacher"] == f"pkd-tiny-teacher:{tmp_path / 'weights/teacher.safetensors'}"
-    assert config["teacher_cache"] == 2 and config["classes"].endswith("fewshot")
+    assert config["teacher"] == config["class_vectors"] == str(tmp_path / "teacher")  # stage I feeds stage II
+    assert config["teacher_cache"] == 2
 
     again = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--workers", "0"],
                           catch_exceptions=False)
     assert again.exit_code == 0
     assert "reusing generated images" in again.output and "reusing pre-trained tiny CLIP weights" in again.output
-    assert "student + PromptKD (after)" in again.output
+    assert "PromptKD" in again.output and "HM" in again.output  # the table (wrapped at 80 columns)

@@ -1,7 +1,10 @@
-"""`pkd eval`: top-1 of the distilled student (and the teacher) on a labeled ImageFolder, and their agreement."""
+"""`pkd eval`: top-1 of the distilled student (and the teacher) on a labeled ImageFolder, their agreement, and
+the base-to-novel protocol of the PromptKD paper: base = the first ceil(N/2) classes by class id, base images
+scored against W[base], novel images against W[novel], and the harmonic mean of the two."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +16,9 @@ from promptkd_edge.data.datasets import LabeledViews, collate_skipping_bad
 from promptkd_edge.data.listing import LabeledImages
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.class_vectors import ClassVectors
-from promptkd_edge.models.openclip import Preprocess, load_clip
+from promptkd_edge.models.openclip import Preprocess
 from promptkd_edge.models.student import load_student
-from promptkd_edge.models.teacher import Teacher
+from promptkd_edge.models.teacher import load_teacher
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # model-ready images -> logits [B, C]
@@ -25,25 +28,33 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]  # model-ready images -> logits 
 class EvalResult:
     images: int
     classes: int
-    top1: dict[str, float]  # model name -> top-1 accuracy in [0, 1]
-    agreement: dict[str, float] = field(default_factory=dict)  # "a vs b" -> fraction of equal top-1
+    top1: dict[str, float]  # model -> all-class top-1 in [0, 1]
+    base: dict[str, float] = field(default_factory=dict)  # model -> top-1 of base images among base classes
+    novel: dict[str, float] = field(default_factory=dict)
+    hm: dict[str, float] = field(default_factory=dict)  # harmonic mean of base and novel
+    agreement: dict[str, float] = field(default_factory=dict)  # "a vs b" -> fraction of equal all-class top-1
     bad_images: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"images": self.images, "classes": self.classes, "top1": self.top1, "agreement": self.agreement,
-                "bad_images": len(self.bad_images)}
+        return {"images": self.images, "classes": self.classes, "base_classes": math.ceil(self.classes / 2),
+                "top1": self.top1, "base": self.base, "novel": self.novel, "hm": self.hm,
+                "agreement": self.agreement, "bad_images": len(self.bad_images)}
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    return 2 * a * b / (a + b) if a + b > 0 else 0.0
 
 
 @torch.no_grad()
 def predict(labeled: LabeledImages, models: dict[str, tuple[Preprocess, Scorer]], *, device: torch.device,
             batch_size: int = 64, workers: int = 2, progress: Progress | None = None
             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
-    """Labels and each model's top-1 predictions over `labeled` (unreadable images skipped and listed)."""
+    """Labels and each model's logits [N, C] over `labeled` (unreadable images skipped and listed)."""
     progress = progress or NullProgress()
     names = list(models)
     dataset = LabeledViews(labeled.samples, [models[n][0] for n in names])
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping_bad)
-    labels, preds, bad = [], {n: [] for n in names}, []
+    labels, logits, bad = [], {n: [] for n in names}, []
     update = progress.task("evaluating", len(dataset))
     done = 0
     for batch in loader:
@@ -54,23 +65,37 @@ def predict(labeled: LabeledImages, models: dict[str, tuple[Preprocess, Scorer]]
             continue
         labels.append(batch["label"])
         for name, views in zip(names, batch["views"], strict=True):
-            preds[name].append(models[name][1](views.to(device)).argmax(-1).cpu())
+            logits[name].append(models[name][1](views.to(device)).float().cpu())
     if not labels:
         raise PkdError(f"none of the {len(dataset)} images of {labeled.root} could be read")
-    return torch.cat(labels), {n: torch.cat(p) for n, p in preds.items()}, bad
+    return torch.cat(labels), {n: torch.cat(v) for n, v in logits.items()}, bad
 
 
-def accuracy_report(labels: torch.Tensor, preds: dict[str, torch.Tensor], classes: int, bad: list[str],
+def accuracy_report(labels: torch.Tensor, logits: dict[str, torch.Tensor], classes: int, bad: list[str],
                     pairs: list[tuple[str, str]] = ()) -> EvalResult:
-    top1 = {n: float((p == labels).float().mean()) for n, p in preds.items()}
-    agreement = {f"{a} vs {b}": float((preds[a] == preds[b]).float().mean()) for a, b in pairs}
-    return EvalResult(images=len(labels), classes=classes, top1=top1, agreement=agreement, bad_images=bad)
+    """All-class top-1, base/novel/HM (each half only where the data has images of it), agreement."""
+    nb = math.ceil(classes / 2)
+    is_base = labels < nb
+    result = EvalResult(images=len(labels), classes=classes, top1={}, bad_images=bad)
+    preds = {n: z.argmax(-1) for n, z in logits.items()}
+    for name, z in logits.items():
+        result.top1[name] = float((preds[name] == labels).float().mean())
+        if is_base.any():
+            result.base[name] = float((z[is_base, :nb].argmax(-1) == labels[is_base]).float().mean())
+        if (~is_base).any() and classes > 1:
+            result.novel[name] = float((z[~is_base, nb:].argmax(-1) + nb == labels[~is_base]).float().mean())
+        if name in result.base and name in result.novel:
+            result.hm[name] = harmonic_mean(result.base[name], result.novel[name])
+    result.agreement = {f"{a} vs {b}": float((preds[a] == preds[b]).float().mean()) for a, b in pairs}
+    return result
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, *, with_teacher: bool = False, device: str = "cpu",
                  batch_size: int = 64, workers: int = 2, allow_pickle: bool = False,
                  progress: Progress | None = None) -> EvalResult:
-    """Score a distillation run's student (and its teacher) on a labeled ImageFolder named like its classes."""
+    """Score a run on a labeled ImageFolder named like its classes: a distillation run's student (and, with
+    `with_teacher`, its teacher), or a teacher run's teacher."""
+    from promptkd_edge.models.teacher import TEACHER_FILE
     from promptkd_edge.train.run_dir import RunDir
 
     run = RunDir(run_dir)
@@ -78,14 +103,16 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, with_teacher: bool = 
     dev = torch.device(device)
     vectors = ClassVectors.load(run.path).to(dev)
     labeled = LabeledImages.scan(data).relabel(vectors.names)
-    student = load_student(run.student, device=dev, allow_pickle=allow_pickle)
-    models: dict[str, tuple[Preprocess, Scorer]] = {
-        "student": (student.preprocess, lambda x: vectors.logits(student(x)))}
-    if with_teacher:
-        teacher = Teacher(load_clip(vectors.teacher, device=dev, allow_pickle=allow_pickle))
+    models: dict[str, tuple[Preprocess, Scorer]] = {}
+    if run.student.is_file():
+        student = load_student(run.student, device=dev, allow_pickle=allow_pickle)
+        models["student"] = (student.preprocess, lambda x: vectors.logits(student(x)))
+    if with_teacher or (run.path / TEACHER_FILE).is_file():
+        teacher = load_teacher(vectors.teacher, device=dev, allow_pickle=allow_pickle)
         models["teacher"] = (teacher.clip.preprocess, lambda x: vectors.logits(teacher.encode_image(x)))
-    labels, preds, bad = predict(labeled, models, device=dev, batch_size=batch_size, workers=workers,
-                                 progress=progress)
-    pairs = [("student", "teacher")] if with_teacher else []
-    return accuracy_report(labels, preds, len(vectors.names), bad, pairs)
-
+    if not models:
+        raise PkdError(f"{run.path} holds neither a student nor a teacher")
+    labels, logits, bad = predict(labeled, models, device=dev, batch_size=batch_size, workers=workers,
+                                  progress=progress)
+    pairs = [("student", "teacher")] if len(models) == 2 else []
+    return accuracy_report(labels, logits, len(vectors.names), bad, pairs)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.models.teacher import Teacher, class_prompt
+from promptkd_edge.models.teacher import DEFAULT_TEMPLATE, Teacher
 from promptkd_edge.utils.files import atomic_path, read_json, sha256_file, write_json
 
 VECTORS_FILE = "class_vectors.safetensors"
@@ -111,10 +111,12 @@ def read_class_names(source: str | os.PathLike) -> list[str]:
     return names
 
 
-def compute_class_vectors(teacher: Teacher, names: list[str], template: str) -> ClassVectors:
-    """W = normalised teacher text features of `template` filled with each class name."""
+def compute_class_vectors(teacher: Teacher, names: list[str], template: str = DEFAULT_TEMPLATE) -> ClassVectors:
+    """W = normalised teacher text features: `template` filled with each class name (zero-shot teacher) or the
+    learned context followed by the name (prompted teacher)."""
     validate_class_names(names, "class list")
-    if "{}" not in template:
+    if not teacher.prompted and "{}" not in template:
         raise PkdError(f"template {template!r} has no '{{}}' where the class name goes")
-    vectors = teacher.encode_text([class_prompt(template, n) for n in names]).float().cpu()
-    return ClassVectors(names, vectors, teacher.spec, template, teacher.logit_scale)
+    vectors = teacher.class_text_features(names, template).float().cpu()
+    return ClassVectors(names, vectors, teacher.spec, teacher.template if teacher.prompted else template,
+                        teacher.logit_scale)

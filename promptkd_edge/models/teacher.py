@@ -1,14 +1,30 @@
-"""The CLIP teacher: normalised image features for distillation and text features for the class vectors."""
+"""The CLIP teacher: zero-shot (an open_clip spec) or prompt-tuned (a `pkd teacher` run directory).
+
+A prompted teacher is the base open_clip model plus IVLP prompts in both towers, stored as
+`teacher.safetensors` (tensors `vision.prompts` [depth, n, W_v] and `text.prompts` [depth, n, W_t], the
+TeacherConfig in the metadata). `load_teacher` takes either form, so every `--teacher` option accepts both.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptkd_edge.models.openclip import LoadedCLIP
+from promptkd_edge.errors import PkdError
+from promptkd_edge.models.openclip import LoadedCLIP, ModelSpec, load_clip, weights_file_for
+from promptkd_edge.models.prompted_text import PromptedTextTower
+from promptkd_edge.models.prompted_vision import PromptedVisionTower
+from promptkd_edge.utils.files import atomic_path, sha256_file
 
 DEFAULT_TEMPLATE = "a photo of a {}."
+TEACHER_FILE = "teacher.safetensors"
+TEACHER_FORMAT = "promptkd-edge/teacher"
 
 
 def class_prompt(template: str, name: str) -> str:
@@ -16,17 +32,44 @@ def class_prompt(template: str, name: str) -> str:
     return template.format(name.replace("_", " "))
 
 
-class Teacher(nn.Module):
-    """A frozen open_clip model used zero-shot: `encode_image` and `encode_text` return unit vectors."""
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The prompts of a tuned teacher (PromptSRC / IVLP design: 4 + 4 tokens, depth 9 in both towers)."""
 
-    def __init__(self, clip: LoadedCLIP):
+    spec: str
+    vision_tokens: int = 4
+    vision_depth: int = 9
+    text_tokens: int = 4
+    text_depth: int = 9
+    text_prefix: str = "a photo of a"
+    init_std: float = 0.02
+    init_seed: int = 0
+    weights_sha256: str | None = None
+
+
+class Teacher(nn.Module):
+    """A frozen open_clip model, optionally with trainable prompts; features are L2-normalised."""
+
+    def __init__(self, clip: LoadedCLIP, config: TeacherConfig | None = None, source: str | None = None):
         super().__init__()
         self.clip = clip
         self.model = clip.model.eval().requires_grad_(False)
+        self.config = config
+        self.source = source or str(clip.spec)
+        if config is not None:
+            self.vision = PromptedVisionTower(self.model.visual, config.vision_tokens, config.vision_depth,
+                                              config.init_std)
+            self.text = PromptedTextTower(self.model, clip.tokenizer(), config.text_tokens, config.text_depth,
+                                          config.text_prefix, config.init_std)
 
     @property
     def spec(self) -> str:
-        return str(self.clip.spec)
+        """What `--teacher` must say to load this teacher again (a spec or a teacher run directory)."""
+        return self.source
+
+    @property
+    def prompted(self) -> bool:
+        return self.config is not None
 
     @property
     def dim(self) -> int:
@@ -36,17 +79,131 @@ class Teacher(nn.Module):
     def logit_scale(self) -> float:
         return self.clip.logit_scale
 
+    @property
+    def template(self) -> str:
+        """The sentence the class vectors come from ('X' marks learned context in a prompted teacher)."""
+        return f"{self.text.prefix} {{}}. (learned context)" if self.prompted else DEFAULT_TEMPLATE
+
     def train(self, mode: bool = True) -> Teacher:
-        return super().train(False)
+        super().train(mode)
+        self.model.eval()  # frozen towers never switch to training behaviour
+        return self
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised image features, with gradients to the prompts (stage I training)."""
+        out = self.vision(images) if self.prompted else self.model.encode_image(images)
+        return F.normalize(out, dim=-1)
+
+    def text_features(self, names: list[str], template: str = DEFAULT_TEMPLATE, chunk: int = 0,
+                      checkpointing: bool = False) -> torch.Tensor:
+        """Normalised class text features, with gradients to the prompts (stage I training)."""
+        if self.prompted:
+            return F.normalize(self.text.encode(names, chunk, checkpointing).float(), dim=-1)
+        return self.encode_text([class_prompt(template, n) for n in names])
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.model.encode_image(images), dim=-1)
+        return self.image_features(images)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Normalised features of plain sentences (no prompts), `batch_size` at a time."""
         tokenizer = self.clip.tokenizer()
         device = next(self.model.parameters()).device
         out = [self.model.encode_text(tokenizer(texts[i:i + batch_size]).to(device)).float()
                for i in range(0, len(texts), batch_size)]
         return F.normalize(torch.cat(out), dim=-1)
+
+    @torch.no_grad()
+    def class_text_features(self, names: list[str], template: str = DEFAULT_TEMPLATE, chunk: int = 256
+                            ) -> torch.Tensor:
+        return self.text_features(names, template, chunk=chunk)
+
+    def prompt_state(self) -> dict[str, torch.Tensor]:
+        return {"vision.prompts": self.vision.prompts, "text.prompts": self.text.prompts}
+
+    def load_prompt_state(self, state: dict[str, torch.Tensor], source: str) -> None:
+        for key, param in self.prompt_state().items():
+            if key not in state:
+                raise PkdError(f"{source} has no {key}")
+            if state[key].shape != param.shape:
+                raise PkdError(f"{source}: {key} is {list(state[key].shape)}, but {self.config.spec} with this "
+                               f"prompt design needs {list(param.shape)}")
+            with torch.no_grad():
+                param.copy_(state[key].to(param.dtype))
+
+
+def teacher_run_file(source: str | os.PathLike) -> Path | None:
+    """The teacher.safetensors a `--teacher` value points at (a run directory or the file), else None."""
+    path = Path(source).expanduser()
+    if path.is_dir() and (path / TEACHER_FILE).is_file():
+        return path / TEACHER_FILE
+    if path.is_file() and path.name.endswith(".safetensors") and _is_teacher_file(path):
+        return path
+    if path.is_dir():
+        raise PkdError(f"{path} is a folder without {TEACHER_FILE}; pass a `pkd teacher` run or an open_clip "
+                       "spec (ARCH, ARCH:TAG, ARCH:/path/to/weights)")
+    return None
+
+
+def _is_teacher_file(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == TEACHER_FORMAT
+    except Exception:
+        return False
+
+
+def save_teacher(teacher: Teacher, path: str | os.PathLike) -> None:
+    from safetensors.torch import save_file
+
+    meta = {"format": TEACHER_FORMAT, "config": json.dumps(asdict(teacher.config))}
+    state = {k: v.detach().float().cpu().contiguous() for k, v in teacher.prompt_state().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def read_teacher_file(path: str | os.PathLike) -> tuple[TeacherConfig, dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+    except Exception as e:
+        raise PkdError(f"cannot read teacher prompts {path}: {str(e).splitlines()[0]}") from None
+    if meta.get("format") != TEACHER_FORMAT:
+        raise PkdError(f"{path} is not a promptkd-edge teacher file")
+    return TeacherConfig(**json.loads(meta["config"])), state
+
+
+def base_spec(source: str) -> str:
+    """The open_clip spec under a teacher (itself, for a zero-shot teacher)."""
+    file = teacher_run_file(source)
+    return read_teacher_file(file)[0].spec if file else source
+
+
+def teacher_fingerprint(source: str) -> dict[str, str | None]:
+    """What identifies the teacher's image features: base weights and, when tuned, its prompts."""
+    file = teacher_run_file(source)
+    spec = read_teacher_file(file)[0].spec if file else source
+    weights = weights_file_for(spec)
+    return {"spec": spec, "weights_sha256": sha256_file(weights) if weights else None,
+            "prompts_sha256": sha256_file(file) if file else None}
+
+
+def load_teacher(source: str, *, device: str | torch.device = "cpu", allow_pickle: bool = False) -> Teacher:
+    """A zero-shot teacher from an open_clip spec, or a prompted one from a `pkd teacher` run / file."""
+    file = teacher_run_file(source)
+    if file is None:
+        return Teacher(load_clip(ModelSpec.parse(source), device=device, allow_pickle=allow_pickle))
+    config, state = read_teacher_file(file)
+    torch.manual_seed(config.init_seed)
+    clip = load_clip(ModelSpec.parse(config.spec), device=device, allow_pickle=allow_pickle)
+    if config.weights_sha256 and clip.weights_file and sha256_file(clip.weights_file) != config.weights_sha256:
+        raise PkdError(f"the base weights {clip.weights_file} differ from those the teacher in {file} was tuned on")
+    teacher = Teacher(clip, config, source=str(file.parent if file.name == TEACHER_FILE else file)).to(device)
+    teacher.load_prompt_state(state, str(file))
+    return teacher.eval()

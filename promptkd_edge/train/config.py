@@ -61,8 +61,11 @@ class DistillConfig:
     def validate(self) -> DistillConfig:
         if not self.data:
             raise PkdError("no training data: pass --data FOLDER|FILE_LIST|SHARDS")
-        if not self.classes and not self.class_vectors:
-            raise PkdError("no classes: pass --classes FILE|IMAGEFOLDER or --class-vectors DIR")
+        from promptkd_edge.models.teacher import teacher_run_file
+
+        if not self.classes and not self.class_vectors and teacher_run_file(self.teacher) is None:
+            raise PkdError("no classes: pass --classes FILE|IMAGEFOLDER or --class-vectors DIR (a `pkd teacher` run "
+                           "as --teacher brings its own)")
         checks = [
             (self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 2, "--batch-size must be >= 2 (the projector has BatchNorm)"),
@@ -94,6 +97,8 @@ class DistillConfig:
         from promptkd_edge.models.openclip import ModelSpec
 
         def spec(text: str) -> str:
+            if Path(text).expanduser().exists():  # a `pkd teacher` run (or its teacher.safetensors)
+                return str(Path(text).expanduser().resolve())
             parsed = ModelSpec.parse(text)
             if parsed.pretrained and parsed.is_file:
                 return f"{parsed.arch}:{Path(parsed.pretrained).expanduser().resolve()}"
@@ -122,3 +127,66 @@ class DistillConfig:
         """Fields that differ and would change the result of a resumed run."""
         a, b = self.to_dict(), other.to_dict()
         return [k for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k]]
+
+
+@dataclass
+class TeacherTuneConfig:
+    """Stage I, `pkd teacher`: PromptSRC-style prompt tuning of the teacher on K labeled shots per class."""
+
+    teacher: str = "ViT-L-14:openai"
+    data: str = ""  # labeled ImageFolder
+    class_names: str | None = None  # a names file fixing the class order (default: sorted sub-folders)
+    shots: int = 16
+    classes: str = "base"  # train on the base half (first ceil(N/2) classes) or on all
+    vision_tokens: int = 4
+    vision_depth: int = 9
+    text_tokens: int = 4
+    text_depth: int = 9
+    text_init: str = "a photo of a"
+    self_consistency: bool = True
+    text_loss_weight: float = 25.0
+    image_loss_weight: float = 10.0
+    gpa: bool = True
+    gpa_mean: float = 15.0
+    gpa_std: float = 1.0
+    epochs: int = 20
+    batch_size: int = 8
+    optimizer: str = "sgd"
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    crop_scale_min: float = 0.08
+    text_chunk: int = 128  # classes per text-tower chunk; more classes than this are checkpointed
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = 4
+    seed: int = 1
+    allow_pickle: bool = False
+    log_every: int = 10
+
+    def validate(self) -> TeacherTuneConfig:
+        checks = [
+            (bool(self.data), "no training data: pass --data LABELED_IMAGEFOLDER"),
+            (self.shots >= 1, "--shots must be >= 1"),
+            (self.classes in ("base", "all"), "--classes must be base or all"),
+            (self.epochs >= 1, "--epochs must be >= 1"),
+            (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (0 <= self.warmup_epochs < self.epochs,
+             f"--warmup-epochs {self.warmup_epochs} leaves no epoch of the {self.epochs} for the cosine schedule"),
+            (self.optimizer in ("sgd", "adamw"), "--optimizer must be sgd or adamw"),
+            (self.lr is None or self.lr > 0, "--lr must be > 0"),
+            (self.vision_tokens >= 0 and self.text_tokens >= 1, "prompt tokens must be >= 0 (vision), >= 1 (text)"),
+            (self.vision_depth >= 0 and self.text_depth >= 1, "prompt depths must be >= 0 (vision), >= 1 (text)"),
+            (self.gpa_std > 0, "--gpa-std must be > 0"),
+            (self.text_chunk >= 0, "--text-chunk must be >= 0"),
+            (0 < self.crop_scale_min <= 1, "--crop-scale-min must be in (0, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PkdError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -27,7 +27,7 @@ from promptkd_edge.errors import PkdError
 from promptkd_edge.models.class_vectors import CLASSES_FILE, ClassVectors, compute_class_vectors, read_class_names
 from promptkd_edge.models.openclip import load_clip, preprocess_for, weights_file_for
 from promptkd_edge.models.student import StudentConfig, build_student, save_student
-from promptkd_edge.models.teacher import Teacher
+from promptkd_edge.models.teacher import Teacher, base_spec, load_teacher, teacher_fingerprint
 from promptkd_edge.train import teacher_cache
 from promptkd_edge.train.checkpoint import TrainingState, load_latest, save_checkpoint
 from promptkd_edge.train.config import DistillConfig
@@ -96,7 +96,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
         raise PkdError("WebDataset shards have no length: pass --shard-epoch-size (images per epoch)")
     paths = [] if shards else list_images(cfg.data)
     names = read_class_names(cfg.classes) if cfg.classes and not cfg.class_vectors else None
-    for spec in (cfg.student, cfg.teacher):
+    for spec in (cfg.student, base_spec(cfg.teacher)):
         weights_file_for(spec)
 
     # 1. Teacher (loaded only when needed) and its class vectors, computed once and stored in the run.
@@ -107,7 +107,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
         if teacher is None:
             progress.note(f"loading teacher {cfg.teacher}")
             torch.manual_seed(cfg.seed)  # weights without a file (random) are the same in every process and run
-            teacher = Teacher(load_clip(cfg.teacher, device=rt.device, allow_pickle=cfg.allow_pickle))
+            teacher = load_teacher(cfg.teacher, device=rt.device, allow_pickle=cfg.allow_pickle)
         return teacher
 
     if rt.is_main and not (run.path / CLASSES_FILE).is_file():
@@ -297,10 +297,11 @@ def _log(pending: list[tuple[dict[str, Any], torch.Tensor]], metrics: MetricsLog
 
 def _class_vectors(cfg: DistillConfig, names: list[str] | None, get_teacher: Callable[[], Teacher],
                    progress: Progress) -> ClassVectors:
-    if cfg.class_vectors:
-        vectors = ClassVectors.load(cfg.class_vectors)
+    if cfg.class_vectors or names is None:  # given, or those of the `pkd teacher` run given as --teacher
+        source = cfg.class_vectors or cfg.teacher
+        vectors = ClassVectors.load(source)
         if vectors.teacher != cfg.teacher:
-            raise PkdError(f"the class vectors in {cfg.class_vectors} come from teacher {vectors.teacher}, "
+            raise PkdError(f"the class vectors in {source} come from teacher {vectors.teacher}, "
                            f"not --teacher {cfg.teacher}")
         return vectors
     progress.note(f"computing class vectors for {len(names)} classes with {cfg.teacher}")
@@ -309,9 +310,8 @@ def _class_vectors(cfg: DistillConfig, names: list[str] | None, get_teacher: Cal
 
 def _teacher_cache(cfg: DistillConfig, rt: Runtime, paths: list[Path], dim: int,
                    get_teacher: Callable[[], Teacher], progress: Progress, amp: torch.dtype | None):
-    weights = weights_file_for(cfg.teacher)
-    fingerprint = {"spec": cfg.teacher, "weights_sha256": sha256_file(weights) if weights else None}
-    preprocess = preprocess_for(cfg.teacher)
+    fingerprint = teacher_fingerprint(cfg.teacher)
+    preprocess = preprocess_for(base_spec(cfg.teacher))
     key = teacher_cache.cache_key(listing=teacher_cache.listing_digest(paths), teacher=fingerprint,
                                   preprocess=preprocess, views=cfg.teacher_cache, seed=cfg.seed,
                                   crop_scale=(cfg.crop_scale_min, 1.0))

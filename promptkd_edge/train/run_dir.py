@@ -24,10 +24,10 @@ class RunDir:
         self.summary = self.path / "summary.json"
         self.checkpoints = self.path / "checkpoints"
 
-    def check_new(self) -> None:
+    def check_new(self, resumable: bool = True) -> None:
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-            raise PkdError(f"{self.path} already exists and is not empty; pass --resume {self.path} to continue "
-                           "it, or choose another --out")
+            hint = f"pass --resume {self.path} to continue it, or choose" if resumable else "choose"
+            raise PkdError(f"{self.path} already exists and is not empty; {hint} another --out")
 
     def check_existing(self) -> None:
         if not self.config.is_file():
