@@ -347,10 +347,14 @@ def classes(
     if (out / CLASSES_FILE).exists():
         raise PkdError(f"{out} already holds {CLASSES_FILE}; choose another --out")
     existing = ClassVectors.load(run) if (run / CLASSES_FILE).is_file() else None
-    if existing is None and teacher_run_file(run) is None:
+    is_teacher_run = teacher_run_file(run, strict=False) is not None
+    if existing is None and not is_teacher_run:
         raise PkdError(f"{run} is neither a teacher run nor a folder with {CLASSES_FILE}")
-    source = str(run.resolve()) if teacher_run_file(run) else existing.teacher
+    source = str(run.resolve()) if is_teacher_run else existing.teacher
     teacher_model = load_teacher(source, device=resolve_device(device), allow_pickle=allow_pickle)
+    if not teacher_model.prompted and teacher_model.clip.weights_file is None and ":" not in source:
+        raise PkdError(f"the teacher {source} has no weights file (random weights): its class vectors cannot "
+                       "match the run's")
     # a zero-shot teacher keeps the run's template, so the original list gives back exactly the run's W
     template = existing.template if existing is not None and not teacher_model.prompted else DEFAULT_TEMPLATE
     vectors = compute_class_vectors(teacher_model, class_names, template)

@@ -133,14 +133,15 @@ class Teacher(nn.Module):
                 param.copy_(state[key].to(param.dtype))
 
 
-def teacher_run_file(source: str | os.PathLike) -> Path | None:
-    """The teacher.safetensors a `--teacher` value points at (a run directory or the file), else None."""
+def teacher_run_file(source: str | os.PathLike, strict: bool = True) -> Path | None:
+    """The teacher.safetensors a `--teacher` value points at (a run directory or the file), else None; with
+    `strict`, a folder without one is an error (it cannot be an open_clip spec either)."""
     path = Path(source).expanduser()
     if path.is_dir() and (path / TEACHER_FILE).is_file():
         return path / TEACHER_FILE
     if path.is_file() and path.name.endswith(".safetensors") and _is_teacher_file(path):
         return path
-    if path.is_dir():
+    if path.is_dir() and strict:
         raise PkdError(f"{path} is a folder without {TEACHER_FILE}; pass a `pkd teacher` run or an open_clip "
                        "spec (ARCH, ARCH:TAG, ARCH:/path/to/weights)")
     return None
