@@ -17,7 +17,7 @@ def invoke(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
-@pytest.mark.parametrize("command", ["distill", "eval", "demo", "models"])
+@pytest.mark.parametrize("command", ["teacher", "distill", "eval", "classes", "demo", "models"])
 def test_every_command_has_help_with_examples(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0
@@ -109,3 +109,20 @@ def test_real_process_bad_input_no_traceback(tmp_path):
     debug = pkd("--debug", "distill", "--data", str(tmp_path / "nope"), "--classes", "x.txt",
                 "--out", str(tmp_path / "r"))
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_teacher_command_json_and_bad_input(tmp_path):
+    shots = write_images(tmp_path / "shots", 12, classes=NAMES, seed=4)
+    args = ["teacher", "--teacher", TEACHER, "--data", str(shots), "--shots", "2", "--vision-depth", "2",
+            "--text-depth", "1", "--epochs", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
+    result = invoke(*args, "--out", str(tmp_path / "t"), "--json")
+    summary = json.loads(result.stdout)
+    assert summary["train_classes"] == 2 and summary["all_classes"] == 3 and summary["shots"] == 2
+    for extra, message in ((["--shots", "9"], "fewer than --shots 9"), (["--classes", "half"], "base or all"),
+                           (["--text-init", "a photo"], "is 2 tokens, not --text-tokens 4")):
+        bad = runner.invoke(app, [*args, *extra, "--out", str(tmp_path / "bad")])
+        errors = [line for line in bad.output.splitlines() if line.startswith("error:")]
+        assert bad.exit_code == 2 and len(errors) == 1 and message in " ".join(bad.output.split()), bad.output
+        assert not (tmp_path / "bad").exists()
+    used = runner.invoke(app, [*args, "--out", str(tmp_path / "t")])
+    assert used.exit_code == 2 and "choose another --out" in " ".join(used.output.split())

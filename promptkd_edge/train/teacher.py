@@ -92,6 +92,25 @@ def frozen_text_targets(teacher: Teacher, names: list[str], templates: list[str]
     return F.normalize(total / len(templates), dim=-1)
 
 
+def teacher_losses(teacher: Teacher, images: torch.Tensor, labels: torch.Tensor, names: list[str],
+                   zs_text: torch.Tensor | None, text_chunk: int = 0, checkpointing: bool = False,
+                   text_weight: float = 25.0, image_weight: float = 10.0
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One step's losses: CE of the prompted logits over every class in `names`, plus PromptSRC's consistency
+    with the frozen model when its text targets `zs_text` are given. Returns (losses, logits)."""
+    scale = teacher.logit_scale
+    text = teacher.text_features(names, chunk=text_chunk, checkpointing=checkpointing)
+    image = teacher.image_features(images).float()
+    logits = scale * image @ text.t()
+    losses = {"ce": F.cross_entropy(logits, labels)}
+    if zs_text is not None:
+        with torch.no_grad():
+            zs_image = F.normalize(teacher.model.encode_image(images).float(), dim=-1)
+        losses |= consistency_losses(image, zs_image, text, zs_text, logits, scale * zs_image @ zs_text.t(),
+                                     text_weight, image_weight)
+    return losses, logits
+
+
 def tune_teacher(cfg: TeacherTuneConfig, out: str | Path, *, progress: Progress | None = None) -> TeacherResult:
     """Prompt-tune `cfg.teacher` on few-shot labeled images and write a teacher run directory `out`."""
     cfg = cfg.validate()
@@ -136,7 +155,6 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
                            init_seed=cfg.seed,
                            weights_sha256=sha256_file(clip.weights_file) if clip.weights_file else None)
     teacher = Teacher(clip, config, source=str(run.path.resolve())).to(device)
-    scale = teacher.logit_scale
     zs_text = frozen_text_targets(teacher, train_names, scl_templates()) if cfg.self_consistency else None
     checkpointing = 0 < cfg.text_chunk < len(train_names)
 
@@ -182,15 +200,8 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
             x = batch["image"].to(device, non_blocking=True)
             y = labels[batch["index"]].to(device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                text = teacher.text_features(train_names, chunk=cfg.text_chunk, checkpointing=checkpointing)
-                image = teacher.image_features(x).float()
-                logits = scale * image @ text.t()
-                losses = {"ce": F.cross_entropy(logits, y)}
-                if zs_text is not None:
-                    with torch.no_grad():
-                        zs_image = F.normalize(teacher.model.encode_image(x).float(), dim=-1)
-                    losses |= consistency_losses(image, zs_image, text, zs_text, logits, scale * zs_image @ zs_text.t(),
-                                                 cfg.text_loss_weight, cfg.image_loss_weight)
+                losses, logits = teacher_losses(teacher, x, y, train_names, zs_text, cfg.text_chunk, checkpointing,
+                                                cfg.text_loss_weight, cfg.image_loss_weight)
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
