@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import write_report  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from promptkd_edge.train.config import DistillConfig  # noqa: E402
@@ -36,27 +35,6 @@ SIZES = {
     "tiny": ("pkd-tiny-teacher", "pkd-tiny-student", 4, 64),
     "real": ("ViT-L-14", "ViT-B-16", 9, 256),
 }
-RESULTS = Path(__file__).parent / "results"
-
-
-def machine() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "cpu": _cpu_name(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    compute_capability=f"{p.major}.{p.minor}")
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_images(folder: Path, distinct: int, total: int, side: int) -> Path:
@@ -135,15 +113,9 @@ def main() -> None:
                           args.precision, Path(tmp), args.cache_views, args.compile)
     report = {"benchmark": "distill_throughput", "size": args.size, "teacher": SIZES[args.size][0],
               "student": SIZES[args.size][1], "device": args.device, "precision": args.precision,
-              "workers": args.workers, "steps": args.steps, "warmup_steps": args.warmup_steps,
-              "date": time.strftime("%Y-%m-%d"), "machine": machine(), "results": rows,
-              "peak_host_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
-    out = args.out or RESULTS / f"distill_throughput-{args.size}-{args.device.split(':')[0]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+              "workers": args.workers, "steps": args.steps, "warmup_steps": args.warmup_steps, "results": rows,
+              "peak_host_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    write_report(report, args.out, f"distill_throughput-{args.size}-{args.device.split(':')[0]}", markdown)
 
 
 def markdown(report: dict) -> str:

@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-RESULTS = Path(__file__).parent / "results"
+
+from common import write_report  # noqa: E402
+
 SIZES = {"tiny": ("pkd-tiny-teacher", 6, 2), "real": ("ViT-L-14", 9, 9)}  # arch, vision depth, text depth
 
 
@@ -104,18 +106,10 @@ def main() -> None:
             else:
                 rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
-    sys.path.insert(0, str(Path(__file__).parent))
-    from distill_throughput import machine
-
     report = {"benchmark": "teacher_memory", "size": args.size, "teacher": SIZES[args.size][0],
               "device": args.device, "precision": args.precision, "batch": args.batch, "steps": args.steps,
-              "date": time.strftime("%Y-%m-%d"), "machine": machine(), "results": rows,
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
-    out = args.out or RESULTS / f"teacher_memory-{args.size}-{args.device.split(':')[0]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+              "results": rows}
+    write_report(report, args.out, f"teacher_memory-{args.size}-{args.device.split(':')[0]}", markdown)
 
 
 def markdown(report: dict) -> str:

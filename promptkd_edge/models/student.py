@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +13,7 @@ from promptkd_edge.errors import PkdError
 from promptkd_edge.models.openclip import LoadedCLIP, ModelSpec, Preprocess, load_clip
 from promptkd_edge.models.projector import Projector
 from promptkd_edge.models.prompted_vision import PromptedVisionTower
-from promptkd_edge.utils.files import atomic_path
+from promptkd_edge.utils.files import read_tagged_safetensors, write_tagged_safetensors
 
 STUDENT_FORMAT = "promptkd-edge/student"
 
@@ -78,28 +76,12 @@ def build_student(clip: LoadedCLIP, config: StudentConfig) -> Student:
 
 def save_student(student: Student, path: str | os.PathLike) -> None:
     """Write prompts + projector as safetensors, with the StudentConfig in the file's metadata."""
-    from safetensors.torch import save_file
-
-    meta = {"format": STUDENT_FORMAT, "config": json.dumps(asdict(student.config))}
-    with atomic_path(path) as tmp:
-        save_file(student.trained_state(), str(tmp), metadata=meta)
+    write_tagged_safetensors(path, student.trained_state(), STUDENT_FORMAT, asdict(student.config))
 
 
 def read_student_file(path: str | os.PathLike) -> tuple[StudentConfig, dict[str, torch.Tensor]]:
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise PkdError(f"student weights not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
-    except Exception as e:
-        raise PkdError(f"cannot read student weights {path}: {str(e).splitlines()[0]}") from None
-    if meta.get("format") != STUDENT_FORMAT:
-        raise PkdError(f"{path} is not a promptkd-edge student file (format {meta.get('format')!r})")
-    return StudentConfig(**json.loads(meta["config"])), state
+    config, state = read_tagged_safetensors(path, STUDENT_FORMAT, "student weights")
+    return StudentConfig(**config), state
 
 
 def load_student(path: str | os.PathLike, *, device: str | torch.device = "cpu",

@@ -7,7 +7,6 @@ TeacherConfig in the metadata). `load_teacher` takes either form, so every `--te
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from promptkd_edge.errors import PkdError
 from promptkd_edge.models.openclip import LoadedCLIP, ModelSpec, load_clip, weights_file_for
 from promptkd_edge.models.prompted_text import PromptedTextTower
 from promptkd_edge.models.prompted_vision import PromptedVisionTower
-from promptkd_edge.utils.files import atomic_path, sha256_file
+from promptkd_edge.utils.files import read_tagged_safetensors, sha256_file, write_tagged_safetensors
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 TEACHER_FILE = "teacher.safetensors"
@@ -158,26 +157,13 @@ def _is_teacher_file(path: Path) -> bool:
 
 
 def save_teacher(teacher: Teacher, path: str | os.PathLike) -> None:
-    from safetensors.torch import save_file
-
-    meta = {"format": TEACHER_FORMAT, "config": json.dumps(asdict(teacher.config))}
     state = {k: v.detach().float().cpu().contiguous() for k, v in teacher.prompt_state().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    write_tagged_safetensors(path, state, TEACHER_FORMAT, asdict(teacher.config))
 
 
 def read_teacher_file(path: str | os.PathLike) -> tuple[TeacherConfig, dict[str, torch.Tensor]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
-    except Exception as e:
-        raise PkdError(f"cannot read teacher prompts {path}: {str(e).splitlines()[0]}") from None
-    if meta.get("format") != TEACHER_FORMAT:
-        raise PkdError(f"{path} is not a promptkd-edge teacher file")
-    return TeacherConfig(**json.loads(meta["config"])), state
+    config, state = read_tagged_safetensors(path, TEACHER_FORMAT, "teacher prompts")
+    return TeacherConfig(**config), state
 
 
 def base_spec(source: str) -> str:

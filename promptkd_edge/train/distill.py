@@ -41,7 +41,7 @@ from promptkd_edge.train.distributed import (
 )
 from promptkd_edge.train.losses import kd_loss
 from promptkd_edge.train.run_dir import MetricsLog, RunDir, plot_loss
-from promptkd_edge.train.schedule import scaled_lr, warmup_cosine
+from promptkd_edge.train.schedule import optimizer_and_schedule, scaled_lr
 from promptkd_edge.utils.files import read_json, sha256_file, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress
 
@@ -160,12 +160,9 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
     global_batch = cfg.batch_size * rt.world_size
     lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.optimizer, global_batch)
     params = student.trainable_parameters()
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    scheduler = warmup_cosine(optimizer, total_steps=total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch,
-                              base_lr=lr, warmup_lr=cfg.warmup_lr)
+    optimizer, scheduler = optimizer_and_schedule(
+        params, optimizer=cfg.optimizer, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        total_steps=total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch, warmup_lr=cfg.warmup_lr)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
     resolved = {"lr": lr, "global_batch": global_batch, "world_size": rt.world_size, "precision": precision,

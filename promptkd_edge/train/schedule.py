@@ -28,3 +28,15 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / decay_steps)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_and_schedule(params: list[torch.nn.Parameter], *, optimizer: str, lr: float, momentum: float,
+                           weight_decay: float, total_steps: int, warmup_steps: int, warmup_lr: float
+                           ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """SGD (momentum, no Nesterov, as Dassl) or AdamW over `params`, with the warm-up + cosine schedule."""
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return opt, warmup_cosine(opt, total_steps=total_steps, warmup_steps=warmup_steps, base_lr=lr,
+                              warmup_lr=warmup_lr)

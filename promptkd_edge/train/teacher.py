@@ -33,7 +33,7 @@ from promptkd_edge.train.config import TeacherTuneConfig
 from promptkd_edge.train.distributed import autocast_dtype, resolve_device, resolve_precision
 from promptkd_edge.train.promptsrc import PromptAverage, consistency_losses, gpa_weights
 from promptkd_edge.train.run_dir import MetricsLog, RunDir, plot_loss
-from promptkd_edge.train.schedule import scaled_lr, warmup_cosine
+from promptkd_edge.train.schedule import optimizer_and_schedule, scaled_lr
 from promptkd_edge.utils.files import sha256_file, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress
 
@@ -168,12 +168,9 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
     # 4. SGD over the prompts only, warm-up then cosine, and the Gaussian prompt average over epochs.
     params = [teacher.vision.prompts, teacher.text.prompts]
     lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.optimizer, cfg.batch_size)
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    scheduler = warmup_cosine(optimizer, total_steps=total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch,
-                              base_lr=lr, warmup_lr=cfg.warmup_lr)
+    optimizer, scheduler = optimizer_and_schedule(
+        params, optimizer=cfg.optimizer, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        total_steps=total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch, warmup_lr=cfg.warmup_lr)
     average = PromptAverage(gpa_weights(cfg.epochs, cfg.gpa_mean, cfg.gpa_std)) if cfg.gpa else None
     write_json(run.config, {"kind": "promptkd-edge/teacher-run", "config": cfg.to_dict(),
                             "resolved": {"lr": lr, "classes": names, "train_classes": train_names,

@@ -75,3 +75,30 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_tagged_safetensors(path: str | os.PathLike, tensors: dict[str, Any], file_format: str,
+                             config: dict[str, Any]) -> None:
+    """Tensors as safetensors with `format` and a JSON `config` in the metadata, written atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": file_format, "config": json.dumps(config)})
+
+
+def read_tagged_safetensors(path: str | os.PathLike, file_format: str, what: str) -> tuple[dict[str, Any], dict]:
+    """(config, tensors) of a file written by `write_tagged_safetensors` in `file_format`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PkdError(f"{what} not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+    except Exception as e:
+        raise PkdError(f"cannot read {what} {path}: {str(e).splitlines()[0]}") from None
+    if meta.get("format") != file_format:
+        raise PkdError(f"{path} is not a promptkd-edge {what} file (format {meta.get('format')!r})")
+    return json.loads(meta["config"]), tensors
