@@ -18,7 +18,7 @@ from promptkd_edge.errors import PkdError
 from promptkd_edge.models.class_vectors import ClassVectors
 from promptkd_edge.models.openclip import Preprocess
 from promptkd_edge.models.student import load_student
-from promptkd_edge.models.teacher import load_teacher
+from promptkd_edge.models.teacher import TEACHER_FILE, load_teacher
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # model-ready images -> logits [B, C]
@@ -95,7 +95,6 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, with_teacher: bool = 
                  progress: Progress | None = None) -> EvalResult:
     """Score a run on a labeled ImageFolder named like its classes: a distillation run's student (and, with
     `with_teacher`, its teacher), or a teacher run's teacher."""
-    from promptkd_edge.models.teacher import TEACHER_FILE
     from promptkd_edge.train.run_dir import RunDir
 
     run = RunDir(run_dir)

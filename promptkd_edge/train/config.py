@@ -14,6 +14,19 @@ from promptkd_edge.train.losses import KD_NORMS
 RESUMABLE_CHANGES = frozenset({"workers", "log_every", "cache_dir", "compile", "device"})
 
 
+def _warmup_check(warmup_epochs: int, epochs: int) -> tuple[bool, str]:
+    return (0 <= warmup_epochs < epochs,
+            f"--warmup-epochs {warmup_epochs} leaves no epoch of the {epochs} for the cosine schedule; "
+            "pass --warmup-epochs 0 or more --epochs")
+
+
+def _first_failure(checks: list[tuple[bool, str]]) -> None:
+    """Raise the message of the first failed (ok, message) check as a PkdError."""
+    for ok, message in checks:
+        if not ok:
+            raise PkdError(message)
+
+
 @dataclass
 class DistillConfig:
     # teacher and classes
@@ -77,18 +90,14 @@ class DistillConfig:
             (self.kd_weight > 0, "--kd-weight must be > 0"),
             (self.optimizer in ("sgd", "adamw"), "--optimizer must be sgd or adamw"),
             (self.lr is None or self.lr > 0, "--lr must be > 0"),
-            (0 <= self.warmup_epochs < self.epochs,
-             f"--warmup-epochs {self.warmup_epochs} leaves no epoch of the {self.epochs} for the cosine schedule; "
-             "pass --warmup-epochs 0 or more --epochs"),
+            _warmup_check(self.warmup_epochs, self.epochs),
             (self.teacher_cache >= 0, "--teacher-cache must be >= 0"),
             (self.prompt_tokens >= 0 and self.prompt_depth >= 0, "prompt tokens and depth must be >= 0"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
             (self.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1"),
             (self.log_every >= 1, "--log-every must be >= 1"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise PkdError(message)
+        _first_failure(checks)
         return self
 
     def with_absolute_paths(self) -> DistillConfig:
@@ -164,7 +173,6 @@ class TeacherTuneConfig:
     workers: int = 4
     seed: int = 1
     allow_pickle: bool = False
-    log_every: int = 10
 
     def validate(self) -> TeacherTuneConfig:
         checks = [
@@ -173,8 +181,7 @@ class TeacherTuneConfig:
             (self.classes in ("base", "all"), "--classes must be base or all"),
             (self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (0 <= self.warmup_epochs < self.epochs,
-             f"--warmup-epochs {self.warmup_epochs} leaves no epoch of the {self.epochs} for the cosine schedule"),
+            _warmup_check(self.warmup_epochs, self.epochs),
             (self.optimizer in ("sgd", "adamw"), "--optimizer must be sgd or adamw"),
             (self.lr is None or self.lr > 0, "--lr must be > 0"),
             (self.vision_tokens >= 0 and self.text_tokens >= 1, "prompt tokens must be >= 0 (vision), >= 1 (text)"),
@@ -183,9 +190,7 @@ class TeacherTuneConfig:
             (self.text_chunk >= 0, "--text-chunk must be >= 0"),
             (0 < self.crop_scale_min <= 1, "--crop-scale-min must be in (0, 1]"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise PkdError(message)
+        _first_failure(checks)
         return self
 
     def to_dict(self) -> dict[str, Any]:
