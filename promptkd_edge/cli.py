@@ -429,6 +429,218 @@ def demo(
                  "(student.safetensors, metrics.jsonl, loss.png)")
 
 
+# ---------------------------------------------------------------------------------------------------- export
+
+EXPORT_EXAMPLES = """
+[bold]Examples[/bold]
+
+  # ONNX bundle (FP32, logits head), gated for parity against the PyTorch student
+  pkd export runs/pets --out bundles/pets
+
+  # INT8 for CPU edge boxes, calibrated on 400 of the run's unlabeled images
+  pkd export runs/pets --out bundles/pets-int8 --precision int8
+
+  # embeddings + logits, uint8 NHWC input (resize/crop in the app, the rest in the graph)
+  pkd export runs/pets --out bundles/pets --head both --uint8-input
+
+  # on the Jetson / GPU machine: add a TensorRT FP16 plan to a bundle (profiles 1/1/1 and 1/8/32)
+  pkd export bundles/pets --trt --precision fp16 --trt-profile 1,1,1 --trt-profile 1,8,32 --data images/
+"""
+
+
+@app.command(epilog=EXPORT_EXAMPLES)
+@_errors_to_exit
+def export(
+    source: Path = typer.Argument(..., help="A distillation run (new bundle) or a bundle (with --trt: add a "
+                                  "TensorRT plan built on this machine)."),
+    out: Path = typer.Option(None, "--out", help="New bundle folder (not with a bundle as SOURCE)."),
+    head: str = typer.Option("logits", help="logits [B, C], embeddings [B, D] (class vectors ship beside it), or "
+                             "both."),
+    uint8_input: bool = typer.Option(False, "--uint8-input", help="Graph takes uint8 NHWC images at the model "
+                                     "resolution and normalises itself."),
+    precision: str = typer.Option("fp32", help="model.onnx: fp32, fp16 or int8 (ONNX Runtime QDQ). With --trt: the "
+                                  "engine's, fp32, fp16, int8 or fp8."),
+    opset: int = typer.Option(20, help="ONNX opset (20 parses on TensorRT 10.3 / JetPack 6)."),
+    slim: bool = typer.Option(False, "--slim", help="Simplify the graph with onnxslim (pip install onnxslim)."),
+    data: str = typer.Option(None, "--data", help="Images for calibration and parity (default: the run's "
+                             "training data; generated images when there are none)."),
+    parity_images: int = typer.Option(200, help="Images the parity gate compares on."),
+    calibration_images: int = typer.Option(400, help="Images INT8/FP8 calibration sees."),
+    calibration_method: str = typer.Option("percentile", help="INT8 calibration: percentile, minmax or entropy."),
+    trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT plan here (needs TensorRT 10 or 11)."),
+    trt_profile: list[str] = typer.Option(None, "--trt-profile", help="MIN,OPT,MAX batch of one optimization "
+                                          "profile; repeat for several (default 1,8,32)."),
+    workspace_gib: float = typer.Option(4.0, help="TensorRT builder workspace limit (GiB); 1-2 on 8 GB Jetsons."),
+    opt_level: int = typer.Option(3, help="TensorRT builder optimization level 0-5."),
+    timing_cache: Path = typer.Option(None, help="Persistent TensorRT timing cache file (read and updated)."),
+    force: bool = typer.Option(False, "--force", help="Keep a bundle that fails the parity gate, marked invalid."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle at --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
+) -> None:
+    """Fold the student (prompts, projector, class vectors) into one ONNX graph, gate it, ship it as a bundle."""
+    from promptkd_edge.export.bundle import ExportOptions, add_engine, export_run
+    from promptkd_edge.runtime.bundle import is_bundle, open_bundle
+
+    trt_options = _trt_options(trt_profile, workspace_gib, opt_level, timing_cache) if trt else None
+    options = ExportOptions(head=head, uint8_input=uint8_input, precision=precision, opset=opset, slim=slim,
+                            data=data, parity_images=parity_images, calibration_images=calibration_images,
+                            calibration_method=calibration_method, force=force, overwrite=overwrite,
+                            trt=trt_options).validate()
+    progress = _progress(not as_json)
+    if is_bundle(source):
+        if not trt:
+            raise PkdError(f"{source} is a bundle; export a run to make a new one, or pass --trt to add a "
+                           "TensorRT plan to it")
+        if out is not None:
+            raise PkdError("--out is for new bundles; with a bundle as SOURCE the plan is added to it")
+        add_engine(source, options, progress=progress)
+        manifest, where = open_bundle(source).manifest, source
+    else:
+        if out is None:
+            raise PkdError("pass --out BUNDLE, the folder to write the bundle to")
+        manifest, where = export_run(source, out, options, progress=progress), out
+    progress.done()
+    if as_json:
+        _print_json(manifest)
+        return
+    _out().print(_parity_table(manifest))
+    state = "[green]valid[/]" if manifest["valid"] else "[bold red]INVALID (kept with --force)[/]"
+    _out().print(f"bundle {where}: {state}; model {manifest['model']['file']} ({manifest['model']['precision']}, "
+                 f"head {manifest['model']['head']})" + "".join(f"; engine {e['file']}" for e in manifest["engines"]))
+
+
+def _trt_options(profiles: list[str] | None, workspace_gib: float, opt_level: int, timing_cache: Path | None):
+    from promptkd_edge.export.tensorrt_build import TrtBuildOptions
+
+    parsed = []
+    for text in profiles or ["1,8,32"]:
+        try:
+            parsed.append(tuple(int(v) for v in text.split(",")))
+        except ValueError:
+            raise PkdError(f"--trt-profile '{text}' is not MIN,OPT,MAX (e.g. 1,8,32)") from None
+        if len(parsed[-1]) != 3:
+            raise PkdError(f"--trt-profile '{text}' is not MIN,OPT,MAX (e.g. 1,8,32)")
+    return TrtBuildOptions(precision="fp32", profiles=parsed, workspace_gib=workspace_gib, opt_level=opt_level,
+                           timing_cache=timing_cache)
+
+
+def _parity_table(manifest: dict):
+    from rich.table import Table
+
+    table = Table(title="parity gate (exported model vs PyTorch student)")
+    for col in ("target", "precision", "images", "top-1 agreement", "max |d logit|", "min cosine", "result"):
+        table.add_column(col, justify="left" if col in ("target", "precision", "result") else "right")
+    for p in manifest["parity"]:
+        result = "[green]pass[/]" if p["passed"] else "[red]FAIL[/] " + "; ".join(p["failures"])
+        table.add_row(p["target"], p["precision"], str(p["images"]), f"{100 * p['top1_agreement']:.2f} %",
+                      f"{p['max_abs_logit_diff']:.2e}", f"{p['min_cosine']:.6f}", result)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------- predict
+
+PREDICT_EXAMPLES = """
+[bold]Examples[/bold]
+
+  pkd predict bundles/pets cat.jpg dog.png
+  pkd predict bundles/pets photos/ --top-k 3 --json > predictions.json
+  pkd predict bundles/pets photos/ --backend tensorrt
+"""
+
+
+@app.command(epilog=PREDICT_EXAMPLES)
+@_errors_to_exit
+def predict(
+    bundle: Path = typer.Argument(..., help="A bundle folder written by `pkd export`."),
+    images: list[Path] = typer.Argument(..., help="Image files or folders (walked recursively)."),
+    top_k: int = typer.Option(5, "--top-k", "-k", help="Classes per image."),
+    backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt or torch."),
+    batch_size: int = typer.Option(16, help="Images per batch."),
+    allow_invalid: bool = typer.Option(False, help="Load a bundle that failed its parity gate."),
+    as_json: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout."),
+) -> None:
+    """Top-k classes of images with a bundle (ONNX Runtime or TensorRT; no torch needed)."""
+    from promptkd_edge.data.listing import IMAGE_EXTENSIONS, list_images
+    from promptkd_edge.runtime import Classifier
+    from promptkd_edge.runtime.preprocess import to_rgb
+
+    if top_k < 1:
+        raise PkdError("--top-k must be >= 1")
+    files: list[tuple[Path, bool]] = []  # (path, named explicitly)
+    for item in images:
+        if item.is_dir():
+            files += [(p, False) for p in list_images(item)]
+        elif item.is_file():
+            files.append((item, True))
+        else:
+            raise PkdError(f"image not found: {item}")
+    if not files:
+        raise PkdError(f"no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    clf = Classifier.from_bundle(bundle, backend, allow_invalid=allow_invalid)
+    for note in clf.notes:
+        _err().print(f"[yellow]note:[/] {note}", highlight=False)
+    rows, skipped = [], []
+    update = _progress(not as_json and len(files) > batch_size).task("predicting", len(files))
+    for start in range(0, len(files), batch_size):
+        chunk, decoded = files[start:start + batch_size], []
+        for path, explicit in chunk:
+            try:
+                decoded.append((path, to_rgb(path)))
+            except PkdError as e:
+                if explicit:
+                    raise
+                skipped.append(f"{path}: {e}")
+        if decoded:
+            preds = clf.predict([img for _, img in decoded], top_k=top_k, batch_size=batch_size)
+            rows += [{"image": str(path), **p.to_dict()} for (path, _), p in zip(decoded, preds, strict=True)]
+        update(start + len(chunk))
+    if as_json:
+        _print_json({"bundle": str(bundle), "backend": clf.description, "predictions": rows, "skipped": skipped})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{bundle} on {clf.description}")
+    table.add_column("image")
+    table.add_column("top-1")
+    table.add_column("p", justify="right")
+    if top_k > 1:
+        table.add_column(f"next {min(top_k, len(clf.class_names)) - 1}")
+    for r in rows:
+        rest = ", ".join(f"{n} {p:.2f}" for n, p in zip(r["labels"][1:], r["probabilities"][1:], strict=True))
+        table.add_row(r["image"], r["labels"][0], f"{r['probabilities'][0]:.3f}", *([rest] if top_k > 1 else []))
+    _out().print(table)
+    for line in skipped:
+        _err().print(f"[yellow]skipped[/] {line}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------------- doctor
+
+
+@app.command(epilog="[bold]Examples[/bold]\n\n  pkd doctor\n  pkd doctor --json\n  pkd doctor --no-trt-check\n")
+@_errors_to_exit
+def doctor(
+    trt_check: bool = typer.Option(True, "--trt-check/--no-trt-check", help="Where TensorRT exists, build and run "
+                                   "a tiny engine end to end."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON on stdout."),
+) -> None:
+    """What this machine can run: torch + CUDA, ONNX Runtime providers that really load, TensorRT, GPU, Jetson."""
+    from promptkd_edge.bench.doctor import probe, summary_rows
+
+    report = probe(run_tensorrt_check=trt_check)
+    if as_json:
+        _print_json(report)
+        return
+    from rich.table import Table
+
+    table = Table(title="pkd doctor")
+    for col in ("component", "status", "detail"):
+        table.add_column(col)
+    colour = {"ok": "green", "missing": "yellow", "warning": "red"}
+    for component, status, detail in summary_rows(report):
+        table.add_row(component, f"[{colour.get(status, 'white')}]{status}[/]", detail)
+    _out().print(table)
+
+
 # ---------------------------------------------------------------------------------------------------- models
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks and machine checks: what this machine can run and how fast."""

@@ -1,0 +1,348 @@
+"""`pkd export`: a distillation run -> a bundle folder (export/BUNDLE.md), every output gated for parity.
+
+Recipe: load the student and its class vectors -> fold -> ONNX -> (FP16 / INT8 graph) -> run the exported
+graph and the PyTorch student on the same images -> classes, preprocess, manifest -> (TensorRT engine, gated
+again). The bundle is built in a temporary folder and renamed into place at the end: a failed export leaves
+nothing behind (or, with `force`, a bundle whose manifest says `"valid": false`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from promptkd_edge import __version__
+from promptkd_edge.errors import PkdError
+from promptkd_edge.export import parity as gate
+from promptkd_edge.export.onnx_export import DEFAULT_OPSET, INPUT_NAME, export_onnx, head_nodes, io_description, slim
+from promptkd_edge.export.precision import path_for, quantize_fp8, quantize_int8, to_fp16
+from promptkd_edge.runtime.bundle import BUNDLE_FORMAT, MANIFEST_FILE, is_bundle, open_bundle
+from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare
+from promptkd_edge.utils.files import read_json, write_json
+from promptkd_edge.utils.progress import NullProgress, Progress
+
+ONNX_PRECISIONS = ("fp32", "fp16", "int8")
+TRT_PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+
+
+@dataclass
+class ExportOptions:
+    """What `pkd export` builds. Without `trt`, `precision` is model.onnx's; with it, the engine's (model.onnx
+    then stays FP32, the portable master every engine is built from and checked against)."""
+
+    head: str = "logits"
+    uint8_input: bool = False
+    precision: str = "fp32"
+    opset: int = DEFAULT_OPSET
+    slim: bool = False
+    data: str | None = None  # calibration/parity images; default: the run's own training data
+    parity_images: int = 200
+    calibration_images: int = 400
+    calibration_method: str = "percentile"
+    batch_size: int = 16
+    force: bool = False
+    overwrite: bool = False
+    trt: Any = None  # promptkd_edge.export.tensorrt_build.TrtBuildOptions
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> ExportOptions:
+        allowed = TRT_PRECISIONS if self.trt is not None else ONNX_PRECISIONS
+        if self.precision not in allowed:
+            hint = " (fp8 runs on TensorRT only: add --trt)" if self.precision == "fp8" else ""
+            raise PkdError(f"precision '{self.precision}' is not one of {', '.join(allowed)}{hint}")
+        if self.parity_images < 1:
+            raise PkdError("--parity-images must be >= 1")
+        if self.precision in ("int8", "fp8") and self.calibration_images < 1:
+            raise PkdError("--calibration-images must be >= 1 for int8/fp8")
+        return self
+
+
+def _versions(opset: int) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {"promptkd_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "opset": opset}
+
+
+def _run_backend(backend, arrays: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    outs: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(arrays), batch):
+        for k, v in backend.run(arrays[i:i + batch]).items():
+            outs.setdefault(k, []).append(np.asarray(v, dtype=np.float32))
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def _torch_reference(student, vectors, arrays: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """The PyTorch student as trained (BatchNorm, prompts, class vectors applied outside): the reference."""
+    import torch
+
+    embeddings = []
+    with torch.no_grad():
+        for i in range(0, len(arrays), batch):
+            embeddings.append(student(torch.from_numpy(arrays[i:i + batch])).float())
+        e = torch.cat(embeddings)
+        return {"embeddings": e.numpy(), "logits": vectors.logits(e).numpy()}
+
+
+def _inputs(images: list, spec: PreprocessSpec, uint8: bool) -> np.ndarray:
+    return prepare(images, spec, uint8=uint8)
+
+
+def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: ExportOptions,
+               progress: Progress | None = None) -> dict[str, Any]:
+    """Export a distillation run into the bundle folder `out`; returns the manifest."""
+    from promptkd_edge.models.class_vectors import ClassVectors
+    from promptkd_edge.models.student import load_student
+    from promptkd_edge.train.run_dir import RunDir
+
+    progress = progress or NullProgress()
+    options.validate()
+    run, out = RunDir(run_dir), Path(out)
+    if not run.student.is_file():
+        raise PkdError(f"{run.path} is not a distillation run (no student.safetensors)")
+    _check_out(out, options.overwrite)
+    if options.trt is not None:
+        from promptkd_edge.export.tensorrt_build import import_tensorrt
+
+        import_tensorrt()  # fail before minutes of export when TensorRT is missing
+    student = load_student(run.student)
+    vectors = ClassVectors.load(run.path)
+    spec = PreprocessSpec.from_dict(student.preprocess.to_dict())
+    data = options.data or _run_data(run.config)
+    onnx_precision = "fp32" if options.trt is not None else options.precision
+    needs_calibration = onnx_precision == "int8" or (options.trt is not None and options.precision in ("int8", "fp8"))
+    images = gate.collect_images(data, options.parity_images,
+                                 options.calibration_images if needs_calibration else 0, spec.size, options.seed)
+    progress.note(f"parity images: {len(images.parity)} ({images.source})")
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        manifest = _export_into(tmp, run, student, vectors, spec, images, onnx_precision, options, progress)
+        if options.trt is not None:
+            reference = manifest.pop("_reference")
+            add_engine(tmp, options, progress=progress, images=images, reference=reference, manifest=manifest)
+        manifest = read_json(tmp / MANIFEST_FILE)
+        if not manifest["valid"] and not options.force:
+            raise PkdError(f"parity gate failed ({'; '.join(_failures(manifest))}); no bundle written "
+                           "(--force keeps it, marked invalid)")
+        _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return read_json(out / MANIFEST_FILE)
+
+
+def _run_data(config_path: Path) -> str | None:
+    try:
+        return read_json(config_path, "run config").get("config", {}).get("data") or None
+    except PkdError:
+        return None
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        what = "a bundle" if is_bundle(out) else "not empty"
+        raise PkdError(f"{out} already exists and is {what}; choose another --out or pass --overwrite")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished bundle onto `out`; an existing one is moved aside first and removed only after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images: gate.ImageSet,
+                 onnx_precision: str, options: ExportOptions, progress: Progress) -> dict[str, Any]:
+    import onnx
+
+    from promptkd_edge.export.fold import FoldedStudent
+
+    progress.note("folding prompts, projector and class vectors into one graph")
+    folded = FoldedStudent(student, vectors if options.head != "embeddings" else None, options.head,
+                           options.uint8_input)
+    fp32_path = tmp / "model.onnx"
+    progress.note(f"exporting ONNX (opset {options.opset}, dynamic batch)")
+    export_onnx(folded, fp32_path, spec.size, opset=options.opset)
+    slimmed = slim(fp32_path) if options.slim else None
+    keep = head_nodes(onnx.load(str(fp32_path)))
+    conversion: dict[str, Any] = {}
+    if onnx_precision != "fp32":
+        src = tmp / "model.fp32-master.onnx"
+        os.replace(fp32_path, src)
+        calib = _inputs(images.calibration, spec, options.uint8_input) if images.calibration else None
+        progress.note(f"converting to {onnx_precision}")
+        if onnx_precision == "fp16":
+            conversion = {"tool": to_fp16(src, fp32_path, keep, calib), "kept_fp32": ["LayerNormalization",
+                          "Softmax", "L2 norm", "logits MatMul"]}
+        else:
+            conversion = quantize_int8(src, fp32_path, calib, INPUT_NAME, keep, target="cpu",
+                                       method=options.calibration_method)
+        src.unlink()
+
+    progress.note("parity gate: PyTorch student against the exported graph")
+    float_inputs = _inputs(images.parity, spec, uint8=False)
+    reference = _torch_reference(student, vectors, float_inputs, options.batch_size)
+    model_inputs = _inputs(images.parity, spec, uint8=True) if options.uint8_input else float_inputs
+    backend = OnnxRuntimeBackend(fp32_path, providers="cpu", precision=onnx_precision)
+    candidate = gate.with_logits(_run_backend(backend, model_inputs, options.batch_size),
+                                 vectors.vectors.numpy(), vectors.logit_scale)
+    figures = gate.compare(reference, candidate, onnx_precision, "onnxruntime-cpu", images.source)
+    figures["calibration_overlap"] = images.overlap
+    backend.close()
+
+    vectors.save(tmp)
+    write_json(tmp / "preprocess.json", spec.to_dict())
+    shutil.copy2(run.student, tmp / "student.safetensors")
+    inputs, outputs = io_description(onnx.load(str(fp32_path), load_external_data=False))
+    inputs[0]["layout"] = "NHWC" if options.uint8_input else "NCHW"
+    model = {"file": "model.onnx", "precision": onnx_precision, "head": options.head,
+             "uint8_input": options.uint8_input, "inputs": inputs, "outputs": outputs,
+             "num_classes": len(vectors.names), "embedding_dim": vectors.dim, "logit_scale": vectors.logit_scale,
+             "fp32_nodes": keep, "conversion": conversion, "slim_nodes_removed": slimmed}
+    manifest = {
+        "format": BUNDLE_FORMAT, "valid": figures["passed"],
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"run": str(run.path.resolve()), "student_spec": student.config.spec,
+                   "teacher": vectors.teacher, "student_sha256": _sha(run.student)},
+        "versions": _versions(options.opset), "model": model, "preprocess": "preprocess.json",
+        "parity": [figures], "engines": [],
+    }
+    write_manifest(tmp, manifest)
+    return {**manifest, "_reference": reference}
+
+
+def _sha(path: Path) -> str:
+    from promptkd_edge.utils.files import sha256_file
+
+    return sha256_file(path)
+
+
+def write_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
+    """Record the sha256 of every file in the bundle, then write manifest.json last (atomically)."""
+    files = {}
+    for path in sorted(bundle.rglob("*")):
+        rel = path.relative_to(bundle).as_posix()
+        if path.is_file() and rel != MANIFEST_FILE and not path.name.startswith("."):
+            files[rel] = _sha(path)
+    manifest = {k: v for k, v in manifest.items() if not k.startswith("_")}
+    manifest["files"] = files
+    manifest["valid"] = all(p["passed"] for p in manifest.get("parity", []))
+    write_json(bundle / MANIFEST_FILE, manifest)
+
+
+def _failures(manifest: dict[str, Any]) -> list[str]:
+    return [f"{p['target']} {p['precision']}: {f}" for p in manifest.get("parity", []) for f in p["failures"]]
+
+
+def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progress: Progress | None = None,
+               images: gate.ImageSet | None = None, reference: dict[str, np.ndarray] | None = None,
+               manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build a TensorRT engine for a bundle on this machine, gate it for parity, record it in the manifest.
+
+    Used by `pkd export RUN --trt` (reference = the PyTorch student) and by `pkd export BUNDLE --trt` on the
+    target device (reference = ONNX Runtime on the bundle's FP32 model.onnx, itself gated at export).
+    """
+    from promptkd_edge.export.tensorrt_build import build_engine
+    from promptkd_edge.runtime.tensorrt_backend import TensorRTBackend
+
+    progress = progress or NullProgress()
+    bundle_dir = Path(bundle_dir)
+    if manifest is None:
+        bundle = open_bundle(bundle_dir)
+        manifest = bundle.manifest
+    model = manifest["model"]
+    if model["precision"] != "fp32":
+        raise PkdError(f"TensorRT engines are built from an FP32 model.onnx; this bundle's is {model['precision']}: "
+                       "export it again without --precision (or with --trt)")
+    spec = PreprocessSpec.load(bundle_dir / "preprocess.json")
+    precision = options.precision
+    if images is None:
+        calibration = options.calibration_images if precision in ("int8", "fp8") else 0
+        images = gate.collect_images(options.data, options.parity_images, calibration, spec.size, options.seed)
+    uint8 = bool(model["uint8_input"])
+    master = bundle_dir / "model.onnx"
+    if reference is None:
+        cpu = OnnxRuntimeBackend(master, providers="cpu")
+        reference = _run_backend(cpu, _inputs(images.parity, spec, uint8), options.batch_size)
+        cpu.close()
+        target_ref = "onnxruntime-cpu fp32"
+    else:
+        target_ref = "pytorch"
+
+    from promptkd_edge.export.tensorrt_build import api_generation, import_tensorrt
+
+    api = api_generation(import_tensorrt())
+    src = _engine_graph(bundle_dir, master, precision, api, images, spec, uint8, options, progress)
+    keep = model.get("fp32_nodes", [])
+    opts = options.trt
+    opts.precision, opts.keep_fp32_nodes = precision, keep
+    dims = (spec.size[0], spec.size[1], 3) if uint8 else (3, spec.size[0], spec.size[1])
+    progress.note(f"building the TensorRT {precision} engine from {src.name} (this takes minutes on Jetson)")
+    record = build_engine(src, bundle_dir / "engines", input_name=INPUT_NAME, input_dims=dims, options=opts)
+
+    progress.note("parity gate: the engine against " + target_ref)
+    engine = TensorRTBackend(bundle_dir / record["file"], record)
+    try:
+        got = _run_backend(engine, _inputs(images.parity, spec, uint8), options.batch_size)
+    finally:
+        engine.close()
+    cls = _class_vectors_np(bundle_dir)
+    figures = gate.compare(gate.with_logits(reference, *cls), gate.with_logits(got, *cls), precision,
+                           f"tensorrt {record['tensorrt']} {record['gpu']}", images.source)
+    figures["reference"] = target_ref
+    record["parity_passed"] = figures["passed"]
+    manifest["engines"] = [e for e in manifest.get("engines", []) if e["file"] != record["file"]] + [record]
+    manifest["parity"] = [p for p in manifest.get("parity", []) if p.get("engine") != record["file"]]
+    manifest["parity"].append({**figures, "engine": record["file"]})
+    if not figures["passed"] and not options.force:
+        (bundle_dir / record["file"]).unlink(missing_ok=True)
+        raise PkdError(f"the TensorRT engine failed the parity gate ({'; '.join(figures['failures'])}); "
+                       "it was not added (--force keeps it, marked invalid)")
+    write_manifest(bundle_dir, manifest)
+    return record
+
+
+def _class_vectors_np(bundle_dir: Path) -> tuple[np.ndarray | None, float]:
+    from safetensors.numpy import load_file
+
+    meta = read_json(bundle_dir / "classes.json", "class list")
+    path = bundle_dir / meta.get("vectors_file", "class_vectors.safetensors")
+    vectors = load_file(str(path))["class_vectors"].astype(np.float32) if path.is_file() else None
+    return vectors, float(meta["logit_scale"])
+
+
+def _engine_graph(bundle_dir: Path, master: Path, precision: str, api: int, images: gate.ImageSet,
+                  spec: PreprocessSpec, uint8: bool, options: ExportOptions, progress: Progress) -> Path:
+    """The ONNX graph TensorRT builds from: FP32 master (TRT 10 sets precision with builder flags), a mixed FP16
+    graph (TRT 11 is strongly typed), or an INT8/FP8 Q/DQ graph (both)."""
+    import onnx
+
+    if precision == "fp32" or (precision == "fp16" and api < 11):
+        return master
+    dst = path_for(bundle_dir, precision)
+    keep = head_nodes(onnx.load(str(master)))
+    calib = _inputs(images.calibration, spec, uint8) if images.calibration else None
+    progress.note(f"writing the {precision} graph {dst.name} for TensorRT {api}")
+    if precision == "fp16":
+        to_fp16(master, dst, keep, calib)
+    elif precision == "int8":
+        quantize_int8(master, dst, calib, INPUT_NAME, keep, target="tensorrt", method=options.calibration_method)
+    else:
+        quantize_fp8(master, dst, calib, INPUT_NAME)
+    return dst

@@ -1,0 +1,121 @@
+"""The parity gate: the exported model against the PyTorch student on the same images.
+
+Figures: max |delta logit| (logits at the run's logit scale, 100 for CLIP), the smallest cosine between
+embeddings (between logit vectors when the graph outputs logits only), and top-1 agreement. Thresholds per
+precision; a failing gate fails the export.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from promptkd_edge.data.listing import list_images
+from promptkd_edge.errors import PkdError
+
+THRESHOLDS: dict[str, dict[str, float]] = {
+    "fp32": {"top1_agreement": 1.0, "max_abs_logit_diff": 1e-3},
+    "fp16": {"top1_agreement": 0.995, "min_cosine": 0.999},
+    "int8": {"top1_agreement": 0.99, "min_cosine": 0.99},
+    "fp8": {"top1_agreement": 0.99, "min_cosine": 0.99},
+}
+
+
+@dataclass
+class ImageSet:
+    """Images for calibration and parity, and where they came from."""
+
+    calibration: list  # PIL images
+    parity: list
+    source: str  # "run data: PATH" or "generated"
+    overlap: bool  # calibration and parity share images (too few to keep them apart)
+
+
+def generated_images(count: int, size: tuple[int, int], seed: int = 0) -> list:
+    """Smooth random colour fields with edges (not white noise, which no CLIP has seen), at 1.5x the model size."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = int(size[0] * 1.5), int(size[1] * 1.5)
+    out = []
+    for _ in range(count):
+        coarse = rng.integers(0, 256, (rng.integers(2, 9), rng.integers(2, 9), 3), dtype=np.uint8)
+        img = Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC)
+        arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 13, (h, w, 3))
+        out.append(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)))
+    return out
+
+
+def collect_images(data: str | os.PathLike | None, parity: int, calibration: int, size: tuple[int, int],
+                   seed: int = 0) -> ImageSet:
+    """Calibration images first, parity images from the rest (evenly spread over the listing), read with the
+    same decoder as training; without readable data, generated images."""
+    from promptkd_edge.data.decode import open_rgb
+
+    if data and Path(data).exists():
+        paths = list_images(data)
+        order = np.random.default_rng(seed).permutation(len(paths))
+        images = []
+        for i in order:
+            img = open_rgb(paths[i])
+            if img is not None:
+                images.append(img)
+            if len(images) >= parity + calibration:
+                break
+        if images:
+            overlap = len(images) < parity + calibration
+            cal = images[:calibration] if not overlap else images[:max(1, min(calibration, len(images)))]
+            par = images[calibration:calibration + parity] if not overlap else images[-min(parity, len(images)):]
+            return ImageSet(cal, par, f"run data: {data}", overlap and calibration > 0)
+    images = generated_images(parity + calibration, size, seed)
+    return ImageSet(images[:calibration], images[calibration:], "generated", False)
+
+
+def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], precision: str,
+            target: str, source: str) -> dict[str, Any]:
+    """Parity figures of `candidate` against `reference` (both with 'logits', and 'embeddings' when known)."""
+    if precision not in THRESHOLDS:
+        raise PkdError(f"no parity thresholds for precision '{precision}'")
+    ref, got = reference["logits"].astype(np.float64), candidate["logits"].astype(np.float64)
+    if ref.shape != got.shape:
+        raise PkdError(f"parity: logits of shape {got.shape} against a reference of {ref.shape}")
+    kind = "embeddings" if "embeddings" in candidate and "embeddings" in reference else "logits"
+    a, b = reference[kind].astype(np.float64), candidate[kind].astype(np.float64)
+    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    figures = {
+        "target": target, "precision": precision, "images": int(len(ref)), "image_source": source,
+        "max_abs_logit_diff": float(np.abs(ref - got).max()),
+        "mean_abs_logit_diff": float(np.abs(ref - got).mean()),
+        "min_cosine": float(cosine.min()), "cosine_of": kind,
+        "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
+        "thresholds": THRESHOLDS[precision],
+    }
+    figures["failures"] = failures(figures)
+    figures["passed"] = not figures["failures"]
+    return figures
+
+
+def failures(figures: dict[str, Any]) -> list[str]:
+    t = figures["thresholds"]
+    out = []
+    if figures["top1_agreement"] < t["top1_agreement"]:
+        out.append(f"top-1 agreement {figures['top1_agreement']:.2%} < {t['top1_agreement']:.1%}")
+    if "max_abs_logit_diff" in t and figures["max_abs_logit_diff"] > t["max_abs_logit_diff"]:
+        out.append(f"max |delta logit| {figures['max_abs_logit_diff']:.2e} > {t['max_abs_logit_diff']:.0e}")
+    if "min_cosine" in t and figures["min_cosine"] < t["min_cosine"]:
+        out.append(f"{figures['cosine_of']} cosine {figures['min_cosine']:.5f} < {t['min_cosine']}")
+    return out
+
+
+def with_logits(outputs: dict[str, np.ndarray], class_vectors: np.ndarray | None,
+                logit_scale: float) -> dict[str, np.ndarray]:
+    """Add logits computed from embeddings (scale * e @ W^T) when the graph outputs embeddings only."""
+    if "logits" in outputs:
+        return outputs
+    if class_vectors is None:
+        raise PkdError("an embeddings-only model needs the class vectors to be compared")
+    return {**outputs, "logits": logit_scale * outputs["embeddings"] @ class_vectors.T}

@@ -1,0 +1,388 @@
+"""Build TensorRT plans from the bundle's ONNX on TensorRT 10 (weakly typed) and 11 (strongly typed only).
+
+TensorRT is imported lazily: this module imports (and its tests run) without it. On TensorRT 10 precision comes from
+builder flags, with LayerNorm/Softmax/Reduce (CLIP's FP16 overflow spots) and chosen nodes pinned to FP32. On
+TensorRT 11 precision must already be in the graph (Casts for FP16, Q/DQ for INT8/FP8); a plain FP32 graph would
+silently give an FP32 engine, so that is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from promptkd_edge.errors import PkdError
+from promptkd_edge.runtime.tensorrt_backend import (
+    TensorRTBackend,
+    _first_line,
+    check_plan_compatible,
+    gpu_info,
+    import_tensorrt,
+    tensorrt_version,
+)
+from promptkd_edge.utils.files import atomic_path, sha256_file, write_bytes, write_text
+
+__all__ = ["PRECISIONS", "TrtBuildOptions", "api_generation", "build_engine", "check_plan_compatible",
+           "default_engine_cache_dir", "engine_cache_key", "gpu_info", "graph_precision", "import_tensorrt",
+           "tensorrt_self_test", "tensorrt_version"]
+
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+ProgressLog = Callable[[str], None]
+
+
+def api_generation(trt) -> int:
+    """10 (weakly typed builder flags) or 11 (strongly typed only; also any later major)."""
+    version = tensorrt_version(trt)
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        raise PkdError(f"cannot read the TensorRT version {version!r}") from None
+    if major < 10:
+        raise PkdError(f"TensorRT {version} is too old; promptkd-edge needs 10.x or 11.x")
+    return 10 if major == 10 else 11
+
+
+def default_engine_cache_dir() -> Path:
+    """$PKD_CACHE_DIR/engines, else ~/.cache/promptkd-edge/engines."""
+    root = os.environ.get("PKD_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "promptkd-edge") / "engines"
+
+
+@dataclass
+class TrtBuildOptions:
+    """How to build: precision, batch profiles (min, opt, max), workspace, optimization level, caches."""
+
+    precision: str = "fp16"
+    profiles: list[tuple[int, int, int]] = field(default_factory=lambda: [(1, 8, 32)])
+    workspace_gib: float = 4.0
+    opt_level: int = 3
+    timing_cache: Path | None = None
+    engine_cache_dir: Path | None = field(default_factory=default_engine_cache_dir)  # None: no engine cache
+    keep_fp32_nodes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise PkdError(f"unknown TensorRT precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if not self.profiles:
+            raise PkdError("give at least one TensorRT batch profile (min,opt,max)")
+        profiles = []
+        for p in self.profiles:
+            try:
+                lo, opt, hi = (int(b) for b in p)
+            except (TypeError, ValueError):
+                raise PkdError(f"a TensorRT profile is three batch sizes min,opt,max, not {p!r}") from None
+            if not 1 <= lo <= opt <= hi:
+                raise PkdError(f"TensorRT profile {lo},{opt},{hi} needs 1 <= min <= opt <= max")
+            profiles.append((lo, opt, hi))
+        self.profiles = profiles
+        if not self.workspace_gib > 0:
+            raise PkdError(f"TensorRT workspace must be > 0 GiB, not {self.workspace_gib}")
+        if not 0 <= int(self.opt_level) <= 5:
+            raise PkdError(f"TensorRT builder optimization level must be 0..5, not {self.opt_level}")
+        self.opt_level = int(self.opt_level)
+        self.timing_cache = Path(self.timing_cache) if self.timing_cache else None
+        self.engine_cache_dir = Path(self.engine_cache_dir) if self.engine_cache_dir else None
+        self.keep_fp32_nodes = [str(n) for n in self.keep_fp32_nodes]
+
+
+def graph_precision(onnx_path: str | os.PathLike) -> dict[str, bool]:
+    """What precision an ONNX graph carries: {"fp16": float16 initializers/Casts/IO, "qdq": QuantizeLinear nodes}."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
+        raise PkdError(f"cannot read ONNX {onnx_path}: {_first_line(e)}") from None
+    f16 = onnx.TensorProto.FLOAT16
+    graph = model.graph
+    nodes = [*graph.node, *(n for fn in model.functions for n in fn.node)]
+
+    def casts_to_f16(node) -> bool:
+        return any((a.name == "to" and a.i == f16) or (a.name == "value" and a.t.data_type == f16)
+                   for a in node.attribute)
+
+    fp16 = (any(t.data_type == f16 for t in graph.initializer)
+            or any(v.type.tensor_type.elem_type == f16 for v in (*graph.input, *graph.output))
+            or any(n.op_type in ("Cast", "Constant") and casts_to_f16(n) for n in nodes))
+    return {"fp16": fp16, "qdq": any(n.op_type == "QuantizeLinear" for n in nodes)}
+
+
+def _check_graph_precision(onnx_path: Path, precision: str, api: int) -> None:
+    if precision == "fp32":
+        return
+    found = graph_precision(onnx_path)
+    if precision in ("int8", "fp8") and not found["qdq"]:
+        if api >= 11:
+            raise PkdError(f"{onnx_path.name} has no QuantizeLinear nodes: a {precision} build would silently build "
+                           "an FP32 engine (TensorRT 11 is strongly typed); export the precision into the graph first")
+        raise PkdError(f"{onnx_path.name} has no QuantizeLinear nodes: {precision} engines are built from a Q/DQ "
+                       "graph (no calibrator); export the quantized graph first")
+    if precision == "fp16" and api >= 11 and not found["fp16"]:
+        raise PkdError(f"{onnx_path.name} has no float16 initializers or Casts: an fp16 build would silently build "
+                       "an FP32 engine (TensorRT 11 is strongly typed); export the precision into the graph first")
+
+
+def engine_cache_key(onnx_sha256: str, version: str, sm: str, input_name: str, input_dims: tuple[int, ...],
+                     options: TrtBuildOptions) -> str:
+    """sha256 over everything that makes a plan differ."""
+    key = {"onnx": onnx_sha256, "tensorrt": version, "sm": sm, "precision": options.precision,
+           "profiles": [list(p) for p in options.profiles], "workspace_gib": float(options.workspace_gib),
+           "opt_level": options.opt_level, "input": [input_name, list(input_dims)],
+           "keep_fp32_nodes": sorted(options.keep_fp32_nodes)}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _pin_fp32_layers(trt, network, keep: list[str]) -> tuple[list[str], list[str]]:
+    """TRT 10: pin LayerNorm/Softmax/Reduce layers and layers named (by prefix) in `keep` to FP32.
+    Returns (pinned layer names, keep names that matched no layer)."""
+    kinds = {getattr(trt.LayerType, k) for k in ("NORMALIZATION", "SOFTMAX", "REDUCE") if hasattr(trt.LayerType, k)}
+    floats = (trt.float32, trt.float16)
+    pinned: list[str] = []
+    used: set[str] = set()
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        hits = [k for k in keep if layer.name == k or layer.name.startswith(k)]
+        used.update(hits)
+        if layer.type not in kinds and not hits:
+            continue
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if not outputs or any(t.dtype not in floats for t in outputs):
+            continue  # shape/index outputs have no precision to pin
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.float32)
+        pinned.append(layer.name)
+    return pinned, [k for k in keep if k not in used]
+
+
+def _check_input(network, onnx_name: str, input_name: str, input_dims: tuple[int, ...]) -> None:
+    inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
+    if input_name not in inputs:
+        raise PkdError(f"{onnx_name} has no input named {input_name!r} (it has {', '.join(inputs)})")
+    shape = inputs[input_name]
+    if len(shape) != len(input_dims) + 1 or any(s >= 0 and s != d for s, d in zip(shape[1:], input_dims, strict=True)):
+        raise PkdError(f"input {input_name} of {onnx_name} has shape {shape}; the profiles asked for "
+                       f"(batch, {', '.join(map(str, input_dims))})")
+
+
+def _build_plan(trt, api: int, onnx_path: Path, *, input_name: str, input_dims: tuple[int, ...],
+                options: TrtBuildOptions, log: ProgressLog) -> tuple[bytes, list[str]]:
+    """Run the TensorRT builder; returns (serialized plan, layers pinned to FP32)."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    try:
+        builder = trt.Builder(logger)
+    except TypeError as e:  # pybind11 "factory function returned nullptr": CUDA could not start
+        raise PkdError(f"TensorRT found no usable GPU ({_first_line(e)})") from None
+    if api >= 11:
+        flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        network = builder.create_network(1 << int(flag) if flag is not None else 0)
+    else:
+        network = builder.create_network(0)  # explicit batch is implied on TRT 10; weakly typed for builder flags
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        first = str(parser.get_error(0)) if parser.num_errors else "unknown error"
+        raise PkdError(f"TensorRT cannot parse {onnx_path.name}: {first.strip().splitlines()[0]}")
+    _check_input(network, onnx_path.name, input_name, input_dims)
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
+    config.builder_optimization_level = options.opt_level
+    pinned: list[str] = []
+    if api == 10 and options.precision != "fp32":
+        config.set_flag(trt.BuilderFlag.FP16)
+        if options.precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+        elif options.precision == "fp8":
+            config.set_flag(trt.BuilderFlag.FP8)
+        pinned, unused = _pin_fp32_layers(trt, network, options.keep_fp32_nodes)
+        if pinned:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        log(f"pinned {len(pinned)} TensorRT layers to FP32 (LayerNorm, Softmax, Reduce, kept nodes)")
+        if unused:
+            log(f"warning: keep-fp32 nodes matched no TensorRT layer: {', '.join(unused)}")
+    for lo, opt, hi in options.profiles:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(input_name, (lo, *input_dims), (opt, *input_dims), (hi, *input_dims))
+        config.add_optimization_profile(profile)
+
+    cache_file = options.timing_cache
+    old = cache_file.read_bytes() if cache_file and cache_file.is_file() else b""
+    timing_cache = config.create_timing_cache(old)
+    if not config.set_timing_cache(timing_cache, ignore_mismatch=False):
+        log(f"timing cache {cache_file} is for another device or TensorRT; starting a fresh one")
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise PkdError("TensorRT could not build the engine; see the log above")
+    if cache_file:
+        write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
+    return bytes(plan), pinned
+
+
+def _shape(dims: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in dims)
+
+
+def _trtexec_script(*, onnx_arg: str, plan_arg: str, input_name: str, input_dims: tuple[int, ...],
+                    options: TrtBuildOptions, api: int, version: str, pinned: list[str]) -> str:
+    args = [f"--onnx={onnx_arg}", f"--saveEngine={plan_arg}"]
+    for lo, opt, hi in options.profiles:  # repeating the shape flags gives one optimization profile per set
+        args += [f"--minShapes={input_name}:{_shape((lo, *input_dims))}",
+                 f"--optShapes={input_name}:{_shape((opt, *input_dims))}",
+                 f"--maxShapes={input_name}:{_shape((hi, *input_dims))}"]
+    args += [f"--memPoolSize=workspace:{round(options.workspace_gib * 1024)}M",
+             f"--builderOptimizationLevel={options.opt_level}"]
+    if options.timing_cache:
+        args.append(f"--timingCacheFile={options.timing_cache.resolve()}")
+    if api == 10 and options.precision != "fp32":
+        args.append("--fp16")
+        if options.precision in ("int8", "fp8"):
+            args.append(f"--{options.precision}")
+        if pinned:
+            args += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in pinned),
+                     "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in pinned)]
+    if api >= 11:
+        note = ("# TensorRT 11 is strongly typed: the precision is in the ONNX graph, so there are no --fp16/--int8\n"
+                "# flags (and --stronglyTyped is not needed).\n")
+    else:
+        note = "# TensorRT 10 (weakly typed): precision from builder flags"
+        note += f"; {len(pinned)} layers (LayerNorm/Softmax/Reduce/kept nodes) pinned to FP32.\n" if pinned else ".\n"
+    lines = " \\\n  ".join(shlex.quote(a) for a in args)
+    return (f"#!/bin/sh\n# The trtexec equivalent of this plan's build ({options.precision}, TensorRT {version}).\n"
+            f"{note}# Run it from anywhere; paths are relative to the bundle folder.\nset -e\n"
+            f'cd "$(dirname "$0")/.."\nexec trtexec \\\n  {lines}\n')
+
+
+def _relative_to(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def build_engine(onnx_path: Path, plan_dir: Path, *, input_name: str, input_dims: tuple[int, ...],
+                 options: TrtBuildOptions, progress_log: ProgressLog | None = None) -> dict[str, Any]:
+    """Build (or take from the engine cache) a plan for `onnx_path` in `plan_dir` (the bundle's engines/);
+    write its trtexec script; return the manifest engine record (export/BUNDLE.md)."""
+    log = progress_log or (lambda message: None)
+    onnx_path, plan_dir = Path(onnx_path), Path(plan_dir)
+    input_dims = tuple(int(d) for d in input_dims)
+    if not onnx_path.is_file():
+        raise PkdError(f"ONNX model not found: {onnx_path}")
+    trt = import_tensorrt()
+    version, api = tensorrt_version(trt), api_generation(trt)
+    gpu = gpu_info()
+    precision = options.precision
+    if precision == "fp8" and tuple(map(int, gpu["compute_capability"].split("."))) < (8, 9):
+        raise PkdError(f"fp8 needs an Ada or Hopper GPU (sm_89+); {gpu['name']} is sm_{gpu['sm']}: use int8 or fp16")
+    _check_graph_precision(onnx_path, precision, api)
+
+    onnx_sha = sha256_file(onnx_path)
+    stem = f"model-{precision}-sm{gpu['sm']}-trt{version}"
+    plan_path = plan_dir / f"{stem}.plan"
+    script_path = plan_dir / f"{stem}.trtexec.sh"
+    key = engine_cache_key(onnx_sha, version, gpu["sm"], input_name, input_dims, options)
+    cache_dir = options.engine_cache_dir
+    cached_plan = cache_dir / f"{key}.plan" if cache_dir else None
+    cached_meta = cache_dir / f"{key}.json" if cache_dir else None
+
+    start = time.perf_counter()
+    cache_hit = bool(cached_plan and cached_plan.is_file() and cached_meta.is_file())
+    if cache_hit:
+        meta = json.loads(cached_meta.read_text(encoding="utf-8"))
+        pinned = list(meta.get("fp32_layers", []))
+        with atomic_path(plan_path) as tmp:
+            shutil.copyfile(cached_plan, tmp)
+        log(f"TensorRT engine cache hit: {cached_plan}")
+    else:
+        log(f"building a TensorRT {version} {precision} engine for {gpu['name']} (sm_{gpu['sm']}); "
+            "this can take minutes")
+        plan, pinned = _build_plan(trt, api, onnx_path, input_name=input_name, input_dims=input_dims,
+                                   options=options, log=log)
+        write_bytes(plan_path, plan)
+        if cache_dir:
+            try:
+                write_text(cached_meta, json.dumps({"fp32_layers": pinned, "tensorrt": version,
+                                                    "onnx_sha256": onnx_sha}) + "\n")
+                write_bytes(cached_plan, plan)
+            except OSError as e:
+                log(f"warning: cannot store the engine in the cache {cache_dir}: {_first_line(e)}")
+    seconds = time.perf_counter() - start
+
+    bundle = plan_dir.parent
+    script = _trtexec_script(
+        onnx_arg=_relative_to(onnx_path, bundle), plan_arg=_relative_to(plan_path, bundle), input_name=input_name,
+        input_dims=input_dims, options=options, api=api, version=version, pinned=pinned)
+    write_text(script_path, script)
+    script_path.chmod(script_path.stat().st_mode | 0o111)
+    return {"file": f"{plan_dir.name}/{plan_path.name}", "sha256": sha256_file(plan_path), "onnx": onnx_path.name,
+            "onnx_sha256": onnx_sha, "tensorrt": version, "api": api, "gpu": gpu["name"],
+            "compute_capability": gpu["compute_capability"], "precision": precision,
+            "profiles": [list(p) for p in options.profiles], "workspace_gib": float(options.workspace_gib),
+            "builder_optimization_level": options.opt_level, "build_seconds": round(seconds, 3),
+            "cache_hit": cache_hit, "fp32_layers": len(pinned), "trtexec": f"{plan_dir.name}/{script_path.name}"}
+
+
+def _self_test_model():
+    """x [N, 4] -> MatMul W [4, 3] -> Softmax -> y [N, 3], and W."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="matmul"),
+         helper.make_node("Softmax", ["h"], ["y"], name="softmax", axis=-1)],
+        "pkd_selftest",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model, w
+
+
+def tensorrt_self_test() -> dict[str, Any]:
+    """For `pkd doctor`: build a tiny MatMul+Softmax engine (profile 1,2,4), run it, compare with numpy."""
+    import onnx
+
+    start = time.perf_counter()
+    result: dict[str, Any] = {"ok": False, "tensorrt": None, "max_abs_diff": None, "seconds": None}
+    try:
+        result["tensorrt"] = tensorrt_version(import_tensorrt())
+        model, w = _self_test_model()
+        with tempfile.TemporaryDirectory(prefix="pkd-trt-selftest-") as tmp:
+            onnx_path = Path(tmp) / "selftest.onnx"
+            onnx.save(model, str(onnx_path))
+            options = TrtBuildOptions(precision="fp32", profiles=[(1, 2, 4)], workspace_gib=0.25, opt_level=0,
+                                      timing_cache=None, engine_cache_dir=None)
+            record = build_engine(onnx_path, Path(tmp) / "engines", input_name="x", input_dims=(4,), options=options)
+            backend = TensorRTBackend(Path(tmp) / record["file"], record)
+            try:
+                x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+                y = backend.run(x)["y"]
+            finally:
+                backend.close()
+        logits = x @ w
+        expected = np.exp(logits - logits.max(-1, keepdims=True))
+        expected /= expected.sum(-1, keepdims=True)
+        diff = float(np.abs(y - expected).max())
+        result.update(ok=diff < 1e-3, max_abs_diff=diff)
+    except PkdError as e:
+        result["error"] = str(e)
+    except Exception as e:  # noqa: BLE001 - a diagnostic reports what TensorRT raised instead of crashing
+        result["error"] = f"{type(e).__name__}: {_first_line(e)}"
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    return result

@@ -1,0 +1,85 @@
+"""Read a bundle (export/BUNDLE.md) and check it before anything is loaded: manifest, sha256 of every file.
+
+Imports no torch: numpy, safetensors' numpy reader and the standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from promptkd_edge.errors import PkdError
+from promptkd_edge.utils.files import read_json, sha256_file
+
+BUNDLE_FORMAT = "promptkd-edge/bundle"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class Bundle:
+    """A checked bundle: its folder, manifest, class names and (when shipped) class vectors as numpy."""
+
+    path: Path
+    manifest: dict[str, Any]
+    class_names: list[str]
+    class_vectors: np.ndarray | None  # [C, D] float32
+    logit_scale: float
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.manifest["model"]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.model["file"]
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.manifest.get("valid", False))
+
+    @property
+    def engines(self) -> list[dict[str, Any]]:
+        return list(self.manifest.get("engines", []))
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    return (Path(path) / MANIFEST_FILE).is_file()
+
+
+def verify_files(root: Path, files: dict[str, str]) -> None:
+    """Every named file exists and has its recorded sha256, else one line naming the first that does not."""
+    for name, expected in files.items():
+        path = root / name
+        if not path.is_file():
+            raise PkdError(f"bundle {root} is incomplete: {name} is missing")
+        if sha256_file(path) != expected:
+            raise PkdError(f"bundle {root} was modified: {name} does not match its sha256 in manifest.json")
+
+
+def open_bundle(path: str | os.PathLike, *, allow_invalid: bool = False) -> Bundle:
+    """Read and verify a bundle folder. A bundle kept with `--force` after a failed parity gate is refused
+    unless `allow_invalid`."""
+    root = Path(path)
+    if not root.is_dir():
+        raise PkdError(f"bundle not found: {root}")
+    manifest = read_json(root / MANIFEST_FILE, "bundle manifest")
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise PkdError(f"{root / MANIFEST_FILE} is not a promptkd-edge bundle manifest")
+    verify_files(root, manifest.get("files", {}))
+    if not manifest.get("valid", False) and not allow_invalid:
+        raise PkdError(f"bundle {root} failed its parity gate at export (kept with --force); "
+                       "re-export it, or accept it explicitly (allow_invalid=True / --allow-invalid)")
+    classes = read_json(root / "classes.json", "class list")
+    vectors = None
+    if (root / classes.get("vectors_file", "class_vectors.safetensors")).is_file():
+        from safetensors.numpy import load_file
+
+        vectors = load_file(str(root / classes.get("vectors_file", "class_vectors.safetensors")))["class_vectors"]
+        vectors = vectors.astype(np.float32)
+    preprocess = read_json(root / "preprocess.json", "preprocess description")
+    return Bundle(root, manifest, list(classes["names"]), vectors, float(classes["logit_scale"]), preprocess)

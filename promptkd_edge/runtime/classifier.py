@@ -1,0 +1,205 @@
+"""`Classifier`: what an app embeds. A bundle in, top-k labels and probabilities out.
+
+    from promptkd_edge.runtime import Classifier
+    clf = Classifier.from_bundle("bundle/")               # TensorRT when a matching plan exists, else ONNX Runtime
+    for p in clf.predict(["a.jpg", pil_image, uint8_array], top_k=3):
+        print(p.label, p.probability)
+
+Imports no torch (unless backend="torch"). Safe to call from several threads at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from promptkd_edge.errors import PkdError
+from promptkd_edge.runtime.bundle import Bundle, open_bundle
+from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k classes of one image, most probable first."""
+
+    labels: list[str]
+    probabilities: list[float]
+    indices: list[int]
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": self.labels, "probabilities": self.probabilities, "indices": self.indices}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def best_k(logits: np.ndarray, names: Sequence[str], k: int) -> list[Prediction]:
+    """Predictions from logits [N, C] (softmax over all classes, then the k best)."""
+    probs = softmax(logits.astype(np.float64))
+    k = max(1, min(k, probs.shape[1]))
+    best = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [Prediction([names[i] for i in row], [float(p[i]) for i in row], [int(i) for i in row])
+            for row, p in zip(best, probs, strict=True)]
+
+
+class Classifier:
+    """A bundle with a backend: `predict` (top-k labels), `logits`, `embed` (unit features)."""
+
+    def __init__(self, bundle: Bundle, backend: Any, notes: list[str] | None = None):
+        self.bundle, self.backend = bundle, backend
+        self.preprocess = PreprocessSpec.from_dict(bundle.preprocess)
+        self.class_names = list(bundle.class_names)
+        self._vectors = bundle.class_vectors
+        self._scale = bundle.logit_scale
+        self.notes = list(notes or [])
+        if getattr(backend, "fell_back_to_cpu", False):
+            self.notes.append("ONNX Runtime fell back to CPU: the GPU provider did not load "
+                              "(check CUDA/cuDNN libraries with `pkd doctor`)")
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", *, providers: str | list[str] = "auto",
+                    threads: int | None = None, device_id: int = 0, allow_invalid: bool = False) -> Classifier:
+        """Open and verify a bundle (sha256 of every file) and load it on `backend`:
+        "auto" (a TensorRT plan built for this TensorRT and GPU, else ONNX Runtime), "onnxruntime",
+        "tensorrt" or "torch"."""
+        if backend not in BACKENDS:
+            raise PkdError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+        bundle = open_bundle(path, allow_invalid=allow_invalid)
+        notes: list[str] = []
+        if backend == "tensorrt" or (backend == "auto" and bundle.engines):
+            try:
+                return cls(bundle, _tensorrt(bundle, device_id), notes)
+            except PkdError as e:
+                if backend == "tensorrt":
+                    raise
+                notes.append(f"TensorRT not used: {e}")
+        if backend == "torch":
+            from promptkd_edge.runtime.torch_backend import TorchBackend
+
+            return cls(bundle, TorchBackend(bundle.path, bundle.model), notes)
+        from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        ort = OnnxRuntimeBackend(bundle.model_path, providers=providers, threads=threads,
+                                 precision=bundle.model["precision"])
+        return cls(bundle, ort, notes)
+
+    @property
+    def description(self) -> str:
+        return self.backend.description
+
+    @property
+    def uint8_input(self) -> bool:
+        return bool(self.bundle.model["uint8_input"])
+
+    def inputs(self, images: Sequence[Any]) -> np.ndarray:
+        """Model-ready batch for `images` (paths, PIL images, uint8 HxWx3 arrays)."""
+        return prepare(images, self.preprocess, uint8=self.uint8_input)
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The backend on a model-ready batch, after checking its shape and dtype against the manifest."""
+        spec = self.bundle.model["inputs"][0]
+        expected = [d for d in spec["shape"][1:]]
+        if batch.ndim != len(spec["shape"]) or list(batch.shape[1:]) != expected or len(batch) == 0:
+            raise PkdError(f"input of shape {list(batch.shape)}; this model takes [batch, "
+                           f"{', '.join(str(d) for d in expected)}] {spec['dtype']} ({spec.get('layout', '')})")
+        if batch.dtype != np.dtype(spec["dtype"]):
+            raise PkdError(f"input of dtype {batch.dtype}; this model takes {spec['dtype']}")
+        return self.backend.run(batch)
+
+    def logits(self, images: Sequence[Any], batch_size: int = 16) -> np.ndarray:
+        """Logits [N, C] at the teacher's logit scale."""
+        out = []
+        for chunk in _chunks(images, batch_size):
+            res = self.run(self.inputs(chunk))
+            if "logits" in res:
+                out.append(res["logits"])
+            else:
+                out.append(self._scale * res["embeddings"] @ self._require_vectors().T)
+        return np.concatenate(out).astype(np.float32)
+
+    def embed(self, images: Sequence[Any], batch_size: int = 16) -> np.ndarray:
+        """Unit-length image features [N, D] in the teacher's space (bundles exported with --head embeddings
+        or both)."""
+        if "embeddings" not in [o["name"] for o in self.bundle.model["outputs"]]:
+            raise PkdError("this bundle outputs logits only; export it with --head embeddings or --head both "
+                           "to get embeddings")
+        return np.concatenate([self.run(self.inputs(c))["embeddings"] for c in _chunks(images, batch_size)])
+
+    def predict(self, images: Sequence[Any], top_k: int = 5, batch_size: int = 16) -> list[Prediction]:
+        """Top-k labels and probabilities per image, in input order."""
+        return best_k(self.logits(images, batch_size), self.class_names, top_k)
+
+    def with_classes(self, names: Sequence[str], vectors: np.ndarray, logit_scale: float | None = None
+                     ) -> Classifier:
+        """The same model with another class list (bundles with --head embeddings): W [C, D], unit rows."""
+        if "logits" in [o["name"] for o in self.bundle.model["outputs"]]:
+            raise PkdError("the class vectors of this bundle are inside its graph; export with --head embeddings "
+                           "to swap class lists at run time")
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(names) or vectors.shape[1] != self.bundle.model["embedding_dim"]:
+            raise PkdError(f"class vectors of shape {list(vectors.shape)} do not fit {len(names)} names and "
+                           f"dimension {self.bundle.model['embedding_dim']}")
+        other = Classifier(self.bundle, self.backend, self.notes)
+        other.class_names, other._vectors = list(names), vectors
+        other._scale = self._scale if logit_scale is None else float(logit_scale)
+        return other
+
+    def _require_vectors(self) -> np.ndarray:
+        if self._vectors is None:
+            raise PkdError("this bundle ships no class vectors")
+        return self._vectors
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+
+
+
+def _chunks(images: Sequence[Any], size: int):
+    if isinstance(images, str | os.PathLike) or (isinstance(images, np.ndarray) and images.ndim <= 3) \
+            or hasattr(images, "convert"):
+        images = [images]
+    if len(images) == 0:
+        raise PkdError("no images given")
+    for i in range(0, len(images), size):
+        yield images[i:i + size]
+
+
+def _tensorrt(bundle: Bundle, device_id: int):
+    """The TensorRT backend on the first plan of the bundle built for this TensorRT version and GPU."""
+    from promptkd_edge.export.tensorrt_build import check_plan_compatible, gpu_info, import_tensorrt
+    from promptkd_edge.runtime.tensorrt_backend import TensorRTBackend
+
+    engines = [e for e in bundle.engines if e.get("parity_passed", True)]
+    if not engines:
+        raise PkdError(f"bundle {bundle.path} holds no TensorRT plan; build one with `pkd export {bundle.path} --trt`")
+    trt = import_tensorrt()
+    gpu = gpu_info()
+    errors = []
+    for record in engines:
+        try:
+            check_plan_compatible(record, trt, gpu)
+        except PkdError as e:
+            errors.append(str(e))
+            continue
+        return TensorRTBackend(Path(bundle.path) / record["file"], record, device_id=device_id)
+    raise PkdError(errors[0])

@@ -1,0 +1,77 @@
+"""ONNX Runtime backend: a session on the bundle's model.onnx that says which provider really runs it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from promptkd_edge.errors import PkdError
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def session_options(threads: int | None = None, *, precision: str = "fp32"):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if precision == "fp16":  # ORT_ENABLE_ALL crashes on some mixed-FP16 graphs on CPU (ORT 1.24-1.31)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    return so
+
+
+def resolve_providers(providers: str | list[str]) -> list[str]:
+    """'auto' -> TensorRT, CUDA, CPU in that order where this onnxruntime build has them; 'cpu' -> CPU only."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if providers == "auto":
+        return [p for p in (*GPU_PROVIDERS, "CPUExecutionProvider") if p in available]
+    if providers == "cpu":
+        return ["CPUExecutionProvider"]
+    if providers == "cuda":
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise PkdError(f"this onnxruntime ({ort.__version__}) has no {', '.join(missing)}; it has "
+                       f"{', '.join(available)} (GPU providers need the onnxruntime-gpu package)")
+    return list(providers)
+
+
+class OnnxRuntimeBackend:
+    """Runs an ONNX file; `fell_back_to_cpu` is True when a GPU provider was asked for but CPU runs the model."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str | os.PathLike, *, providers: str | list[str] = "auto",
+                 threads: int | None = None, precision: str = "fp32"):
+        import onnxruntime as ort
+
+        self.path = Path(model_path)
+        requested = resolve_providers(providers)
+        try:
+            self.session = ort.InferenceSession(str(self.path), session_options(threads, precision=precision),
+                                                providers=requested)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise PkdError(f"onnxruntime cannot load {self.path}: {str(e).strip().splitlines()[0]}") from None
+        self.providers = self.session.get_providers()
+        self.fell_back_to_cpu = (any(p in GPU_PROVIDERS for p in requested)
+                                 and self.providers[0] == "CPUExecutionProvider")
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def description(self) -> str:
+        note = " (a GPU provider was requested but failed to load: running on CPU)" if self.fell_back_to_cpu else ""
+        return f"onnxruntime {self.providers[0]}{note}"
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs by name for one model-ready batch. ONNX Runtime sessions are safe to run from many threads."""
+        return dict(zip(self.output_names, self.session.run(None, {self.input_name: batch}), strict=True))
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,270 @@
+"""TensorRT backend: runs a bundle's plan (TensorRT 10 or 11) with host numpy in and out, via cuda-python.
+
+Imports neither torch nor tensorrt at module level; TensorRT and the CUDA runtime are loaded when a backend is made.
+The TensorRT/GPU probes used by the build step (`export/tensorrt_build.py`) live here so that the runtime never
+needs the export package.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from promptkd_edge.errors import PkdError
+from promptkd_edge.utils.files import sha256_file
+
+REBUILD_HINT = "rebuild it here with `pkd export BUNDLE --trt`"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def import_tensorrt():
+    """The `tensorrt` module, or a one-line PkdError saying what to install."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as e:
+        raise PkdError(
+            f"TensorRT is not installed ({_first_line(e)}): on a desktop GPU `pip install tensorrt` (needs NVIDIA's "
+            "package index) or use an nvcr.io/nvidia/tensorrt container; on Jetson install JetPack's "
+            "python3-libnvinfer and use a venv with --system-site-packages") from None
+    return trt
+
+
+def tensorrt_version(trt) -> str:
+    return str(trt.__version__)
+
+
+def load_cudart():
+    """cuda-python's CUDA runtime module (`cuda.bindings.runtime`, or `cuda.cudart` of cuda-python < 12.6)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except (ImportError, OSError):
+        try:
+            from cuda import cudart
+        except (ImportError, OSError):
+            raise PkdError("cuda-python is not installed: `pip install cuda-python` (the TensorRT backend copies "
+                           "buffers with its CUDA runtime API)") from None
+    return cudart
+
+
+def _error_name(cudart, err) -> str:
+    try:
+        name = cudart.cudaGetErrorName(err)[1]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # noqa: BLE001 - only for a message
+        return str(err)
+
+
+def cuda_check(cudart, result, what: str):
+    """Unpack a cuda-python result tuple `(err, *values)`; a CUDA error is a one-line PkdError."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise PkdError(f"CUDA call {what} failed: {_error_name(cudart, err)}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _gpu_info_torch(device_id: int) -> dict[str, str]:
+    try:
+        import torch
+    except ImportError:
+        raise PkdError("cannot query the GPU: install cuda-python (`pip install cuda-python`)") from None
+    if not torch.cuda.is_available() or device_id >= torch.cuda.device_count():
+        raise PkdError(f"no CUDA GPU {device_id} is visible (torch.cuda sees {torch.cuda.device_count()}); "
+                       "TensorRT needs an NVIDIA GPU and driver")
+    major, minor = torch.cuda.get_device_capability(device_id)
+    return {"name": torch.cuda.get_device_name(device_id), "compute_capability": f"{major}.{minor}",
+            "sm": f"{major}{minor}"}
+
+
+def gpu_info(device_id: int = 0) -> dict[str, str]:
+    """{"name", "compute_capability" ("8.7"), "sm" ("87")} of a GPU, via cuda-python (else torch.cuda)."""
+    try:
+        cudart = load_cudart()
+    except PkdError:
+        return _gpu_info_torch(device_id)
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess or not count:
+        why = _error_name(cudart, err) if err != cudart.cudaError_t.cudaSuccess else "0 devices"
+        raise PkdError(f"no CUDA GPU is visible ({why}); TensorRT needs an NVIDIA GPU and driver")
+    if device_id >= count:
+        raise PkdError(f"GPU {device_id} does not exist; this machine has {count}")
+    props = cuda_check(cudart, cudart.cudaGetDeviceProperties(device_id), "cudaGetDeviceProperties")
+    name = props.name
+    if isinstance(name, bytes):
+        name = name.split(b"\x00")[0].decode("utf-8", "replace")
+    major, minor = int(props.major), int(props.minor)
+    return {"name": str(name).strip(), "compute_capability": f"{major}.{minor}", "sm": f"{major}{minor}"}
+
+
+def _sm(compute_capability: str) -> str:
+    return str(compute_capability).replace(".", "")
+
+
+def check_plan_compatible(record: dict[str, Any], trt, gpu: dict[str, str]) -> None:
+    """A plan loads only on the TensorRT version and GPU architecture it was built for: else a one-line PkdError."""
+    version = tensorrt_version(trt)
+    if record.get("tensorrt") == version and record.get("compute_capability") == gpu["compute_capability"]:
+        return
+    raise PkdError(
+        f"{record.get('file', 'the plan')} was built for TensorRT {record.get('tensorrt')} on "
+        f"sm_{_sm(record.get('compute_capability', '?'))} ({record.get('gpu', '?')}); this machine has TensorRT "
+        f"{version} on sm_{_sm(gpu['compute_capability'])} ({gpu['name']}): {REBUILD_HINT}")
+
+
+def numpy_dtype(trt, dtype) -> np.dtype:
+    """The numpy dtype of a TensorRT DataType (numpy has no bfloat16/fp8: those are a PkdError)."""
+    for trt_name, np_type in (("float32", np.float32), ("float16", np.float16), ("int8", np.int8),
+                              ("int32", np.int32), ("int64", np.int64), ("uint8", np.uint8), ("bool", np.bool_)):
+        if hasattr(trt, trt_name) and dtype == getattr(trt, trt_name):
+            return np.dtype(np_type)
+    raise PkdError(f"the engine has an I/O tensor of type {dtype} that numpy cannot hold; export with float32 I/O")
+
+
+class TensorRTBackend:
+    """One TensorRT engine on one GPU; `run` takes and returns host numpy arrays and is safe from many threads."""
+
+    name = "tensorrt"
+
+    def __init__(self, plan_path: str | Path, record: dict[str, Any], device_id: int = 0):
+        self.plan_path = Path(plan_path)
+        self.record = record
+        self.device_id = device_id
+        trt = import_tensorrt()
+        self._trt = trt
+        self._cudart = cudart = load_cudart()
+        self.gpu = gpu_info(device_id)
+        check_plan_compatible(record, trt, self.gpu)
+        if not self.plan_path.is_file():
+            raise PkdError(f"TensorRT plan not found: {self.plan_path}")
+        if record.get("sha256") and sha256_file(self.plan_path) != record["sha256"]:
+            raise PkdError(f"{self.plan_path} does not match its sha256 in the manifest")
+        self._lock = threading.Lock()
+        self._buffers: dict[str, tuple[int, int]] = {}
+        cuda_check(cudart, cudart.cudaSetDevice(device_id), "cudaSetDevice")
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        try:
+            self._runtime = trt.Runtime(self._logger)
+        except TypeError as e:  # "factory function returned nullptr": no usable GPU/driver
+            raise PkdError(f"TensorRT found no usable GPU ({_first_line(e)})") from None
+        self.engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        if self.engine is None:
+            raise PkdError(f"{record.get('file', self.plan_path.name)} cannot be loaded by this TensorRT/GPU "
+                           f"(TensorRT {tensorrt_version(trt)}, {self.gpu['name']}); {REBUILD_HINT}")
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise PkdError("TensorRT could not create an execution context (out of GPU memory?)")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if len(inputs) != 1:
+            raise PkdError(f"{self.plan_path.name} has {len(inputs)} inputs; promptkd-edge plans have one")
+        self.input_name = inputs[0]
+        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._dtypes = {n: numpy_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+        self._input_shape = tuple(self.engine.get_tensor_shape(self.input_name))
+        self.profiles = [self._batch_range(p) for p in range(self.engine.num_optimization_profiles)]
+        self._profile = 0  # a new context starts on profile 0
+        self._stream = cuda_check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+
+    def _batch_range(self, profile: int) -> tuple[int, int]:
+        lo, _opt, hi = self.engine.get_tensor_profile_shape(self.input_name, profile)
+        return int(tuple(lo)[0]), int(tuple(hi)[0])
+
+    @property
+    def description(self) -> str:
+        return (f"TensorRT {tensorrt_version(self._trt)}, {self.gpu['name']} (sm_{self.gpu['sm']}), "
+                f"plan {self.record.get('file', self.plan_path.name)}")
+
+    def _pick_profile(self, batch: int) -> int:
+        for i, (lo, hi) in enumerate(self.profiles):
+            if lo <= batch <= hi:
+                return i
+        ranges = ", ".join(f"{lo}..{hi}" for lo, hi in self.profiles)
+        raise PkdError(f"batch {batch} is outside the engine's profiles [{ranges}]; rebuild with --trt-profile")
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        """A device buffer of at least `nbytes` for tensor `name`, kept and grown across calls."""
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size >= nbytes:
+            return ptr
+        cudart = self._cudart
+        if ptr:
+            cuda_check(cudart, cudart.cudaFree(ptr), "cudaFree")
+            del self._buffers[name]
+        ptr = int(cuda_check(cudart, cudart.cudaMalloc(nbytes), "cudaMalloc"))
+        self._buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs by name for one model-ready batch (converted to the engine's input dtype)."""
+        with self._lock:
+            if self.context is None:
+                raise PkdError("this TensorRT backend was closed")
+            x = np.ascontiguousarray(batch, dtype=self._dtypes[self.input_name])
+            expected = self._input_shape
+            fixed = zip(expected[1:], x.shape[1:], strict=True)
+            if x.ndim != len(expected) or any(e >= 0 and e != s for e, s in fixed):
+                want = "x".join("batch" if e < 0 else str(e) for e in expected)
+                raise PkdError(f"input of shape {tuple(x.shape)} does not fit the engine's {want}")
+            if x.shape[0] < 1:
+                raise PkdError("empty batch")
+            return self._run(x)
+
+    def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        cudart, ctx = self._cudart, self.context
+        stream = self._stream
+        handle = int(stream)
+        profile = self._pick_profile(x.shape[0])
+        cuda_check(cudart, cudart.cudaSetDevice(self.device_id), "cudaSetDevice")
+        if profile != self._profile:
+            if not ctx.set_optimization_profile_async(profile, handle):
+                raise PkdError(f"TensorRT could not switch to optimization profile {profile}")
+            self._profile = profile
+        if not ctx.set_input_shape(self.input_name, tuple(x.shape)):
+            raise PkdError(f"TensorRT rejected input shape {tuple(x.shape)}")
+        d_in = self._buffer(self.input_name, x.nbytes)
+        ctx.set_tensor_address(self.input_name, d_in)
+        outputs: dict[str, np.ndarray] = {}
+        for name in self.output_names:
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise PkdError(f"TensorRT could not infer the shape of output {name} ({shape})")
+            outputs[name] = np.empty(shape, dtype=self._dtypes[name])
+            ctx.set_tensor_address(name, self._buffer(name, max(outputs[name].nbytes, 1)))
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        cuda_check(cudart, cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, h2d, stream), "cudaMemcpyAsync")
+        if not ctx.execute_async_v3(handle):
+            raise PkdError("TensorRT failed to run the engine; see the TensorRT log above")
+        for name, host in outputs.items():
+            ptr = self._buffers[name][0]
+            cuda_check(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, d2h, stream),
+                       "cudaMemcpyAsync")
+        cuda_check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        return outputs
+
+    def close(self) -> None:
+        """Free the device buffers and the stream; the backend cannot run afterwards."""
+        with self._lock:
+            cudart = self._cudart
+            for ptr, _size in self._buffers.values():
+                cudart.cudaFree(ptr)
+            self._buffers.clear()
+            if self._stream is not None:
+                cudart.cudaStreamDestroy(self._stream)
+                self._stream = None
+            self.context = None
+            self.engine = None
+
+    def __enter__(self) -> TensorRTBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,53 @@
+"""PyTorch backend: the bundle's student rebuilt from student.safetensors and its open_clip base weights.
+
+For checking a bundle against the model it came from, or running where neither ONNX Runtime nor TensorRT fits.
+Needs torch, open_clip and the base weights the student was trained on (found by its recorded spec).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class TorchBackend:
+    """The same folded graph as model.onnx, run by PyTorch eager (CUDA when available, else CPU)."""
+
+    name = "torch"
+
+    def __init__(self, bundle_dir: str | Path, model: dict[str, Any], *, device: str = "auto",
+                 allow_pickle: bool = False):
+        import torch
+
+        from promptkd_edge.export.fold import FoldedStudent
+        from promptkd_edge.models.class_vectors import ClassVectors
+        from promptkd_edge.models.student import load_student
+
+        bundle_dir = Path(bundle_dir)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        student = load_student(bundle_dir / "student.safetensors", allow_pickle=allow_pickle)
+        vectors = ClassVectors.load(bundle_dir) if model["head"] != "embeddings" else None
+        self.model = FoldedStudent(student, vectors, model["head"], model["uint8_input"]).to(self.device).eval()
+        self.input_name = model["inputs"][0]["name"]
+        self.output_names = self.model.output_names
+        self._lock = threading.Lock()
+
+    @property
+    def description(self) -> str:
+        return f"torch {__import__('torch').__version__} eager on {self.device}"
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        with self._lock, torch.inference_mode():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+        outs = out if isinstance(out, tuple) else (out,)
+        return {n: o.float().cpu().numpy() for n, o in zip(self.output_names, outs, strict=True)}
+
+    def close(self) -> None:
+        self.model = None

@@ -1,0 +1,394 @@
+"""pkd export: the folded graph equals the PyTorch student, precisions are gated, bundles are checked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import pkd
+
+from promptkd_edge.errors import PkdError
+from promptkd_edge.export import parity
+from promptkd_edge.export.bundle import ExportOptions, export_run
+from promptkd_edge.export.fold import FoldedStudent, fold_batchnorm
+from promptkd_edge.models.class_vectors import ClassVectors
+from promptkd_edge.models.student import load_student
+from promptkd_edge.runtime import Classifier
+from promptkd_edge.runtime.bundle import open_bundle
+from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+
+def reference_logits(run: Path, images: list[Path]) -> np.ndarray:
+    """Independent of the export: open_clip's own eval transform, the unfolded student, W applied outside."""
+    from PIL import Image
+
+    from promptkd_edge.data.views import eval_transform
+
+    student = load_student(run / "student.safetensors")
+    vectors = ClassVectors.load(run)
+    tf = eval_transform(student.preprocess)
+    x = torch.stack([tf(Image.open(p).convert("RGB")) for p in images])
+    with torch.no_grad():
+        return vectors.logits(student(x)).numpy()
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_run, tmp_path_factory) -> dict[str, Path]:
+    """One bundle per export flavour of the shared tiny run."""
+    root = tmp_path_factory.mktemp("bundles")
+    flavours = {"fp32": {}, "fp16": {"precision": "fp16"}, "int8": {"precision": "int8", "head": "both"},
+                "uint8": {"uint8_input": True, "head": "embeddings"}}
+    for name, kw in flavours.items():
+        export_run(tiny_run, root / name, ExportOptions(**kw))
+    return {name: root / name for name in flavours}
+
+
+def test_fold_batchnorm_equals_linear_then_batchnorm():
+    torch.manual_seed(0)
+    linear, bn = torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-1, 1)
+    bn.eval()
+    x = torch.randn(7, 6)
+    torch.testing.assert_close(fold_batchnorm(linear, bn)(x), bn(linear(x)), atol=1e-6, rtol=1e-5)
+
+
+def test_folded_student_equals_student_and_class_vectors(tiny_run):
+    student = load_student(tiny_run / "student.safetensors")
+    with torch.no_grad():  # make the BatchNorm statistics non-trivial so the fold matters
+        student.projector[1].running_mean.uniform_(-0.5, 0.5)
+        student.projector[1].running_var.uniform_(0.5, 2.0)
+    vectors = ClassVectors.load(tiny_run)
+    x = torch.randn(3, 3, 32, 32)
+    logits, emb = FoldedStudent(student, vectors, "both")(x)
+    with torch.no_grad():
+        ref = student(x)
+    torch.testing.assert_close(emb, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, vectors.logits(ref), atol=1e-4, rtol=1e-5)
+
+
+def test_fp32_bundle_matches_pytorch_at_batch_1_3_8(bundles, tiny_run):
+    bundle = open_bundle(bundles["fp32"])
+    m = bundle.manifest
+    assert m["valid"] and m["model"]["precision"] == "fp32" and m["versions"]["opset"] == 20
+    gate = m["parity"][0]
+    assert gate["passed"] and gate["top1_agreement"] == 1.0 and gate["max_abs_logit_diff"] <= 1e-3
+    assert gate["image_source"].startswith("run data")
+    assert set(m["files"]) == {"model.onnx", "classes.json", "class_vectors.safetensors", "preprocess.json",
+                               "student.safetensors"}
+    assert m["model"]["inputs"] == [{"name": "image", "shape": ["batch", 3, 32, 32], "dtype": "float32",
+                                     "layout": "NCHW"}]
+    assert m["model"]["outputs"] == [{"name": "logits", "shape": ["batch", 3], "dtype": "float32"}]
+    proto = onnx.load(str(bundle.model_path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert not any(i.name.startswith("projector.1") for i in proto.graph.initializer)  # BatchNorm folded away
+    ort = OnnxRuntimeBackend(bundle.model_path, providers="cpu")
+    student, vectors = load_student(tiny_run / "student.safetensors"), ClassVectors.load(tiny_run)
+    for batch in (1, 3, 8):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            ref = vectors.logits(student(x)).numpy()
+        got = ort.run(x.numpy())["logits"]
+        assert got.shape == (batch, 3)
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_classifier_predicts_like_the_pytorch_student(bundles, tiny_run):
+    images = sorted((tiny_run.parent / "unlabeled").rglob("*.png"))[:6]
+    ref = reference_logits(tiny_run, images)
+    for name in ("fp32", "uint8"):  # the uint8 graph normalises itself; predictions must not move
+        clf = Classifier.from_bundle(bundles[name], backend="onnxruntime")
+        np.testing.assert_allclose(clf.logits(images), ref, atol=1e-3)
+        preds = clf.predict(images, top_k=2)
+        names = ClassVectors.load(tiny_run).names
+        assert [p.label for p in preds] == [names[i] for i in ref.argmax(1)]
+        probs = np.exp(ref - ref.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        assert preds[0].probability == pytest.approx(float(probs[0].max()), abs=1e-4)
+        assert len(preds[0].labels) == 2 and preds[0].probabilities[0] >= preds[0].probabilities[1]
+
+
+def test_uint8_bundle_takes_nhwc_uint8(bundles):
+    m = open_bundle(bundles["uint8"]).manifest["model"]
+    assert m["inputs"][0] == {"name": "image", "shape": ["batch", 32, 32, 3], "dtype": "uint8", "layout": "NHWC"}
+    assert m["outputs"] == [{"name": "embeddings", "shape": ["batch", 128], "dtype": "float32"}]
+    clf = Classifier.from_bundle(bundles["uint8"])
+    emb = clf.embed([np.full((40, 50, 3), 128, np.uint8)])
+    assert emb.shape == (1, 128) and np.linalg.norm(emb, axis=1) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(PkdError, match="dtype float32; this model takes uint8"):
+        clf.run(np.zeros((1, 32, 32, 3), np.float32))
+    with pytest.raises(PkdError, match=r"shape \[1, 3, 32, 32\]"):
+        clf.run(np.zeros((1, 3, 32, 32), np.uint8))
+
+
+def test_embeddings_head_swaps_class_lists_without_rebuilding(bundles):
+    clf = Classifier.from_bundle(bundles["uint8"])
+    img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    emb = clf.embed([img])
+    other = clf.with_classes(["a", "b"], np.stack([emb[0], -emb[0]]), logit_scale=10.0)
+    pred = other.predict([img], top_k=2)[0]
+    assert pred.labels == ["a", "b"]
+    assert pred.probability == pytest.approx(1 / (1 + np.exp(-20.0)), abs=1e-5)
+    with pytest.raises(PkdError, match="inside its graph"):
+        Classifier.from_bundle(bundles["fp32"]).with_classes(["a"], emb)
+    with pytest.raises(PkdError, match="logits only"):
+        Classifier.from_bundle(bundles["fp32"]).embed([img])
+
+
+def test_fp16_graph_keeps_layernorm_softmax_and_head_in_fp32(bundles):
+    m = open_bundle(bundles["fp16"]).manifest
+    gate = m["parity"][0]
+    assert m["model"]["precision"] == "fp16" and gate["passed"] and gate["min_cosine"] >= 0.999
+    proto = onnx.load(str(bundles["fp16"] / "model.onnx"))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer)
+    types = _value_types(proto)
+    for node in proto.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax") or node.name in m["model"]["fp32_nodes"]:
+            assert types[node.output[0]] == onnx.TensorProto.FLOAT, node.name
+    assert m["model"]["inputs"][0]["dtype"] == "float32" and m["model"]["outputs"][0]["dtype"] == "float32"
+
+
+def _value_types(proto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    values = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+    return {v.name: v.type.tensor_type.elem_type for v in values}
+
+
+def test_int8_bundle_is_qdq_and_passes_its_gate(bundles):
+    m = open_bundle(bundles["int8"]).manifest
+    gate = m["parity"][0]
+    assert m["model"]["precision"] == "int8" and gate["passed"]
+    assert gate["top1_agreement"] >= 0.99 and gate["min_cosine"] >= 0.99 and gate["cosine_of"] == "embeddings"
+    assert m["model"]["conversion"]["calibration_images"] > 0 and m["model"]["conversion"]["quantized_nodes"] > 0
+    proto = onnx.load(str(bundles["int8"] / "model.onnx"))
+    dq_outputs = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    quantized = [n for n in proto.graph.node if any(i in dq_outputs for i in n.input)]
+    assert {n.op_type for n in quantized} <= {"MatMul", "Gemm", "Conv", "Shape"}  # no Q/DQ on outputs
+    assert not any(n.name in m["model"]["fp32_nodes"] for n in quantized)  # the logits MatMul stays float
+
+
+def test_failed_gate_writes_nothing_and_force_marks_the_bundle_invalid(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(parity.THRESHOLDS, "fp32", {"top1_agreement": 1.0, "max_abs_logit_diff": 0.0})
+    out = tmp_path / "b"
+    with pytest.raises(PkdError, match=r"parity gate failed .*max \|delta logit\|"):
+        export_run(tiny_run, out, ExportOptions(parity_images=4))
+    assert not out.exists() and not list(tmp_path.iterdir())
+    manifest = export_run(tiny_run, out, ExportOptions(parity_images=4, force=True))
+    assert manifest["valid"] is False and not manifest["parity"][0]["passed"]
+    with pytest.raises(PkdError, match="failed its parity gate"):
+        Classifier.from_bundle(out)
+    assert Classifier.from_bundle(out, allow_invalid=True).predict([np.zeros((32, 32, 3), np.uint8)])
+
+
+def test_existing_bundle_is_not_overwritten_unless_asked(tiny_run, tmp_path):
+    out = tmp_path / "b"
+    export_run(tiny_run, out, ExportOptions(parity_images=2))
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(PkdError, match="already exists and is a bundle"):
+        export_run(tiny_run, out, ExportOptions(parity_images=2, head="both"))
+    assert (out / "manifest.json").read_bytes() == before
+    m = export_run(tiny_run, out, ExportOptions(parity_images=2, head="both", overwrite=True))
+    assert m["model"]["head"] == "both" and [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_tampered_or_incomplete_bundle_is_refused(bundles, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(bundles["fp32"], bad)
+    data = bytearray((bad / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (bad / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(PkdError, match="model.onnx does not match its sha256"):
+        Classifier.from_bundle(bad)
+    r = pkd("predict", str(bad), str(bundles["fp32"] / "classes.json"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "modified" in r.stderr and "Traceback" not in r.stderr
+    (bad / "model.onnx").write_bytes((bundles["fp32"] / "model.onnx").read_bytes())
+    (bad / "class_vectors.safetensors").unlink()
+    with pytest.raises(PkdError, match="class_vectors.safetensors is missing"):
+        open_bundle(bad)
+
+
+def test_bad_images_are_one_clear_error(bundles):
+    clf = Classifier.from_bundle(bundles["fp32"])
+    with pytest.raises(PkdError, match="4 channels"):
+        clf.predict([np.zeros((32, 32, 4), np.uint8)])
+    with pytest.raises(PkdError, match="no images given"):
+        clf.predict([])
+
+
+def test_concurrent_predict_calls_agree_with_sequential_ones(bundles):
+    from concurrent.futures import ThreadPoolExecutor
+
+    clf = Classifier.from_bundle(bundles["fp32"])
+    rng = np.random.default_rng(1)
+    batches = [[rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(3)] for _ in range(8)]
+    expected = [clf.logits(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(clf.logits, batches))
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(e, g)
+
+
+def test_runtime_imports_and_predicts_without_torch(bundles):
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from promptkd_edge.runtime import Classifier\n"
+            f"c = Classifier.from_bundle({str(bundles['fp32'])!r})\n"
+            "p = c.predict([np.zeros((32, 32, 3), np.uint8)])[0]\n"
+            "print(p.label, 'torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-1] == "False"
+
+
+def test_torch_backend_runs_the_same_graph(bundles):
+    x = [np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)]
+    ort = Classifier.from_bundle(bundles["fp32"], backend="onnxruntime").logits(x)
+    tch = Classifier.from_bundle(bundles["fp32"], backend="torch")
+    assert tch.description.startswith("torch")
+    np.testing.assert_allclose(tch.logits(x), ort, atol=1e-4)
+
+
+def test_cli_export_predict_and_errors(tiny_run, tmp_path):
+    out = tmp_path / "bundle"
+    r = pkd("export", str(tiny_run), "--out", str(out), "--parity-images", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["valid"] is True
+    images = tiny_run.parent / "unlabeled"
+    r = pkd("predict", str(out), str(images), "--top-k", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert len(result["predictions"]) == 16 and len(result["predictions"][0]["labels"]) == 2
+    assert "onnxruntime" in result["backend"]
+    (tmp_path / "empty").mkdir()
+    for args, message in [
+        (("export", str(tiny_run), "--out", str(out)), "already exists"),
+        (("export", str(tiny_run), "--out", str(tmp_path / "t"), "--trt"), "TensorRT is not installed"),
+        (("export", str(tiny_run), "--out", str(tmp_path / "f"), "--precision", "fp8"), "TensorRT only"),
+        (("export", str(out)), "is a bundle"),
+        (("predict", str(out), str(tmp_path / "empty")), "no images under"),
+        (("predict", str(tmp_path / "nope"), str(images)), "bundle not found"),
+    ]:
+        r = pkd(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "t").exists() and not (tmp_path / "f").exists()
+
+
+@pytest.mark.slow
+def test_vit_b16_student_exports_with_parity(tmp_path):
+    """The real architecture (random weights, 224 px, 4 prompts x 9 layers, 768-d teacher space)."""
+    from promptkd_edge.models.openclip import ModelSpec, load_clip
+    from promptkd_edge.models.student import StudentConfig, build_student, save_student
+
+    torch.manual_seed(0)
+    config = StudentConfig(spec="ViT-B-16", teacher_dim=768, prompt_tokens=4, prompt_depth=9, init_seed=0)
+    student = build_student(load_clip(ModelSpec.parse("ViT-B-16")), config).eval()
+    with torch.no_grad():
+        student.tower.prompts.normal_(std=0.5)  # prompts that move the output, so folding them is checked
+    run = tmp_path / "run"
+    run.mkdir()
+    save_student(student, run / "student.safetensors")
+    vectors = ClassVectors([f"c{i}" for i in range(20)], torch.nn.functional.normalize(torch.randn(20, 768), dim=-1),
+                           "ViT-L-14", "a photo of a {}.", 100.0)
+    vectors.save(run)
+    m = export_run(run, tmp_path / "b", ExportOptions(parity_images=3, head="both"))
+    assert m["valid"] and m["parity"][0]["image_source"] == "generated"
+    assert m["model"]["inputs"][0]["shape"] == ["batch", 3, 224, 224]
+    ort = OnnxRuntimeBackend(tmp_path / "b" / "model.onnx", providers="cpu")
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 224, 224)
+        with torch.no_grad():
+            emb = student(x)
+        out = ort.run(x.numpy())
+        np.testing.assert_allclose(out["embeddings"], emb.numpy(), atol=1e-4)
+        np.testing.assert_allclose(out["logits"], vectors.logits(emb).numpy(), atol=2e-3)
+        assert (out["logits"].argmax(1) == vectors.logits(emb).numpy().argmax(1)).all()
+
+
+# ------------------------------------------------------------------------------ TensorRT, against the fakes
+
+def _fake_tensorrt(monkeypatch, tmp_path, version: str):
+    from fake_tensorrt import make_fake_cudart, make_fake_trt
+
+    from promptkd_edge.runtime import tensorrt_backend
+
+    monkeypatch.setenv("PKD_CACHE_DIR", str(tmp_path / "cache"))
+    rt = make_fake_cudart()
+    monkeypatch.setattr(tensorrt_backend, "load_cudart", lambda: rt)
+    fake = make_fake_trt(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    return fake
+
+
+@pytest.mark.parametrize(("version", "precision", "graph"), [
+    ("10.3.0", "fp16", "model.onnx"), ("11.4.0", "fp16", "model.fp16.onnx"), ("11.4.0", "int8", "model.int8.onnx")])
+def test_export_with_tensorrt_builds_gates_and_records_the_plan(tiny_run, tmp_path, monkeypatch, version,
+                                                                 precision, graph):
+    from promptkd_edge.export.tensorrt_build import TrtBuildOptions
+
+    fake = _fake_tensorrt(monkeypatch, tmp_path, version)
+    out = tmp_path / "b"
+    trt = TrtBuildOptions(precision=precision, profiles=[(1, 1, 1), (1, 4, 8)])
+    m = export_run(tiny_run, out, ExportOptions(precision=precision, trt=trt, parity_images=6,
+                                                calibration_images=8))
+    assert m["valid"] and m["model"]["precision"] == "fp32"  # model.onnx stays the FP32 master
+    [engine] = m["engines"]
+    assert engine["onnx"] == graph and engine["tensorrt"] == version and engine["precision"] == precision
+    assert engine["profiles"] == [[1, 1, 1], [1, 4, 8]] and engine["compute_capability"] == "8.7"
+    assert engine["file"] in m["files"] and graph in m["files"] and engine["trtexec"] in m["files"]
+    [gate] = [p for p in m["parity"] if p.get("engine") == engine["file"]]
+    assert gate["passed"] and gate["reference"] == "pytorch" and gate["top1_agreement"] >= 0.99
+    flags = [c[1] for c in fake.calls if c[0] == "set_flag"]
+    if version.startswith("10"):
+        assert "FP16" in flags and "OBEY_PRECISION_CONSTRAINTS" in flags
+        pinned = {c[1] for c in fake.calls if c[0] == "layer.precision"}
+        assert set(m["model"]["fp32_nodes"]) <= pinned  # the L2 norm and the logits MatMul stay FP32
+    else:
+        assert not flags
+    # the runtime picks the plan on this (fake) TensorRT and GPU, and agrees with ONNX Runtime
+    clf = Classifier.from_bundle(out)
+    assert clf.backend.name == "tensorrt"
+    x = [np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    ort = Classifier.from_bundle(out, backend="onnxruntime").logits(x)
+    np.testing.assert_allclose(clf.logits(x), ort, atol=0.05 if precision != "fp32" else 1e-4)
+
+
+def test_plan_for_another_gpu_falls_back_to_onnxruntime(tiny_run, tmp_path, monkeypatch):
+    from promptkd_edge.export.tensorrt_build import TrtBuildOptions
+
+    _fake_tensorrt(monkeypatch, tmp_path, "10.3.0")
+    out = tmp_path / "b"
+    export_run(tiny_run, out, ExportOptions(precision="fp32", trt=TrtBuildOptions(precision="fp32"),
+                                            parity_images=2))
+    _fake_tensorrt(monkeypatch, tmp_path, "11.4.0")  # the same bundle on a machine with another TensorRT
+    clf = Classifier.from_bundle(out)
+    assert clf.backend.name == "onnxruntime" and "built for TensorRT 10.3.0" in clf.notes[0]
+    with pytest.raises(PkdError, match="rebuild it here"):
+        Classifier.from_bundle(out, backend="tensorrt")
+
+
+def test_adding_a_plan_to_an_existing_bundle_on_the_target(bundles, tmp_path, monkeypatch):
+    from promptkd_edge.export.bundle import add_engine
+    from promptkd_edge.export.tensorrt_build import TrtBuildOptions
+
+    bundle = tmp_path / "b"
+    shutil.copytree(bundles["fp32"], bundle)
+    fake = _fake_tensorrt(monkeypatch, tmp_path, "11.4.0")
+    record = add_engine(bundle, ExportOptions(precision="fp32", trt=TrtBuildOptions(precision="fp32"),
+                                              parity_images=4))
+    m = open_bundle(bundle).manifest
+    assert m["engines"] == [record] and m["valid"]
+    assert m["parity"][-1]["reference"] == "onnxruntime-cpu fp32" and m["parity"][-1]["passed"]
+    assert fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED is not None
+    with pytest.raises(PkdError, match="built from an FP32 model.onnx"):
+        add_engine(bundles["fp16"], ExportOptions(precision="fp16", trt=TrtBuildOptions(precision="fp16")))
