@@ -641,6 +641,88 @@ def doctor(
     _out().print(table)
 
 
+# ---------------------------------------------------------------------------------------------------- bench
+
+BENCH_EXAMPLES = """
+[bold]Examples[/bold]
+
+  # the exported bundle on every backend; those this machine cannot run are listed with the reason
+  pkd bench bundles/pets
+
+  # ViT-B-16 student against its ViT-L-14 teacher on CPU backends, batch 1 and 8 (random weights)
+  pkd bench ViT-B-16 --compare-teacher --teacher ViT-L-14 --classes 100 --batch-sizes 1,8 \\
+      --backends torch-eager-fp32,onnxruntime-cpu-fp32,onnxruntime-cpu-int8
+
+  # GPU: eager fp16, compiled, CUDA graphs up to batch 256, with the fraction of the bf16 peak reached
+  pkd bench runs/pets --device cuda --batch-sizes 1,8,32,128,256 --peak-tflops 790 --out bench/h200
+
+  Backends: torch-eager-fp32|fp16|bf16, torch-compile-fp32|bf16, torch-cudagraphs-bf16,
+  onnxruntime-cpu-fp32|int8, onnxruntime-cuda-fp32, onnxruntime-tensorrt-fp16, tensorrt (or: all).
+"""
+
+
+@app.command(epilog=BENCH_EXAMPLES)
+@_errors_to_exit
+def bench(
+    target: str = typer.Argument(..., help="A bundle, a distillation run, or an open_clip architecture name "
+                                 "(random weights)."),
+    backends: str = typer.Option("all", help="Comma list of backends, or all."),
+    batch_sizes: str = typer.Option("1,8,32", help="Comma list of batch sizes."),
+    warmup: int = typer.Option(10, help="Untimed calls before timing, per backend and batch."),
+    iterations: int = typer.Option(50, help="Timed calls (at least), per backend and batch."),
+    min_seconds: float = typer.Option(1.0, help="Time each batch for at least this long."),
+    max_seconds: float = typer.Option(30.0, help="Stop timing a batch after this long (>= 3 calls)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    threads: int = typer.Option(None, help="CPU threads for torch and ONNX Runtime (default: all usable)."),
+    compare_teacher: bool = typer.Option(False, "--compare-teacher", help="Also time the teacher (its "
+                                         "architecture, random weights); report the student's speed-up."),
+    teacher: str = typer.Option(None, help="Teacher for --compare-teacher (default: the one the target was "
+                                "distilled from, else ViT-L-14)."),
+    classes: int = typer.Option(1000, help="Classes of an architecture target's random class vectors."),
+    end_to_end: bool = typer.Option(True, "--e2e/--no-e2e", help="Also time decode + preprocess + infer + top-k "
+                                    "from image files."),
+    images: str = typer.Option(None, help="Image folder for end-to-end timing (default: generated 640x480 "
+                               "JPEGs)."),
+    peak_tflops: float = typer.Option(None, help="The GPU's peak TFLOP/s (e.g. 790 bf16 on H200): report the "
+                                      "fraction of the FLOP-bound throughput reached."),
+    out: Path = typer.Option(None, "--out", help="Folder for bench.json, .csv, .md and .png (default: "
+                             "bench-<target>-<time>)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Latency and throughput per backend and batch: p50/p90/p99, compute vs end to end, memory, power."""
+    import time
+
+    from promptkd_edge.bench.backends import parse_backends
+    from promptkd_edge.bench.harness import BenchConfig, run_bench
+    from promptkd_edge.bench.report import terminal_table, write_all
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise PkdError(f"--batch-sizes '{batch_sizes}' is not a comma list of integers") from None
+    cfg = BenchConfig(target=target, backends=parse_backends(backends), batch_sizes=sizes, warmup=warmup,
+                      iterations=iterations, min_seconds=min_seconds, max_seconds=max_seconds, device=device,
+                      threads=threads, compare_teacher=compare_teacher, teacher=teacher, classes=classes,
+                      end_to_end=end_to_end, images=images, peak_tflops=peak_tflops,
+                      command=" ".join(["pkd", *sys.argv[1:]])).validate()
+    progress = _progress(not as_json)
+    report = run_bench(cfg, progress)
+    progress.done()
+    written = write_all(report, out or Path(f"bench-{Path(target).name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    if as_json:
+        _print_json(report)
+        return
+    for mode in ("compute", "end_to_end"):
+        if any(r["mode"] == mode for r in report["results"]):
+            _out().print(terminal_table(report, mode))
+    for c in report["comparisons"]:
+        _out().print(f"student speed-up over the teacher, {c['backend']} batch {c['batch']} ({c['mode']}): "
+                     f"[bold]{c['speedup']:.2f}x[/]")
+    for u in report["unavailable"]:
+        _err().print(f"[yellow]not run[/] {u['model']} {u['backend']}: {u['reason']}", highlight=False)
+    _out().print(f"report: {', '.join(str(p) for p in written.values())}")
+
+
 # ---------------------------------------------------------------------------------------------------- models
 
 

@@ -19,10 +19,14 @@ def test_quick_demo_end_to_end(tmp_path):
     assert report["pretrained_here"] is True
     assert report["classes"] == len(CLASSES) and report["test_images"] == 4 * len(CLASSES)
     models = {"teacher zero-shot", "teacher tuned (stage I)", "student zero-shot (before)",
-              "student + PromptKD (after)"}
+              "student + PromptKD (after)", "bundle fp32 (ONNX Runtime)", "bundle int8 (ONNX Runtime)"}
     for metric in ("top1", "base", "novel", "hm"):
         assert set(report[metric]) == models and all(0.0 <= v <= 1.0 for v in report[metric].values())
     assert 0.0 <= report["agreement"] <= 1.0
+    # the shipped FP32 graph classifies the test split exactly as the PyTorch student; both bundles passed the gate
+    assert report["top1"]["bundle fp32 (ONNX Runtime)"] == report["top1"]["student + PromptKD (after)"]
+    assert all(b["valid"] for b in report["bundles"].values()) and set(report["bundles"]) == {"fp32", "int8"}
+    assert (tmp_path / "bundle-int8" / "manifest.json").is_file()
     assert report["teacher"]["train_classes"] == len(CLASSES) // 2 and report["teacher"]["steps"] == 2 * 1
     assert report["distill"]["steps"] == 2 * (8 * len(CLASSES) // 16)
     for split in ("fewshot", "unlabeled", "test"):

@@ -392,3 +392,70 @@ def test_adding_a_plan_to_an_existing_bundle_on_the_target(bundles, tmp_path, mo
     assert fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED is not None
     with pytest.raises(PkdError, match="built from an FP32 model.onnx"):
         add_engine(bundles["fp16"], ExportOptions(precision="fp16", trt=TrtBuildOptions(precision="fp16")))
+
+
+def test_gpu_session_that_fell_back_to_cpu_is_reported(bundles, monkeypatch):
+    """onnxruntime-gpu without CUDA libraries quietly runs on CPU; the runtime must say so."""
+    import onnxruntime as ort
+
+    real_session = ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", lambda path, so, providers: real_session(
+        path, so, providers=["CPUExecutionProvider"]))
+    clf = Classifier.from_bundle(bundles["fp32"], backend="onnxruntime")
+    assert clf.backend.fell_back_to_cpu and "fell back to CPU" in clf.notes[-1]
+    assert "failed to load: running on CPU" in clf.description
+
+
+def test_fp16_graph_uses_modelopt_autocast_when_installed(tmp_path, monkeypatch, bundles):
+    """With nvidia-modelopt present, its AutoCast makes the FP16 graph, told to keep the same FP32 islands."""
+    import types
+
+    from promptkd_edge.export import precision
+
+    calls = {}
+
+    def convert_to_mixed_precision(**kwargs):
+        calls.update(kwargs)
+        return onnx.load(kwargs["onnx_path"])
+
+    autocast = types.ModuleType("modelopt.onnx.autocast")
+    autocast.convert_to_mixed_precision = convert_to_mixed_precision
+    for name, module in (("modelopt", types.ModuleType("modelopt")), ("modelopt.onnx", types.ModuleType("x")),
+                         ("modelopt.onnx.autocast", autocast)):
+        monkeypatch.setitem(sys.modules, name, module)
+    keep = open_bundle(bundles["fp32"]).model["fp32_nodes"]
+    tool = precision.to_fp16(bundles["fp32"] / "model.onnx", tmp_path / "m.onnx", keep, np.zeros((2, 3, 32, 32)))
+    assert tool == "modelopt" and (tmp_path / "m.onnx").is_file()
+    assert calls["low_precision_type"] == "fp16" and calls["keep_io_types"] is True
+    assert {"LayerNormalization", "Softmax"} <= set(calls["op_types_to_exclude"])
+    assert calls["nodes_to_exclude"] == keep and calls["calibration_data"].shape == (2, 3, 32, 32)
+
+
+def test_slim_export_keeps_parity(tiny_run, tmp_path):
+    # needs onnxslim: the [slim] extra, part of [dev]
+    m = export_run(tiny_run, tmp_path / "b", ExportOptions(slim=True, parity_images=4))
+    assert m["valid"] and m["model"]["slim_nodes_removed"] > 0
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_percentile_calibration_ranges_are_exact(symmetric):
+    from onnx import TensorProto, helper
+
+    from promptkd_edge.export.precision import _Batches, percentile_ranges
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1000])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1000])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(0).standard_normal((37, 1000)).astype(np.float32) * 3  # 5 batches, the last short
+    ranges = percentile_ranges(model, ["x", "y"], _Batches("x", x, 8), 99.9, symmetric)
+    n = x.size
+    if symmetric:  # nearest rank: the k-th largest |x|, k = ceil(n * 0.1 %)
+        t = np.sort(np.abs(x).ravel())[n - int(np.ceil(n * 0.001))]
+        assert ranges["x"] == pytest.approx((-t, t))
+    else:
+        s, k = np.sort(x.ravel()), int(np.ceil(n * 0.0005))
+        assert ranges["x"] == pytest.approx((s[k - 1], s[n - k]))
+        assert ranges["y"][0] == 0.0 and ranges["y"][1] == pytest.approx(s[n - k])  # relu: range includes 0

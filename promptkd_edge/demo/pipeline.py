@@ -5,8 +5,9 @@
    and write them as local weight files (the same path real weights take);
 1. `pkd teacher`: prompt-tune the teacher on 16 shots of the base classes (PromptSRC), class vectors for all;
 2. `pkd distill` on the unlabeled split (prompts + projector only, teacher-feature cache);
-3. evaluate the teacher (zero-shot and tuned) and the student (before: its own zero-shot head; after
-   distillation) on the test split: all-class top-1 and the paper's base/novel/HM.
+3. `pkd export`: fold the student into FP32 and INT8 ONNX bundles, each gated for parity;
+4. evaluate the teacher (zero-shot and tuned), the student (before: its own zero-shot head; after
+   distillation) and the two bundles (ONNX Runtime) on the test split: all-class top-1 and base/novel/HM.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import torch
 from promptkd_edge.data import demo_domain
 from promptkd_edge.data.listing import LabeledImages
 from promptkd_edge.eval.accuracy import accuracy_report, predict
+from promptkd_edge.export.bundle import ExportOptions, export_run
 from promptkd_edge.models.class_vectors import ClassVectors, compute_class_vectors
 from promptkd_edge.models.openclip import load_clip
 from promptkd_edge.models.student import load_student
 from promptkd_edge.models.teacher import load_teacher
+from promptkd_edge.runtime import Classifier
 from promptkd_edge.train.config import DistillConfig, TeacherTuneConfig
 from promptkd_edge.train.distill import distill
 from promptkd_edge.train.teacher import tune_teacher
@@ -71,6 +74,7 @@ class DemoReport:
     pretrained_here: bool = True
     teacher: dict[str, Any] = field(default_factory=dict)
     distill: dict[str, Any] = field(default_factory=dict)
+    bundles: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "out": str(self.out)}
@@ -119,6 +123,17 @@ def run_demo(out: str | Path, *, size: DemoSize | None = None, seed: int = 0, wo
     report.distill = {"run": str(run_dir), "steps": result.steps, "images_per_second": result.images_per_second,
                       "final_loss": result.final_loss}
     report.seconds["pkd distill (stage II)"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    for precision in ("fp32", "int8"):
+        progress.note(f"pkd export: the student as an {precision.upper()} ONNX bundle, gated for parity")
+        manifest = export_run(run_dir, out / f"bundle-{precision}", ExportOptions(precision=precision,
+                              overwrite=True), progress)
+        gate = manifest["parity"][0]
+        report.bundles[precision] = {"path": str(out / f"bundle-{precision}"), "valid": manifest["valid"],
+                                     **{k: gate[k] for k in ("images", "top1_agreement", "max_abs_logit_diff",
+                                                             "min_cosine")}}
+    report.seconds["pkd export (fp32, int8)"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _evaluate(report, run_dir, splits["test"], teacher_spec, student_spec, workers, progress)
@@ -193,6 +208,10 @@ def _evaluate(report: DemoReport, run_dir: Path, test: Path, teacher_spec: str, 
                                        lambda x: baseline_vectors.logits(baseline.encode_image(x))),
         "student + PromptKD (after)": (student.preprocess, lambda x: vectors.logits(student(x))),
     }
+    for precision, bundle in report.bundles.items():  # the shipped graphs, run by ONNX Runtime
+        clf = Classifier.from_bundle(bundle["path"], backend="onnxruntime")
+        models[f"bundle {precision} (ONNX Runtime)"] = (
+            student.preprocess, lambda x, clf=clf: torch.from_numpy(clf.run(x.numpy())["logits"]))
     labels, logits, bad = predict(labeled, models, device=device, workers=workers, progress=progress)
     result = accuracy_report(labels, logits, len(vectors.names), bad,
                              [("student + PromptKD (after)", "teacher tuned (stage I)")])

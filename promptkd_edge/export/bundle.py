@@ -20,7 +20,15 @@ import numpy as np
 from promptkd_edge import __version__
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity as gate
-from promptkd_edge.export.onnx_export import DEFAULT_OPSET, INPUT_NAME, export_onnx, head_nodes, io_description, slim
+from promptkd_edge.export.onnx_export import (
+    DEFAULT_OPSET,
+    INPUT_NAME,
+    embedding_tensor,
+    export_onnx,
+    head_nodes,
+    io_description,
+    slim,
+)
 from promptkd_edge.export.precision import path_for, quantize_fp8, quantize_int8, to_fp16
 from promptkd_edge.runtime.bundle import BUNDLE_FORMAT, MANIFEST_FILE, is_bundle, open_bundle
 from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -199,7 +207,8 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     float_inputs = _inputs(images.parity, spec, uint8=False)
     reference = _torch_reference(student, vectors, float_inputs, options.batch_size)
     model_inputs = _inputs(images.parity, spec, uint8=True) if options.uint8_input else float_inputs
-    backend = OnnxRuntimeBackend(fp32_path, providers="cpu", precision=onnx_precision)
+    backend = OnnxRuntimeBackend(fp32_path, providers="cpu", precision=onnx_precision,
+                                 extra_outputs=_embeddings_inside(fp32_path, options.head))
     candidate = gate.with_logits(_run_backend(backend, model_inputs, options.batch_size),
                                  vectors.vectors.numpy(), vectors.logit_scale)
     figures = gate.compare(reference, candidate, onnx_precision, "onnxruntime-cpu", images.source)
@@ -225,6 +234,16 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     }
     write_manifest(tmp, manifest)
     return {**manifest, "_reference": reference}
+
+
+def _embeddings_inside(path: Path, head: str) -> dict[str, str] | None:
+    """For a logits-only graph: its internal unit features, so the gate compares embeddings as it should."""
+    import onnx
+
+    if head != "logits":
+        return None
+    tensor = embedding_tensor(onnx.load(str(path), load_external_data=False))
+    return {"embeddings": tensor} if tensor else None
 
 
 def _sha(path: Path) -> str:
@@ -278,7 +297,7 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     uint8 = bool(model["uint8_input"])
     master = bundle_dir / "model.onnx"
     if reference is None:
-        cpu = OnnxRuntimeBackend(master, providers="cpu")
+        cpu = OnnxRuntimeBackend(master, providers="cpu", extra_outputs=_embeddings_inside(master, model["head"]))
         reference = _run_backend(cpu, _inputs(images.parity, spec, uint8), options.batch_size)
         cpu.close()
         target_ref = "onnxruntime-cpu fp32"

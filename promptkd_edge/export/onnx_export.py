@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.export.fold import FoldedStudent
+from promptkd_edge.export.fold import InputNormalize
 
 DEFAULT_OPSET = 20  # TensorRT 10.3 (JetPack 6) parses it; 23 would emit the Attention op it does not know
 MIN_OPSET = 18  # the dynamo exporter's minimum
@@ -19,17 +19,18 @@ MAX_ONNX_BYTES = 2 * 1024**3  # protobuf's limit for a single-file model
 INPUT_NAME = "image"
 
 
-def example_input(model: FoldedStudent, size: tuple[int, int], batch: int = 2) -> torch.Tensor:
+def example_input(model: torch.nn.Module, size: tuple[int, int], batch: int = 2) -> torch.Tensor:
     """An example batch for tracing. Its batch must be >= 2: a batch of 1 gets specialised into the graph."""
     h, w = size
-    if isinstance(model.input, torch.nn.Identity):
-        return torch.randn(batch, 3, h, w)
-    return torch.randint(0, 256, (batch, h, w, 3), dtype=torch.uint8)
+    if isinstance(getattr(model, "input", None), InputNormalize):
+        return torch.randint(0, 256, (batch, h, w, 3), dtype=torch.uint8)
+    return torch.randn(batch, 3, h, w)
 
 
-def export_onnx(model: FoldedStudent, path: str | os.PathLike, size: tuple[int, int], *,
+def export_onnx(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int, int], *,
                 opset: int = DEFAULT_OPSET, max_batch: int = 4096) -> Path:
-    """Export `model` to a single ONNX file with a dynamic batch dimension and run the full checker on it."""
+    """Export `model` (a FoldedStudent, or any image -> logits module) to a single ONNX file with a dynamic batch
+    dimension and run the full checker on it."""
     import onnx
 
     if opset < MIN_OPSET:
@@ -41,7 +42,8 @@ def export_onnx(model: FoldedStudent, path: str | os.PathLike, size: tuple[int, 
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(model.eval(), (example_input(model, size),), str(path), dynamo=True,
-                              input_names=[INPUT_NAME], output_names=model.output_names,
+                              input_names=[INPUT_NAME],
+                              output_names=getattr(model, "output_names", ["logits"]),
                               dynamic_shapes={"image": {0: batch}}, opset_version=opset,
                               external_data=False, verbose=False)
         except Exception as e:  # the exporter's errors are long; keep their first line, with the log on --debug
@@ -88,6 +90,14 @@ def head_nodes(model) -> list[str]:
             tail.append(node.name)
             frontier.update(node.output)
     return tail
+
+
+def embedding_tensor(model) -> str | None:
+    """The unit-feature tensor inside a graph whose `logits` come from `features @ class_matrix`."""
+    for node in model.graph.node:
+        if "logits" in node.output and node.op_type == "MatMul":
+            return node.input[0]
+    return None
 
 
 def io_description(model) -> tuple[list[dict], list[dict]]:

@@ -1,7 +1,8 @@
 """The parity gate: the exported model against the PyTorch student on the same images.
 
 Figures: max |delta logit| (logits at the run's logit scale, 100 for CLIP), the smallest cosine between
-embeddings (between logit vectors when the graph outputs logits only), and top-1 agreement. Thresholds per
+embeddings (read inside logits-only ONNX graphs; between centered logit vectors for TensorRT plans that output
+logits only), and top-1 agreement. Thresholds per
 precision; a failing gate fails the export.
 """
 
@@ -83,8 +84,11 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
     ref, got = reference["logits"].astype(np.float64), candidate["logits"].astype(np.float64)
     if ref.shape != got.shape:
         raise PkdError(f"parity: logits of shape {got.shape} against a reference of {ref.shape}")
-    kind = "embeddings" if "embeddings" in candidate and "embeddings" in reference else "logits"
-    a, b = reference[kind].astype(np.float64), candidate[kind].astype(np.float64)
+    kind = "embeddings" if "embeddings" in candidate and "embeddings" in reference else "centered logits"
+    if kind == "embeddings":
+        a, b = reference[kind].astype(np.float64), candidate[kind].astype(np.float64)
+    else:  # without embeddings (a TensorRT logits plan): logits minus their mean, i.e. W f projected
+        a, b = ref - ref.mean(1, keepdims=True), got - got.mean(1, keepdims=True)
     cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     figures = {
         "target": target, "precision": precision, "images": int(len(ref)), "image_source": source,

@@ -124,8 +124,13 @@ class Classifier:
             raise PkdError(f"input of dtype {batch.dtype}; this model takes {spec['dtype']}")
         return self.backend.run(batch)
 
+    def _batch(self, batch_size: int) -> int:
+        """`batch_size`, capped by what the backend takes (a TensorRT plan's largest profile)."""
+        return max(1, min(batch_size, getattr(self.backend, "max_batch", batch_size)))
+
     def logits(self, images: Sequence[Any], batch_size: int = 16) -> np.ndarray:
         """Logits [N, C] at the teacher's logit scale."""
+        batch_size = self._batch(batch_size)
         out = []
         for chunk in _chunks(images, batch_size):
             res = self.run(self.inputs(chunk))
@@ -141,7 +146,8 @@ class Classifier:
         if "embeddings" not in [o["name"] for o in self.bundle.model["outputs"]]:
             raise PkdError("this bundle outputs logits only; export it with --head embeddings or --head both "
                            "to get embeddings")
-        return np.concatenate([self.run(self.inputs(c))["embeddings"] for c in _chunks(images, batch_size)])
+        chunks = _chunks(images, self._batch(batch_size))
+        return np.concatenate([self.run(self.inputs(c))["embeddings"] for c in chunks])
 
     def predict(self, images: Sequence[Any], top_k: int = 5, batch_size: int = 16) -> list[Prediction]:
         """Top-k labels and probabilities per image, in input order."""

@@ -24,8 +24,9 @@ def session_options(threads: int | None = None, *, precision: str = "fp32"):
     return so
 
 
-def resolve_providers(providers: str | list[str]) -> list[str]:
-    """'auto' -> TensorRT, CUDA, CPU in that order where this onnxruntime build has them; 'cpu' -> CPU only."""
+def resolve_providers(providers: str | list) -> list:
+    """'auto' -> TensorRT, CUDA, CPU in that order where this onnxruntime build has them; 'cpu' -> CPU only;
+    a list of names or (name, options) pairs is checked against what this build has."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -35,7 +36,7 @@ def resolve_providers(providers: str | list[str]) -> list[str]:
         return ["CPUExecutionProvider"]
     if providers == "cuda":
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    missing = [p for p in providers if p not in available]
+    missing = [name for name in (p if isinstance(p, str) else p[0] for p in providers) if name not in available]
     if missing:
         raise PkdError(f"this onnxruntime ({ort.__version__}) has no {', '.join(missing)}; it has "
                        f"{', '.join(available)} (GPU providers need the onnxruntime-gpu package)")
@@ -47,22 +48,33 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: str | os.PathLike, *, providers: str | list[str] = "auto",
-                 threads: int | None = None, precision: str = "fp32"):
+    def __init__(self, model_path: str | os.PathLike, *, providers: str | list = "auto",
+                 threads: int | None = None, precision: str = "fp32", extra_outputs: dict[str, str] | None = None):
+        """`extra_outputs` {name: tensor} also returns intermediate tensors (the parity gate reads the
+        embeddings inside a logits-only graph this way)."""
         import onnxruntime as ort
 
         self.path = Path(model_path)
         requested = resolve_providers(providers)
+        source = str(self.path)
+        self._renames = {tensor: name for name, tensor in (extra_outputs or {}).items()}
+        if extra_outputs:
+            import onnx
+
+            model = onnx.load(source)
+            model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in extra_outputs.values())
+            source = model.SerializeToString()
         try:
-            self.session = ort.InferenceSession(str(self.path), session_options(threads, precision=precision),
+            self.session = ort.InferenceSession(source, session_options(threads, precision=precision),
                                                 providers=requested)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise PkdError(f"onnxruntime cannot load {self.path}: {str(e).strip().splitlines()[0]}") from None
         self.providers = self.session.get_providers()
-        self.fell_back_to_cpu = (any(p in GPU_PROVIDERS for p in requested)
+        names = [p if isinstance(p, str) else p[0] for p in requested]
+        self.fell_back_to_cpu = (any(p in GPU_PROVIDERS for p in names)
                                  and self.providers[0] == "CPUExecutionProvider")
         self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_names = [self._renames.get(o.name, o.name) for o in self.session.get_outputs()]
 
     @property
     def description(self) -> str:

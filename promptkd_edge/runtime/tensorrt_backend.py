@@ -173,6 +173,11 @@ class TensorRTBackend:
         self._profile = 0  # a new context starts on profile 0
         self._stream = cuda_check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
 
+    @property
+    def max_batch(self) -> int:
+        """The largest batch any optimization profile takes."""
+        return max(hi for _, hi in self.profiles)
+
     def _batch_range(self, profile: int) -> tuple[int, int]:
         lo, _opt, hi = self.engine.get_tensor_profile_shape(self.input_name, profile)
         return int(tuple(lo)[0]), int(tuple(hi)[0])

@@ -1,0 +1,257 @@
+"""The backends `pkd bench` can time, each loaded into a Runner; one that cannot run here raises Unavailable.
+
+A Runner separates what is timed from what is not: `prepare` puts a batch where the backend reads it (device
+memory for torch on CUDA), `__call__` is the compute that compute-only rows time, `logits` is host array in,
+host logits out (what end-to-end rows time after decoding and preprocessing).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from promptkd_edge.bench.targets import BenchModel, Unavailable
+from promptkd_edge.errors import PkdError
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    kind: str  # torch | onnxruntime | tensorrt
+    precision: str  # fp32 | fp16 | bf16 | int8 | plan
+    cuda_only: bool = False
+    compile_mode: str | None = None  # torch.compile mode; "reduce-overhead" = CUDA graphs
+    provider: str | None = None  # onnxruntime execution provider
+
+
+BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
+    BackendSpec("torch-eager-fp32", "torch", "fp32"),
+    BackendSpec("torch-eager-fp16", "torch", "fp16", cuda_only=True),
+    BackendSpec("torch-eager-bf16", "torch", "bf16", cuda_only=True),
+    BackendSpec("torch-compile-fp32", "torch", "fp32", compile_mode="default"),
+    BackendSpec("torch-compile-bf16", "torch", "bf16", cuda_only=True, compile_mode="max-autotune-no-cudagraphs"),
+    BackendSpec("torch-cudagraphs-bf16", "torch", "bf16", cuda_only=True, compile_mode="reduce-overhead"),
+    BackendSpec("onnxruntime-cpu-fp32", "onnxruntime", "fp32", provider="CPUExecutionProvider"),
+    BackendSpec("onnxruntime-cpu-int8", "onnxruntime", "int8", provider="CPUExecutionProvider"),
+    BackendSpec("onnxruntime-cuda-fp32", "onnxruntime", "fp32", cuda_only=True, provider="CUDAExecutionProvider"),
+    BackendSpec("onnxruntime-tensorrt-fp16", "onnxruntime", "fp16", cuda_only=True,
+                provider="TensorrtExecutionProvider"),
+    BackendSpec("tensorrt", "tensorrt", "plan", cuda_only=True),
+)}
+DEFAULT_CPU = ["torch-eager-fp32", "torch-compile-fp32", "onnxruntime-cpu-fp32", "onnxruntime-cpu-int8"]
+COPIES_INCLUDED = ("onnxruntime-cuda-fp32", "onnxruntime-tensorrt-fp16", "tensorrt")
+
+
+def parse_backends(text: str) -> list[BackendSpec]:
+    """'all', or a comma list of names (unknown names are an error naming the known ones)."""
+    if text.strip() == "all":
+        return list(BACKENDS.values())
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise PkdError(f"unknown backend {', '.join(unknown) or '(none)'}; choose from all, {', '.join(BACKENDS)}")
+    return [BACKENDS[n] for n in names]
+
+
+class Runner:
+    name = device = precision = ""
+    description = ""
+
+    def prepare(self, batch: np.ndarray) -> Any:
+        return np.ascontiguousarray(batch)
+
+    def __call__(self, prepared: Any) -> Any:
+        raise NotImplementedError
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self(self.prepare(batch)))
+
+    def sync(self) -> None:
+        pass
+
+    timer: Callable[[Callable[[], object]], float] | None = None  # ms of one call, when the device times it
+
+    def close(self) -> None:
+        pass
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def load(spec: BackendSpec, model: BenchModel, *, device: str, threads: int | None) -> Runner:
+    """A runner for `model` on `spec`, or Unavailable with the reason."""
+    on_cuda = device.startswith("cuda")
+    if spec.cuda_only and not on_cuda:
+        raise Unavailable("needs a CUDA GPU" + ("" if cuda_available() else " (torch.cuda.is_available() is False)")
+                          + "; run with --device cuda on a GPU machine")
+    if spec.kind == "torch":
+        return TorchRunner(spec, model, device, threads)
+    if spec.kind == "onnxruntime":
+        return OrtRunner(spec, model, threads)
+    return TensorRTRunner(model)
+
+
+class TorchRunner(Runner):
+    def __init__(self, spec: BackendSpec, model: BenchModel, device: str, threads: int | None):
+        try:
+            import torch
+        except ImportError:
+            raise Unavailable("torch is not installed") from None
+        if spec.compile_mode and device == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+            raise Unavailable("torch.compile on CPU needs a C++ compiler (g++) for inductor")
+        if threads:
+            torch.set_num_threads(threads)
+        self.name, self.precision, self.device = spec.name, spec.precision, device
+        self._torch = torch
+        self._dev = torch.device(device)
+        module = model.build_torch().to(self._dev).eval()
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(spec.precision)
+        self._autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else None
+        self._module = torch.compile(module, mode=spec.compile_mode, dynamic=False) if spec.compile_mode else module
+        self.description = f"torch {torch.__version__} {spec.name.split('-')[1]} on {device}"
+        if self._dev.type == "cuda":
+            self.timer = self._cuda_events
+
+    def prepare(self, batch: np.ndarray):
+        return self._torch.from_numpy(np.ascontiguousarray(batch)).to(self._dev)
+
+    def __call__(self, prepared):
+        with self._torch.inference_mode():
+            if self._autocast:
+                with self._autocast():
+                    return self._module(prepared)
+            return self._module(prepared)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self(self.prepare(batch)).float().cpu().numpy()
+
+    def sync(self) -> None:
+        if self._dev.type == "cuda":
+            self._torch.cuda.synchronize(self._dev)
+
+    def _cuda_events(self, fn: Callable[[], object]) -> float:
+        """Milliseconds of one call measured by CUDA events on the current stream."""
+        start, end = self._torch.cuda.Event(enable_timing=True), self._torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+
+    def close(self) -> None:
+        self._module = None
+        if self._dev.type == "cuda":
+            self._torch.cuda.empty_cache()
+
+
+class OrtRunner(Runner):
+    def __init__(self, spec: BackendSpec, model: BenchModel, threads: int | None):
+        from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise Unavailable("onnxruntime is not installed") from None
+        if spec.provider not in ort.get_available_providers():
+            raise Unavailable(f"this onnxruntime ({ort.__version__}) has no {spec.provider}"
+                              + (" (install onnxruntime-gpu)" if spec.provider != "CPUExecutionProvider" else ""))
+        try:
+            path = model.onnx(spec.precision if spec.precision in ("fp32", "int8") else "fp32")
+        except PkdError as e:
+            raise Unavailable(str(e)) from None
+        providers: list = list(dict.fromkeys([spec.provider, "CPUExecutionProvider"]))
+        if spec.provider == "TensorrtExecutionProvider":
+            cache = (model.workdir or path.parent) / "ort-trt-cache"
+            providers[0] = (spec.provider, {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                                            "trt_engine_cache_path": str(cache), "trt_layer_norm_fp32_fallback": True})
+        self._backend = OnnxRuntimeBackend(path, providers=providers, threads=threads)
+        if self._backend.fell_back_to_cpu:
+            raise Unavailable(f"{spec.provider} failed to load and onnxruntime fell back to CPU (see `pkd doctor`)")
+        self.name, self.precision = spec.name, spec.precision
+        self.device = "cpu" if spec.provider == "CPUExecutionProvider" else "cuda"
+        self.description = self._backend.description
+
+    def __call__(self, prepared):
+        return self._backend.run(prepared)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return next(iter(self(self.prepare(batch)).values()))
+
+    def close(self) -> None:
+        self._backend.close()
+
+
+class TensorRTRunner(Runner):
+    """A plan of the bundle built for this TensorRT and GPU, else one built here (fp16, profile 1..max batch)."""
+
+    def __init__(self, model: BenchModel, max_batch: int = 256):
+        from promptkd_edge.runtime.tensorrt_backend import (
+            TensorRTBackend,
+            check_plan_compatible,
+            gpu_info,
+            import_tensorrt,
+        )
+
+        try:
+            trt = import_tensorrt()
+            gpu = gpu_info()
+        except PkdError as e:
+            raise Unavailable(str(e)) from None
+        record, plan = None, None
+        for r in _bundle_engines(model):
+            try:
+                check_plan_compatible(r, trt, gpu)
+            except PkdError:
+                continue
+            record, plan = r, model.bundle / r["file"]
+            break
+        if record is None:
+            record, plan = _build_plan(model, max_batch)
+        self._backend = TensorRTBackend(plan, record)
+        self.name, self.precision, self.device = "tensorrt", record["precision"], "cuda"
+        self.description = self._backend.description
+
+    def __call__(self, prepared):
+        return self._backend.run(prepared)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return next(iter(self(self.prepare(batch)).values()))
+
+    def close(self) -> None:
+        self._backend.close()
+
+
+def _bundle_engines(model: BenchModel) -> list[dict]:
+    if model.bundle is None:
+        return []
+    import json
+
+    return json.loads((model.bundle / "manifest.json").read_text()).get("engines", [])
+
+
+def _build_plan(model: BenchModel, max_batch: int) -> tuple[dict, Any]:
+    import onnx
+
+    from promptkd_edge.export.onnx_export import head_nodes
+    from promptkd_edge.export.precision import to_fp16
+    from promptkd_edge.export.tensorrt_build import TrtBuildOptions, api_generation, build_engine, import_tensorrt
+
+    src = model.onnx("fp32")
+    if api_generation(import_tensorrt()) >= 11:  # strongly typed: the precision must be in the graph
+        fp16 = src.with_name(src.stem + ".fp16.onnx")
+        to_fp16(src, fp16, head_nodes(onnx.load(str(src))))
+        src = fp16
+    options = TrtBuildOptions(precision="fp16", profiles=[(1, min(8, max_batch), max_batch)],
+                              keep_fp32_nodes=head_nodes(onnx.load(str(model.onnx("fp32")))))
+    record = build_engine(src, src.parent / "engines", input_name="image", input_dims=model.input_shape,
+                          options=options)
+    return record, src.parent / record["file"]

@@ -1,0 +1,253 @@
+"""`pkd bench`: per model, backend and batch size, compute-only and end-to-end timings in one report.
+
+Recipe: resolve the target (student, optional teacher) -> for each backend: load it (first-call latency =
+load + first inference), then per batch: warm-up and timed calls on a batch already in place (compute), then
+decode + preprocess + infer + top-k from image files (end to end); peak memory and, where readable, power ->
+teacher/student ratios and throughput limits -> the report dict (docs/bench-report.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from promptkd_edge.bench.backends import BACKENDS, COPIES_INCLUDED, BackendSpec, Runner, cuda_available, load
+from promptkd_edge.bench.report import SCHEMA, SCHEMA_VERSION
+from promptkd_edge.bench.targets import BenchModel, Unavailable, default_teacher, resolve
+from promptkd_edge.bench.timing import Timing, time_calls
+from promptkd_edge.errors import PkdError
+from promptkd_edge.utils.progress import NullProgress, Progress
+
+
+@dataclass
+class BenchConfig:
+    """What to time and how long. `max_seconds` bounds each (backend, batch) timing loop."""
+
+    target: str
+    backends: list[BackendSpec] | None = None  # None: every backend (those that cannot run are reported)
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    warmup: int = 10
+    iterations: int = 50
+    min_seconds: float = 1.0
+    max_seconds: float = 30.0
+    device: str = "auto"
+    threads: int | None = None
+    compare_teacher: bool = False
+    teacher: str | None = None
+    classes: int = 1000
+    end_to_end: bool = True
+    images: str | None = None
+    e2e_images: int = 64
+    top_k: int = 5
+    peak_tflops: float | None = None  # the device's peak (e.g. 790 bf16 for an H200) -> throughput limits
+    command: str = ""
+
+    def validate(self) -> BenchConfig:
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise PkdError("--batch-sizes must be positive integers, e.g. 1,8,32")
+        if self.iterations < 1 or self.warmup < 0:
+            raise PkdError("--iterations must be >= 1 and --warmup >= 0")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise PkdError(f"--device must be auto, cpu or cuda[:N], not {self.device}")
+        if self.device.startswith("cuda") and not cuda_available():
+            raise PkdError("--device cuda: no CUDA GPU is visible to torch")
+        return self
+
+
+def resolve_device(device: str) -> str:
+    return ("cuda" if cuda_available() else "cpu") if device == "auto" else device
+
+
+def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Time every (model, backend, batch) of `cfg`; returns the report dict."""
+    from promptkd_edge.bench.environment import describe
+
+    progress = progress or NullProgress()
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    teacher = (cfg.teacher or default_teacher(_kind(cfg.target), cfg.target)) if cfg.compare_teacher else None
+    kind, models = resolve(cfg.target, classes=cfg.classes, teacher=teacher)
+    backends = cfg.backends or list(BACKENDS.values())
+    batches = sorted(set(cfg.batch_sizes))
+    report: dict[str, Any] = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": cfg.command,
+        "target": {"kind": kind, "name": Path(cfg.target).name if kind != "architecture" else cfg.target,
+                   "path": str(Path(cfg.target).resolve()) if kind != "architecture" else None},
+        "models": [m.to_dict() for m in models],
+        "environment": {},
+        "settings": {"batch_sizes": batches, "warmup": cfg.warmup, "iterations": cfg.iterations,
+                     "min_seconds": cfg.min_seconds, "max_seconds": cfg.max_seconds, "device": device,
+                     "end_to_end": cfg.end_to_end, "end_to_end_images": None, "top_k": cfg.top_k,
+                     "notes": [f"{', '.join(COPIES_INCLUDED)}: compute rows include host<->device copies"]},
+        "results": [], "unavailable": [], "comparisons": [], "limits": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="pkd-bench-images-") as tmp:
+        files, source = _e2e_files(cfg, Path(tmp), models[0].preprocess.size) if cfg.end_to_end else ([], None)
+        report["settings"]["end_to_end_images"] = source
+        try:
+            for model in models:
+                for spec in backends:
+                    _bench_backend(model, spec, device, batches, files, cfg, report, progress)
+        finally:
+            for model in models:
+                model.cleanup()
+    report["environment"] = describe(threads=cfg.threads, device=device)
+    report["comparisons"] = comparisons(report["results"])
+    report["limits"] = limits(report, cfg.peak_tflops)
+    return report
+
+
+def _kind(target: str) -> str:
+    from promptkd_edge.runtime.bundle import is_bundle
+
+    path = Path(target)
+    return "bundle" if is_bundle(path) else "run" if (path / "student.safetensors").is_file() else "architecture"
+
+
+def _e2e_files(cfg: BenchConfig, tmp: Path, size: tuple[int, int]) -> tuple[list[Path], str]:
+    """Image files for end-to-end timing: the user's, else generated 640x480 JPEGs (a typical camera frame)."""
+    if cfg.images:
+        from promptkd_edge.data.listing import list_images
+
+        files = list_images(cfg.images)[: cfg.e2e_images]
+        return files, f"{len(files)} images from {cfg.images}"
+
+    from promptkd_edge.export.parity import generated_images
+
+    files = []
+    for i, img in enumerate(generated_images(cfg.e2e_images, (320, 427), seed=1)):  # 1.5x -> 480x640
+        path = tmp / f"{i:04d}.jpg"
+        img.save(path, quality=90)
+        files.append(path)
+    return files, f"{len(files)} generated 640x480 JPEG files"
+
+
+def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: list[int], files: list[Path],
+                   cfg: BenchConfig, report: dict, progress: Progress) -> None:
+    from promptkd_edge.bench.memory import PeakMemory
+
+    def unavailable(reason: str) -> None:
+        report["unavailable"].append({"model": model.role, "backend": spec.name, "reason": reason})
+        progress.note(f"{model.role} {spec.name}: not run ({reason})")
+
+    rows: list[dict] = []
+    runner: Runner | None = None
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        try:
+            runner = load(spec, model, device=device, threads=cfg.threads)
+            first = runner.prepare(model.example(batches[0]))
+            runner(first)
+            runner.sync()
+        except Unavailable as e:
+            unavailable(str(e))
+        except Exception as e:  # noqa: BLE001 - one failing backend must not lose the others' figures
+            unavailable(f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+            runner = None
+        if runner is None:
+            return
+        first_call_ms = (time.perf_counter() - start) * 1000
+        update = progress.task(f"{model.role} {spec.name}", len(batches) * (2 if files else 1))
+        done = 0
+        for batch in batches:
+            for mode in ("compute", "end_to_end") if files else ("compute",):
+                try:
+                    timing, power = _time(runner, model, batch, mode, files, cfg)
+                except Exception as e:  # noqa: BLE001 - e.g. out of memory at the largest batch
+                    unavailable(f"batch {batch} {mode}: {type(e).__name__}: {str(e).strip().splitlines()[0]}")
+                    break
+                rows.append(_row(model, spec, runner, timing, mode, first_call_ms, power))
+                done += 1
+                update(done)
+        runner.close()
+    for row in rows:
+        row["peak_rss_mib"] = _round(memory.host_mib)
+        row["peak_gpu_mib"] = _round(memory.gpu_mib)
+    report["results"] += rows
+
+
+def _time(runner: Runner, model: BenchModel, batch: int, mode: str, files: list[Path],
+          cfg: BenchConfig) -> tuple[Timing, Any]:
+    from promptkd_edge.bench.power import PowerSampler
+
+    if mode == "compute":
+        prepared = runner.prepare(model.example(batch))
+
+        def call():
+            return runner(prepared)
+
+        warmup, iterations = cfg.warmup, cfg.iterations
+    else:
+        from promptkd_edge.runtime.preprocess import prepare
+
+        cycle = itertools.cycle(files)
+        k = min(cfg.top_k, model.classes)
+
+        def call():
+            paths = [next(cycle) for _ in range(batch)]
+            logits = runner.logits(prepare(paths, model.preprocess, uint8=model.uint8_input))
+            return np.argpartition(-logits, k - 1, axis=1)[:, :k]
+
+        warmup, iterations = min(cfg.warmup, 2), max(3, cfg.iterations // 5)
+    with PowerSampler(device=runner.device) as power:
+        timing = time_calls(call, batch, warmup=warmup, iterations=iterations, min_seconds=cfg.min_seconds,
+                            max_seconds=cfg.max_seconds, sync=runner.sync,
+                            timer=runner.timer if mode == "compute" else None)
+    return timing, power
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _row(model: BenchModel, spec: BackendSpec, runner: Runner, timing: Timing, mode: str, first_call_ms: float,
+         power) -> dict[str, Any]:
+    from promptkd_edge.bench.power import images_per_joule
+
+    t = timing.to_dict()
+    return {"model": model.role, "backend": spec.name, "device": runner.device, "precision": runner.precision,
+            "batch": timing.batch, "mode": mode, "iterations": t["iterations"],
+            **{k: round(t[k], 3) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms")},
+            "images_per_s": round(t["images_per_s"], 2),
+            "first_call_ms": round(first_call_ms, 1) if mode == "compute" else None,
+            "peak_rss_mib": None, "peak_gpu_mib": None, "power_w": _round(power.watts, 2),
+            "images_per_joule": _round(images_per_joule(t["images_per_s"], power.watts), 3)}
+
+
+def comparisons(results: list[dict]) -> list[dict]:
+    """Teacher p50 / student p50 for every backend, batch and mode both ran: the student's measured speed-up."""
+    index = {(r["model"], r["backend"], r["batch"], r["mode"]): r for r in results}
+    out = []
+    for (role, backend, batch, mode), student in index.items():
+        teacher = index.get(("teacher", backend, batch, mode))
+        if role == "student" and teacher:
+            out.append({"backend": backend, "batch": batch, "mode": mode, "teacher_p50_ms": teacher["p50_ms"],
+                        "student_p50_ms": student["p50_ms"],
+                        "speedup": round(teacher["p50_ms"] / student["p50_ms"], 3)})
+    return out
+
+
+def limits(report: dict, peak_tflops: float | None) -> list[dict]:
+    """For GPU rows: the images/s the device's peak FLOP rate allows for this model, and the fraction reached."""
+    if not peak_tflops:
+        return []
+    gflops = {m["role"]: m.get("gflops_per_image") for m in report["models"]}
+    out = []
+    for r in report["results"]:
+        g = gflops.get(r["model"])
+        if r["mode"] != "compute" or r["device"] != "cuda" or not g:
+            continue
+        limit = peak_tflops * 1e3 / g
+        out.append({"model": r["model"], "backend": r["backend"], "batch": r["batch"],
+                    "limit_images_per_s": round(limit, 1),
+                    "basis": f"{g:.1f} GFLOP/image at {peak_tflops:g} TFLOP/s",
+                    "fraction": round(r["images_per_s"] / limit, 4)})
+    return out

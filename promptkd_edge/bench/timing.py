@@ -1,0 +1,85 @@
+"""Timing that can be trusted: warm-up, then timed calls; percentiles by linear interpolation (numpy's default)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between closest ranks, as numpy.percentile."""
+    if not samples:
+        raise ValueError("percentile of no samples")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is outside 0..100")
+    s = sorted(samples)
+    pos = (len(s) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+@dataclass
+class Timing:
+    """Latencies in milliseconds of calls that each process `batch` images."""
+
+    batch: int
+    samples_ms: list[float]
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.samples_ms, 50)
+
+    @property
+    def p90(self) -> float:
+        return percentile(self.samples_ms, 90)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.samples_ms, 99)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.samples_ms) / len(self.samples_ms)
+
+    @property
+    def images_per_s(self) -> float:
+        """Throughput at the median latency."""
+        return 1000.0 * self.batch / self.p50
+
+    def to_dict(self) -> dict:
+        return {"batch": self.batch, "iterations": len(self.samples_ms), "p50_ms": self.p50, "p90_ms": self.p90,
+                "p99_ms": self.p99, "mean_ms": self.mean, "min_ms": min(self.samples_ms),
+                "images_per_s": self.images_per_s}
+
+
+def time_calls(fn: Callable[[], object], batch: int, *, warmup: int = 3, iterations: int = 20,
+               min_seconds: float = 0.0, max_seconds: float = float("inf"),
+               clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] | None = None,
+               timer: Callable[[Callable[[], object]], float] | None = None) -> Timing:
+    """Call `fn` `warmup` times untimed, then at least `iterations` times (and for at least `min_seconds`, at
+    most `max_seconds` once 3 samples exist), timing each call; `sync` (e.g. torch.cuda.synchronize) runs
+    before each clock read so asynchronous work is counted. `timer(fn) -> ms` times a call on the device
+    instead (CUDA events)."""
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    samples: list[float] = []
+    started = clock()
+    while True:
+        if timer is not None:
+            samples.append(float(timer(fn)))
+        else:
+            t0 = clock()
+            fn()
+            if sync:
+                sync()
+            samples.append((clock() - t0) * 1000.0)
+        elapsed = clock() - started
+        if len(samples) >= 3 and elapsed >= max_seconds:
+            break
+        if len(samples) >= iterations and elapsed >= min_seconds:
+            break
+    return Timing(batch, samples)

@@ -1,0 +1,131 @@
+"""pkd bench on tiny models: every backend available here reports, the others are listed with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import STUDENT, TEACHER, pkd
+
+from promptkd_edge.bench.backends import BACKENDS, parse_backends
+from promptkd_edge.bench.harness import BenchConfig, comparisons, limits, run_bench
+from promptkd_edge.bench.report import validate_report
+from promptkd_edge.bench.targets import vit_gflops
+from promptkd_edge.bench.timing import Timing, percentile, time_calls
+from promptkd_edge.errors import PkdError
+
+CPU_BACKENDS = "torch-eager-fp32,onnxruntime-cpu-fp32,onnxruntime-cpu-int8,torch-eager-bf16,onnxruntime-cuda-fp32," \
+               "tensorrt"
+
+
+def test_percentiles_on_known_samples():
+    samples = [float(v) for v in range(1, 101)]  # 1..100
+    assert percentile(samples, 50) == pytest.approx(50.5)
+    assert percentile(samples, 90) == pytest.approx(90.1)
+    assert percentile(samples, 99) == pytest.approx(99.01)
+    assert percentile([3.0, 1.0, 2.0], 0) == 1.0 and percentile([3.0, 1.0, 2.0], 100) == 3.0
+    rng = np.random.default_rng(0).exponential(5.0, 37).tolist()
+    for q in (10, 50, 90, 99):
+        assert percentile(rng, q) == pytest.approx(float(np.percentile(rng, q)))
+    t = Timing(batch=8, samples_ms=[10.0, 20.0, 30.0, 40.0])
+    assert t.p50 == 25.0 and t.images_per_s == pytest.approx(8 * 1000 / 25.0)
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_time_calls_warms_up_and_times_with_the_clock_it_is_given():
+    ticks = iter(float(i) for i in range(1000))  # every clock read advances one second
+    calls = []
+    t = time_calls(lambda: calls.append(1), 4, warmup=2, iterations=5, clock=lambda: next(ticks))
+    assert len(calls) == 2 + 5 and t.samples_ms == [1000.0] * 5
+    t = time_calls(lambda: None, 1, warmup=0, iterations=3, timer=lambda fn: 7.5)
+    assert t.samples_ms == [7.5, 7.5, 7.5]
+
+
+def test_vit_flops_match_the_published_figure():
+    """ViT-B/16 at 224 px: about 35 GFLOP per image (17.6 G multiply-adds), the basis of the GPU limit."""
+    import open_clip
+
+    visual = open_clip.create_model("ViT-B-16").visual
+    assert 34.5 <= vit_gflops(visual) <= 36.0
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    cfg = BenchConfig(target=STUDENT, backends=parse_backends(CPU_BACKENDS), batch_sizes=[1, 4], warmup=1,
+                      iterations=3, min_seconds=0.0, max_seconds=5.0, device="cpu", threads=2,
+                      compare_teacher=True, teacher=TEACHER, classes=10, e2e_images=6, command="test")
+    return run_bench(cfg)
+
+
+def test_every_backend_available_here_reports_and_the_others_say_why(report):
+    validate_report(report)
+    ran = {(r["model"], r["backend"]) for r in report["results"]}
+    for model in ("student", "teacher"):
+        for backend in ("torch-eager-fp32", "onnxruntime-cpu-fp32", "onnxruntime-cpu-int8"):
+            assert (model, backend) in ran
+    reasons = {(u["model"], u["backend"]): u["reason"] for u in report["unavailable"]}
+    assert "needs a CUDA GPU" in reasons[("student", "torch-eager-bf16")]
+    assert "needs a CUDA GPU" in reasons[("teacher", "onnxruntime-cuda-fp32")]
+    assert set(reasons) | ran == {(m, b) for m in ("student", "teacher") for b in CPU_BACKENDS.split(",")}
+    for r in report["results"]:
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["images_per_s"] > 0
+        assert r["peak_rss_mib"] > 0 and r["device"] == "cpu"
+        assert (r["first_call_ms"] is not None) == (r["mode"] == "compute")
+    modes = {(r["backend"], r["batch"], r["mode"]) for r in report["results"] if r["model"] == "student"}
+    assert ("onnxruntime-cpu-int8", 4, "end_to_end") in modes and ("torch-eager-fp32", 1, "compute") in modes
+    assert report["environment"]["cores"] >= 1 and report["environment"]["gpu"] is None
+    assert report["settings"]["end_to_end_images"].startswith("6 generated")
+
+
+def test_teacher_comparison_is_a_measured_ratio(report):
+    rows = {(r["model"], r["backend"], r["batch"], r["mode"]): r for r in report["results"]}
+    for c in report["comparisons"]:
+        t = rows[("teacher", c["backend"], c["batch"], c["mode"])]["p50_ms"]
+        s = rows[("student", c["backend"], c["batch"], c["mode"])]["p50_ms"]
+        assert c["speedup"] == pytest.approx(t / s, rel=0.01, abs=1e-3)
+    assert len(report["comparisons"]) == 3 * 2 * 2  # 3 backends x 2 batches x 2 modes
+    assert report["models"][1]["gflops_per_image"] > report["models"][0]["gflops_per_image"]
+
+
+def test_limits_and_comparisons_from_known_rows():
+    results = [{"model": m, "backend": "torch-compile-bf16", "device": "cuda", "batch": 256, "mode": "compute",
+                "p50_ms": p, "images_per_s": 256 * 1000 / p} for m, p in (("student", 25.6), ("teacher", 102.4))]
+    assert comparisons(results)[0]["speedup"] == 4.0
+    report = {"results": results, "models": [{"role": "student", "gflops_per_image": 35.9},
+                                             {"role": "teacher", "gflops_per_image": None}]}
+    [limit] = limits(report, 790.0)
+    assert limit["limit_images_per_s"] == pytest.approx(790e3 / 35.9, rel=1e-3)
+    assert limit["fraction"] == pytest.approx(10000 / (790e3 / 35.9), rel=1e-3)
+    assert limits(report, None) == []
+
+
+def test_bench_a_bundle_from_the_cli(tiny_run, tmp_path):
+    from promptkd_edge.export.bundle import ExportOptions, export_run
+
+    export_run(tiny_run, tmp_path / "bundle", ExportOptions(parity_images=2))
+    r = pkd("bench", str(tmp_path / "bundle"), "--backends", "onnxruntime-cpu-fp32,tensorrt", "--batch-sizes",
+            "1,2", "--iterations", "3", "--warmup", "1", "--min-seconds", "0", "--out", str(tmp_path / "rep"),
+            "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    validate_report(report)
+    assert report["target"]["kind"] == "bundle"
+    assert {r["backend"] for r in report["results"]} == {"onnxruntime-cpu-fp32"}
+    assert [u["backend"] for u in report["unavailable"]] == ["tensorrt"]
+    for suffix in ("json", "csv", "md", "png"):
+        assert (tmp_path / "rep" / f"bench.{suffix}").is_file()
+    assert json.loads((tmp_path / "rep" / "bench.json").read_text()) == report
+
+
+def test_bad_bench_input_is_one_line(tmp_path):
+    for args, message in [(("bench", "no-such-arch"), "not a bundle, a run or an open_clip architecture"),
+                          (("bench", STUDENT, "--backends", "tensorrtx"), "unknown backend tensorrtx"),
+                          (("bench", STUDENT, "--batch-sizes", "1,x"), "not a comma list"),
+                          (("bench", str(tmp_path)), "neither a bundle")]:
+        r = pkd(*args)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    with pytest.raises(PkdError, match="positive"):
+        BenchConfig(target=STUDENT, batch_sizes=[0]).validate()
+    assert set(BACKENDS) >= {"torch-compile-fp32", "torch-cudagraphs-bf16", "onnxruntime-tensorrt-fp16"}
