@@ -600,14 +600,16 @@ def predict(
     from rich.table import Table
 
     table = Table(title=f"{bundle} on {clf.description}")
-    table.add_column("image")
+    common = os.path.commonpath([r["image"] for r in rows]) if len(rows) > 1 else ""
+    table.add_column(f"image (in {common})" if common else "image", overflow="fold")
     table.add_column("top-1")
     table.add_column("p", justify="right")
     if top_k > 1:
         table.add_column(f"next {min(top_k, len(clf.class_names)) - 1}")
     for r in rows:
         rest = ", ".join(f"{n} {p:.2f}" for n, p in zip(r["labels"][1:], r["probabilities"][1:], strict=True))
-        table.add_row(r["image"], r["labels"][0], f"{r['probabilities'][0]:.3f}", *([rest] if top_k > 1 else []))
+        name = os.path.relpath(r["image"], common) if common else r["image"]
+        table.add_row(name, r["labels"][0], f"{r['probabilities'][0]:.3f}", *([rest] if top_k > 1 else []))
     _out().print(table)
     for line in skipped:
         _err().print(f"[yellow]skipped[/] {line}", highlight=False)
@@ -683,6 +685,7 @@ def bench(
                                     "from image files."),
     images: str = typer.Option(None, help="Image folder for end-to-end timing (default: generated 640x480 "
                                "JPEGs)."),
+    e2e_max_batch: int = typer.Option(32, help="Time end to end only up to this batch size."),
     peak_tflops: float = typer.Option(None, help="The GPU's peak TFLOP/s (e.g. 790 bf16 on H200): report the "
                                       "fraction of the FLOP-bound throughput reached."),
     out: Path = typer.Option(None, "--out", help="Folder for bench.json, .csv, .md and .png (default: "
@@ -703,7 +706,7 @@ def bench(
     cfg = BenchConfig(target=target, backends=parse_backends(backends), batch_sizes=sizes, warmup=warmup,
                       iterations=iterations, min_seconds=min_seconds, max_seconds=max_seconds, device=device,
                       threads=threads, compare_teacher=compare_teacher, teacher=teacher, classes=classes,
-                      end_to_end=end_to_end, images=images, peak_tflops=peak_tflops,
+                      end_to_end=end_to_end, images=images, e2e_max_batch=e2e_max_batch, peak_tflops=peak_tflops,
                       command=" ".join(["pkd", *sys.argv[1:]])).validate()
     progress = _progress(not as_json)
     report = run_bench(cfg, progress)

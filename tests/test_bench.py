@@ -129,3 +129,22 @@ def test_bad_bench_input_is_one_line(tmp_path):
     with pytest.raises(PkdError, match="positive"):
         BenchConfig(target=STUDENT, batch_sizes=[0]).validate()
     assert set(BACKENDS) >= {"torch-compile-fp32", "torch-cudagraphs-bf16", "onnxruntime-tensorrt-fp16"}
+
+
+def test_torch_compile_runs_on_cpu_and_reports_first_call_separately():
+    """torch.compile is available here (inductor + g++): its compile time lands in first_call_ms, not p50."""
+    cfg = BenchConfig(target=STUDENT, backends=parse_backends("torch-compile-fp32"), batch_sizes=[2], warmup=1,
+                      iterations=3, min_seconds=0.0, device="cpu", classes=5, end_to_end=False)
+    report = run_bench(cfg)
+    [row] = report["results"]
+    assert row["backend"] == "torch-compile-fp32" and not report["unavailable"]
+    assert row["first_call_ms"] > 10 * row["p50_ms"]
+
+
+def test_documented_schema_names_every_result_field():
+    from pathlib import Path
+
+    from promptkd_edge.bench.report import RESULT_FIELDS
+
+    doc = (Path(__file__).parent.parent / "docs" / "bench-report.md").read_text()
+    assert all(f"`{name}`" in doc for name in RESULT_FIELDS)

@@ -45,6 +45,7 @@ class BenchConfig:
     end_to_end: bool = True
     images: str | None = None
     e2e_images: int = 64
+    e2e_max_batch: int = 32  # end to end only up to this batch: beyond it, decoding on the CPU is all it measures
     top_k: int = 5
     peak_tflops: float | None = None  # the device's peak (e.g. 790 bf16 for an H200) -> throughput limits
     command: str = ""
@@ -86,6 +87,7 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, A
         "settings": {"batch_sizes": batches, "warmup": cfg.warmup, "iterations": cfg.iterations,
                      "min_seconds": cfg.min_seconds, "max_seconds": cfg.max_seconds, "device": device,
                      "end_to_end": cfg.end_to_end, "end_to_end_images": None, "top_k": cfg.top_k,
+                     "end_to_end_max_batch": cfg.e2e_max_batch,
                      "notes": [f"{', '.join(COPIES_INCLUDED)}: compute rows include host<->device copies"]},
         "results": [], "unavailable": [], "comparisons": [], "limits": [],
     }
@@ -155,10 +157,11 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
         if runner is None:
             return
         first_call_ms = (time.perf_counter() - start) * 1000
-        update = progress.task(f"{model.role} {spec.name}", len(batches) * (2 if files else 1))
+        update = progress.task(f"{model.role} {spec.name}",
+                               len(batches) + (sum(b <= cfg.e2e_max_batch for b in batches) if files else 0))
         done = 0
         for batch in batches:
-            for mode in ("compute", "end_to_end") if files else ("compute",):
+            for mode in ("compute", "end_to_end") if files and batch <= cfg.e2e_max_batch else ("compute",):
                 try:
                     timing, power = _time(runner, model, batch, mode, files, cfg)
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory at the largest batch
