@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from promptkd_edge.bench.backends import BACKENDS, COPIES_INCLUDED, BackendSpec, Runner, cuda_available, load
+from promptkd_edge.bench.backends import (
+    BACKENDS,
+    COPIES_INCLUDED,
+    BackendSpec,
+    Runner,
+    cuda_available,
+    load,
+    prepare_artifacts,
+)
 from promptkd_edge.bench.report import SCHEMA, SCHEMA_VERSION
 from promptkd_edge.bench.targets import BenchModel, Unavailable, default_teacher, resolve
 from promptkd_edge.bench.timing import Timing, time_calls
@@ -142,6 +150,14 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
 
     rows: list[dict] = []
     runner: Runner | None = None
+    try:  # exporting / quantizing the ONNX file is set-up, not the backend's first call or its memory
+        prepare_artifacts(spec, model)
+    except Unavailable as e:
+        unavailable(str(e))
+        return
+    except Exception as e:  # noqa: BLE001
+        unavailable(f"failed to prepare: {_why(e)}")
+        return
     with PeakMemory() as memory:
         start = time.perf_counter()
         try:
@@ -152,7 +168,7 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
         except Unavailable as e:
             unavailable(str(e))
         except Exception as e:  # noqa: BLE001 - one failing backend must not lose the others' figures
-            unavailable(f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+            unavailable(f"failed: {_why(e)}")
             runner = None
         if runner is None:
             return
@@ -165,7 +181,7 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
                 try:
                     timing, power = _time(runner, model, batch, mode, files, cfg)
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory at the largest batch
-                    unavailable(f"batch {batch} {mode}: {type(e).__name__}: {str(e).strip().splitlines()[0]}")
+                    unavailable(f"batch {batch} {mode}: {_why(e)}")
                     break
                 rows.append(_row(model, spec, runner, timing, mode, first_call_ms, power))
                 done += 1
@@ -175,6 +191,11 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
         row["peak_rss_mib"] = _round(memory.host_mib)
         row["peak_gpu_mib"] = _round(memory.gpu_mib)
     report["results"] += rows
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _time(runner: Runner, model: BenchModel, batch: int, mode: str, files: list[Path],

@@ -164,7 +164,7 @@ def teacher_model(spec: str, classes: int) -> BenchModel:
 
     model = build()
     visual = model.visual
-    pre = PreprocessSpec.from_dict(holder["pre"].to_dict())
+    pre = holder["pre"]
     return BenchModel("teacher", f"{arch} image tower (random weights), {classes} classes", arch, pre, classes,
                       build, params_m=_count(visual), gflops_per_image=vit_gflops(visual))
 
@@ -188,7 +188,7 @@ def student_from_arch(arch: str, classes: int, teacher_dim: int | None, prompt_t
                                                 prompt_depth=depth)).eval()
     vectors = ClassVectors([f"class{i}" for i in range(classes)], random_vectors(classes, dim), "random", "{}", 100.0)
     folded = FoldedStudent(student, vectors, "logits")
-    pre = PreprocessSpec.from_dict(student.preprocess.to_dict())
+    pre = student.preprocess
     return BenchModel("student", f"{arch} + {prompt_tokens}x{depth} prompts + projector to {dim} (random weights), "
                       f"{classes} classes", arch, pre, classes, lambda: folded, params_m=_count(folded),
                       gflops_per_image=vit_gflops(student.tower.visual, prompt_tokens if depth else 0))
@@ -203,7 +203,7 @@ def student_from_run(run_dir: Path) -> BenchModel:
     vectors = ClassVectors.load(run_dir)
     folded = FoldedStudent(student, vectors, "logits")
     cfg = student.config
-    pre = PreprocessSpec.from_dict(student.preprocess.to_dict())
+    pre = student.preprocess
     return BenchModel("student", f"{cfg.spec} + {cfg.prompt_tokens}x{cfg.prompt_depth} prompts, run {run_dir.name}, "
                       f"{len(vectors.names)} classes", _arch(cfg.spec), pre, len(vectors.names),
                       lambda: folded, params_m=_count(folded),

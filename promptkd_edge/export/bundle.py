@@ -125,7 +125,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
         import_tensorrt()  # fail before minutes of export when TensorRT is missing
     student = load_student(run.student)
     vectors = ClassVectors.load(run.path)
-    spec = PreprocessSpec.from_dict(student.preprocess.to_dict())
+    spec = student.preprocess
     data = options.data or _run_data(run.config)
     onnx_precision = "fp32" if options.trt is not None else options.precision
     needs_calibration = onnx_precision == "int8" or (options.trt is not None and options.precision in ("int8", "fp8"))

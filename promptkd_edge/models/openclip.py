@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.runtime.preprocess import PreprocessSpec as Preprocess  # one description, torch-free
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -51,21 +52,6 @@ class ModelSpec:
 
     def __str__(self) -> str:
         return self.arch if self.pretrained is None else f"{self.arch}:{self.pretrained}"
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How images must be prepared for a model (what open_clip calls the preprocess config)."""
-
-    size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, "resize_mode": self.resize_mode}
 
 
 @dataclass
