@@ -82,22 +82,26 @@ def _versions(opset: int) -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__, "opset": opset}
 
 
-def _run_backend(backend, arrays: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+def _run_backend(backend, arrays: np.ndarray, batch: int, progress: Progress, what: str) -> dict[str, np.ndarray]:
     outs: dict[str, list[np.ndarray]] = {}
+    update = progress.task(what, len(arrays))
     for i in range(0, len(arrays), batch):
         for k, v in backend.run(arrays[i:i + batch]).items():
             outs.setdefault(k, []).append(np.asarray(v, dtype=np.float32))
+        update(min(i + batch, len(arrays)))
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def _torch_reference(student, vectors, arrays: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+def _torch_reference(student, vectors, arrays: np.ndarray, batch: int, progress: Progress) -> dict[str, np.ndarray]:
     """The PyTorch student as trained (BatchNorm, prompts, class vectors applied outside): the reference."""
     import torch
 
     embeddings = []
+    update = progress.task("parity: PyTorch student", len(arrays))
     with torch.no_grad():
         for i in range(0, len(arrays), batch):
             embeddings.append(student(torch.from_numpy(arrays[i:i + batch])).float())
+            update(min(i + batch, len(arrays)))
         e = torch.cat(embeddings)
         return {"embeddings": e.numpy(), "logits": vectors.logits(e).numpy()}
 
@@ -200,16 +204,18 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
                           "Softmax", "L2 norm", "logits MatMul"]}
         else:
             conversion = quantize_int8(src, fp32_path, calib, INPUT_NAME, keep, target="cpu",
-                                       method=options.calibration_method)
+                                       method=options.calibration_method,
+                                       on_batch=progress.task("int8 calibration", len(calib)))
         src.unlink()
 
     progress.note("parity gate: PyTorch student against the exported graph")
     float_inputs = _inputs(images.parity, spec, uint8=False)
-    reference = _torch_reference(student, vectors, float_inputs, options.batch_size)
+    reference = _torch_reference(student, vectors, float_inputs, options.batch_size, progress)
     model_inputs = _inputs(images.parity, spec, uint8=True) if options.uint8_input else float_inputs
     backend = OnnxRuntimeBackend(fp32_path, providers="cpu", precision=onnx_precision,
                                  extra_outputs=_embeddings_inside(fp32_path, options.head))
-    candidate = gate.with_logits(_run_backend(backend, model_inputs, options.batch_size),
+    candidate = gate.with_logits(_run_backend(backend, model_inputs, options.batch_size, progress,
+                                              f"parity: ONNX Runtime {onnx_precision}"),
                                  vectors.vectors.numpy(), vectors.logit_scale)
     figures = gate.compare(reference, candidate, onnx_precision, "onnxruntime-cpu", images.source)
     figures["calibration_overlap"] = images.overlap
@@ -298,7 +304,8 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     master = bundle_dir / "model.onnx"
     if reference is None:
         cpu = OnnxRuntimeBackend(master, providers="cpu", extra_outputs=_embeddings_inside(master, model["head"]))
-        reference = _run_backend(cpu, _inputs(images.parity, spec, uint8), options.batch_size)
+        reference = _run_backend(cpu, _inputs(images.parity, spec, uint8), options.batch_size, progress,
+                                 "parity: ONNX Runtime fp32 (reference)")
         cpu.close()
         target_ref = "onnxruntime-cpu fp32"
     else:
@@ -318,7 +325,8 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     progress.note("parity gate: the engine against " + target_ref)
     engine = TensorRTBackend(bundle_dir / record["file"], record)
     try:
-        got = _run_backend(engine, _inputs(images.parity, spec, uint8), options.batch_size)
+        got = _run_backend(engine, _inputs(images.parity, spec, uint8), options.batch_size, progress,
+                           "parity: TensorRT engine")
     finally:
         engine.close()
     cls = _class_vectors_np(bundle_dir)
@@ -361,7 +369,8 @@ def _engine_graph(bundle_dir: Path, master: Path, precision: str, api: int, imag
     if precision == "fp16":
         to_fp16(master, dst, keep, calib)
     elif precision == "int8":
-        quantize_int8(master, dst, calib, INPUT_NAME, keep, target="tensorrt", method=options.calibration_method)
+        quantize_int8(master, dst, calib, INPUT_NAME, keep, target="tensorrt", method=options.calibration_method,
+                      on_batch=progress.task("int8 calibration", len(calib)))
     else:
         quantize_fp8(master, dst, calib, INPUT_NAME)
     return dst

@@ -17,7 +17,7 @@ import io
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +123,8 @@ PERCENTILE = 99.999
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray, input_name: str,
-                  keep_float_nodes: Iterable[str], target: str = "cpu", method: str = "percentile") -> dict:
+                  keep_float_nodes: Iterable[str], target: str = "cpu", method: str = "percentile",
+                  on_batch: Callable[[int], None] | None = None) -> dict:
     """Static QDQ quantization of `src` into `dst`, calibrated on `calibration` (model-ready inputs).
 
     `percentile` ranges are computed here, exactly (the 99.999th percentile by nearest rank, from the tails kept
@@ -155,7 +156,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
         if method == "percentile" and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
             from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
-            ranges = percentile_ranges(model, calibration_tensors(model, nodes), reader, PERCENTILE, symmetric)
+            ranges = percentile_ranges(model, calibration_tensors(model, nodes), reader, PERCENTILE, symmetric,
+                                       on_batch)
             cache = Path(tmp) / "ranges.json"
             save_tensors_data(TensorsData(CalibrationMethod.Percentile, {
                 name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
@@ -202,8 +204,8 @@ class _Tails:
         self.bottom = -self._largest(np.concatenate([-self.bottom, self._largest(-flat, self.k)]), self.k)
 
 
-def percentile_ranges(model, tensors: list[str], reader: _Batches, percentile: float,
-                      symmetric: bool) -> dict[str, tuple[float, float]]:
+def percentile_ranges(model, tensors: list[str], reader: _Batches, percentile: float, symmetric: bool,
+                      on_batch: Callable[[int], None] | None = None) -> dict[str, tuple[float, float]]:
     """Exact nearest-rank percentile ranges of `tensors` over all calibration batches.
 
     symmetric: (-t, t) with t the percentile of |x|; otherwise the (100-p)/2 and 100-(100-p)/2 percentiles of x,
@@ -223,13 +225,17 @@ def percentile_ranges(model, tensors: list[str], reader: _Batches, percentile: f
     tails: dict[str, _Tails] = {}
     cut = (100.0 - percentile) / 100.0 * (1.0 if symmetric else 0.5)
     reader.rewind()
+    seen = 0
     while (feed := reader.get_next()) is not None:
         batch = len(next(iter(feed.values())))
+        seen += batch
         for name, value in zip(tensors, session.run(tensors, feed), strict=True):
             flat = np.abs(value).ravel() if symmetric else np.asarray(value, np.float32).ravel()
             if name not in tails:  # k = how many values lie beyond the percentile over all images
                 tails[name] = _Tails(max(1, math.ceil(flat.size // batch * images * cut)))
             tails[name].add(flat.astype(np.float32, copy=False))
+        if on_batch:
+            on_batch(seen)
     ranges = {}
     for name, t in tails.items():
         if symmetric:
