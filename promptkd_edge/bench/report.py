@@ -294,10 +294,12 @@ def _settings_lines(settings: Mapping[str, Any]) -> list[str]:
              + " per measurement; latency is per call (one batch), img/s = batch / p50; percentiles interpolate "
              "linearly between closest ranks"]
     if settings["end_to_end"]:
-        lines.append(f"- **End to end:** {settings.get('end_to_end_images') or 'measured'} "
+        upto = f", batches up to {settings['end_to_end_max_batch']}" if settings.get("end_to_end_max_batch") else ""
+        lines.append(f"- **End to end:** {settings.get('end_to_end_images') or 'measured'}{upto} "
                      f"(the calls behind each row: `iterations` in the CSV)")
     else:
         lines.append("- **End to end:** not measured")
+    lines += [f"- **Note:** {note}" for note in settings.get("notes", [])]
     return lines
 
 

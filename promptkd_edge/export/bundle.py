@@ -8,6 +8,7 @@ nothing behind (or, with `force`, a bundle whose manifest says `"valid": false`)
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import shutil
@@ -30,10 +31,10 @@ from promptkd_edge.export.onnx_export import (
     slim,
 )
 from promptkd_edge.export.precision import path_for, quantize_fp8, quantize_int8, to_fp16
-from promptkd_edge.runtime.bundle import BUNDLE_FORMAT, MANIFEST_FILE, is_bundle, open_bundle
+from promptkd_edge.runtime.bundle import BUNDLE_FORMAT, MANIFEST_FILE, is_bundle, open_bundle, read_classes
 from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare
-from promptkd_edge.utils.files import read_json, write_json
+from promptkd_edge.utils.files import read_json, sha256_file, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
@@ -106,10 +107,6 @@ def _torch_reference(student, vectors, arrays: np.ndarray, batch: int, progress:
         return {"embeddings": e.numpy(), "logits": vectors.logits(e).numpy()}
 
 
-def _inputs(images: list, spec: PreprocessSpec, uint8: bool) -> np.ndarray:
-    return prepare(images, spec, uint8=uint8)
-
-
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: ExportOptions,
                progress: Progress | None = None) -> dict[str, Any]:
     """Export a distillation run into the bundle folder `out`; returns the manifest."""
@@ -141,9 +138,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        manifest = _export_into(tmp, run, student, vectors, spec, images, onnx_precision, options, progress)
+        manifest, reference = _export_into(tmp, run, student, vectors, spec, images, onnx_precision, options,
+                                           progress)
         if options.trt is not None:
-            reference = manifest.pop("_reference")
             add_engine(tmp, options, progress=progress, images=images, reference=reference, manifest=manifest)
         manifest = read_json(tmp / MANIFEST_FILE)
         if not manifest["valid"] and not options.force:
@@ -180,7 +177,9 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images: gate.ImageSet,
-                 onnx_precision: str, options: ExportOptions, progress: Progress) -> dict[str, Any]:
+                 onnx_precision: str, options: ExportOptions, progress: Progress
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Write model.onnx and its companions into `tmp`, gate it; returns (manifest, the PyTorch reference)."""
     import onnx
 
     from promptkd_edge.export.fold import FoldedStudent
@@ -197,7 +196,7 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     if onnx_precision != "fp32":
         src = tmp / "model.fp32-master.onnx"
         os.replace(fp32_path, src)
-        calib = _inputs(images.calibration, spec, options.uint8_input) if images.calibration else None
+        calib = prepare(images.calibration, spec, uint8=options.uint8_input) if images.calibration else None
         progress.note(f"converting to {onnx_precision}")
         if onnx_precision == "fp16":
             conversion = {"tool": to_fp16(src, fp32_path, keep, calib), "kept_fp32": ["LayerNormalization",
@@ -209,9 +208,9 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
         src.unlink()
 
     progress.note("parity gate: PyTorch student against the exported graph")
-    float_inputs = _inputs(images.parity, spec, uint8=False)
+    float_inputs = prepare(images.parity, spec, uint8=False)
     reference = _torch_reference(student, vectors, float_inputs, options.batch_size, progress)
-    model_inputs = _inputs(images.parity, spec, uint8=True) if options.uint8_input else float_inputs
+    model_inputs = prepare(images.parity, spec, uint8=True) if options.uint8_input else float_inputs
     backend = OnnxRuntimeBackend(fp32_path, providers="cpu", precision=onnx_precision,
                                  extra_outputs=_embeddings_inside(fp32_path, options.head))
     candidate = gate.with_logits(_run_backend(backend, model_inputs, options.batch_size, progress,
@@ -234,12 +233,12 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
         "format": BUNDLE_FORMAT, "valid": figures["passed"],
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source": {"run": str(run.path.resolve()), "student_spec": student.config.spec,
-                   "teacher": vectors.teacher, "student_sha256": _sha(run.student)},
+                   "teacher": vectors.teacher, "student_sha256": sha256_file(run.student)},
         "versions": _versions(options.opset), "model": model, "preprocess": "preprocess.json",
         "parity": [figures], "engines": [],
     }
     write_manifest(tmp, manifest)
-    return {**manifest, "_reference": reference}
+    return manifest, reference
 
 
 def _embeddings_inside(path: Path, head: str) -> dict[str, str] | None:
@@ -252,21 +251,14 @@ def _embeddings_inside(path: Path, head: str) -> dict[str, str] | None:
     return {"embeddings": tensor} if tensor else None
 
 
-def _sha(path: Path) -> str:
-    from promptkd_edge.utils.files import sha256_file
-
-    return sha256_file(path)
-
-
 def write_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
     """Record the sha256 of every file in the bundle, then write manifest.json last (atomically)."""
     files = {}
     for path in sorted(bundle.rglob("*")):
         rel = path.relative_to(bundle).as_posix()
         if path.is_file() and rel != MANIFEST_FILE and not path.name.startswith("."):
-            files[rel] = _sha(path)
-    manifest = {k: v for k, v in manifest.items() if not k.startswith("_")}
-    manifest["files"] = files
+            files[rel] = sha256_file(path)
+    manifest = {**manifest, "files": files}
     manifest["valid"] = all(p["passed"] for p in manifest.get("parity", []))
     write_json(bundle / MANIFEST_FILE, manifest)
 
@@ -304,7 +296,7 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     master = bundle_dir / "model.onnx"
     if reference is None:
         cpu = OnnxRuntimeBackend(master, providers="cpu", extra_outputs=_embeddings_inside(master, model["head"]))
-        reference = _run_backend(cpu, _inputs(images.parity, spec, uint8), options.batch_size, progress,
+        reference = _run_backend(cpu, prepare(images.parity, spec, uint8=uint8), options.batch_size, progress,
                                  "parity: ONNX Runtime fp32 (reference)")
         cpu.close()
         target_ref = "onnxruntime-cpu fp32"
@@ -314,10 +306,9 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     from promptkd_edge.export.tensorrt_build import api_generation, import_tensorrt
 
     api = api_generation(import_tensorrt())
-    src = _engine_graph(bundle_dir, master, precision, api, images, spec, uint8, options, progress)
     keep = model.get("fp32_nodes", [])
-    opts = options.trt
-    opts.precision, opts.keep_fp32_nodes = precision, keep
+    src = _engine_graph(bundle_dir, master, precision, api, keep, images, spec, uint8, options, progress)
+    opts = dataclasses.replace(options.trt, precision=precision, keep_fp32_nodes=keep)
     dims = (spec.size[0], spec.size[1], 3) if uint8 else (3, spec.size[0], spec.size[1])
     progress.note(f"building the TensorRT {precision} engine from {src.name} (this takes minutes on Jetson)")
     record = build_engine(src, bundle_dir / "engines", input_name=INPUT_NAME, input_dims=dims, options=opts)
@@ -325,11 +316,12 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     progress.note("parity gate: the engine against " + target_ref)
     engine = TensorRTBackend(bundle_dir / record["file"], record)
     try:
-        got = _run_backend(engine, _inputs(images.parity, spec, uint8), options.batch_size, progress,
+        got = _run_backend(engine, prepare(images.parity, spec, uint8=uint8), options.batch_size, progress,
                            "parity: TensorRT engine")
     finally:
         engine.close()
-    cls = _class_vectors_np(bundle_dir)
+    _, vectors, scale = read_classes(bundle_dir)
+    cls = (vectors, scale)
     figures = gate.compare(gate.with_logits(reference, *cls), gate.with_logits(got, *cls), precision,
                            f"tensorrt {record['tensorrt']} {record['gpu']}", images.source)
     figures["reference"] = target_ref
@@ -345,26 +337,15 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     return record
 
 
-def _class_vectors_np(bundle_dir: Path) -> tuple[np.ndarray | None, float]:
-    from safetensors.numpy import load_file
-
-    meta = read_json(bundle_dir / "classes.json", "class list")
-    path = bundle_dir / meta.get("vectors_file", "class_vectors.safetensors")
-    vectors = load_file(str(path))["class_vectors"].astype(np.float32) if path.is_file() else None
-    return vectors, float(meta["logit_scale"])
-
-
-def _engine_graph(bundle_dir: Path, master: Path, precision: str, api: int, images: gate.ImageSet,
+def _engine_graph(bundle_dir: Path, master: Path, precision: str, api: int, keep: list[str], images: gate.ImageSet,
                   spec: PreprocessSpec, uint8: bool, options: ExportOptions, progress: Progress) -> Path:
     """The ONNX graph TensorRT builds from: FP32 master (TRT 10 sets precision with builder flags), a mixed FP16
     graph (TRT 11 is strongly typed), or an INT8/FP8 Q/DQ graph (both)."""
-    import onnx
 
     if precision == "fp32" or (precision == "fp16" and api < 11):
         return master
     dst = path_for(bundle_dir, precision)
-    keep = head_nodes(onnx.load(str(master)))
-    calib = _inputs(images.calibration, spec, uint8) if images.calibration else None
+    calib = prepare(images.calibration, spec, uint8=uint8) if images.calibration else None
     progress.note(f"writing the {precision} graph {dst.name} for TensorRT {api}")
     if precision == "fp16":
         to_fp16(master, dst, keep, calib)

@@ -74,12 +74,18 @@ def open_bundle(path: str | os.PathLike, *, allow_invalid: bool = False) -> Bund
     if not manifest.get("valid", False) and not allow_invalid:
         raise PkdError(f"bundle {root} failed its parity gate at export (kept with --force); "
                        "re-export it, or accept it explicitly (allow_invalid=True / --allow-invalid)")
+    names, vectors, scale = read_classes(root)
+    preprocess = read_json(root / "preprocess.json", "preprocess description")
+    return Bundle(root, manifest, names, vectors, scale, preprocess)
+
+
+def read_classes(root: Path) -> tuple[list[str], np.ndarray | None, float]:
+    """(class names, W [C, D] float32 or None when not shipped, logit scale) of a bundle folder."""
     classes = read_json(root / "classes.json", "class list")
+    path = root / classes.get("vectors_file", "class_vectors.safetensors")
     vectors = None
-    if (root / classes.get("vectors_file", "class_vectors.safetensors")).is_file():
+    if path.is_file():
         from safetensors.numpy import load_file
 
-        vectors = load_file(str(root / classes.get("vectors_file", "class_vectors.safetensors")))["class_vectors"]
-        vectors = vectors.astype(np.float32)
-    preprocess = read_json(root / "preprocess.json", "preprocess description")
-    return Bundle(root, manifest, list(classes["names"]), vectors, float(classes["logit_scale"]), preprocess)
+        vectors = load_file(str(path))["class_vectors"].astype(np.float32)
+    return list(classes["names"]), vectors, float(classes["logit_scale"])
