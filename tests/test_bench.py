@@ -148,3 +148,12 @@ def test_documented_schema_names_every_result_field():
 
     doc = (Path(__file__).parent.parent / "docs" / "bench-report.md").read_text()
     assert all(f"`{name}`" in doc for name in RESULT_FIELDS)
+
+
+def test_bench_a_run_times_its_own_student(tiny_run):
+    cfg = BenchConfig(target=str(tiny_run), backends=parse_backends("onnxruntime-cpu-fp32"), batch_sizes=[1],
+                      warmup=0, iterations=2, min_seconds=0.0, end_to_end=False)
+    report = run_bench(cfg)
+    validate_report(report)
+    assert report["target"]["kind"] == "run" and report["models"][0]["classes"] == 3
+    assert [r["backend"] for r in report["results"]] == ["onnxruntime-cpu-fp32"]

@@ -277,6 +277,7 @@ def test_cli_export_predict_and_errors(tiny_run, tmp_path):
         (("export", str(out)), "is a bundle"),
         (("predict", str(out), str(tmp_path / "empty")), "no images under"),
         (("predict", str(tmp_path / "nope"), str(images)), "bundle not found"),
+        (("predict", str(out), str(images), "--backend", "tensorrt"), "holds no TensorRT plan"),
     ]:
         r = pkd(*args)
         assert r.returncode == 2, (args, r.stderr)
