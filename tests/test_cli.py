@@ -17,7 +17,16 @@ def invoke(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
-@pytest.mark.parametrize("command", ["teacher", "distill", "eval", "classes", "demo", "models"])
+COMMANDS = ["teacher", "distill", "eval", "classes", "demo", "export", "predict", "doctor", "bench", "models"]
+
+
+def test_every_command_is_covered_by_the_help_test():
+    from promptkd_edge.cli import app
+
+    assert {c.name or c.callback.__name__.rstrip("_") for c in app.registered_commands} == set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_examples(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0
