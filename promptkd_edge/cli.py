@@ -445,6 +445,9 @@ EXPORT_EXAMPLES = """
 
   # on the Jetson / GPU machine: add a TensorRT FP16 plan to a bundle (profiles 1/1/1 and 1/8/32)
   pkd export bundles/pets --trt --precision fp16 --trt-profile 1,1,1 --trt-profile 1,8,32 --data images/
+
+  # a Triton model repository entry (config.pbtxt, 1/model.onnx or 1/model.plan, labels.txt)
+  pkd export bundles/pets --triton models/ --triton-backend tensorrt
 """
 
 
@@ -473,6 +476,11 @@ def export(
     workspace_gib: float = typer.Option(4.0, help="TensorRT builder workspace limit (GiB); 1-2 on 8 GB Jetsons."),
     opt_level: int = typer.Option(3, help="TensorRT builder optimization level 0-5."),
     timing_cache: Path = typer.Option(None, help="Persistent TensorRT timing cache file (read and updated)."),
+    triton: Path = typer.Option(None, "--triton", help="With a bundle as SOURCE: write its entry into this Triton "
+                                "model repository."),
+    triton_backend: str = typer.Option("onnxruntime", help="Triton entry serves model.onnx (onnxruntime) or the "
+                                       "bundle's plan (tensorrt)."),
+    max_batch: int = typer.Option(None, help="Triton max_batch_size (default 32; a plan's largest profile)."),
     force: bool = typer.Option(False, "--force", help="Keep a bundle that fails the parity gate, marked invalid."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle at --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
@@ -488,14 +496,23 @@ def export(
                             trt=trt_options).validate()
     progress = _progress(not as_json)
     if is_bundle(source):
-        if not trt:
+        if not trt and triton is None:
             raise PkdError(f"{source} is a bundle; export a run to make a new one, or pass --trt to add a "
-                           "TensorRT plan to it")
+                           "TensorRT plan to it, or --triton REPO")
         if out is not None:
             raise PkdError("--out is for new bundles; with a bundle as SOURCE the plan is added to it")
-        add_engine(source, options, progress=progress)
+        if trt:
+            add_engine(source, options, progress=progress)
+        if triton is not None:
+            from promptkd_edge.export.triton import write_repository
+
+            folder = write_repository(source, triton, backend=triton_backend, max_batch=max_batch)
+            progress.note(f"Triton model repository entry: {folder}")
         manifest, where = open_bundle(source).manifest, source
     else:
+        if triton is not None:
+            raise PkdError("--triton takes a bundle as SOURCE: export the run first, then `pkd export BUNDLE "
+                           "--triton REPO`")
         if out is None:
             raise PkdError("pass --out BUNDLE, the folder to write the bundle to")
         manifest, where = export_run(source, out, options, progress=progress), out

@@ -460,3 +460,42 @@ def test_percentile_calibration_ranges_are_exact(symmetric):
         s, k = np.sort(x.ravel()), int(np.ceil(n * 0.0005))
         assert ranges["x"] == pytest.approx((s[k - 1], s[n - k]))
         assert ranges["y"][0] == 0.0 and ranges["y"][1] == pytest.approx(s[n - k])  # relu: range includes 0
+
+
+def test_triton_repository_entry_from_a_bundle(bundles, tmp_path):
+    repo = tmp_path / "models"
+    r = pkd("export", str(bundles["uint8"]), "--triton", str(repo), "--max-batch", "16")
+    assert r.returncode == 0, r.stderr
+    folder = repo / "uint8"
+    config = (folder / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config and "max_batch_size: 16" in config
+    assert 'name: "image"\n    data_type: TYPE_UINT8\n    dims: [ 32, 32, 3 ]' in config  # batch dim implicit
+    assert 'name: "embeddings"\n    data_type: TYPE_FP32\n    dims: [ 128 ]' in config
+    assert "preferred_batch_size: [ 4, 8, 16 ]" in config and "KIND_GPU" in config
+    assert (folder / "1" / "model.onnx").read_bytes() == (bundles["uint8"] / "model.onnx").read_bytes()
+    assert (folder / "labels.txt").read_text().splitlines() == open_bundle(bundles["uint8"]).class_names
+
+    from promptkd_edge.export.triton import write_repository
+
+    folder = write_repository(bundles["fp32"], repo, name="pets", gpu=False)
+    config = (folder / "config.pbtxt").read_text()
+    assert 'output [\n  {\n    name: "logits"\n    data_type: TYPE_FP32\n    dims: [ 3 ]\n    label_filename: ' \
+           '"labels.txt"' in config and "KIND_CPU" in config
+    with pytest.raises(PkdError, match="it has: none"):
+        write_repository(bundles["fp32"], repo, backend="tensorrt")
+    r = pkd("export", str(tmp_path / "nope"), "--triton", str(repo))
+    assert r.returncode == 2 and "--triton takes a bundle as SOURCE" in r.stderr
+
+
+def test_triton_entry_serves_the_tensorrt_plan(tiny_run, tmp_path, monkeypatch):
+    from promptkd_edge.export.tensorrt_build import TrtBuildOptions
+    from promptkd_edge.export.triton import write_repository
+
+    _fake_tensorrt(monkeypatch, tmp_path, "10.3.0")
+    m = export_run(tiny_run, tmp_path / "b", ExportOptions(trt=TrtBuildOptions(precision="fp32",
+                                                                                 profiles=[(1, 4, 8)]),
+                                                           parity_images=2))
+    folder = write_repository(tmp_path / "b", tmp_path / "repo", backend="tensorrt", max_batch=64)
+    config = (folder / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in config and "max_batch_size: 8" in config  # the plan's largest profile
+    assert (folder / "1" / "model.plan").read_bytes() == (tmp_path / "b" / m["engines"][0]["file"]).read_bytes()
