@@ -42,7 +42,6 @@ BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
                 provider="TensorrtExecutionProvider"),
     BackendSpec("tensorrt", "tensorrt", "plan", cuda_only=True),
 )}
-DEFAULT_CPU = ["torch-eager-fp32", "torch-compile-fp32", "onnxruntime-cpu-fp32", "onnxruntime-cpu-int8"]
 COPIES_INCLUDED = ("onnxruntime-cuda-fp32", "onnxruntime-tensorrt-fp16", "tensorrt")
 
 

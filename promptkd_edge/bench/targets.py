@@ -7,7 +7,6 @@ depend on them); the teacher always runs with random weights of its architecture
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -287,7 +286,3 @@ def default_teacher(kind: str, target: str) -> str:
     except (OSError, KeyError, ValueError):
         pass
     return "ViT-L-14"
-
-
-def env_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
