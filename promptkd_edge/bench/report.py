@@ -548,8 +548,8 @@ def terminal_table(report: Mapping[str, Any], mode: str) -> Table:
     cols = _columns_for(rows)
     table = Table(title=f"{MODE_TITLES[mode]}: {MODE_NOTES[mode][0].lower()}{MODE_NOTES[mode][1:]}",
                   box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
-    for i, (header, *_rest) in enumerate(cols):
-        table.add_column(header, justify="right" if i >= 2 else "left", no_wrap=i < 2)
+    for i, (header, *_rest) in enumerate(cols):  # narrow terminals fold cells; nothing is cut to an ellipsis
+        table.add_column(header, justify="right" if i >= 2 else "left", overflow="fold")
     if not rows:
         table.caption = "no results"
     for i, r in enumerate(rows):
