@@ -546,7 +546,7 @@ def _parity_table(manifest: dict):
 
     table = Table(title="parity gate (exported model vs PyTorch student)")
     for col in ("target", "precision", "images", "top-1 agreement", "max |d logit|", "min cosine", "result"):
-        table.add_column(col, justify="left" if col in ("target", "precision", "result") else "right")
+        table.add_column(col, justify="left" if col in ("target", "precision", "result") else "right", overflow="fold")
     for p in manifest["parity"]:
         result = "[green]pass[/]" if p["passed"] else "[red]FAIL[/] " + "; ".join(p["failures"])
         table.add_row(p["target"], p["precision"], str(p["images"]), f"{100 * p['top1_agreement']:.2f} %",
