@@ -225,7 +225,7 @@ class TensorRTRunner(_AppBackendRunner):
         except PkdError as e:
             raise Unavailable(str(e)) from None
         record, plan = None, None
-        for r in _bundle_engines(model):
+        for r in model.engines:
             try:
                 check_plan_compatible(r, trt, gpu)
             except PkdError:
@@ -237,14 +237,6 @@ class TensorRTRunner(_AppBackendRunner):
         self._backend = TensorRTBackend(plan, record)
         self.name, self.precision, self.device = "tensorrt", record["precision"], "cuda"
         self.description = self._backend.description
-
-
-def _bundle_engines(model: BenchModel) -> list[dict]:
-    if model.bundle is None:
-        return []
-    import json
-
-    return json.loads((model.bundle / "manifest.json").read_text()).get("engines", [])
 
 
 def _build_plan(model: BenchModel, max_batch: int) -> tuple[dict, Any]:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from promptkd_edge.errors import first_line
+
 CPUINFO = Path("/proc/cpuinfo")
 MEMINFO = Path("/proc/meminfo")
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
@@ -50,8 +52,7 @@ def _first_line(e: BaseException | str) -> str:
     if isinstance(e, str):
         text = e.strip()
         return text.splitlines()[0] if text else "(no output)"
-    msg = str(e).strip()
-    return f"{type(e).__name__}: {msg.splitlines()[0]}" if msg else type(e).__name__
+    return first_line(e)
 
 
 def _which(name: str) -> str | None:

@@ -30,7 +30,7 @@ from promptkd_edge.bench.backends import (
 from promptkd_edge.bench.report import SCHEMA, SCHEMA_VERSION
 from promptkd_edge.bench.targets import BenchModel, Unavailable, default_teacher, resolve
 from promptkd_edge.bench.timing import Timing, time_calls
-from promptkd_edge.errors import PkdError
+from promptkd_edge.errors import PkdError, first_line
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 
@@ -156,7 +156,7 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
         unavailable(str(e))
         return
     except Exception as e:  # noqa: BLE001
-        unavailable(f"failed to prepare: {_why(e)}")
+        unavailable(f"failed to prepare: {first_line(e)}")
         return
     with PeakMemory() as memory:
         start = time.perf_counter()
@@ -168,7 +168,7 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
         except Unavailable as e:
             unavailable(str(e))
         except Exception as e:  # noqa: BLE001 - one failing backend must not lose the others' figures
-            unavailable(f"failed: {_why(e)}")
+            unavailable(f"failed: {first_line(e)}")
             runner = None
         if runner is None:
             return
@@ -181,7 +181,7 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
                 try:
                     timing, power = _time(runner, model, batch, mode, files, cfg)
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory at the largest batch
-                    unavailable(f"batch {batch} {mode}: {_why(e)}")
+                    unavailable(f"batch {batch} {mode}: {first_line(e)}")
                     break
                 rows.append(_row(model, spec, runner, timing, mode, first_call_ms, power))
                 done += 1
@@ -191,11 +191,6 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
         row["peak_rss_mib"] = _round(memory.host_mib)
         row["peak_gpu_mib"] = _round(memory.gpu_mib)
     report["results"] += rows
-
-
-def _why(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _time(runner: Runner, model: BenchModel, batch: int, mode: str, files: list[Path],

@@ -35,7 +35,8 @@ class BenchModel:
     classes: int
     build_torch: Callable[[], Any]  # -> nn.Module, float NCHW (or uint8 NHWC) -> logits
     uint8_input: bool = False
-    bundle: Path | None = None  # engines of a bundle (native TensorRT)
+    bundle: Path | None = None  # the bundle folder its TensorRT plans live in
+    engines: list[dict] = field(default_factory=list)  # the bundle's plan records (manifest "engines")
     fixed_onnx: dict[str, Path] = field(default_factory=dict)  # precision -> ONNX shipped with the target
     params_m: float | None = None
     gflops_per_image: float | None = None
@@ -243,7 +244,8 @@ def student_from_bundle(path: Path) -> BenchModel:
     return BenchModel("student", f"bundle {path.name}: {spec}, {model['precision']} model.onnx, "
                       f"{model['num_classes']} classes", _arch(spec) if spec != "?" else "?",
                       PreprocessSpec.from_dict(bundle.preprocess), int(model["num_classes"]), build,
-                      uint8_input=bool(model["uint8_input"]), bundle=bundle.path, fixed_onnx=fixed)
+                      uint8_input=bool(model["uint8_input"]), bundle=bundle.path, engines=bundle.engines,
+                      fixed_onnx=fixed)
 
 
 def resolve(target: str, *, classes: int = 1000, teacher: str | None = None) -> tuple[str, list[BenchModel]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from promptkd_edge.errors import PkdError
+from promptkd_edge.errors import PkdError, first_line
 from promptkd_edge.export.fold import InputNormalize
 
 DEFAULT_OPSET = 20  # TensorRT 10.3 (JetPack 6) parses it; 23 would emit the Attention op it does not know
@@ -47,7 +47,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int
                               dynamic_shapes={"image": {0: batch}}, opset_version=opset,
                               external_data=False, verbose=False)
         except Exception as e:  # the exporter's errors are long; keep their first line, with the log on --debug
-            raise PkdError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from e
+            raise PkdError(f"ONNX export failed: {first_line(e, with_type=False)}") from e
     size_bytes = path.stat().st_size
     if size_bytes >= MAX_ONNX_BYTES:
         raise PkdError(f"the exported model is {size_bytes / 1024**3:.2f} GB; a single ONNX file must stay below 2 GB")
@@ -55,7 +55,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
-        raise PkdError(f"the exported ONNX fails onnx.checker: {str(e).splitlines()[0]}") from e
+        raise PkdError(f"the exported ONNX fails onnx.checker: {first_line(e, with_type=False)}") from e
     return path
 
 

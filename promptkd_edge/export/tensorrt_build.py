@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from promptkd_edge.errors import PkdError
+from promptkd_edge.errors import PkdError, first_line
 from promptkd_edge.runtime.tensorrt_backend import (
     TensorRTBackend,
-    _first_line,
     check_plan_compatible,
     gpu_info,
     import_tensorrt,
@@ -103,7 +102,7 @@ def graph_precision(onnx_path: str | os.PathLike) -> dict[str, bool]:
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
-        raise PkdError(f"cannot read ONNX {onnx_path}: {_first_line(e)}") from None
+        raise PkdError(f"cannot read ONNX {onnx_path}: {first_line(e, with_type=False)}") from None
     f16 = onnx.TensorProto.FLOAT16
     graph = model.graph
     nodes = [*graph.node, *(n for fn in model.functions for n in fn.node)]
@@ -183,7 +182,7 @@ def _build_plan(trt, api: int, onnx_path: Path, *, input_name: str, input_dims: 
     try:
         builder = trt.Builder(logger)
     except TypeError as e:  # pybind11 "factory function returned nullptr": CUDA could not start
-        raise PkdError(f"TensorRT found no usable GPU ({_first_line(e)})") from None
+        raise PkdError(f"TensorRT found no usable GPU ({first_line(e, with_type=False)})") from None
     if api >= 11:
         flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
         network = builder.create_network(1 << int(flag) if flag is not None else 0)
@@ -318,7 +317,7 @@ def build_engine(onnx_path: Path, plan_dir: Path, *, input_name: str, input_dims
                                                     "onnx_sha256": onnx_sha}) + "\n")
                 write_bytes(cached_plan, plan)
             except OSError as e:
-                log(f"warning: cannot store the engine in the cache {cache_dir}: {_first_line(e)}")
+                log(f"warning: cannot store the engine in the cache {cache_dir}: {first_line(e, with_type=False)}")
     seconds = time.perf_counter() - start
 
     bundle = plan_dir.parent
@@ -383,6 +382,6 @@ def tensorrt_self_test() -> dict[str, Any]:
     except PkdError as e:
         result["error"] = str(e)
     except Exception as e:  # noqa: BLE001 - a diagnostic reports what TensorRT raised instead of crashing
-        result["error"] = f"{type(e).__name__}: {_first_line(e)}"
+        result["error"] = first_line(e)
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result

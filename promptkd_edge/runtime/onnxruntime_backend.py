@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from promptkd_edge.errors import PkdError
+from promptkd_edge.errors import PkdError, first_line
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -68,7 +68,7 @@ class OnnxRuntimeBackend:
             self.session = ort.InferenceSession(source, session_options(threads, precision=precision),
                                                 providers=requested)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise PkdError(f"onnxruntime cannot load {self.path}: {str(e).strip().splitlines()[0]}") from None
+            raise PkdError(f"onnxruntime cannot load {self.path}: {first_line(e, with_type=False)}") from None
         self.providers = self.session.get_providers()
         names = [p if isinstance(p, str) else p[0] for p in requested]
         self.fell_back_to_cpu = (any(p in GPU_PROVIDERS for p in names)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from promptkd_edge.errors import PkdError
+from promptkd_edge.errors import PkdError, first_line
 from promptkd_edge.utils.files import read_json
 
 RESIZE_MODES = ("shortest", "squash", "longest")
@@ -101,8 +101,7 @@ def _open_rgb(path: Path) -> Image.Image:
             img.load()
             rgb = img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PkdError(f"cannot read image {path}: {first}") from None
+        raise PkdError(f"cannot read image {path}: {first_line(e, with_type=False)}") from None
     if rgb.width == 0 or rgb.height == 0:
         raise PkdError(f"image {path} is empty")
     return rgb

@@ -13,15 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from promptkd_edge.errors import PkdError
+from promptkd_edge.errors import PkdError, first_line
 from promptkd_edge.utils.files import sha256_file
 
 REBUILD_HINT = "rebuild it here with `pkd export BUNDLE --trt`"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def import_tensorrt():
@@ -30,8 +25,8 @@ def import_tensorrt():
         import tensorrt as trt
     except (ImportError, OSError) as e:
         raise PkdError(
-            f"TensorRT is not installed ({_first_line(e)}): on a desktop GPU `pip install tensorrt` (needs NVIDIA's "
-            "package index) or use an nvcr.io/nvidia/tensorrt container; on Jetson install JetPack's "
+            f"TensorRT is not installed ({first_line(e, with_type=False)}): on a desktop GPU `pip install tensorrt` "
+            "(needs NVIDIA's package index) or use an nvcr.io/nvidia/tensorrt container; on Jetson install JetPack's "
             "python3-libnvinfer and use a venv with --system-site-packages") from None
     return trt
 
@@ -153,7 +148,7 @@ class TensorRTBackend:
         try:
             self._runtime = trt.Runtime(self._logger)
         except TypeError as e:  # "factory function returned nullptr": no usable GPU/driver
-            raise PkdError(f"TensorRT found no usable GPU ({_first_line(e)})") from None
+            raise PkdError(f"TensorRT found no usable GPU ({first_line(e, with_type=False)})") from None
         self.engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         if self.engine is None:
             raise PkdError(f"{record.get('file', self.plan_path.name)} cannot be loaded by this TensorRT/GPU "
