@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/pkd demo --out demo-output
 
+# The TensorRT tests run against the REAL TensorRT 10.3 and 11.4 Python bindings (fetched once from PyPI, with stub
+# libraries built by the C compiler) and the ModelOpt tests against the real ModelOpt in its own venv; both are
+# prepared once under .cache/test (tests/real_tensorrt.py, tests/modelopt_venv.py).
 test: $(STAMP)
+	$(BIN)/python tests/real_tensorrt.py
+	$(BIN)/python tests/modelopt_venv.py
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 	$(BIN)/ruff check promptkd_edge tests benchmarks
 
@@ -26,4 +31,4 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/distill_throughput.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache .cache/test

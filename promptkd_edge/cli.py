@@ -549,7 +549,8 @@ def _parity_table(manifest: dict):
         table.add_column(col, justify="left" if col in ("target", "precision", "result") else "right", overflow="fold")
     for p in manifest["parity"]:
         result = "[green]pass[/]" if p["passed"] else "[red]FAIL[/] " + "; ".join(p["failures"])
-        table.add_row(p["target"], p["precision"], str(p["images"]), f"{100 * p['top1_agreement']:.2f} %",
+        ties = f" ({p['near_tie_flips']} near-tie flips)" if p.get("near_tie_flips") else ""
+        table.add_row(p["target"], p["precision"], str(p["images"]), f"{100 * p['top1_agreement']:.2f} %{ties}",
                       f"{p['max_abs_logit_diff']:.2e}", f"{p['min_cosine']:.6f}", result)
     return table
 

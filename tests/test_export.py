@@ -327,12 +327,29 @@ def _fake_tensorrt(monkeypatch, tmp_path, version: str):
     rt = make_fake_cudart()
     monkeypatch.setattr(tensorrt_backend, "load_cudart", lambda: rt)
     fake = make_fake_trt(version)
+    fake.fake.cudart = rt
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     return fake
 
 
+def _float_types_outside_qdq(path: Path) -> dict[str, set[str]]:
+    """{op type: element types of its float inputs} for the compute nodes of a graph (shape inference on)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    g = model.graph
+    types = {t.name: t.data_type for t in g.initializer}
+    types.update({v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)})
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    out: dict[str, set[str]] = {}
+    for node in g.node:
+        if node.op_type in ("MatMul", "Gemm", "Conv", "Gelu", "Add", "Mul", "LayerNormalization", "Softmax"):
+            ts = {onnx.TensorProto.DataType.Name(types[i]) for i in node.input if i and types.get(i) in floats}
+            out.setdefault(node.op_type, set()).update(ts)
+    return out
+
+
 @pytest.mark.parametrize(("version", "precision", "graph"), [
-    ("10.3.0", "fp16", "model.onnx"), ("11.4.0", "fp16", "model.fp16.onnx"), ("11.4.0", "int8", "model.int8.onnx")])
+    ("10.3.0", "fp16", "model.onnx"), ("11.4.0", "fp16", "model.fp16.onnx"), ("10.3.0", "int8", "model.int8.onnx"),
+    ("11.4.0", "int8", "model.int8-fp16.onnx")])
 def test_export_with_tensorrt_builds_gates_and_records_the_plan(tiny_run, tmp_path, monkeypatch, version,
                                                                  precision, graph):
     from promptkd_edge.export.tensorrt_build import TrtBuildOptions
@@ -349,13 +366,24 @@ def test_export_with_tensorrt_builds_gates_and_records_the_plan(tiny_run, tmp_pa
     assert engine["file"] in m["files"] and graph in m["files"] and engine["trtexec"] in m["files"]
     [gate] = [p for p in m["parity"] if p.get("engine") == engine["file"]]
     assert gate["passed"] and gate["reference"] == "pytorch" and gate["top1_agreement"] >= 0.99
-    flags = [c[1] for c in fake.calls if c[0] == "set_flag"]
+    flags = [c[1] for c in fake.fake.called("set_flag")]
     if version.startswith("10"):
         assert "FP16" in flags and "OBEY_PRECISION_CONSTRAINTS" in flags
-        pinned = {c[1] for c in fake.calls if c[0] == "layer.precision"}
+        pinned = {c[1] for c in fake.fake.called("layer.precision")}
         assert set(m["model"]["fp32_nodes"]) <= pinned  # the L2 norm and the logits MatMul stay FP32
     else:
         assert not flags
+    if precision == "int8":  # defect 1: no INT32 biases (TensorRT's DequantizeLinear refuses them)
+        from promptkd_edge.export.tensorrt_build import check_tensorrt_qdq
+
+        assert check_tensorrt_qdq(out / graph, int(version.split(".")[0])) > 0
+        assert engine["conversion"]["tool"] == "onnxruntime.quantization" and engine["conversion"]["biases"] == "float"
+        types = _float_types_outside_qdq(out / graph)
+        if version.startswith("11"):  # defect 10: FP16 wherever it is not INT8; the FP32 islands stay FP32
+            assert types["MatMul"] >= {"FLOAT16"} and types["Gelu"] == {"FLOAT16"}
+            assert types["LayerNormalization"] == {"FLOAT"} and types["Softmax"] == {"FLOAT"}
+        else:  # TensorRT 10 picks FP16 with its builder flags; the graph stays FP32 around the Q/DQ
+            assert types["MatMul"] == {"FLOAT"}
     # the runtime picks the plan on this (fake) TensorRT and GPU, and agrees with ONNX Runtime
     clf = Classifier.from_bundle(out)
     assert clf.backend.name == "tensorrt"
@@ -395,6 +423,80 @@ def test_adding_a_plan_to_an_existing_bundle_on_the_target(bundles, tmp_path, mo
         add_engine(bundles["fp16"], ExportOptions(precision="fp16", trt=TrtBuildOptions(precision="fp16")))
 
 
+def test_a_second_device_builds_from_the_bundles_recorded_graph(tiny_run, tmp_path, monkeypatch):
+    """Plans for several GPUs / TensorRT releases come from one calibration: the recorded Q/DQ graph is reused."""
+    from promptkd_edge.export import bundle as bundle_module
+    from promptkd_edge.export.bundle import add_engine
+    from promptkd_edge.export.tensorrt_build import TrtBuildOptions
+
+    _fake_tensorrt(monkeypatch, tmp_path, "11.4.0")
+    out = tmp_path / "b"
+    options = ExportOptions(precision="int8", trt=TrtBuildOptions(precision="int8"), parity_images=4,
+                            calibration_images=8)
+    first = export_run(tiny_run, out, options)["engines"][0]
+    _fake_tensorrt(monkeypatch, tmp_path, "11.5.0")  # another TensorRT 11 release on the target
+
+    def no_new_graph(*args, **kwargs):
+        raise AssertionError("the recorded graph should have been reused")
+
+    monkeypatch.setattr(bundle_module, "quantize_for_tensorrt", no_new_graph)
+    second = add_engine(out, options)
+    m = open_bundle(out).manifest
+    assert [e["tensorrt"] for e in m["engines"]] == ["11.4.0", "11.5.0"] and m["valid"]
+    assert second["onnx"] == first["onnx"] == "model.int8-fp16.onnx" and second["onnx_sha256"] == first["onnx_sha256"]
+    assert second["conversion"] == first["conversion"]
+
+
+def _digest(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("failure", ["no_gpu", "fail_build", "parity"])
+def test_a_failed_trt_build_leaves_the_bundle_as_it_was(bundles, tmp_path, monkeypatch, failure):
+    """Defect 12: `pkd export BUNDLE --trt` wrote model.fp16.onnx into the bundle before finding that no GPU was
+    usable, then exited 2. Now TensorRT and the GPU are checked first, and the graph, plan and script are staged
+    and moved in only with the manifest that records them."""
+    from promptkd_edge.export import parity
+    from promptkd_edge.export.bundle import add_engine
+    from promptkd_edge.export.tensorrt_build import TrtBuildOptions
+
+    bundle = tmp_path / "b"
+    shutil.copytree(bundles["fp32"], bundle)
+    before = _digest(bundle)
+    fake = _fake_tensorrt(monkeypatch, tmp_path, "11.4.0")
+    if failure == "parity":
+        real_compare = parity.compare
+        monkeypatch.setattr(parity, "compare", lambda *a, **k: {**real_compare(*a, **k), "passed": False,
+                                                                 "failures": ["forced"]})
+    else:
+        setattr(fake.fake, failure, True)
+    options = ExportOptions(precision="fp16", trt=TrtBuildOptions(precision="fp16"), parity_images=3)
+    with pytest.raises(PkdError) as e:
+        add_engine(bundle, options)
+    assert "\n" not in str(e.value)
+    assert _digest(bundle) == before and not any(p.name.startswith(".") for p in bundle.iterdir())
+    assert fake.fake.called("Builder")  # the check ran TensorRT's builder, then stopped before writing
+    if failure == "no_gpu":
+        assert not fake.fake.called("parse_from_file")
+
+
+def test_io_binding_path_equals_a_plain_run(bundles):
+    """The IO-binding path GPU sessions take (outputs bound on the device, one copy back; staged batches for
+    benchmarks), run here on the CPU device: the same numbers as a plain run."""
+    path = bundles["int8"] / "model.onnx"
+    plain = OnnxRuntimeBackend(path, providers="cpu")
+    bound = OnnxRuntimeBackend(path, providers="cpu", io_binding=True)
+    assert not plain.io_binding and bound.io_binding and bound.device == "cpu"
+    x = np.random.default_rng(5).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    want, got = plain.run(x), bound.run(x)
+    assert list(got) == list(want) == ["logits", "embeddings"]
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    staged = bound.stage(x)
+    assert bound.run_staged(staged) is None and bound.run_staged(staged) is None
+    np.testing.assert_array_equal(staged[0].copy_outputs_to_cpu()[0], want["logits"])
+
+
 def test_gpu_session_that_fell_back_to_cpu_is_reported(bundles, monkeypatch):
     """onnxruntime-gpu without CUDA libraries quietly runs on CPU; the runtime must say so."""
     import onnxruntime as ort
@@ -409,29 +511,28 @@ def test_gpu_session_that_fell_back_to_cpu_is_reported(bundles, monkeypatch):
     assert "failed to load: running on CPU" in clf.description
 
 
-def test_fp16_graph_uses_modelopt_autocast_when_installed(tmp_path, monkeypatch, bundles):
-    """With nvidia-modelopt present, its AutoCast makes the FP16 graph, told to keep the same FP32 islands."""
-    import types
+def test_gate_counts_flips_between_near_ties_apart():
+    """Two classes the reference gives probabilities less than a percentage point apart are a near tie: a flip
+    there is reported but does not fail the agreement threshold; a flip between well-separated classes does."""
+    ref = np.array([[10.0, 9.995, 0.0], [10.0, 2.0, 0.0]] + [[0.0, 10.0, 1.0]] * 98)
+    emb = {"embeddings": np.ones((100, 4))}  # the cosine is not what this test is about
 
-    from promptkd_edge.export import precision
+    def compare(reference, candidate):
+        return parity.compare({"logits": reference, **emb}, {"logits": candidate, **emb}, "int8", "t", "s")
 
-    calls = {}
-
-    def convert_to_mixed_precision(**kwargs):
-        calls.update(kwargs)
-        return onnx.load(kwargs["onnx_path"])
-
-    autocast = types.ModuleType("modelopt.onnx.autocast")
-    autocast.convert_to_mixed_precision = convert_to_mixed_precision
-    for name, module in (("modelopt", types.ModuleType("modelopt")), ("modelopt.onnx", types.ModuleType("x")),
-                         ("modelopt.onnx.autocast", autocast)):
-        monkeypatch.setitem(sys.modules, name, module)
-    keep = open_bundle(bundles["fp32"]).model["fp32_nodes"]
-    tool = precision.to_fp16(bundles["fp32"] / "model.onnx", tmp_path / "m.onnx", keep, np.zeros((2, 3, 32, 32)))
-    assert tool == "modelopt" and (tmp_path / "m.onnx").is_file()
-    assert calls["low_precision_type"] == "fp16" and calls["keep_io_types"] is True
-    assert {"LayerNormalization", "Softmax"} <= set(calls["op_types_to_exclude"])
-    assert calls["nodes_to_exclude"] == keep and calls["calibration_data"].shape == (2, 3, 32, 32)
+    tie = ref.copy()
+    tie[0] = [9.99, 9.996, 0.0]  # the near tie flips
+    figures = compare(ref, tie)
+    assert figures["top1_agreement"] == 0.99 and figures["near_tie_flips"] == 1
+    assert figures["top1_agreement_beyond_ties"] == 1.0 and figures["passed"]
+    clear = tie.copy()
+    clear[1] = [1.0, 2.0, 0.0]  # a well-separated flip: 10 vs 2 in the reference
+    figures = compare(ref, clear)
+    assert figures["top1_agreement_beyond_ties"] == 0.99 and figures["passed"]  # 99 % is the int8 threshold
+    emb = {"embeddings": np.ones((50, 4))}
+    figures = compare(ref[:50], clear[:50])
+    assert not figures["passed"] and figures["failures"][0] == ("top-1 agreement 98.00% < 99.0% (not counting 1 "
+                                                                "near-tie flips)")
 
 
 def test_slim_export_keeps_parity(tiny_run, tmp_path):
@@ -499,3 +600,33 @@ def test_triton_entry_serves_the_tensorrt_plan(tiny_run, tmp_path, monkeypatch):
     config = (folder / "config.pbtxt").read_text()
     assert 'platform: "tensorrt_plan"' in config and "max_batch_size: 8" in config  # the plan's largest profile
     assert (folder / "1" / "model.plan").read_bytes() == (tmp_path / "b" / m["engines"][0]["file"]).read_bytes()
+    assert 'profile: [ "0" ]' in config
+
+
+def test_triton_lists_every_profile_and_refuses_gaps(bundles, tmp_path):
+    """Defect 4: Triton uses profile 0 unless instance_group lists the profiles; with [1,1,1] and [1,8,32] every
+    batch above 1 failed. All profiles are listed, and batches no profile covers are refused."""
+    from promptkd_edge.export.bundle import write_manifest
+    from promptkd_edge.export.triton import plan_batch_limit, write_repository
+
+    bundle = tmp_path / "b"
+    shutil.copytree(bundles["fp32"], bundle)
+    manifest = open_bundle(bundle).manifest
+    (bundle / "engines").mkdir()
+    (bundle / "engines" / "a.plan").write_bytes(b"plan")
+    manifest["engines"] = [{"file": "engines/a.plan", "profiles": [[1, 1, 1], [1, 8, 32]], "tensorrt": "10.3.0",
+                            "compute_capability": "8.7", "gpu": "Orin", "precision": "fp16"}]
+    write_manifest(bundle, manifest)
+    folder = write_repository(bundle, tmp_path / "repo", backend="tensorrt")
+    config = (folder / "config.pbtxt").read_text()
+    assert 'instance_group [\n  {\n    count: 1\n    kind: KIND_GPU\n    profile: [ "0", "1" ]\n  }\n]' in config
+    assert "max_batch_size: 32" in config and "preferred_batch_size: [ 4, 8, 16, 32 ]" in config
+    with pytest.raises(PkdError, match="^batch 2, 3 lies in none"):
+        plan_batch_limit([[1, 1, 1], [4, 8, 16]], 3)
+    with pytest.raises(PkdError, match=r"^batch 2, 3 lies in none of the plan's profiles \(1\.\.1, 4\.\.16\), but "
+                                       r"Triton's dynamic batcher may form it up to max_batch_size 16: rebuild the "
+                                       r"plan with --trt-profile covering 1\.\.16 or pass --max-batch 1$"):
+        plan_batch_limit([[1, 1, 1], [4, 8, 16]], None)
+    with pytest.raises(PkdError, match="--trt-profile covering 1..8$"):
+        plan_batch_limit([[2, 4, 8]], None)
+    assert plan_batch_limit([[1, 1, 1], [4, 8, 16]], 1) == 1 and plan_batch_limit([[1, 4, 8]], 64) == 8

@@ -210,7 +210,10 @@ def test_pkd_classes_reproduces_and_extends(fewshot, tmp_path):
     original = ClassVectors.load(tmp_path / "teacher")
     assert torch.equal(ClassVectors.load(tmp_path / "v1").vectors, original.vectors)
     extended = ClassVectors.load(tmp_path / "v2")
-    assert extended.names[-1] == "zeta" and torch.equal(extended.vectors[:5], original.vectors)
+    assert extended.names[-1] == "zeta"
+    # the same vectors for the classes already there; not bit-equal: a batch of 6 names takes other BLAS kernels
+    # than a batch of 5 on some CPUs (seen on an AMX Xeon: 1e-7 differences)
+    torch.testing.assert_close(extended.vectors[:5], original.vectors, atol=1e-6, rtol=0)
     again = runner.invoke(app, ["classes", str(tmp_path / "teacher"), "--names", str(tmp_path / "same.txt"),
                                 "--out", str(tmp_path / "v1")])
     assert again.exit_code == 2 and "already holds" in again.output

@@ -1,8 +1,10 @@
-"""TensorRT build and runtime against fake TensorRT 10 / 11 modules and a fake cuda-python runtime."""
+"""TensorRT build and runtime against fakes generated from the real TensorRT 10.3 / 11.4 bindings (every call is
+checked against the real signatures; tests/fake_tensorrt.py) and a fake cuda-python runtime."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from fake_tensorrt import DataType, make_fake_cudart, make_fake_trt
+from fake_tensorrt import make_fake_cudart, make_fake_trt
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -26,10 +28,10 @@ PINNED = {"ln_post", "attn_softmax", "l2norm", "logits_matmul"}
 
 
 # ------------------------------------------------------------------------------------------------ ONNX models
-def _save(nodes, inits, path: Path, out_type=TensorProto.FLOAT) -> Path:
+def _save(nodes, inits, path: Path, out_type=TensorProto.FLOAT, out_dim: int = 5) -> Path:
     graph = helper.make_graph(
         nodes, path.stem, [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", *DIMS])],
-        [helper.make_tensor_value_info("logits", out_type, ["batch", 5])], inits)
+        [helper.make_tensor_value_info("logits", out_type, ["batch", out_dim])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -56,13 +58,19 @@ def clip_like(path: Path) -> Path:
     return _save(nodes, inits, path)
 
 
-def qdq_model(path: Path) -> Path:
+def qdq_model(path: Path, q_type=TensorProto.INT8, bias_type=None, zero_point: int = 0) -> Path:
+    """Flatten -> Q/DQ -> MatMul (+ an optional DQ'd bias of `bias_type`, the way ONNX Runtime quantizes biases)."""
+    zp = numpy_helper.from_array(np.array(zero_point, onnx.helper.tensor_dtype_to_np_dtype(q_type)), "zp")
     nodes = [helper.make_node("Flatten", ["image"], ["flat"], name="flatten", axis=1),
              helper.make_node("QuantizeLinear", ["flat", "s", "zp"], ["q"], name="q"),
              helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"], name="dq"),
-             helper.make_node("MatMul", ["dq", "w"], ["logits"], name="logits_matmul")]
-    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
-             numpy_helper.from_array(np.array(0, np.int8), "zp"), numpy_helper.from_array(_w(48, 5), "w")]
+             helper.make_node("MatMul", ["dq", "w"], ["mm" if bias_type else "logits"], name="logits_matmul")]
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"), zp, numpy_helper.from_array(_w(48, 5), "w")]
+    if bias_type is not None:
+        bias = np.arange(5).astype(onnx.helper.tensor_dtype_to_np_dtype(bias_type))
+        nodes += [helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b"], name="projector.0.bias_DequantizeLinear"),
+                  helper.make_node("Add", ["mm", "b"], ["logits"], name="bias_add")]
+        inits += [numpy_helper.from_array(bias, "b_q"), numpy_helper.from_array(np.array(0.001, np.float32), "b_s")]
     return _save(nodes, inits, path)
 
 
@@ -74,11 +82,22 @@ def fp16_model(path: Path) -> Path:
     return _save(nodes, [numpy_helper.from_array(_w(48, 5, dtype=np.float16), "w")], path)
 
 
+def look_alike_names(path: Path) -> Path:
+    """Nodes whose names are prefixes of one another, and a Gemm (three TensorRT layers: name, name_<n>, ...)."""
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"], name="flatten", axis=1),
+             helper.make_node("MatMul", ["flat", "w1"], ["a"], name="node_matmul_1"),
+             helper.make_node("MatMul", ["a", "w10"], ["b"], name="node_matmul_10"),
+             helper.make_node("Gemm", ["b", "w2", "bias"], ["logits"], name="node_gemm_1")]
+    inits = [numpy_helper.from_array(_w(48, 8), "w1"), numpy_helper.from_array(_w(8, 8, seed=2), "w10"),
+             numpy_helper.from_array(_w(8, 5, seed=3), "w2"), numpy_helper.from_array(np.zeros(5, np.float32), "bias")]
+    return _save(nodes, inits, path)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("onnx")
     return {"clip": clip_like(root / "clip.onnx"), "qdq": qdq_model(root / "qdq.onnx"),
-            "fp16": fp16_model(root / "fp16.onnx")}
+            "fp16": fp16_model(root / "fp16.onnx"), "names": look_alike_names(root / "names.onnx")}
 
 
 # ------------------------------------------------------------------------------------------------ fakes
@@ -96,7 +115,7 @@ def cudart(monkeypatch):
 
 def _use(monkeypatch, version: str, rt):
     fake = make_fake_trt(version)
-    fake.cudart = rt
+    fake.fake.cudart = rt
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     return fake
 
@@ -111,35 +130,36 @@ def trt11(monkeypatch, cudart):
     return _use(monkeypatch, "11.4.0", cudart)
 
 
-def build(onnx_path: Path, tmp_path: Path, bundle: str = "bundle", **opts) -> dict:
+def build(onnx_path: Path, tmp_path: Path, bundle: str = "bundle", log=None, **opts) -> dict:
     """Build into tmp_path/bundle/engines with the ONNX copied to the bundle root as model.onnx."""
     root = tmp_path / bundle
     root.mkdir(exist_ok=True)
     target = root / "model.onnx"
     target.write_bytes(onnx_path.read_bytes())
-    return build_engine(target, root / "engines", input_name="image", input_dims=DIMS,
+    return build_engine(target, root / "engines", input_name="image", input_dims=DIMS, progress_log=log,
                         options=TrtBuildOptions(**{"engine_cache_dir": tmp_path / "engines-cache", **opts}))
 
 
 def flags(fake) -> list[str]:
-    return [c[1] for c in fake.called("set_flag")]
+    return [c[1] for c in fake.fake.called("set_flag")]
 
 
 # ------------------------------------------------------------------------------------------------ TRT 10
 def test_trt10_fp16_pins_layers_and_sets_profiles(trt10, models, tmp_path):
     rec = build(models["clip"], tmp_path, precision="fp16", profiles=[(1, 2, 4), (5, 8, 16)], workspace_gib=1.5,
                 opt_level=5, keep_fp32_nodes=["logits_matmul"])
-    assert trt10.called("create_network") == [("create_network", 0)]
+    ctl = trt10.fake
+    assert ctl.called("create_network") == [("create_network", 0)]  # weakly typed: precision from builder flags
     assert flags(trt10) == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
-    pinned = trt10.called("layer.precision")
-    assert {c[1] for c in pinned} == PINNED and all(c[2] is DataType.FLOAT for c in pinned)
-    assert trt10.called("set_output_type") == [("set_output_type", c[1], 0, DataType.FLOAT) for c in pinned]
-    assert trt10.called("set_shape") == [("set_shape", "image", (1, *DIMS), (2, *DIMS), (4, *DIMS)),
-                                         ("set_shape", "image", (5, *DIMS), (8, *DIMS), (16, *DIMS))]
-    assert len(trt10.called("add_optimization_profile")) == 2
-    assert trt10.called("set_memory_pool_limit") == [("set_memory_pool_limit", "WORKSPACE", int(1.5 * 2**30))]
-    assert trt10.called("builder_optimization_level") == [("builder_optimization_level", 5)]
-    names = [c[0] for c in trt10.calls]
+    pinned = ctl.called("layer.precision")
+    assert {c[1] for c in pinned} == PINNED and all(c[2] == "FLOAT" for c in pinned)
+    assert ctl.called("set_output_type") == [("set_output_type", c[1], 0, "FLOAT") for c in pinned]
+    assert ctl.called("set_shape") == [("set_shape", "image", (1, *DIMS), (2, *DIMS), (4, *DIMS)),
+                                       ("set_shape", "image", (5, *DIMS), (8, *DIMS), (16, *DIMS))]
+    assert len(ctl.called("add_optimization_profile")) == 2
+    assert ctl.called("set_memory_pool_limit") == [("set_memory_pool_limit", "WORKSPACE", int(1.5 * 2**30))]
+    assert ctl.called("builder_optimization_level") == [("builder_optimization_level", 5)]
+    names = [c[0] for c in ctl.calls]
     assert max(i for i, n in enumerate(names) if n in ("set_flag", "layer.precision")) < names.index(
         "build_serialized_network")
     plan = tmp_path / "bundle" / rec["file"]
@@ -155,31 +175,48 @@ def test_trt10_fp16_pins_layers_and_sets_profiles(trt10, models, tmp_path):
     assert rec["build_seconds"] >= 0
 
 
+def test_pinning_matches_a_nodes_layers_not_names_it_prefixes(trt10, models, tmp_path):
+    """Defect 6: `node_matmul_1` pinned `node_matmul_10` too (prefix match). The parser names a node's extra
+    layers `<node>_<n>`: the Gemm's three layers are pinned, the look-alike MatMul is not."""
+    messages = []
+    build(models["names"], tmp_path, precision="fp16", keep_fp32_nodes=["node_matmul_1", "node_gemm_1", "absent"],
+          log=messages.append)
+    layers = [trt10.fake.called("layer.precision")]
+    pinned = {c[1] for c in layers[0]}
+    assert pinned == {"node_matmul_1", "node_gemm_1", "node_gemm_1_0", "node_gemm_1_1"}
+    assert "node_matmul_10" not in pinned
+    assert any("matched no TensorRT layer: absent" in m for m in messages)
+    assert tb.layers_of_node("a.b+c").fullmatch("a.b+c_12") and not tb.layers_of_node("a.b+c").fullmatch("aXb+c")
+
+
 def test_trt10_int8_fp8_fp32_flags(trt10, cudart, models, tmp_path):
     build(models["qdq"], tmp_path, precision="int8")
     assert flags(trt10) == ["FP16", "INT8"]  # nothing pinned in this graph -> no OBEY
-    trt10.calls.clear()
+    trt10.fake.calls.clear()
     build(models["clip"], tmp_path, precision="fp32")
-    assert flags(trt10) == [] and not trt10.called("layer.precision")
+    assert flags(trt10) == [] and not trt10.fake.called("layer.precision")
     with pytest.raises(PkdError, match="fp8 needs an Ada or Hopper GPU"):
         build(models["qdq"], tmp_path, precision="fp8")
     with pytest.raises(PkdError, match="no QuantizeLinear nodes"):
         build(models["clip"], tmp_path, precision="int8")
 
 
-def test_trt10_fp8_on_hopper(monkeypatch, models, tmp_path):
+def test_trt10_fp8_on_hopper(monkeypatch, tmp_path):
     rt = make_fake_cudart(name="NVIDIA H200", capability=(9, 0))
     monkeypatch.setattr(tensorrt_backend, "load_cudart", lambda: rt)
     fake = _use(monkeypatch, "10.3.0", rt)
-    rec = build(models["qdq"], tmp_path, precision="fp8")
+    rec = build(qdq_model(tmp_path / "fp8.onnx", q_type=TensorProto.FLOAT8E4M3FN), tmp_path, precision="fp8")
     assert flags(fake) == ["FP16", "FP8"] and rec["file"] == "engines/model-fp8-sm90-trt10.3.0.plan"
 
 
 # ------------------------------------------------------------------------------------------------ TRT 11
 def test_trt11_strongly_typed_fp16_graph(trt11, models, tmp_path):
     rec = build(models["fp16"], tmp_path, precision="fp16", keep_fp32_nodes=["logits_matmul"])
-    assert trt11.called("create_network") == [("create_network", 1 << 1)]
-    assert not trt11.called("set_flag") and not trt11.called("layer.precision")
+    # TensorRT 11's NetworkDefinitionCreationFlag.STRONGLY_TYPED is 0, so the flag bits are 1 (the hand-written fake
+    # said 1 and this test asserted 2, which is PREFER_JIT_PYTHON_PLUGINS on the real 11.4)
+    assert int(trt11.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 0
+    assert trt11.fake.called("create_network") == [("create_network", 1)]
+    assert not trt11.fake.called("set_flag") and not trt11.fake.called("layer.precision")
     assert rec["api"] == 11 and rec["file"] == "engines/model-fp16-sm87-trt11.4.0.plan" and rec["fp32_layers"] == 0
     assert not hasattr(trt11.BuilderFlag, "FP16") and not hasattr(trt11.NetworkDefinitionCreationFlag,
                                                                   "EXPLICIT_BATCH")
@@ -190,10 +227,10 @@ def test_trt11_refuses_precision_missing_from_graph(trt11, models, tmp_path):
         build(models["clip"], tmp_path, precision="fp16")
     with pytest.raises(PkdError, match="no QuantizeLinear nodes.*TensorRT 11"):
         build(models["fp16"], tmp_path, precision="int8")
-    assert not trt11.called("Builder")
+    assert not trt11.fake.called("Builder")
     build(models["clip"], tmp_path, precision="fp32")
     build(models["qdq"], tmp_path, precision="int8")
-    assert not trt11.called("set_flag") and len(trt11.called("Builder")) == 2
+    assert not trt11.fake.called("set_flag") and len(trt11.fake.called("Builder")) == 2
 
 
 def test_graph_precision(models):
@@ -202,66 +239,119 @@ def test_graph_precision(models):
     assert tb.graph_precision(models["qdq"]) == {"fp16": False, "qdq": True}
 
 
+# ------------------------------------------------------------------------------------------------ Q/DQ TensorRT takes
+@pytest.mark.parametrize("api", [10, 11])
+def test_qdq_types_tensorrt_rejects_are_refused_before_the_build(monkeypatch, cudart, tmp_path, api):
+    """Defect 1: ONNX Runtime quantizes biases to INT32 (DequantizeLinear with an INT32 input), which TensorRT's
+    parser rejects; uint8 activations and non-zero zero points are refused too, in one line, before the builder."""
+    fake = _use(monkeypatch, "10.3.0" if api == 10 else "11.4.0", cudart)
+    ok = qdq_model(tmp_path / "ok.onnx", bias_type=None)
+    assert tb.check_tensorrt_qdq(ok, api) == 2
+    bias = qdq_model(tmp_path / "bias.onnx", bias_type=TensorProto.INT32)
+    with pytest.raises(PkdError, match=r"^model\.onnx: DequantizeLinear 'projector\.0\.bias_DequantizeLinear' carries "
+                                       r"INT32 \(a quantized bias: quantize without biases for TensorRT\); "
+                                       rf"TensorRT {api} quantizes only to INT8, FLOAT8E4M3FN, INT4"):
+        build(bias, tmp_path, precision="int8")
+    with pytest.raises(PkdError, match="carries UINT8"):
+        tb.check_tensorrt_qdq(qdq_model(tmp_path / "u8.onnx", q_type=TensorProto.UINT8), api)
+    with pytest.raises(PkdError, match="non-zero zero point"):
+        tb.check_tensorrt_qdq(qdq_model(tmp_path / "zp.onnx", zero_point=3), api)
+    assert not fake.fake.called("Builder")
+    # the fake parser refuses the INT32 DequantizeLinear as onnx-tensorrt does, had the check not stopped it
+    logger = fake.Logger()
+    network = fake.Builder(logger).create_network(0)
+    parser = fake.OnnxParser(network, logger)
+    assert not parser.parse_from_file(str(bias)) and "INT32" in parser.get_error(0).desc()
+
+
 # ------------------------------------------------------------------------------------------------ caches, scripts
 def test_timing_cache_read_and_written_back(trt10, models, tmp_path):
     cache = tmp_path / "timing.cache"
     build(models["clip"], tmp_path, timing_cache=cache)
-    assert trt10.called("create_timing_cache") == [("create_timing_cache", b"")]
-    assert cache.read_bytes() == b"+tactics"
-    cache.write_bytes(b"old-cache")
-    trt10.calls.clear()
+    first = cache.read_bytes()
+    assert trt10.fake.called("create_timing_cache") == [("create_timing_cache", b"")]
+    assert first.startswith(b"FAKETC:10.3.0\n")
+    trt10.fake.calls.clear()
     build(models["clip"], tmp_path, timing_cache=cache, engine_cache_dir=None)
-    assert trt10.called("create_timing_cache") == [("create_timing_cache", b"old-cache")]
-    assert trt10.called("set_timing_cache") == [("set_timing_cache", b"old-cache", False)]
-    assert cache.read_bytes() == b"old-cache+tactics"
-    trt10.calls.clear()
-    trt10.foreign_timing_cache = True
-    build(models["clip"], tmp_path, timing_cache=cache, engine_cache_dir=None)
-    assert [c[1] for c in trt10.called("create_timing_cache")] == [b"old-cache+tactics", b""]
+    assert trt10.fake.called("create_timing_cache") == [("create_timing_cache", first)]
+    assert trt10.fake.called("set_timing_cache") == [("set_timing_cache", "+tactics", False)]
+    assert cache.read_bytes() == first + b"+tactics"
+
+
+@pytest.mark.parametrize(("content", "why"), [(b"\x00garbage from a crash", "cannot be read"),
+                                              (b"FAKETC:10.3.0\nforeign device", "another device")])
+def test_unusable_timing_cache_starts_empty_instead_of_failing(trt10, models, tmp_path, content, why):
+    """Defect 8: `create_timing_cache` gives None for a cache it cannot deserialize (another TensorRT, a corrupt
+    file); the build went on with None. Now it starts an empty cache, says so, and writes a good one back."""
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(content)
+    messages = []
+    rec = build(models["clip"], tmp_path, timing_cache=cache, engine_cache_dir=None, log=messages.append)
+    assert (tmp_path / "bundle" / rec["file"]).is_file()
+    assert any(why in m and str(cache) in m for m in messages)
+    assert trt10.fake.called("set_timing_cache")[-1] == ("set_timing_cache", "", False)
+    assert cache.read_bytes() == b"FAKETC:10.3.0\n+tactics"
 
 
 def test_engine_cache_hit_and_misses(trt10, models, tmp_path):
     first = build(models["clip"], tmp_path, bundle="a", precision="fp16")
-    trt10.calls.clear()
+    trt10.fake.calls.clear()
     second = build(models["clip"], tmp_path, bundle="b", precision="fp16")
-    assert not trt10.called("Builder") and second["cache_hit"] and not first["cache_hit"]
+    assert not trt10.fake.called("Builder") and second["cache_hit"] and not first["cache_hit"]
     assert second["sha256"] == first["sha256"] and second["fp32_layers"] == first["fp32_layers"] == 3
     assert (tmp_path / "b" / second["file"]).read_bytes() == (tmp_path / "a" / first["file"]).read_bytes()
     for change in ({"precision": "fp32"}, {"profiles": [(1, 4, 32)]}, {"opt_level": 2}):
-        trt10.calls.clear()
+        trt10.fake.calls.clear()
         rec = build(models["clip"], tmp_path, bundle="b", **{"precision": "fp16", **change})
-        assert trt10.called("Builder") and not rec["cache_hit"]
-    trt10.calls.clear()
+        assert trt10.fake.called("Builder") and not rec["cache_hit"]
+    trt10.fake.calls.clear()
     build(models["clip"], tmp_path, bundle="c", engine_cache_dir=None)
-    assert trt10.called("Builder")
+    assert trt10.fake.called("Builder")
+
+
+def _trtexec_args(script: Path) -> list[str]:
+    """The arguments the script passes to trtexec (what the shell would pass)."""
+    text = script.read_text()
+    command = text[text.index("exec trtexec"):].replace("\\\n", " ")
+    return shlex.split(command)[2:]
 
 
 def test_trtexec_scripts(trt10, monkeypatch, cudart, models, tmp_path):
+    """Defects 2 and 3: trtexec takes several profiles only as `--profile=i` right before each shape triple, and the
+    script saved its engine over the recorded plan, which the bundle's sha256 check then refused."""
     rec = build(models["clip"], tmp_path, precision="fp16", profiles=[(1, 2, 4), (5, 8, 16)], workspace_gib=1.5,
                 opt_level=5, timing_cache=tmp_path / "tc.bin", keep_fp32_nodes=["logits_matmul"])
     script = tmp_path / "bundle" / rec["trtexec"]
-    text = script.read_text()
-    assert os.access(script, os.X_OK) and text.startswith("#!/bin/sh")
-    for flag in ("--onnx=model.onnx", "--saveEngine=engines/model-fp16-sm87-trt10.3.0.plan",
-                 "--minShapes=image:1x3x4x4", "--optShapes=image:2x3x4x4", "--maxShapes=image:4x3x4x4",
-                 "--minShapes=image:5x3x4x4", "--optShapes=image:8x3x4x4", "--maxShapes=image:16x3x4x4",
-                 "--memPoolSize=workspace:1536M", "--builderOptimizationLevel=5",
-                 f"--timingCacheFile={(tmp_path / 'tc.bin').resolve()}", "--fp16", "--precisionConstraints=obey",
-                 "--layerPrecisions=ln_post:fp32,attn_softmax:fp32,l2norm:fp32,logits_matmul:fp32",
-                 "--layerOutputTypes=ln_post:fp32,"):
-        assert flag in text, flag
-    assert "--int8" not in text
+    assert os.access(script, os.X_OK) and script.read_text().startswith("#!/bin/sh")
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
-    int8 = (tmp_path / "bundle" / build(models["qdq"], tmp_path, precision="int8")["trtexec"]).read_text()
-    assert "--fp16" in int8 and "--int8" in int8 and "--precisionConstraints" not in int8
+    args = _trtexec_args(script)
+    i0, i1 = args.index("--profile=0"), args.index("--profile=1")
+    assert args[i0 + 1:i0 + 4] == ["--minShapes=image:1x3x4x4", "--optShapes=image:2x3x4x4",
+                                   "--maxShapes=image:4x3x4x4"]
+    assert args[i1 + 1:i1 + 4] == ["--minShapes=image:5x3x4x4", "--optShapes=image:8x3x4x4",
+                                   "--maxShapes=image:16x3x4x4"]
+    assert sum(a.startswith("--minShapes") for a in args) == 2
+    save = next(a for a in args if a.startswith("--saveEngine="))
+    assert save == "--saveEngine=engines/model-fp16-sm87-trt10.3.0.trtexec.plan" != f"--saveEngine={rec['file']}"
+    for flag in ("--onnx=model.onnx", "--skipInference", "--memPoolSize=workspace:1536M",
+                 "--builderOptimizationLevel=5", f"--timingCacheFile={(tmp_path / 'tc.bin').resolve()}", "--fp16",
+                 "--precisionConstraints=obey"):
+        assert flag in args, flag
+    precisions = next(a for a in args if a.startswith("--layerPrecisions=")).split("=", 1)[1].split(",")
+    assert set(precisions) == {f"{n}:fp32" for n in PINNED}
+    assert "--int8" not in args
+    int8 = _trtexec_args(tmp_path / "bundle" / build(models["qdq"], tmp_path, precision="int8")["trtexec"])
+    assert "--fp16" in int8 and "--int8" in int8 and "--precisionConstraints=obey" not in int8
 
     fake = _use(monkeypatch, "11.4.0", cudart)
     rec11 = build(models["fp16"], tmp_path, precision="fp16")
-    text11 = (tmp_path / "bundle" / rec11["trtexec"]).read_text()
-    assert "strongly typed" in text11 and "--saveEngine=engines/model-fp16-sm87-trt11.4.0.plan" in text11
-    command = "".join(line for line in text11.splitlines() if not line.startswith("#"))
-    assert not any(f in command for f in ("--fp16", "--int8", "--precisionConstraints", "--layerPrecisions"))
-    assert fake.called("build_serialized_network")
+    script11 = tmp_path / "bundle" / rec11["trtexec"]
+    assert "strongly typed" in script11.read_text()
+    args11 = _trtexec_args(script11)
+    assert "--saveEngine=engines/model-fp16-sm87-trt11.4.0.trtexec.plan" in args11
+    assert args11[args11.index("--profile=0") + 1].startswith("--minShapes=image:1x")
+    assert not any(a.startswith(("--fp16", "--int8", "--precisionConstraints", "--layerPrecisions")) for a in args11)
+    assert fake.fake.called("build_serialized_network")
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -271,7 +361,8 @@ def test_build_errors(trt10, models, tmp_path):
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])])
     bad = tmp_path / "bad.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(bad))
-    with pytest.raises(PkdError, match="cannot parse model.onnx: .*No importer registered for op: NotAnOp"):
+    with pytest.raises(PkdError, match=r"cannot parse model.onnx: In node 0 with name: bad and operator: NotAnOp "
+                                       r".*No importer registered for op: NotAnOp"):
         build(bad, tmp_path)
     with pytest.raises(PkdError, match="has no input named 'pixel_values'"):
         build_engine(models["clip"], tmp_path / "x" / "engines", input_name="pixel_values", input_dims=DIMS,
@@ -279,19 +370,23 @@ def test_build_errors(trt10, models, tmp_path):
     with pytest.raises(PkdError, match=r"profiles asked for \(batch, 3, 224, 224\)"):
         build_engine(models["clip"], tmp_path / "x" / "engines", input_name="image", input_dims=(3, 224, 224),
                      options=TrtBuildOptions(engine_cache_dir=None))
-    trt10.fail_build = True
+    trt10.fake.fail_build = True
     with pytest.raises(PkdError, match="^TensorRT could not build the engine; see the log above$"):
         build(models["clip"], tmp_path, engine_cache_dir=None)
-    trt10.builder_nullptr = True
-    with pytest.raises(PkdError, match=r"^TensorRT found no usable GPU \(pybind11.*nullptr\)$"):
+    trt10.fake.no_gpu = True
+    with pytest.raises(PkdError, match=r"^TensorRT 10\.3\.0 found no usable GPU \(pybind11.*nullptr\)$"):
         build(models["clip"], tmp_path, engine_cache_dir=None)
+    with pytest.raises(PkdError, match=r"^TensorRT 10\.3\.0 found no usable GPU"):
+        tb.check_can_build()
 
 
 def test_import_tensorrt_missing_and_versions(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(PkdError) as e:
         tb.import_tensorrt()
-    assert "\n" not in str(e.value) and "pip install tensorrt" in str(e.value) and "python3-libnvinfer" in str(e.value)
+    text = str(e.value)
+    assert "\n" not in text and "promptkd-edge[trt]" in text and "python3-libnvinfer" in text
+    assert "promptkd-edge[jetson]" in text and "[trt-cu13]" in text
     assert tb.api_generation(make_fake_trt("10.3.0")) == 10 and tb.api_generation(make_fake_trt("11.4.0")) == 11
     with pytest.raises(PkdError, match="^TensorRT 8.6.1 is too old; promptkd-edge needs 10.x or 11.x$"):
         tb.api_generation(make_fake_trt("8.6.1"))
@@ -319,6 +414,41 @@ def test_gpu_info(monkeypatch):
         tb.gpu_info()
 
 
+def test_cuda_python_13_on_a_cuda_12_driver_says_which_pin(monkeypatch):
+    """Defect 7: cuda-python 13.x needs a CUDA 13 driver; on JetPack 6 (a CUDA 12.6 driver) every call fails. The
+    failure names the fix instead of "no CUDA GPU"."""
+    rt = make_fake_cudart(count_error=False, devices=0, driver_cuda=12060)
+    monkeypatch.setattr(tensorrt_backend, "load_cudart", lambda: rt)
+    monkeypatch.setattr(tensorrt_backend, "cuda_bindings_version", lambda: "13.5.0")
+    with pytest.raises(PkdError) as e:
+        tb.gpu_info()
+    assert str(e.value) == ("cuda-python 13.5.0 needs a CUDA 13 driver (driver >= 580), but this driver runs CUDA "
+                            "12.6 (JetPack 6 ships CUDA 12): `pip install 'cuda-python>=12.0,<13'`")
+    monkeypatch.setattr(tensorrt_backend, "cuda_bindings_version", lambda: "12.9.4")
+    with pytest.raises(PkdError, match=r"no CUDA GPU is visible \(0 devices\)"):
+        tb.gpu_info()
+    assert tensorrt_backend.driver_mismatch("13.0.1", 13000) is None
+    assert tensorrt_backend.driver_mismatch("12.6.2", 13020) is None  # newer drivers run older CUDA
+
+
+def test_extras_pin_cuda_python_below_13_for_cuda_12_drivers():
+    """Defect 7: `cuda-python>=12` resolved to 13.x. The [trt] and [jetson] extras keep it < 13; drivers >= 580
+    get [trt-cu13]."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+
+    def spec(extra: str, name: str):
+        return next(Requirement(r).specifier for r in extras[extra] if Requirement(r).name == name)
+
+    for extra in ("trt", "jetson"):
+        assert "12.6.3" in spec(extra, "cuda-python") and "13.0.0" not in spec(extra, "cuda-python"), extra
+    assert "13.4.4" in spec("trt-cu13", "cuda-python") and "12.9.0" not in spec("trt-cu13", "cuda-python")
+    assert "10.3.0" in spec("trt", "tensorrt-cu12") and "11.4.0.106" in spec("trt-cu13", "tensorrt-cu13")
+
+
 def test_check_plan_compatible():
     record = {"file": "engines/x.plan", "tensorrt": "10.3.0", "compute_capability": "8.7", "gpu": "Orin"}
     tb.check_plan_compatible(record, make_fake_trt("10.3.0"), {"name": "Orin", "compute_capability": "8.7"})
@@ -336,25 +466,30 @@ def _reference(model: Path, x: np.ndarray) -> np.ndarray:
 def test_backend_run_path(trt10, cudart, models, tmp_path):
     rec = build(models["clip"], tmp_path, precision="fp16", profiles=[(1, 2, 4), (5, 8, 16)])
     backend = TensorRTBackend(tmp_path / "bundle" / rec["file"], rec)
+    ctl = trt10.fake
     assert backend.name == "tensorrt" and backend.input_name == "image" and backend.output_names == ["logits"]
     assert backend.description == "TensorRT 10.3.0, Orin (sm_87), plan engines/model-fp16-sm87-trt10.3.0.plan"
     x = np.random.default_rng(0).standard_normal((3, *DIMS))  # float64: converted to the engine's float32
     out = backend.run(x)
     np.testing.assert_allclose(out["logits"], _reference(models["clip"], x), rtol=1e-6, atol=1e-6)
-    assert out["logits"].dtype == np.float32 and not trt10.called("set_optimization_profile_async")
-    assert trt10.called("set_input_shape")[-1] == ("set_input_shape", "image", (3, *DIMS))
-    assert trt10.called("execute_async_v3") == [("execute_async_v3", 1000)]
-    mallocs = len(cudart.called("cudaMalloc"))
-    assert mallocs == 2 and [c[1] for c in cudart.called("cudaMemcpyAsync")] == ["cudaMemcpyHostToDevice",
-                                                                                 "cudaMemcpyDeviceToHost"]
-    backend.run(x[:2])  # smaller: buffers reused
-    assert len(cudart.called("cudaMalloc")) == mallocs
+    assert out["logits"].dtype == np.float32 and not ctl.called("set_optimization_profile_async")
+    assert ctl.called("set_input_shape")[-1] == ("set_input_shape", "image", (3, *DIMS))
+    assert ctl.called("execute_async_v3") == [("execute_async_v3", 1000)]
+    # every copy goes between pinned host memory and device memory; buffers are allocated once per tensor
+    copies = cudart.called("cudaMemcpyAsync")
+    assert [c[1] for c in copies] == ["cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"] and all(c[3] for c in copies)
+    allocations = (len(cudart.called("cudaMalloc")), len(cudart.called("cudaMallocHost")))
+    assert allocations == (2, 2)
+    again = backend.run(x[:2])  # smaller: buffers reused, and results are copies (the pinned buffers are reused)
+    assert (len(cudart.called("cudaMalloc")), len(cudart.called("cudaMallocHost"))) == allocations
+    np.testing.assert_allclose(out["logits"][:2], again["logits"], rtol=1e-6, atol=1e-6)
     x10 = np.random.default_rng(1).standard_normal((10, *DIMS)).astype(np.float32)
     np.testing.assert_allclose(backend.run(x10)["logits"], _reference(models["clip"], x10), rtol=1e-6, atol=1e-6)
-    assert trt10.called("set_optimization_profile_async") == [("set_optimization_profile_async", 1, 1000)]
-    assert len(cudart.called("cudaMalloc")) == mallocs + 2 and len(cudart.called("cudaFree")) == 2  # grown
+    assert ctl.called("set_optimization_profile_async") == [("set_optimization_profile_async", 1, 1000)]
+    assert len(cudart.called("cudaMalloc")) == 4 and len(cudart.called("cudaFree")) == 2  # grown
+    assert len(cudart.called("cudaMallocHost")) == 4 and len(cudart.called("cudaFreeHost")) == 2
     backend.run(x[:1])
-    assert trt10.called("set_optimization_profile_async")[-1] == ("set_optimization_profile_async", 0, 1000)
+    assert ctl.called("set_optimization_profile_async")[-1] == ("set_optimization_profile_async", 0, 1000)
     with pytest.raises(PkdError, match=r"^batch 64 is outside the engine's profiles \[1\.\.4, 5\.\.16\]; "
                                        r"rebuild with --trt-profile$"):
         backend.run(np.zeros((64, *DIMS), np.float32))
@@ -365,9 +500,32 @@ def test_backend_run_path(trt10, cudart, models, tmp_path):
     for n, got in zip([1, 4, 7, 10, 3, 10], results, strict=True):
         np.testing.assert_allclose(got, _reference(models["clip"], x10[:n]), rtol=1e-6, atol=1e-6)
     backend.close()
-    assert not cudart.allocations and cudart.called("cudaStreamDestroy")
+    assert not cudart.allocations and not cudart.pinned and cudart.called("cudaStreamDestroy")
     with pytest.raises(PkdError, match="closed"):
         backend.run(x)
+
+
+def test_staged_runs_copy_nothing(trt10, cudart, models, tmp_path):
+    """What `pkd bench` times as compute on a GPU: the batch stays on the device."""
+    rec = build(models["clip"], tmp_path, profiles=[(1, 4, 8)])
+    with TensorRTBackend(tmp_path / "bundle" / rec["file"], rec) as backend:
+        x = np.random.default_rng(4).standard_normal((4, *DIMS)).astype(np.float32)
+        shape = backend.stage(x)
+        before = len(cudart.called("cudaMemcpyAsync"))
+        for _ in range(3):
+            backend.run_staged(shape)
+        assert len(cudart.called("cudaMemcpyAsync")) == before and len(trt10.fake.called("execute_async_v3")) == 3
+        np.testing.assert_allclose(backend.run(x)["logits"], _reference(models["clip"], x), rtol=1e-6, atol=1e-6)
+
+
+def test_profile_switch_failure_is_one_line(trt10, models, tmp_path):
+    """Defect 9: set_optimization_profile_async raises RuntimeError on failure (it never returns False)."""
+    rec = build(models["clip"], tmp_path, profiles=[(1, 2, 4), (5, 8, 16)])
+    with TensorRTBackend(tmp_path / "bundle" / rec["file"], rec) as backend:
+        trt10.fake.fail_profile_switch = True
+        with pytest.raises(PkdError, match=r"^TensorRT could not switch to optimization profile 1 \(Error in set "
+                                           r"optimization profile async\.\)$"):
+            backend.run(np.zeros((6, *DIMS), np.float32))
 
 
 def test_backend_trt11(trt11, models, tmp_path):
@@ -384,11 +542,14 @@ def test_backend_refuses_foreign_or_broken_plans(trt10, monkeypatch, cudart, mod
     with pytest.raises(PkdError, match=r"built for TensorRT 10\.3\.0 on sm_87 \(Orin\); this machine has TensorRT "
                                        r"11\.4\.0 on sm_87 \(Orin\): rebuild it here"):
         TensorRTBackend(plan, rec)
-    _use(monkeypatch, "10.3.0", cudart)
+    fake = _use(monkeypatch, "10.3.0", cudart)
     plan.write_bytes(b"not a plan")
     with pytest.raises(PkdError, match="does not match its sha256"):
         TensorRTBackend(plan, rec)
     with pytest.raises(PkdError, match="cannot be loaded by this TensorRT/GPU"):
+        TensorRTBackend(plan, {**rec, "sha256": None})
+    fake.fake.no_gpu = True
+    with pytest.raises(PkdError, match=r"^TensorRT 10\.3\.0 found no usable GPU \(pybind11::init\(\): factory"):
         TensorRTBackend(plan, {**rec, "sha256": None})
 
 
@@ -398,7 +559,8 @@ def test_backend_without_cuda_python(trt10, monkeypatch, models, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", trt10)
     for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(PkdError, match=r"^cuda-python is not installed: `pip install cuda-python`[^\n]*$"):
+    with pytest.raises(PkdError, match=r"^cuda-python is not installed: `pip install 'cuda-python>=12\.6,<13'`"
+                                       r"[^\n]*$"):
         TensorRTBackend(tmp_path / "bundle" / rec["file"], rec)
 
 
@@ -408,8 +570,8 @@ def test_self_test_with_fakes(monkeypatch, cudart, version):
     fake = _use(monkeypatch, version, cudart)
     result = tb.tensorrt_self_test()
     assert result["ok"] and result["tensorrt"] == version and result["max_abs_diff"] < 1e-6
-    assert fake.called("set_shape") == [("set_shape", "x", (1, 4), (2, 4), (4, 4))]
-    assert result["seconds"] >= 0 and not cudart.allocations
+    assert fake.fake.called("set_shape") == [("set_shape", "x", (1, 4), (2, 4), (4, 4))]
+    assert result["seconds"] >= 0 and not cudart.allocations and not cudart.pinned
 
 
 def test_self_test_without_tensorrt(monkeypatch):

@@ -247,6 +247,9 @@ def probe_cuda_python() -> dict[str, Any]:
     info["driver_cuda"] = _cuda_version(int(driver)) if err == success else None
     err, rt = cudart.cudaRuntimeGetVersion()
     info["runtime_cuda"] = _cuda_version(int(rt)) if err == success else None
+    from promptkd_edge.runtime.tensorrt_backend import driver_mismatch
+
+    info["driver_mismatch"] = driver_mismatch(info["version"], int(driver) if info["driver_cuda"] else None)
     return info
 
 
@@ -423,6 +426,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     def cuda_row(d: dict[str, Any]) -> tuple[str, str]:
         if not d.get("available"):
             return "missing", d.get("reason", "not installed")
+        if d.get("driver_mismatch"):
+            return "warning", d["driver_mismatch"]
         if d.get("device_count"):
             return "ok", f"{d['device_count']} CUDA device(s), driver CUDA {d.get('driver_cuda')}"
         detail = f"cuda-bindings {d.get('version')}, no CUDA device ({d['error']})"

@@ -20,7 +20,7 @@ import numpy as np
 
 from promptkd_edge.bench.backends import (
     BACKENDS,
-    COPIES_INCLUDED,
+    DEVICE_RESIDENT,
     BackendSpec,
     Runner,
     cuda_available,
@@ -96,7 +96,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, A
                      "min_seconds": cfg.min_seconds, "max_seconds": cfg.max_seconds, "device": device,
                      "end_to_end": cfg.end_to_end, "end_to_end_images": None, "top_k": cfg.top_k,
                      "end_to_end_max_batch": cfg.e2e_max_batch,
-                     "notes": [f"{', '.join(COPIES_INCLUDED)}: compute rows include host<->device copies"]},
+                     "notes": [f"{', '.join(DEVICE_RESIDENT)}: compute rows run on a batch already on the GPU (IO "
+                               "binding / device buffers); end-to-end rows include the copies"]},
         "results": [], "unavailable": [], "comparisons": [], "limits": [],
     }
     with tempfile.TemporaryDirectory(prefix="pkd-bench-images-") as tmp:

@@ -30,7 +30,13 @@ from promptkd_edge.export.onnx_export import (
     io_description,
     slim,
 )
-from promptkd_edge.export.precision import path_for, quantize_fp8, quantize_int8, to_fp16
+from promptkd_edge.export.precision import (
+    engine_graph_name,
+    has_modelopt,
+    quantize_for_tensorrt,
+    quantize_int8,
+    to_fp16,
+)
 from promptkd_edge.runtime.bundle import BUNDLE_FORMAT, MANIFEST_FILE, is_bundle, open_bundle, read_classes
 from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare
@@ -121,9 +127,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
         raise PkdError(f"{run.path} is not a distillation run (no student.safetensors)")
     _check_out(out, options.overwrite)
     if options.trt is not None:
-        from promptkd_edge.export.tensorrt_build import import_tensorrt
+        from promptkd_edge.export.tensorrt_build import check_can_build
 
-        import_tensorrt()  # fail before minutes of export when TensorRT is missing
+        check_can_build()  # fail before minutes of export when TensorRT or a GPU is missing
     student = load_student(run.student)
     vectors = ClassVectors.load(run.path)
     spec = student.preprocess
@@ -273,9 +279,11 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     """Build a TensorRT engine for a bundle on this machine, gate it for parity, record it in the manifest.
 
     Used by `pkd export RUN --trt` (reference = the PyTorch student) and by `pkd export BUNDLE --trt` on the
-    target device (reference = ONNX Runtime on the bundle's FP32 model.onnx, itself gated at export).
+    target device (reference = ONNX Runtime on the bundle's FP32 model.onnx, itself gated at export). Nothing is
+    written into the bundle unless the engine is built and recorded: TensorRT and the GPU are checked first, and the
+    graph, plan and trtexec script are made in a hidden staging folder and moved in with the new manifest.
     """
-    from promptkd_edge.export.tensorrt_build import build_engine
+    from promptkd_edge.export.tensorrt_build import build_engine, check_can_build
     from promptkd_edge.runtime.tensorrt_backend import TensorRTBackend
 
     progress = progress or NullProgress()
@@ -287,6 +295,7 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     if model["precision"] != "fp32":
         raise PkdError(f"TensorRT engines are built from an FP32 model.onnx; this bundle's is {model['precision']}: "
                        "export it again without --precision (or with --trt)")
+    _, api, _ = check_can_build()
     spec = PreprocessSpec.load(bundle_dir / "preprocess.json")
     precision = options.precision
     if images is None:
@@ -303,55 +312,74 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     else:
         target_ref = "pytorch"
 
-    from promptkd_edge.export.tensorrt_build import api_generation, import_tensorrt
-
-    api = api_generation(import_tensorrt())
     keep = model.get("fp32_nodes", [])
-    src = _engine_graph(bundle_dir, master, precision, api, keep, images, spec, uint8, options, progress)
-    opts = dataclasses.replace(options.trt, precision=precision, keep_fp32_nodes=keep)
-    dims = (spec.size[0], spec.size[1], 3) if uint8 else (3, spec.size[0], spec.size[1])
-    progress.note(f"building the TensorRT {precision} engine from {src.name} (this takes minutes on Jetson)")
-    record = build_engine(src, bundle_dir / "engines", input_name=INPUT_NAME, input_dims=dims, options=opts)
-
-    progress.note("parity gate: the engine against " + target_ref)
-    engine = TensorRTBackend(bundle_dir / record["file"], record)
+    stage = bundle_dir / f".engine-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "engines").mkdir(parents=True)
     try:
-        got = _run_backend(engine, prepare(images.parity, spec, uint8=uint8), options.batch_size, progress,
-                           "parity: TensorRT engine")
+        src, ref, conversion = _engine_graph(bundle_dir, stage, manifest, precision, api, keep, images, spec, uint8,
+                                             options, progress)
+        opts = dataclasses.replace(options.trt, precision=precision, keep_fp32_nodes=keep)
+        dims = (spec.size[0], spec.size[1], 3) if uint8 else (3, spec.size[0], spec.size[1])
+        progress.note(f"building the TensorRT {precision} engine from {ref} (this takes minutes on Jetson)")
+        record = build_engine(src, stage / "engines", input_name=INPUT_NAME, input_dims=dims, options=opts,
+                              onnx_ref=ref, progress_log=progress.note)
+        record["conversion"] = conversion
+
+        progress.note("parity gate: the engine against " + target_ref)
+        engine = TensorRTBackend(stage / record["file"], record)
+        try:
+            got = _run_backend(engine, prepare(images.parity, spec, uint8=uint8), options.batch_size, progress,
+                               "parity: TensorRT engine")
+        finally:
+            engine.close()
+        _, vectors, scale = read_classes(bundle_dir)
+        cls = (vectors, scale)
+        figures = gate.compare(gate.with_logits(reference, *cls), gate.with_logits(got, *cls), precision,
+                               f"tensorrt {record['tensorrt']} {record['gpu']}", images.source)
+        figures["reference"] = target_ref
+        record["parity_passed"] = figures["passed"]
+        if not figures["passed"] and not options.force:
+            raise PkdError(f"the TensorRT engine failed the parity gate ({'; '.join(figures['failures'])}); "
+                           "it was not added (--force keeps it, marked invalid)")
+        for path in sorted(p for p in stage.rglob("*") if p.is_file()):
+            target = bundle_dir / path.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        manifest["engines"] = [e for e in manifest.get("engines", []) if e["file"] != record["file"]] + [record]
+        manifest["parity"] = [p for p in manifest.get("parity", []) if p.get("engine") != record["file"]]
+        manifest["parity"].append({**figures, "engine": record["file"]})
+        write_manifest(bundle_dir, manifest)
     finally:
-        engine.close()
-    _, vectors, scale = read_classes(bundle_dir)
-    cls = (vectors, scale)
-    figures = gate.compare(gate.with_logits(reference, *cls), gate.with_logits(got, *cls), precision,
-                           f"tensorrt {record['tensorrt']} {record['gpu']}", images.source)
-    figures["reference"] = target_ref
-    record["parity_passed"] = figures["passed"]
-    manifest["engines"] = [e for e in manifest.get("engines", []) if e["file"] != record["file"]] + [record]
-    manifest["parity"] = [p for p in manifest.get("parity", []) if p.get("engine") != record["file"]]
-    manifest["parity"].append({**figures, "engine": record["file"]})
-    if not figures["passed"] and not options.force:
-        (bundle_dir / record["file"]).unlink(missing_ok=True)
-        raise PkdError(f"the TensorRT engine failed the parity gate ({'; '.join(figures['failures'])}); "
-                       "it was not added (--force keeps it, marked invalid)")
-    write_manifest(bundle_dir, manifest)
+        shutil.rmtree(stage, ignore_errors=True)
     return record
 
 
-def _engine_graph(bundle_dir: Path, master: Path, precision: str, api: int, keep: list[str], images: gate.ImageSet,
-                  spec: PreprocessSpec, uint8: bool, options: ExportOptions, progress: Progress) -> Path:
-    """The ONNX graph TensorRT builds from: FP32 master (TRT 10 sets precision with builder flags), a mixed FP16
-    graph (TRT 11 is strongly typed), or an INT8/FP8 Q/DQ graph (both)."""
-
+def _engine_graph(bundle_dir: Path, stage: Path, manifest: dict[str, Any], precision: str, api: int,
+                  keep: list[str], images: gate.ImageSet, spec: PreprocessSpec, uint8: bool, options: ExportOptions,
+                  progress: Progress) -> tuple[Path, str, dict[str, Any]]:
+    """(path, name in the bundle, how it was made) of the graph TensorRT builds from: the FP32 master (TRT 10 sets
+    FP16 with builder flags), a mixed FP16 graph (TRT 11 is strongly typed), an INT8 Q/DQ graph (TRT 11: FP16
+    wherever it is not INT8) or an FP8 one. A graph the bundle already records is reused, so every device builds
+    from the same one; a new one is written into `stage`."""
+    master = bundle_dir / "model.onnx"
     if precision == "fp32" or (precision == "fp16" and api < 11):
-        return master
-    dst = path_for(bundle_dir, precision)
+        return master, "model.onnx", {}
+    name = engine_graph_name(precision, api)
+    existing = bundle_dir / name
+    if existing.is_file() and manifest.get("files", {}).get(name) == sha256_file(existing):
+        progress.note(f"using the bundle's {name}")
+        made = [e.get("conversion", {}) for e in manifest.get("engines", []) if e.get("onnx") == name]
+        return existing, name, made[0] if made else {}
+    dst = stage / name
     calib = prepare(images.calibration, spec, uint8=uint8) if images.calibration else None
-    progress.note(f"writing the {precision} graph {dst.name} for TensorRT {api}")
+    progress.note(f"writing the {precision} graph {name} for TensorRT {api}")
     if precision == "fp16":
-        to_fp16(master, dst, keep, calib)
-    elif precision == "int8":
-        quantize_int8(master, dst, calib, INPUT_NAME, keep, target="tensorrt", method=options.calibration_method,
-                      on_batch=progress.task("int8 calibration", len(calib)))
-    else:
-        quantize_fp8(master, dst, calib, INPUT_NAME)
-    return dst
+        return dst, name, {"tool": to_fp16(master, dst, keep, calib, input_name=INPUT_NAME)}
+    if calib is None:
+        raise PkdError(f"{precision} calibration needs images; none were found")
+    by_onnxruntime = precision == "int8" and not has_modelopt("quantization")  # it reports its calibration batches
+    conversion = quantize_for_tensorrt(
+        master, dst, precision, api, calib, INPUT_NAME, keep, method=options.calibration_method,
+        on_batch=progress.task(f"{precision} calibration", len(calib)) if by_onnxruntime else None)
+    return dst, name, conversion

@@ -6,8 +6,14 @@
 - INT8: ONNX Runtime static quantization, QDQ format, calibrated on real images. Only weight-bearing MatMul, Gemm
   and Conv nodes are quantized (the attention's activation x activation MatMuls, LayerNorm, Softmax and the
   head stay float). Two flavours: `cpu` (uint8 activations, ONNX Runtime's fast path on x86 and ARM) and
-  `tensorrt` (symmetric int8 activations and weights, what TensorRT's explicit quantization takes).
-- FP8: ModelOpt only (TensorRT on SM 8.9+); ONNX Runtime on CPU cannot run it.
+  `tensorrt` (symmetric int8 activations and weights, biases left float: TensorRT's DequantizeLinear takes no
+  INT32).
+- TensorRT graphs (`quantize_for_tensorrt`): the same nodes through ModelOpt's quantizer when installed, INT8 or
+  FP8 (TensorRT on SM 8.9+; ONNX Runtime on CPU cannot run it); FP16 wherever not quantized for TensorRT 11.
+
+ModelOpt is always handed a private copy of the graph: its quantizer rewrites the file it is given (shape
+inference in place), which would change a bundle's FP32 master. Its node exclusions are regular expressions
+matched from the start of the name, so names are escaped and anchored.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ import io
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,20 +43,58 @@ def _load(path: str | os.PathLike):
     return onnx.load(str(path))
 
 
+AUTOCAST_IMAGES = 8  # AutoCast runs its calibration as one batch and keeps every activation of it
+
+
+def exact_names(names: Iterable[str]) -> list[str]:
+    """ModelOpt's node exclusions are regular expressions matched from the start (`re.match`): escape and anchor
+    each name, so `node_matmul_1` does not also exclude `node_matmul_10` and `head.logits+scale` matches itself."""
+    return [re.escape(n) + "$" for n in names]
+
+
+@contextlib.contextmanager
+def private_copy(src: str | os.PathLike) -> Iterator[Path]:
+    """`src` copied into a temporary folder, for tools that rewrite the file they are given."""
+    with tempfile.TemporaryDirectory(prefix="pkd-onnx-") as tmp:
+        copy = Path(tmp) / Path(src).name
+        shutil.copyfile(src, copy)
+        data = Path(str(src) + ".data")
+        if data.is_file():
+            shutil.copyfile(data, Path(tmp) / data.name)
+        yield copy
+
+
+def graph_input_name(path: str | os.PathLike) -> str:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in inits)
+
+
 def to_fp16(src: str | os.PathLike, dst: str | os.PathLike, keep_fp32_nodes: Iterable[str],
-            calibration: np.ndarray | None = None, *, use_modelopt: bool | None = None) -> str:
-    """Write a mixed-precision FP16 copy of `src` to `dst`; returns the tool used ("modelopt" or "onnxruntime")."""
+            calibration: np.ndarray | None = None, *, input_name: str | None = None,
+            use_modelopt: bool | None = None) -> str:
+    """Write a mixed-precision FP16 copy of `src` to `dst`; returns the tool used ("modelopt" or "onnxruntime").
+
+    With ModelOpt, AutoCast also keeps FP32 the nodes whose activations on up to 8 calibration images exceed
+    its data_max (512), CLIP's large residual activations among them.
+    """
     import onnx
 
     keep = list(keep_fp32_nodes)
     if use_modelopt is None:
-        use_modelopt = _has_modelopt()
+        use_modelopt = has_modelopt()
     if use_modelopt:
         from modelopt.onnx.autocast import convert_to_mixed_precision
 
-        model = convert_to_mixed_precision(onnx_path=str(src), low_precision_type="fp16", keep_io_types=True,
-                                           op_types_to_exclude=FP32_OPS, nodes_to_exclude=keep,
-                                           calibration_data=calibration, providers=["cpu"])
+        feed = None
+        if calibration is not None and len(calibration):
+            feed = {input_name or graph_input_name(src): np.ascontiguousarray(calibration[:AUTOCAST_IMAGES])}
+        with private_copy(src) as copy, _quiet():
+            model = convert_to_mixed_precision(onnx_path=str(copy), low_precision_type="fp16", keep_io_types=True,
+                                               op_types_to_exclude=FP32_OPS, nodes_to_exclude=exact_names(keep),
+                                               calibration_data=feed, providers=["cpu"])
         tool = "modelopt"
     else:
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -80,9 +127,12 @@ def toposort(graph) -> None:
     graph.node.extend(ordered)
 
 
-def _has_modelopt() -> bool:
+def has_modelopt(tool: str = "autocast") -> bool:
+    """Whether ModelOpt's ONNX `tool` ("autocast" or "quantization") imports here."""
+    import importlib
+
     try:
-        import modelopt.onnx.autocast  # noqa: F401
+        importlib.import_module(f"modelopt.onnx.{tool}")
     except Exception:  # noqa: BLE001 - any import failure means: not usable here
         return False
     return True
@@ -149,7 +199,10 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
     symmetric = target == "tensorrt"
     extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "CalibPercentile": PERCENTILE,
              "CalibMovingAverage": False, "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
-             "CalibStridedMinMax": 1}  # despite its name: one collect_data call per batch, any method
+             "CalibStridedMinMax": 1,  # despite its name: one collect_data call per batch, any method
+             # TensorRT's DequantizeLinear takes INT8/FP8/INT4, not the INT32 biases ONNX Runtime makes by default
+             # (onnx/onnx-tensorrt#850); ModelOpt sets the same for TensorRT.
+             "QuantizeBias": target != "tensorrt"}
     reader = _Batches(input_name, calibration)
     with tempfile.TemporaryDirectory(prefix="pkd-calib-") as tmp, _quiet():
         cache = None
@@ -174,7 +227,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
     return {"tool": "onnxruntime.quantization", "format": "QDQ", "target": target, "calibration_method": method,
             "percentile": PERCENTILE if method == "percentile" else None,
             "calibration_images": int(len(calibration)), "quantized_nodes": len(nodes),
-            "activations": "int8 symmetric" if symmetric else "uint8", "weights": "int8 per-channel symmetric"}
+            "activations": "int8 symmetric" if symmetric else "uint8", "weights": "int8 per-channel symmetric",
+            "biases": "float" if target == "tensorrt" else "int32"}
 
 
 def calibration_tensors(model, nodes: Iterable[str]) -> list[str]:
@@ -248,18 +302,69 @@ def percentile_ranges(model, tensors: list[str], reader: _Batches, percentile: f
     return ranges
 
 
-def quantize_fp8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray,
-                 input_name: str) -> dict:
-    """FP8 Q/DQ through NVIDIA ModelOpt (needs `pip install nvidia-modelopt[onnx]`)."""
-    try:
-        from modelopt.onnx.quantization import quantize
-    except Exception:  # noqa: BLE001
+def quantize_for_tensorrt(src: str | os.PathLike, dst: str | os.PathLike, precision: str, api: int,
+                          calibration: np.ndarray, input_name: str, keep_float_nodes: Iterable[str],
+                          method: str = "percentile", on_batch: Callable[[int], None] | None = None, *,
+                          use_modelopt: bool | None = None) -> dict:
+    """The Q/DQ graph a TensorRT `api` engine of `precision` ("int8" or "fp8") is built from.
+
+    The quantized nodes are those of the ONNX Runtime graph (weight-bearing MatMul/Gemm/Conv; attention's
+    activation MatMuls, LayerNorm, Softmax and `keep_float_nodes` stay float), symmetric, with float biases.
+    ModelOpt's quantizer when installed (FP8 needs it), ONNX Runtime's otherwise. TensorRT 10 picks FP16 for the
+    rest with its builder flags, so its graph stays FP32 around the Q/DQ; TensorRT 11 runs every layer in the type
+    the graph gives it, so its graph is FP16 wherever it is not quantized, with the FP32 islands of the FP16 graph
+    (ModelOpt's own FP16 pass works per op type and would put the logits MatMul in FP16, so the project's converter
+    does this step: scales become FP16 and each DequantizeLinear feeds its FP16 MatMul directly).
+    """
+    if precision not in ("int8", "fp8"):
+        raise PkdError(f"no TensorRT quantization for precision '{precision}'")
+    if use_modelopt is None:
+        use_modelopt = has_modelopt("quantization")
+    if precision == "fp8" and not use_modelopt:
         raise PkdError("FP8 needs NVIDIA ModelOpt: pip install 'nvidia-modelopt[onnx]' (a separate venv avoids "
-                       "its onnx/onnxruntime pins)") from None
-    quantize(str(src), quantize_mode="fp8", calibration_data={input_name: calibration}, calibration_method="max",
-             calibration_eps=["cpu"], high_precision_dtype="fp16", op_types_to_exclude_fp16=FP32_OPS,
-             output_path=str(dst))
-    return {"tool": "modelopt", "format": "QDQ", "target": "tensorrt", "calibration_images": int(len(calibration))}
+                       "its onnx/onnxruntime pins)")
+    keep = list(keep_float_nodes)
+    with tempfile.TemporaryDirectory(prefix="pkd-qdq-") as tmp:
+        qdq = Path(dst) if api < 11 else Path(tmp) / "model.qdq.onnx"
+        if use_modelopt:
+            info = _modelopt_quantize(precision, src, qdq, calibration, input_name, keep)
+        else:
+            info = quantize_int8(src, qdq, calibration, input_name, keep, target="tensorrt", method=method,
+                                 on_batch=on_batch)
+        if api >= 11:
+            to_fp16(qdq, dst, keep, use_modelopt=False)
+    return {**info, "elsewhere": "fp16" if api >= 11 else "fp32 (TensorRT 10 builder flags pick FP16)"}
+
+
+MODELOPT_BATCH = 8  # calibration images per ModelOpt calibration step
+
+
+def _modelopt_quantize(mode: str, src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray,
+                       input_name: str, keep: list[str]) -> dict:
+    """`modelopt.onnx.quantization.quantize` on a private copy of `src` (it rewrites the file it is given), on the
+    project's node set, FP32 elsewhere."""
+    import onnx
+    from modelopt.onnx.quantization import quantize
+
+    if calibration is None or len(calibration) == 0:
+        raise PkdError(f"{mode} calibration needs images; none were found")
+    batch = min(MODELOPT_BATCH, len(calibration))
+    images = np.ascontiguousarray(calibration[:len(calibration) // batch * batch])
+    nodes = quantizable_nodes(_load(src), keep)
+    # calibration_shapes: batches of `batch` images (with the dynamic batch ModelOpt would calibrate one image at
+    # a time, and its GEMV check would then leave every MatMul unquantized)
+    shapes = f"{input_name}:{'x'.join(str(d) for d in (batch, *images.shape[1:]))}"
+    with private_copy(src) as copy, _quiet():
+        out = copy.with_name(f"out.{mode}.onnx")
+        quantize(onnx_path=str(copy), quantize_mode=mode, calibration_data={input_name: images},
+                 calibration_method="max" if mode == "fp8" else "entropy", calibration_shapes=shapes,
+                 calibration_eps=["cpu"], high_precision_dtype="fp32", nodes_to_quantize=exact_names(nodes),
+                 nodes_to_exclude=exact_names(keep) or None, output_path=str(out))
+        onnx.checker.check_model(str(out), full_check=True)
+        shutil.copyfile(out, dst)
+    return {"tool": "modelopt", "format": "QDQ", "target": "tensorrt", "mode": mode,
+            "calibration_method": "max" if mode == "fp8" else "entropy", "calibration_images": int(len(images)),
+            "quantized_nodes": len(nodes), "biases": "float"}
 
 
 @contextlib.contextmanager
@@ -275,6 +380,10 @@ def _quiet():
         logger.setLevel(level)
 
 
-def path_for(bundle: Path, precision: str) -> Path:
-    """Where the graph TensorRT builds from lives in a bundle, per precision."""
-    return bundle / ("model.onnx" if precision == "fp32" else f"model.{precision}.onnx")
+def engine_graph_name(precision: str, api: int) -> str:
+    """The file in a bundle of the graph a TensorRT `api` engine of `precision` is built from (besides model.onnx):
+    model.fp16.onnx; model.int8.onnx / model.fp8.onnx (TensorRT 10: FP32 around the Q/DQ); model.int8-fp16.onnx /
+    model.fp8-fp16.onnx (TensorRT 11: FP16 around them)."""
+    if precision in ("int8", "fp8"):
+        return f"model.{precision}.onnx" if api < 11 else f"model.{precision}-fp16.onnx"
+    return f"model.{precision}.onnx"

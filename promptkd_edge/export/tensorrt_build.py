@@ -8,9 +8,11 @@ silently give an FP32 engine, so that is refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -32,9 +34,9 @@ from promptkd_edge.runtime.tensorrt_backend import (
 )
 from promptkd_edge.utils.files import atomic_path, sha256_file, write_bytes, write_text
 
-__all__ = ["PRECISIONS", "TrtBuildOptions", "api_generation", "build_engine", "check_plan_compatible",
-           "default_engine_cache_dir", "engine_cache_key", "gpu_info", "graph_precision", "import_tensorrt",
-           "tensorrt_self_test", "tensorrt_version"]
+__all__ = ["PRECISIONS", "TrtBuildOptions", "api_generation", "build_engine", "check_can_build",
+           "check_plan_compatible", "check_tensorrt_qdq", "default_engine_cache_dir", "engine_cache_key", "gpu_info",
+           "graph_precision", "import_tensorrt", "require_builder", "tensorrt_self_test", "tensorrt_version"]
 
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 ProgressLog = Callable[[str], None]
@@ -132,6 +134,57 @@ def _check_graph_precision(onnx_path: Path, precision: str, api: int) -> None:
                        "an FP32 engine (TensorRT 11 is strongly typed); export the precision into the graph first")
 
 
+# What TensorRT's ONNX parser quantizes to (onnx-tensorrt docs/operators.md: DequantizeLinear takes INT8, FP8, INT4,
+# and FP4 in newer releases, which the project does not count on for 10.x; zero points must be zero; "UINT8 is only
+# supported as network input or output").
+QDQ_TYPES = {10: ("INT8", "FLOAT8E4M3FN", "INT4"), 11: ("INT8", "FLOAT8E4M3FN", "INT4", "FLOAT4E2M1")}
+SCALE_TYPES = ("FLOAT", "FLOAT16", "BFLOAT16")
+
+
+def check_tensorrt_qdq(onnx_path: str | os.PathLike, api: int) -> int:
+    """Refuse a graph whose Q/DQ nodes TensorRT `api` cannot parse (e.g. ONNX Runtime's INT32-quantized biases, uint8
+    activations, non-zero zero points) with one line naming the first such node; returns the number of Q/DQ nodes."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(onnx_path)
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
+        raise PkdError(f"cannot read ONNX {path}: {first_line(e, with_type=False)}") from None
+    with contextlib.suppress(Exception):  # without inference, types come from initializers and zero points alone
+        model = onnx.shape_inference.infer_shapes(model)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    types = {t.name: t.data_type for t in graph.initializer}
+    types.update({v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)})
+    for node in graph.node:  # Q outputs take the zero point's type (uint8 without one)
+        if node.op_type == "QuantizeLinear" and not types.get(node.output[0]):
+            zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            types[node.output[0]] = zp.data_type if zp is not None else onnx.TensorProto.UINT8
+    allowed = QDQ_TYPES[10 if api < 11 else 11]
+    count = 0
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        count += 1
+        quantized = node.input[0] if node.op_type == "DequantizeLinear" else node.output[0]
+        dtype = onnx.TensorProto.DataType.Name(types.get(quantized, onnx.TensorProto.UNDEFINED))
+        where = f"{path.name}: {node.op_type} {node.name or quantized!r}"
+        if dtype not in allowed and dtype != "UNDEFINED":  # a type inference cannot tell is left to the parser
+            what = " (a quantized bias: quantize without biases for TensorRT)" if dtype == "INT32" else ""
+            raise PkdError(f"{where} carries {dtype}{what}; TensorRT {api} quantizes only to "
+                           f"{', '.join(allowed)}")
+        scale = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if scale is not None and onnx.TensorProto.DataType.Name(scale.data_type) not in SCALE_TYPES:
+            raise PkdError(f"{where} has a {onnx.TensorProto.DataType.Name(scale.data_type)} scale; TensorRT "
+                           f"takes {', '.join(SCALE_TYPES)}")
+        zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zp is not None and numpy_helper.to_array(zp).astype("float64").any():
+            raise PkdError(f"{where} has a non-zero zero point; TensorRT takes symmetric quantization only")
+    return count
+
+
 def engine_cache_key(onnx_sha256: str, version: str, sm: str, input_name: str, input_dims: tuple[int, ...],
                      options: TrtBuildOptions) -> str:
     """sha256 over everything that makes a plan differ."""
@@ -142,16 +195,26 @@ def engine_cache_key(onnx_sha256: str, version: str, sm: str, input_name: str, i
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def layers_of_node(node: str) -> re.Pattern:
+    """The TensorRT layers the ONNX parser makes of node `node`: the node's name, then `<name>_<n>` for the extra
+    layers (onnx-tensorrt's generateUniqueName). `node_matmul_1` does not match `node_matmul_10`."""
+    return re.compile(re.escape(node) + r"(?:_\d+)?")
+
+
+FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")  # CLIP's FP16 overflow spots, pinned on TensorRT 10
+
+
 def _pin_fp32_layers(trt, network, keep: list[str]) -> tuple[list[str], list[str]]:
-    """TRT 10: pin LayerNorm/Softmax/Reduce layers and layers named (by prefix) in `keep` to FP32.
+    """TRT 10: pin LayerNorm/Softmax/Reduce layers and the layers of the ONNX nodes named in `keep` to FP32.
     Returns (pinned layer names, keep names that matched no layer)."""
-    kinds = {getattr(trt.LayerType, k) for k in ("NORMALIZATION", "SOFTMAX", "REDUCE") if hasattr(trt.LayerType, k)}
+    kinds = {getattr(trt.LayerType, k) for k in FP32_LAYER_TYPES}
     floats = (trt.float32, trt.float16)
+    patterns = {k: layers_of_node(k) for k in keep}
     pinned: list[str] = []
     used: set[str] = set()
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        hits = [k for k in keep if layer.name == k or layer.name.startswith(k)]
+        hits = [k for k, pattern in patterns.items() if pattern.fullmatch(layer.name)]
         used.update(hits)
         if layer.type not in kinds and not hits:
             continue
@@ -175,14 +238,32 @@ def _check_input(network, onnx_name: str, input_name: str, input_dims: tuple[int
                        f"(batch, {', '.join(map(str, input_dims))})")
 
 
-def _build_plan(trt, api: int, onnx_path: Path, *, input_name: str, input_dims: tuple[int, ...],
-                options: TrtBuildOptions, log: ProgressLog) -> tuple[bytes, list[str]]:
-    """Run the TensorRT builder; returns (serialized plan, layers pinned to FP32)."""
+def require_builder(trt):
+    """(logger, builder), or a one-line PkdError when TensorRT's library cannot start a builder here (no GPU, no
+    driver, a CUDA driver too old for this TensorRT: the factory returns NULL and pybind11 raises TypeError)."""
     logger = trt.Logger(trt.Logger.WARNING)
     try:
         builder = trt.Builder(logger)
     except TypeError as e:  # pybind11 "factory function returned nullptr": CUDA could not start
-        raise PkdError(f"TensorRT found no usable GPU ({first_line(e, with_type=False)})") from None
+        raise PkdError(f"TensorRT {tensorrt_version(trt)} found no usable GPU "
+                       f"({first_line(e, with_type=False)})") from None
+    return logger, builder
+
+
+def check_can_build() -> tuple[Any, int, dict[str, str]]:
+    """(trt, API generation, GPU) once TensorRT can build on this machine: it imports, is 10.x or 11.x, a CUDA GPU is
+    visible and its builder starts. Each failure is one line, before anything is computed or written."""
+    trt = import_tensorrt()
+    api = api_generation(trt)
+    gpu = gpu_info()
+    require_builder(trt)
+    return trt, api, gpu
+
+
+def _build_plan(trt, api: int, onnx_path: Path, *, input_name: str, input_dims: tuple[int, ...],
+                options: TrtBuildOptions, log: ProgressLog) -> tuple[bytes, list[str]]:
+    """Run the TensorRT builder; returns (serialized plan, layers pinned to FP32)."""
+    logger, builder = require_builder(trt)
     if api >= 11:
         flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
         network = builder.create_network(1 << int(flag) if flag is not None else 0)
@@ -215,68 +296,91 @@ def _build_plan(trt, api: int, onnx_path: Path, *, input_name: str, input_dims: 
         profile.set_shape(input_name, (lo, *input_dims), (opt, *input_dims), (hi, *input_dims))
         config.add_optimization_profile(profile)
 
-    cache_file = options.timing_cache
-    old = cache_file.read_bytes() if cache_file and cache_file.is_file() else b""
-    timing_cache = config.create_timing_cache(old)
-    if not config.set_timing_cache(timing_cache, ignore_mismatch=False):
-        log(f"timing cache {cache_file} is for another device or TensorRT; starting a fresh one")
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-
+    _use_timing_cache(config, options.timing_cache, log)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise PkdError("TensorRT could not build the engine; see the log above")
-    if cache_file:
-        write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
+    if options.timing_cache:
+        write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan), pinned
+
+
+def _use_timing_cache(config, cache_file: Path | None, log: ProgressLog) -> None:
+    """Attach the persistent timing cache, or an empty one when there is none or it cannot be used: a file that
+    does not deserialize (corrupt, another TensorRT: `create_timing_cache` gives None, as Polygraphy handles it) or
+    one from another device (`set_timing_cache` gives False). The build never fails for its cache."""
+    cache = None
+    if cache_file and cache_file.is_file():
+        try:
+            cache = config.create_timing_cache(cache_file.read_bytes())
+        except (OSError, RuntimeError, TypeError, ValueError) as e:
+            log(f"warning: timing cache {cache_file}: {first_line(e, with_type=False)}")
+        if cache is None:
+            log(f"warning: timing cache {cache_file} cannot be read (corrupt or from another TensorRT); "
+                "starting an empty one, written back after the build")
+        elif not config.set_timing_cache(cache, ignore_mismatch=False):
+            log(f"warning: timing cache {cache_file} is for another device; starting an empty one")
+        else:
+            return
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
 def _shape(dims: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in dims)
 
 
+def trtexec_plan_name(plan_name: str) -> str:
+    """Where a plan's trtexec script writes its engine: beside the recorded plan, never over it (the manifest's
+    sha256 covers the recorded one)."""
+    return plan_name[:-len(".plan")] + ".trtexec.plan" if plan_name.endswith(".plan") else plan_name + ".trtexec"
+
+
 def _trtexec_script(*, onnx_arg: str, plan_arg: str, input_name: str, input_dims: tuple[int, ...],
                     options: TrtBuildOptions, api: int, version: str, pinned: list[str]) -> str:
-    args = [f"--onnx={onnx_arg}", f"--saveEngine={plan_arg}"]
-    for lo, opt, hi in options.profiles:  # repeating the shape flags gives one optimization profile per set
-        args += [f"--minShapes={input_name}:{_shape((lo, *input_dims))}",
+    args = [f"--onnx={onnx_arg}", f"--saveEngine={plan_arg}", "--skipInference"]
+    for i, (lo, opt, hi) in enumerate(options.profiles):  # trtexec: --profile=i right before each shape triple
+        args += [f"--profile={i}", f"--minShapes={input_name}:{_shape((lo, *input_dims))}",
                  f"--optShapes={input_name}:{_shape((opt, *input_dims))}",
                  f"--maxShapes={input_name}:{_shape((hi, *input_dims))}"]
     args += [f"--memPoolSize=workspace:{round(options.workspace_gib * 1024)}M",
              f"--builderOptimizationLevel={options.opt_level}"]
     if options.timing_cache:
         args.append(f"--timingCacheFile={options.timing_cache.resolve()}")
+    unnamed = [n for n in pinned if "," in n]  # trtexec splits its layer lists on commas
+    named = [n for n in pinned if "," not in n]
     if api == 10 and options.precision != "fp32":
         args.append("--fp16")
         if options.precision in ("int8", "fp8"):
             args.append(f"--{options.precision}")
-        if pinned:
-            args += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in pinned),
-                     "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in pinned)]
+        if named:
+            args += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in named),
+                     "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in named)]
     if api >= 11:
         note = ("# TensorRT 11 is strongly typed: the precision is in the ONNX graph, so there are no --fp16/--int8\n"
                 "# flags (and --stronglyTyped is not needed).\n")
     else:
         note = "# TensorRT 10 (weakly typed): precision from builder flags"
-        note += f"; {len(pinned)} layers (LayerNorm/Softmax/Reduce/kept nodes) pinned to FP32.\n" if pinned else ".\n"
+        note += f"; {len(named)} layers (LayerNorm/Softmax/Reduce/kept nodes) pinned to FP32.\n" if named else ".\n"
+        if unnamed:
+            note += f"# Not pinned here (a comma in the name): {'; '.join(unnamed)}\n"
     lines = " \\\n  ".join(shlex.quote(a) for a in args)
     return (f"#!/bin/sh\n# The trtexec equivalent of this plan's build ({options.precision}, TensorRT {version}).\n"
-            f"{note}# Run it from anywhere; paths are relative to the bundle folder.\nset -e\n"
+            f"{note}# It writes {plan_arg}, beside the plan the manifest records (and checks by sha256);\n"
+            f"# `pkd export BUNDLE --trt` is what records a plan. Paths are relative to the bundle folder.\nset -e\n"
             f'cd "$(dirname "$0")/.."\nexec trtexec \\\n  {lines}\n')
 
 
-def _relative_to(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(path.resolve())
-
-
 def build_engine(onnx_path: Path, plan_dir: Path, *, input_name: str, input_dims: tuple[int, ...],
-                 options: TrtBuildOptions, progress_log: ProgressLog | None = None) -> dict[str, Any]:
-    """Build (or take from the engine cache) a plan for `onnx_path` in `plan_dir` (the bundle's engines/);
-    write its trtexec script; return the manifest engine record (export/BUNDLE.md)."""
+                 options: TrtBuildOptions, progress_log: ProgressLog | None = None,
+                 onnx_ref: str | None = None) -> dict[str, Any]:
+    """Build (or take from the engine cache) a plan for `onnx_path` in `plan_dir` (a bundle's engines/ folder)
+    and write its trtexec script there; return the manifest engine record (export/BUNDLE.md).
+
+    `onnx_ref` is how the bundle names the graph (default: its file name), relative to the bundle folder.
+    """
     log = progress_log or (lambda message: None)
     onnx_path, plan_dir = Path(onnx_path), Path(plan_dir)
+    onnx_ref = onnx_ref or onnx_path.name
     input_dims = tuple(int(d) for d in input_dims)
     if not onnx_path.is_file():
         raise PkdError(f"ONNX model not found: {onnx_path}")
@@ -287,6 +391,7 @@ def build_engine(onnx_path: Path, plan_dir: Path, *, input_name: str, input_dims
     if precision == "fp8" and tuple(map(int, gpu["compute_capability"].split("."))) < (8, 9):
         raise PkdError(f"fp8 needs an Ada or Hopper GPU (sm_89+); {gpu['name']} is sm_{gpu['sm']}: use int8 or fp16")
     _check_graph_precision(onnx_path, precision, api)
+    check_tensorrt_qdq(onnx_path, api)
 
     onnx_sha = sha256_file(onnx_path)
     stem = f"model-{precision}-sm{gpu['sm']}-trt{version}"
@@ -320,13 +425,12 @@ def build_engine(onnx_path: Path, plan_dir: Path, *, input_name: str, input_dims
                 log(f"warning: cannot store the engine in the cache {cache_dir}: {first_line(e, with_type=False)}")
     seconds = time.perf_counter() - start
 
-    bundle = plan_dir.parent
     script = _trtexec_script(
-        onnx_arg=_relative_to(onnx_path, bundle), plan_arg=_relative_to(plan_path, bundle), input_name=input_name,
+        onnx_arg=onnx_ref, plan_arg=f"{plan_dir.name}/{trtexec_plan_name(plan_path.name)}", input_name=input_name,
         input_dims=input_dims, options=options, api=api, version=version, pinned=pinned)
     write_text(script_path, script)
     script_path.chmod(script_path.stat().st_mode | 0o111)
-    return {"file": f"{plan_dir.name}/{plan_path.name}", "sha256": sha256_file(plan_path), "onnx": onnx_path.name,
+    return {"file": f"{plan_dir.name}/{plan_path.name}", "sha256": sha256_file(plan_path), "onnx": onnx_ref,
             "onnx_sha256": onnx_sha, "tensorrt": version, "api": api, "gpu": gpu["name"],
             "compute_capability": gpu["compute_capability"], "precision": precision,
             "profiles": [list(p) for p in options.profiles], "workspace_gib": float(options.workspace_gib),

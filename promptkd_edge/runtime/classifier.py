@@ -177,9 +177,6 @@ class Classifier:
         self.backend.close()
 
 
-
-
-
 def _chunks(images: Sequence[Any], size: int):
     if isinstance(images, str | os.PathLike) or (isinstance(images, np.ndarray) and images.ndim <= 3) \
             or hasattr(images, "convert"):
@@ -192,14 +189,18 @@ def _chunks(images: Sequence[Any], size: int):
 
 def _tensorrt(bundle: Bundle, device_id: int):
     """The TensorRT backend on the first plan of the bundle built for this TensorRT version and GPU."""
-    from promptkd_edge.export.tensorrt_build import check_plan_compatible, gpu_info, import_tensorrt
-    from promptkd_edge.runtime.tensorrt_backend import TensorRTBackend
+    from promptkd_edge.runtime.tensorrt_backend import (
+        TensorRTBackend,
+        check_plan_compatible,
+        gpu_info,
+        import_tensorrt,
+    )
 
     engines = [e for e in bundle.engines if e.get("parity_passed", True)]
     if not engines:
         raise PkdError(f"bundle {bundle.path} holds no TensorRT plan; build one with `pkd export {bundle.path} --trt`")
     trt = import_tensorrt()
-    gpu = gpu_info()
+    gpu = gpu_info(device_id)
     errors = []
     for record in engines:
         try:

@@ -7,6 +7,7 @@ needs the export package.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,20 @@ from promptkd_edge.utils.files import sha256_file
 REBUILD_HINT = "rebuild it here with `pkd export BUNDLE --trt`"
 
 
+# How to install TensorRT + cuda-python where it runs. cuda-python N.x needs a CUDA N driver: JetPack 6 ships a
+# CUDA 12.6 driver, so cuda-python stays < 13 there; desktop drivers >= 580 run CUDA 13.
+INSTALL_HINT = ("on Jetson (JetPack 6) install JetPack's python3-libnvinfer, make the venv with "
+                "--system-site-packages and `pip install 'promptkd-edge[jetson]'`; on a desktop GPU "
+                "`pip install 'promptkd-edge[trt]'` (CUDA 12 driver) or `'promptkd-edge[trt-cu13]'` (driver >= 580), "
+                "which need NVIDIA's package index, or use an nvcr.io/nvidia/tensorrt container")
+
+
 def import_tensorrt():
     """The `tensorrt` module, or a one-line PkdError saying what to install."""
     try:
         import tensorrt as trt
     except (ImportError, OSError) as e:
-        raise PkdError(
-            f"TensorRT is not installed ({first_line(e, with_type=False)}): on a desktop GPU `pip install tensorrt` "
-            "(needs NVIDIA's package index) or use an nvcr.io/nvidia/tensorrt container; on Jetson install JetPack's "
-            "python3-libnvinfer and use a venv with --system-site-packages") from None
+        raise PkdError(f"TensorRT is not installed ({first_line(e, with_type=False)}): {INSTALL_HINT}") from None
     return trt
 
 
@@ -43,9 +49,42 @@ def load_cudart():
         try:
             from cuda import cudart
         except (ImportError, OSError):
-            raise PkdError("cuda-python is not installed: `pip install cuda-python` (the TensorRT backend copies "
-                           "buffers with its CUDA runtime API)") from None
+            raise PkdError("cuda-python is not installed: `pip install 'cuda-python>=12.6,<13'` on JetPack 6 or a "
+                           "CUDA 12 driver, `'cuda-python>=13,<14'` with a driver >= 580 (the TensorRT backend "
+                           "copies buffers with its CUDA runtime API)") from None
     return cudart
+
+
+def cuda_bindings_version() -> str | None:
+    """The installed cuda-python (cuda-bindings) version, e.g. "13.5.0"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("cuda-bindings", "cuda-python"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def driver_mismatch(bindings: str | None, driver_cuda: int | None) -> str | None:
+    """Why cuda-python `bindings` cannot run on a driver for CUDA `driver_cuda` (e.g. 12060), or None.
+
+    cuda-python N.x needs a CUDA N driver: 13.x needs a driver >= 580, and JetPack 6's driver is CUDA 12.
+    """
+    if not bindings or not driver_cuda:
+        return None
+    try:
+        major = int(str(bindings).split(".")[0])
+    except ValueError:
+        return None
+    driver_major, driver_minor = int(driver_cuda) // 1000, (int(driver_cuda) % 1000) // 10
+    if major <= driver_major:
+        return None
+    need = " (driver >= 580)" if major == 13 else ""
+    return (f"cuda-python {bindings} needs a CUDA {major} driver{need}, but this driver runs CUDA "
+            f"{driver_major}.{driver_minor} (JetPack 6 ships CUDA 12): `pip install "
+            f"'cuda-python>={driver_major}.0,<{driver_major + 1}'`")
 
 
 def _error_name(cudart, err) -> str:
@@ -85,8 +124,12 @@ def gpu_info(device_id: int = 0) -> dict[str, str]:
         cudart = load_cudart()
     except PkdError:
         return _gpu_info_torch(device_id)
-    err, count = cudart.cudaGetDeviceCount()
+    err, count = cudart.cudaGetDeviceCount()  # (error, None) without a usable driver: it never raises
     if err != cudart.cudaError_t.cudaSuccess or not count:
+        derr, driver = cudart.cudaDriverGetVersion()
+        why = driver_mismatch(cuda_bindings_version(), driver if derr == cudart.cudaError_t.cudaSuccess else None)
+        if why:
+            raise PkdError(why)
         why = _error_name(cudart, err) if err != cudart.cudaError_t.cudaSuccess else "0 devices"
         raise PkdError(f"no CUDA GPU is visible ({why}); TensorRT needs an NVIDIA GPU and driver")
     if device_id >= count:
@@ -114,17 +157,67 @@ def check_plan_compatible(record: dict[str, Any], trt, gpu: dict[str, str]) -> N
         f"{version} on sm_{_sm(gpu['compute_capability'])} ({gpu['name']}): {REBUILD_HINT}")
 
 
+NUMPY_DTYPES = (("float32", np.float32), ("float16", np.float16), ("int8", np.int8), ("int32", np.int32),
+                ("int64", np.int64), ("uint8", np.uint8), ("bool", np.bool_))  # TensorRT's module-level dtypes
+
+
 def numpy_dtype(trt, dtype) -> np.dtype:
     """The numpy dtype of a TensorRT DataType (numpy has no bfloat16/fp8: those are a PkdError)."""
-    for trt_name, np_type in (("float32", np.float32), ("float16", np.float16), ("int8", np.int8),
-                              ("int32", np.int32), ("int64", np.int64), ("uint8", np.uint8), ("bool", np.bool_)):
-        if hasattr(trt, trt_name) and dtype == getattr(trt, trt_name):
+    for trt_name, np_type in NUMPY_DTYPES:
+        if dtype == getattr(trt, trt_name):
             return np.dtype(np_type)
     raise PkdError(f"the engine has an I/O tensor of type {dtype} that numpy cannot hold; export with float32 I/O")
 
 
+class _Buffers:
+    """Device buffers and pinned (page-locked) host buffers per tensor, kept and grown across calls."""
+
+    def __init__(self, cudart):
+        self._cudart = cudart
+        self.device: dict[str, tuple[int, int]] = {}
+        self.host: dict[str, tuple[int, int]] = {}
+
+    def _get(self, pool: dict[str, tuple[int, int]], name: str, nbytes: int, pinned: bool) -> int:
+        ptr, size = pool.get(name, (0, 0))
+        if size >= nbytes:
+            return ptr
+        cudart = self._cudart
+        if ptr:
+            del pool[name]
+            if pinned:
+                cuda_check(cudart, cudart.cudaFreeHost(ptr), "cudaFreeHost")
+            else:
+                cuda_check(cudart, cudart.cudaFree(ptr), "cudaFree")
+        alloc = cudart.cudaMallocHost if pinned else cudart.cudaMalloc
+        ptr = int(cuda_check(cudart, alloc(nbytes), "cudaMallocHost" if pinned else "cudaMalloc"))
+        pool[name] = (ptr, nbytes)
+        return ptr
+
+    def device_ptr(self, name: str, nbytes: int) -> int:
+        return self._get(self.device, name, max(nbytes, 1), pinned=False)
+
+    def host_array(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A numpy view of pinned host memory for `name` (valid until the buffer grows)."""
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        ptr = self._get(self.host, name, max(nbytes, 1), pinned=True)
+        raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(ptr)
+        return np.frombuffer(raw, dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
+
+    def free(self) -> None:
+        for ptr, _ in self.device.values():
+            self._cudart.cudaFree(ptr)
+        for ptr, _ in self.host.values():
+            self._cudart.cudaFreeHost(ptr)
+        self.device.clear()
+        self.host.clear()
+
+
 class TensorRTBackend:
-    """One TensorRT engine on one GPU; `run` takes and returns host numpy arrays and is safe from many threads."""
+    """One TensorRT engine on one GPU; `run` takes and returns host numpy arrays and is safe from many threads.
+
+    Copies go through pinned host buffers, and device and host buffers are kept and grown across calls. `stage` and
+    `run_staged` run a batch already on the GPU (what a benchmark's compute time measures).
+    """
 
     name = "tensorrt"
 
@@ -142,13 +235,13 @@ class TensorRTBackend:
         if record.get("sha256") and sha256_file(self.plan_path) != record["sha256"]:
             raise PkdError(f"{self.plan_path} does not match its sha256 in the manifest")
         self._lock = threading.Lock()
-        self._buffers: dict[str, tuple[int, int]] = {}
         cuda_check(cudart, cudart.cudaSetDevice(device_id), "cudaSetDevice")
         self._logger = trt.Logger(trt.Logger.WARNING)
         try:
             self._runtime = trt.Runtime(self._logger)
         except TypeError as e:  # "factory function returned nullptr": no usable GPU/driver
-            raise PkdError(f"TensorRT found no usable GPU ({first_line(e, with_type=False)})") from None
+            raise PkdError(f"TensorRT {tensorrt_version(trt)} found no usable GPU "
+                           f"({first_line(e, with_type=False)})") from None
         self.engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         if self.engine is None:
             raise PkdError(f"{record.get('file', self.plan_path.name)} cannot be loaded by this TensorRT/GPU "
@@ -166,6 +259,7 @@ class TensorRTBackend:
         self._input_shape = tuple(self.engine.get_tensor_shape(self.input_name))
         self.profiles = [self._batch_range(p) for p in range(self.engine.num_optimization_profiles)]
         self._profile = 0  # a new context starts on profile 0
+        self._buffers = _Buffers(cudart)
         self._stream = cuda_check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
 
     @property
@@ -189,76 +283,105 @@ class TensorRTBackend:
         ranges = ", ".join(f"{lo}..{hi}" for lo, hi in self.profiles)
         raise PkdError(f"batch {batch} is outside the engine's profiles [{ranges}]; rebuild with --trt-profile")
 
-    def _buffer(self, name: str, nbytes: int) -> int:
-        """A device buffer of at least `nbytes` for tensor `name`, kept and grown across calls."""
-        ptr, size = self._buffers.get(name, (0, 0))
-        if size >= nbytes:
-            return ptr
-        cudart = self._cudart
-        if ptr:
-            cuda_check(cudart, cudart.cudaFree(ptr), "cudaFree")
-            del self._buffers[name]
-        ptr = int(cuda_check(cudart, cudart.cudaMalloc(nbytes), "cudaMalloc"))
-        self._buffers[name] = (ptr, nbytes)
-        return ptr
+    def _checked(self, batch: np.ndarray) -> np.ndarray:
+        if self.context is None:
+            raise PkdError("this TensorRT backend was closed")
+        x = np.ascontiguousarray(batch, dtype=self._dtypes[self.input_name])
+        expected = self._input_shape
+        if x.ndim != len(expected) or any(e >= 0 and e != s for e, s in zip(expected[1:], x.shape[1:],
+                                                                              strict=False)):
+            want = "x".join("batch" if e < 0 else str(e) for e in expected)
+            raise PkdError(f"input of shape {tuple(x.shape)} does not fit the engine's {want}")
+        if x.shape[0] < 1:
+            raise PkdError("empty batch")
+        return x
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs by name for one model-ready batch (converted to the engine's input dtype)."""
         with self._lock:
+            x = self._checked(batch)
+            shapes = self._set_shapes(x.shape)
+            cudart, stream = self._cudart, self._stream
+            staging = self._buffers.host_array(self.input_name, x.shape, x.dtype)
+            np.copyto(staging, x)
+            h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+            d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+            cuda_check(cudart, cudart.cudaMemcpyAsync(self._buffers.device_ptr(self.input_name, x.nbytes),
+                                                      staging.ctypes.data, x.nbytes, h2d, stream), "cudaMemcpyAsync")
+            self._execute()
+            hosts = {}
+            for name, shape in shapes.items():
+                hosts[name] = host = self._buffers.host_array(name, shape, self._dtypes[name])
+                cuda_check(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers.device[name][0],
+                                                          host.nbytes, d2h, stream), "cudaMemcpyAsync")
+            cuda_check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+            return {name: host.copy() for name, host in hosts.items()}  # the pinned buffers are reused
+
+    def stage(self, batch: np.ndarray) -> tuple[int, ...]:
+        """Copy one batch to the GPU for `run_staged`; returns its shape."""
+        with self._lock:
+            x = self._checked(batch)
+            cudart = self._cudart
+            staging = self._buffers.host_array(self.input_name, x.shape, x.dtype)
+            np.copyto(staging, x)
+            ptr = self._buffers.device_ptr(self.input_name, x.nbytes)
+            h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+            cuda_check(cudart, cudart.cudaMemcpyAsync(ptr, staging.ctypes.data, x.nbytes, h2d, self._stream),
+                       "cudaMemcpyAsync")
+            cuda_check(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+            return tuple(x.shape)
+
+    def run_staged(self, shape: tuple[int, ...], wait: bool = True) -> None:
+        """Run the engine on the batch `stage` put on the GPU; outputs stay there (no copies)."""
+        with self._lock:
             if self.context is None:
                 raise PkdError("this TensorRT backend was closed")
-            x = np.ascontiguousarray(batch, dtype=self._dtypes[self.input_name])
-            expected = self._input_shape
-            fixed = zip(expected[1:], x.shape[1:], strict=True)
-            if x.ndim != len(expected) or any(e >= 0 and e != s for e, s in fixed):
-                want = "x".join("batch" if e < 0 else str(e) for e in expected)
-                raise PkdError(f"input of shape {tuple(x.shape)} does not fit the engine's {want}")
-            if x.shape[0] < 1:
-                raise PkdError("empty batch")
-            return self._run(x)
+            self._set_shapes(tuple(shape))
+            self._execute()
+            if wait:
+                cuda_check(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
 
-    def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def synchronize(self) -> None:
+        cuda_check(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+
+    def _set_shapes(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """Select the profile, set the input shape and every tensor address; returns the output shapes."""
         cudart, ctx = self._cudart, self.context
-        stream = self._stream
-        handle = int(stream)
-        profile = self._pick_profile(x.shape[0])
+        profile = self._pick_profile(shape[0])
         cuda_check(cudart, cudart.cudaSetDevice(self.device_id), "cudaSetDevice")
         if profile != self._profile:
-            if not ctx.set_optimization_profile_async(profile, handle):
-                raise PkdError(f"TensorRT could not switch to optimization profile {profile}")
+            try:  # the binding raises RuntimeError("Error in set optimization profile async.") on failure
+                ctx.set_optimization_profile_async(profile, int(self._stream))
+            except RuntimeError as e:
+                raise PkdError(f"TensorRT could not switch to optimization profile {profile} "
+                               f"({first_line(e, with_type=False)})") from None
             self._profile = profile
-        if not ctx.set_input_shape(self.input_name, tuple(x.shape)):
-            raise PkdError(f"TensorRT rejected input shape {tuple(x.shape)}")
-        d_in = self._buffer(self.input_name, x.nbytes)
-        ctx.set_tensor_address(self.input_name, d_in)
-        outputs: dict[str, np.ndarray] = {}
+        if not ctx.set_input_shape(self.input_name, tuple(int(d) for d in shape)):
+            raise PkdError(f"TensorRT rejected input shape {tuple(shape)}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * self._dtypes[self.input_name].itemsize
+        ctx.set_tensor_address(self.input_name, self._buffers.device_ptr(self.input_name, nbytes))
+        shapes = {}
         for name in self.output_names:
-            shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
-            if any(d < 0 for d in shape):
-                raise PkdError(f"TensorRT could not infer the shape of output {name} ({shape})")
-            outputs[name] = np.empty(shape, dtype=self._dtypes[name])
-            ctx.set_tensor_address(name, self._buffer(name, max(outputs[name].nbytes, 1)))
-        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        cuda_check(cudart, cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, h2d, stream), "cudaMemcpyAsync")
-        if not ctx.execute_async_v3(handle):
+            out = tuple(int(d) for d in ctx.get_tensor_shape(name))
+            if any(d < 0 for d in out):
+                raise PkdError(f"TensorRT could not infer the shape of output {name} ({out})")
+            shapes[name] = out
+            size = int(np.prod(out, dtype=np.int64)) * self._dtypes[name].itemsize
+            ctx.set_tensor_address(name, self._buffers.device_ptr(name, size))
+        return shapes
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(int(self._stream)):
             raise PkdError("TensorRT failed to run the engine; see the TensorRT log above")
-        for name, host in outputs.items():
-            ptr = self._buffers[name][0]
-            cuda_check(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, d2h, stream),
-                       "cudaMemcpyAsync")
-        cuda_check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-        return outputs
 
     def close(self) -> None:
-        """Free the device buffers and the stream; the backend cannot run afterwards."""
+        """Free the device and pinned buffers and the stream; the backend cannot run afterwards."""
         with self._lock:
-            cudart = self._cudart
-            for ptr, _size in self._buffers.values():
-                cudart.cudaFree(ptr)
-            self._buffers.clear()
             if self._stream is not None:
-                cudart.cudaStreamDestroy(self._stream)
+                self._cudart.cudaStreamSynchronize(self._stream)
+            self._buffers.free()
+            if self._stream is not None:
+                self._cudart.cudaStreamDestroy(self._stream)
                 self._stream = None
             self.context = None
             self.engine = None
