@@ -9,7 +9,7 @@ A top-1 flip between two classes to which the reference itself gives probabiliti
 than one percentage point apart is a near tie: it is reported (`near_tie_flips`) but the agreement threshold
 applies to the other images (`top1_agreement_beyond_ties`). Such ties say nothing about the export, yet on a
 small parity set one of them fails a 99 % threshold (an INT8 graph with embedding cosine 0.9994 flipped 2 of 80
-demo images whose reference probabilities were 0.117 vs 0.1164 and 0.1161 vs 0.1160).
+demo images on which the reference's two classes were 6e-4 and 9e-5 apart in probability, both near 0.117).
 """
 
 from __future__ import annotations
