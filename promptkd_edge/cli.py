@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from promptkd_edge import __version__
 from promptkd_edge.errors import PkdError
@@ -44,13 +45,44 @@ def _errors_to_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
         except PkdError as e:
             if _state["debug"]:
                 raise
-            _err().print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            _err().print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except ModuleNotFoundError as e:
+            line = _missing_module(e)
+            if line is None or _state["debug"]:
+                raise
+            _err().print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _err().print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+# What a missing module means: the extra that brings it (pyproject.toml).
+MODULE_EXTRAS = {"torch": "train", "torchvision": "train", "open_clip": "train", "matplotlib": "plot",
+                 "timm": "train", "onnx": "export", "onnxscript": "export", "onnxslim": "slim",
+                 "webdataset": "wds", "openvino": "openvino"}
+EXTRA_MODULES = {"train": ("torch", "torchvision", "open_clip"), "export": ("onnx", "onnxscript")}
+
+
+def _require(command: str, *extras: str) -> None:
+    """One line naming the extras a command needs when their modules are missing, before any work."""
+    import importlib.util
+
+    missing = [m for e in extras for m in EXTRA_MODULES[e] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise PkdError(f"`pkd {command}` needs {', '.join(missing)}: pip install "
+                       f"'promptkd-edge[{','.join(extras)}]'")
+
+
+def _missing_module(e: ModuleNotFoundError) -> str | None:
+    """One line for a missing module that an extra brings, else None (a bug: keep the traceback)."""
+    root = (e.name or "").split(".")[0]
+    extra = MODULE_EXTRAS.get(root)
+    return f"this needs {root}, which the [{extra}] extra installs: pip install 'promptkd-edge[{extra}]'" \
+        if extra else None
 
 
 def _err():
@@ -163,6 +195,7 @@ def distill(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Stage II: distill the teacher into a prompted student on unlabeled images (PromptKD)."""
+    _require("distill", "train")
     from promptkd_edge.train.config import DistillConfig
     from promptkd_edge.train.distill import distill as run_distill
     from promptkd_edge.train.run_dir import RunDir
@@ -221,6 +254,7 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Top-1 accuracy of a run's student (and teacher) on a labeled ImageFolder, and their agreement."""
+    _require("eval", "train")
     from promptkd_edge.eval.accuracy import evaluate_run
     from promptkd_edge.train.distributed import resolve_device
 
@@ -294,6 +328,7 @@ def teacher(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Stage I: prompt-tune the CLIP teacher on a few labeled shots (PromptSRC), or import an official one."""
+    _require("teacher", "train")
     from promptkd_edge.models.class_vectors import read_class_names
     from promptkd_edge.train.config import TeacherTuneConfig
     from promptkd_edge.train.teacher import import_official_teacher, tune_teacher
@@ -339,6 +374,7 @@ def classes(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Class vectors W for a new or extended class list, from the run's (prompted) teacher text tower."""
+    _require("classes", "train")
     from promptkd_edge.models.class_vectors import CLASSES_FILE, ClassVectors, compute_class_vectors, read_class_names
     from promptkd_edge.models.teacher import DEFAULT_TEMPLATE, load_teacher, teacher_run_file
     from promptkd_edge.train.distributed import resolve_device
@@ -404,6 +440,7 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """The embedded demo: a generated texture domain, tiny CLIPs, both PromptKD stages. Downloads nothing."""
+    _require("demo", "train", "export")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from promptkd_edge.demo.pipeline import DemoSize, run_demo
 
@@ -448,6 +485,11 @@ EXPORT_EXAMPLES = """
 
   # a Triton model repository entry (config.pbtxt, 1/model.onnx or 1/model.plan, labels.txt)
   pkd export bundles/pets --triton models/ --triton-backend tensorrt
+
+  # DeepStream: a bundle that takes pixels 0-255 (nvinfer's input), its plan built on the device, then the config
+  pkd export runs/pets --out bundles/pets-ds --pixel-input
+  pkd export bundles/pets-ds --trt --precision fp16 --trt-profile 1,8,16
+  pkd export bundles/pets-ds --deepstream deepstream/pets --deepstream-mode secondary --threshold 20
 """
 
 
@@ -461,6 +503,8 @@ def export(
                              "both."),
     uint8_input: bool = typer.Option(False, "--uint8-input", help="Graph takes uint8 NHWC images at the model "
                                      "resolution and normalises itself."),
+    pixel_input: bool = typer.Option(False, "--pixel-input", help="Graph takes float32 NCHW pixels 0-255 at the "
+                                     "model resolution and normalises itself (what DeepStream's nvinfer feeds)."),
     precision: str = typer.Option("fp32", help="model.onnx: fp32, fp16 or int8 (ONNX Runtime QDQ). With --trt: the "
                                   "engine's, fp32, fp16, int8 or fp8."),
     opset: int = typer.Option(20, help="ONNX opset (20 parses on TensorRT 10.3 / JetPack 6)."),
@@ -480,7 +524,13 @@ def export(
                                 "model repository."),
     triton_backend: str = typer.Option("onnxruntime", help="Triton entry serves model.onnx (onnxruntime) or the "
                                        "bundle's plan (tensorrt)."),
-    max_batch: int = typer.Option(None, help="Triton max_batch_size (default 32; a plan's largest profile)."),
+    deepstream: Path = typer.Option(None, "--deepstream", help="With a bundle as SOURCE: write a DeepStream nvinfer "
+                                    "config, labels and the plan into this folder (a --pixel-input bundle)."),
+    deepstream_mode: str = typer.Option("primary", help="nvinfer process mode: primary (whole frames) or secondary "
+                                        "(objects of an upstream detector)."),
+    threshold: float = typer.Option(0.0, help="nvinfer classifier-threshold, on the logits (logit scale x cosine)."),
+    max_batch: int = typer.Option(None, help="Triton max_batch_size (default 32; a plan's largest profile) or "
+                                  "nvinfer batch-size (default: the plan's first profile's max)."),
     force: bool = typer.Option(False, "--force", help="Keep a bundle that fails the parity gate, marked invalid."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle at --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
@@ -489,16 +539,25 @@ def export(
     from promptkd_edge.export.bundle import ExportOptions, add_engine, export_run
     from promptkd_edge.runtime.bundle import is_bundle, open_bundle
 
+    if uint8_input and pixel_input:
+        raise PkdError("--uint8-input and --pixel-input are two input formats; choose one")
+    input_format = "uint8" if uint8_input else "pixels" if pixel_input else "normalized"
     trt_options = _trt_options(trt_profile, workspace_gib, opt_level, timing_cache) if trt else None
-    options = ExportOptions(head=head, uint8_input=uint8_input, precision=precision, opset=opset, slim=slim,
+    options = ExportOptions(head=head, input_format=input_format, precision=precision, opset=opset, slim=slim,
                             data=data, parity_images=parity_images, calibration_images=calibration_images,
                             calibration_method=calibration_method, force=force, overwrite=overwrite,
                             trt=trt_options).validate()
     progress = _progress(not as_json)
     if is_bundle(source):
-        if not trt and triton is None:
+        if trt:
+            import importlib.util
+
+            if importlib.util.find_spec("onnx") is None:
+                raise PkdError("`pkd export BUNDLE --trt` reads the bundle's graph with onnx: pip install "
+                               "'promptkd-edge[trt]' (on JetPack: 'promptkd-edge[jetson]')")
+        if not trt and triton is None and deepstream is None:
             raise PkdError(f"{source} is a bundle; export a run to make a new one, or pass --trt to add a "
-                           "TensorRT plan to it, or --triton REPO")
+                           "TensorRT plan to it, or --triton REPO, or --deepstream DIR")
         if out is not None:
             raise PkdError("--out is for new bundles; with a bundle as SOURCE the plan is added to it")
         if trt:
@@ -508,13 +567,20 @@ def export(
 
             folder = write_repository(source, triton, backend=triton_backend, max_batch=max_batch)
             progress.note(f"Triton model repository entry: {folder}")
+        if deepstream is not None:
+            from promptkd_edge.export.deepstream import write_config
+
+            config = write_config(source, deepstream, max_batch=max_batch, mode=deepstream_mode,
+                                  threshold=threshold)
+            progress.note(f"DeepStream nvinfer config: {config} (config-file-path of gst-nvinfer)")
         manifest, where = open_bundle(source).manifest, source
     else:
-        if triton is not None:
-            raise PkdError("--triton takes a bundle as SOURCE: export the run first, then `pkd export BUNDLE "
-                           "--triton REPO`")
+        if triton is not None or deepstream is not None:
+            raise PkdError("--triton and --deepstream take a bundle as SOURCE: export the run first, then "
+                           "`pkd export BUNDLE --triton REPO` or `--deepstream DIR`")
         if out is None:
             raise PkdError("pass --out BUNDLE, the folder to write the bundle to")
+        _require("export RUN", "train", "export")
         manifest, where = export_run(source, out, options, progress=progress), out
     progress.done()
     if as_json:
@@ -726,6 +792,10 @@ def bench(
                       threads=threads, compare_teacher=compare_teacher, teacher=teacher, classes=classes,
                       end_to_end=end_to_end, images=images, e2e_max_batch=e2e_max_batch, peak_tflops=peak_tflops,
                       command=" ".join(["pkd", *sys.argv[1:]])).validate()
+    from promptkd_edge.runtime.bundle import is_bundle
+
+    if compare_teacher or not is_bundle(Path(target).expanduser()):  # a bundle alone runs on the core install
+        _require("bench", "train")
     progress = _progress(not as_json)
     report = run_bench(cfg, progress)
     progress.done()
@@ -742,6 +812,8 @@ def bench(
     for u in report["unavailable"]:
         _err().print(f"[yellow]not run[/] {u['model']} {u['backend']}: {u['reason']}", highlight=False)
     _out().print(f"report: {', '.join(str(p) for p in written.values())}")
+    if "png" not in written:
+        _out().print("no bench.png: plotting needs matplotlib (pip install 'promptkd-edge[plot]')", markup=False)
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -754,6 +826,7 @@ def models(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON on stdout."),
 ) -> None:
     """List open_clip architectures (including the package's tiny ones) and their pretrained tags."""
+    _require("models", "train")
     import open_clip
 
     from promptkd_edge.models.openclip import list_architectures

@@ -43,7 +43,7 @@ def bundles(tiny_run, tmp_path_factory) -> dict[str, Path]:
     """One bundle per export flavour of the shared tiny run."""
     root = tmp_path_factory.mktemp("bundles")
     flavours = {"fp32": {}, "fp16": {"precision": "fp16"}, "int8": {"precision": "int8", "head": "both"},
-                "uint8": {"uint8_input": True, "head": "embeddings"}}
+                "uint8": {"input_format": "uint8", "head": "embeddings"}, "pixels": {"input_format": "pixels"}}
     for name, kw in flavours.items():
         export_run(tiny_run, root / name, ExportOptions(**kw))
     return {name: root / name for name in flavours}
@@ -104,7 +104,7 @@ def test_fp32_bundle_matches_pytorch_at_batch_1_3_8(bundles, tiny_run):
 def test_classifier_predicts_like_the_pytorch_student(bundles, tiny_run):
     images = sorted((tiny_run.parent / "unlabeled").rglob("*.png"))[:6]
     ref = reference_logits(tiny_run, images)
-    for name in ("fp32", "uint8"):  # the uint8 graph normalises itself; predictions must not move
+    for name in ("fp32", "uint8", "pixels"):  # uint8 / pixel graphs normalise themselves; predictions must not move
         clf = Classifier.from_bundle(bundles[name], backend="onnxruntime")
         np.testing.assert_allclose(clf.logits(images), ref, atol=1e-3)
         preds = clf.predict(images, top_k=2)
@@ -114,6 +114,78 @@ def test_classifier_predicts_like_the_pytorch_student(bundles, tiny_run):
         probs /= probs.sum(1, keepdims=True)
         assert preds[0].probability == pytest.approx(float(probs[0].max()), abs=1e-4)
         assert len(preds[0].labels) == 2 and preds[0].probabilities[0] >= preds[0].probabilities[1]
+
+
+def test_pixel_bundle_takes_nchw_float_pixels(bundles):
+    m = open_bundle(bundles["pixels"]).manifest["model"]
+    assert m["input_format"] == "pixels" and m["uint8_input"] is False
+    assert m["inputs"][0] == {"name": "image", "shape": ["batch", 3, 32, 32], "dtype": "float32", "layout": "NCHW"}
+    assert open_bundle(bundles["uint8"]).manifest["model"]["input_format"] == "uint8"
+    clf = Classifier.from_bundle(bundles["pixels"])
+    img = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    x = clf.inputs([img])
+    assert x.dtype == np.float32 and x.max() > 1.5  # pixel units, not normalised
+    plain = Classifier.from_bundle(bundles["fp32"])
+    np.testing.assert_allclose(clf.logits([img]), plain.logits([img]), atol=1e-3)
+
+
+def _deepstream_bundle(bundles, tmp_path, monkeypatch, profiles=((1, 4, 8),), precision="fp16"):
+    """The pixel bundle with a plan built by the fake TensorRT 10.3 (a real engine record)."""
+    from promptkd_edge.export.bundle import add_engine
+    from promptkd_edge.export.tensorrt_build import TrtBuildOptions
+
+    bundle = tmp_path / "pets-ds"
+    shutil.copytree(bundles["pixels"], bundle)
+    _fake_tensorrt(monkeypatch, tmp_path, "10.3.0")
+    add_engine(bundle, ExportOptions(precision=precision, trt=TrtBuildOptions(precision=precision,
+                                                                              profiles=list(profiles)),
+                                     parity_images=3))
+    return bundle
+
+
+def test_deepstream_config_matches_the_manifest(bundles, tmp_path, monkeypatch):
+    """Every nvinfer field comes from the bundle: its plan, labels, input size, output, precision, profiles."""
+    import configparser
+
+    bundle = _deepstream_bundle(bundles, tmp_path, monkeypatch, profiles=((1, 4, 8), (1, 16, 32)))
+    r = pkd("export", str(bundle), "--deepstream", str(tmp_path / "ds"), "--deepstream-mode", "secondary",
+            "--threshold", "20")  # writing the config needs no TensorRT
+    assert r.returncode == 0, r.stderr
+    config_path = tmp_path / "ds" / "config_infer_pets_ds.txt"
+    manifest = open_bundle(bundle).manifest
+    [engine] = manifest["engines"]
+    parser = configparser.ConfigParser()
+    parser.read(config_path)
+    prop = parser["property"]
+    plan = tmp_path / "ds" / prop["model-engine-file"]
+    assert plan.read_bytes() == (bundle / engine["file"]).read_bytes()
+    labels = (tmp_path / "ds" / prop["labelfile-path"]).read_text().strip().split(";")
+    assert labels == open_bundle(bundle).class_names
+    _, c, h, w = manifest["model"]["inputs"][0]["shape"]
+    assert prop["infer-dims"] == f"{c};{h};{w}"
+    assert prop["batch-size"] == "8"  # the first profile's max (nvinfer runs profile 0)
+    assert prop["output-blob-names"] == "logits" and "logits" in [o["name"] for o in manifest["model"]["outputs"]]
+    assert prop["network-mode"] == "2" and engine["precision"] == "fp16"
+    assert (prop["network-type"], prop["process-mode"], prop["model-color-format"]) == ("1", "2", "0")
+    assert (prop["net-scale-factor"], prop["offsets"]) == ("1.0", "0.0;0.0;0.0")  # identity: the graph normalises
+    assert prop["maintain-aspect-ratio"] == "0" and prop["classifier-threshold"] == "20"
+    assert prop["operate-on-gie-id"] == "1"
+
+
+def test_deepstream_refuses_what_nvinfer_cannot_run(bundles, tmp_path, monkeypatch):
+    from promptkd_edge.export.deepstream import batch_size_for, write_config
+
+    r = pkd("export", str(bundles["fp32"]), "--deepstream", str(tmp_path / "ds"))
+    assert r.returncode == 2 and "export the run again with --pixel-input" in r.stderr
+    assert not (tmp_path / "ds").exists()
+    with pytest.raises(PkdError, match="outputs embeddings only|is uint8"):
+        write_config(bundles["uint8"], tmp_path / "ds")
+    with pytest.raises(PkdError, match="it has: none"):
+        write_config(bundles["pixels"], tmp_path / "ds")
+    assert batch_size_for([[1, 8, 32]], None) == 32 and batch_size_for([[1, 8, 32]], 64) == 32
+    assert batch_size_for([[1, 8, 32]], 4) == 4
+    with pytest.raises(PkdError, match="first optimization profile starts at batch 4"):
+        batch_size_for([[4, 8, 16], [1, 1, 1]], None)
 
 
 def test_uint8_bundle_takes_nhwc_uint8(bundles):
@@ -585,7 +657,7 @@ def test_triton_repository_entry_from_a_bundle(bundles, tmp_path):
     with pytest.raises(PkdError, match="it has: none"):
         write_repository(bundles["fp32"], repo, backend="tensorrt")
     r = pkd("export", str(tmp_path / "nope"), "--triton", str(repo))
-    assert r.returncode == 2 and "--triton takes a bundle as SOURCE" in r.stderr
+    assert r.returncode == 2 and "--triton and --deepstream take a bundle as SOURCE" in r.stderr
 
 
 def test_triton_entry_serves_the_tensorrt_plan(tiny_run, tmp_path, monkeypatch):

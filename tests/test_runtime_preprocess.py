@@ -106,19 +106,24 @@ def test_nearest_matches_torchvision(images):
 
 
 @pytest.mark.parametrize("resize_mode", ["shortest", "squash", "longest"])
-def test_uint8_path_equals_float_path(images, resize_mode):
+def test_uint8_and_pixel_paths_equal_the_float_path(images, resize_mode):
     spec = PreprocessSpec(size=(24, 40), mean=MEAN, std=STD, resize_mode=resize_mode)
     items = list(images.values())
-    u8 = prepare(items, spec, uint8=True)
+    u8 = prepare(items, spec, input_format="uint8")
     assert u8.dtype == np.uint8 and u8.shape == (len(items), 24, 40, 3)
     rebuilt = (u8.transpose(0, 3, 1, 2).astype(np.float32) / 255 - np.float32(MEAN).reshape(1, 3, 1, 1)) \
         / np.float32(STD).reshape(1, 3, 1, 1)
     assert np.abs(rebuilt - prepare(items, spec)).max() <= TOL
+    pixels = prepare(items, spec, input_format="pixels")  # what DeepStream's nvinfer hands the engine
+    assert pixels.dtype == np.float32 and pixels.shape == (len(items), 3, 24, 40)
+    np.testing.assert_array_equal(pixels, u8.transpose(0, 3, 1, 2).astype(np.float32))
+    with pytest.raises(PkdError, match="unknown input format 'rgb'"):
+        prepare(items, spec, input_format="rgb")
 
 
 def test_longest_pads_with_black():
     spec = PreprocessSpec(size=(32, 32), mean=MEAN, std=STD, resize_mode="longest")
-    out = prepare([np.full((16, 32, 3), 200, np.uint8)], spec, uint8=True)[0]
+    out = prepare([np.full((16, 32, 3), 200, np.uint8)], spec, input_format="uint8")[0]
     assert (out[:8] == 0).all() and (out[24:] == 0).all() and (out[8:24] == 200).all()
 
 

@@ -249,7 +249,7 @@ class TensorRTRunner(_AppBackendRunner):
 def _build_plan(model: BenchModel, max_batch: int) -> tuple[dict, Any]:
     import onnx
 
-    from promptkd_edge.export.onnx_export import head_nodes
+    from promptkd_edge.export.graph import head_nodes
     from promptkd_edge.export.precision import to_fp16
     from promptkd_edge.export.tensorrt_build import TrtBuildOptions, api_generation, build_engine, import_tensorrt
 

@@ -213,7 +213,7 @@ def _time(runner: Runner, model: BenchModel, batch: int, mode: str, files: list[
 
         def call():
             paths = [next(cycle) for _ in range(batch)]
-            logits = runner.logits(prepare(paths, model.preprocess, uint8=model.uint8_input))
+            logits = runner.logits(prepare(paths, model.preprocess, input_format=model.input_format))
             return np.argpartition(-logits, k - 1, axis=1)[:, :k]
 
         warmup, iterations = min(cfg.warmup, 2), max(3, cfg.iterations // 5)

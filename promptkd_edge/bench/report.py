@@ -520,17 +520,27 @@ def write_plot(report: Mapping[str, Any], path: str | Path) -> Path:
     return Path(path)
 
 
+def can_plot() -> bool:
+    """Whether matplotlib is installed (the [plot] or [train] extra); the core install writes no PNG."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def write_all(report: Mapping[str, Any], out_dir: Path, stem: str = "bench") -> dict[str, Path]:
-    """Write `<stem>.json`, `.csv`, `.md` and `.png` into `out_dir`; returns {"json"|"csv"|"md"|"png": path}."""
+    """Write `<stem>.json`, `.csv`, `.md` and (with matplotlib) `.png` into `out_dir`; returns
+    {"json"|"csv"|"md"|"png": path}."""
     validate_report(report)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {
+    written = {
         "json": write_json(report, out_dir / f"{stem}.json"),
         "csv": write_csv(report, out_dir / f"{stem}.csv"),
         "md": write_markdown(report, out_dir / f"{stem}.md"),
-        "png": write_plot(report, out_dir / f"{stem}.png"),
     }
+    if can_plot():
+        written["png"] = write_plot(report, out_dir / f"{stem}.png")
+    return written
 
 
 # ---------------------------------------------------------------------------------------------------- terminal

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.runtime.preprocess import PreprocessSpec
+from promptkd_edge.runtime.preprocess import PreprocessSpec, input_format_of
 
 
 class Unavailable(Exception):  # noqa: N818 - reads as `raise Unavailable(reason)`
@@ -33,8 +33,8 @@ class BenchModel:
     arch: str
     preprocess: PreprocessSpec
     classes: int
-    build_torch: Callable[[], Any]  # -> nn.Module, float NCHW (or uint8 NHWC) -> logits
-    uint8_input: bool = False
+    build_torch: Callable[[], Any]  # -> nn.Module, model-ready batch (see input_format) -> logits
+    input_format: str = "normalized"  # runtime.preprocess.INPUT_FORMATS
     bundle: Path | None = None  # the bundle folder its TensorRT plans live in
     engines: list[dict] = field(default_factory=list)  # the bundle's plan records (manifest "engines")
     fixed_onnx: dict[str, Path] = field(default_factory=dict)  # precision -> ONNX shipped with the target
@@ -46,13 +46,15 @@ class BenchModel:
     @property
     def input_shape(self) -> tuple[int, ...]:
         h, w = self.preprocess.size
-        return (h, w, 3) if self.uint8_input else (3, h, w)
+        return (h, w, 3) if self.input_format == "uint8" else (3, h, w)
 
     def example(self, batch: int, seed: int = 0) -> np.ndarray:
         """A model-ready batch (what compute-only timing feeds)."""
         rng = np.random.default_rng(seed)
-        if self.uint8_input:
+        if self.input_format == "uint8":
             return rng.integers(0, 256, (batch, *self.input_shape), dtype=np.uint8)
+        if self.input_format == "pixels":
+            return rng.uniform(0, 255, (batch, *self.input_shape)).astype(np.float32)
         return rng.standard_normal((batch, *self.input_shape)).astype(np.float32)
 
     def onnx(self, precision: str) -> Path:
@@ -61,7 +63,8 @@ class BenchModel:
             return self.fixed_onnx[precision]
         if precision in self._onnx:
             return self._onnx[precision]
-        from promptkd_edge.export.onnx_export import export_onnx, head_nodes
+        from promptkd_edge.export.graph import head_nodes
+        from promptkd_edge.export.onnx_export import export_onnx
 
         work = self.workdir or Path(tempfile.mkdtemp(prefix="pkd-bench-"))
         self.workdir = work
@@ -80,7 +83,8 @@ class BenchModel:
         from promptkd_edge.export.precision import quantize_int8
         from promptkd_edge.runtime.preprocess import prepare
 
-        calibration = prepare(generated_images(32, self.preprocess.size), self.preprocess, uint8=self.uint8_input)
+        calibration = prepare(generated_images(32, self.preprocess.size), self.preprocess,
+                              input_format=self.input_format)
         out = work / f"{self.role}.int8.onnx"
         quantize_int8(fp32, out, calibration, "image", head_nodes(onnx.load(str(fp32))))
         self._onnx["int8"] = out
@@ -211,7 +215,7 @@ def student_from_run(run_dir: Path) -> BenchModel:
 
 
 def _arch(spec: str) -> str:
-    from promptkd_edge.models.openclip import ModelSpec
+    from promptkd_edge.models.spec import ModelSpec
 
     return ModelSpec.parse(spec).arch
 
@@ -236,7 +240,7 @@ def student_from_bundle(path: Path) -> BenchModel:
                 student = load_student(bundle.path / "student.safetensors")
             except PkdError as e:
                 raise Unavailable(f"the torch form of this bundle needs its base weights: {e}") from None
-            holder["m"] = FoldedStudent(student, ClassVectors.load(bundle.path), "logits", model["uint8_input"])
+            holder["m"] = FoldedStudent(student, ClassVectors.load(bundle.path), "logits", input_format_of(model))
         return holder["m"]
 
     spec = bundle.manifest.get("source", {}).get("student_spec", "?")
@@ -244,7 +248,7 @@ def student_from_bundle(path: Path) -> BenchModel:
     return BenchModel("student", f"bundle {path.name}: {spec}, {model['precision']} model.onnx, "
                       f"{model['num_classes']} classes", _arch(spec) if spec != "?" else "?",
                       PreprocessSpec.from_dict(bundle.preprocess), int(model["num_classes"]), build,
-                      uint8_input=bool(model["uint8_input"]), bundle=bundle.path, engines=bundle.engines,
+                      input_format=input_format_of(model), bundle=bundle.path, engines=bundle.engines,
                       fixed_onnx=fixed)
 
 

@@ -21,15 +21,7 @@ import numpy as np
 from promptkd_edge import __version__
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity as gate
-from promptkd_edge.export.onnx_export import (
-    DEFAULT_OPSET,
-    INPUT_NAME,
-    embedding_tensor,
-    export_onnx,
-    head_nodes,
-    io_description,
-    slim,
-)
+from promptkd_edge.export.graph import DEFAULT_OPSET, INPUT_NAME, embedding_tensor, head_nodes, io_description, slim
 from promptkd_edge.export.precision import (
     engine_graph_name,
     has_modelopt,
@@ -39,7 +31,7 @@ from promptkd_edge.export.precision import (
 )
 from promptkd_edge.runtime.bundle import BUNDLE_FORMAT, MANIFEST_FILE, is_bundle, open_bundle, read_classes
 from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare
+from promptkd_edge.runtime.preprocess import INPUT_FORMATS, PreprocessSpec, input_format_of, prepare
 from promptkd_edge.utils.files import read_json, sha256_file, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress
 
@@ -53,7 +45,7 @@ class ExportOptions:
     then stays FP32, the portable master every engine is built from and checked against)."""
 
     head: str = "logits"
-    uint8_input: bool = False
+    input_format: str = "normalized"  # runtime.preprocess.INPUT_FORMATS: normalized | uint8 | pixels
     precision: str = "fp32"
     opset: int = DEFAULT_OPSET
     slim: bool = False
@@ -73,6 +65,8 @@ class ExportOptions:
         if self.precision not in allowed:
             hint = " (fp8 runs on TensorRT only: add --trt)" if self.precision == "fp8" else ""
             raise PkdError(f"precision '{self.precision}' is not one of {', '.join(allowed)}{hint}")
+        if self.input_format not in INPUT_FORMATS:
+            raise PkdError(f"unknown input format '{self.input_format}'; choose one of {', '.join(INPUT_FORMATS)}")
         if self.parity_images < 1:
             raise PkdError("--parity-images must be >= 1")
         if self.precision in ("int8", "fp8") and self.calibration_images < 1:
@@ -189,10 +183,11 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     import onnx
 
     from promptkd_edge.export.fold import FoldedStudent
+    from promptkd_edge.export.onnx_export import export_onnx
 
+    fmt = options.input_format
     progress.note("folding prompts, projector and class vectors into one graph")
-    folded = FoldedStudent(student, vectors if options.head != "embeddings" else None, options.head,
-                           options.uint8_input)
+    folded = FoldedStudent(student, vectors if options.head != "embeddings" else None, options.head, fmt)
     fp32_path = tmp / "model.onnx"
     progress.note(f"exporting ONNX (opset {options.opset}, dynamic batch)")
     export_onnx(folded, fp32_path, spec.size, opset=options.opset)
@@ -202,7 +197,7 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     if onnx_precision != "fp32":
         src = tmp / "model.fp32-master.onnx"
         os.replace(fp32_path, src)
-        calib = prepare(images.calibration, spec, uint8=options.uint8_input) if images.calibration else None
+        calib = prepare(images.calibration, spec, input_format=fmt) if images.calibration else None
         progress.note(f"converting to {onnx_precision}")
         if onnx_precision == "fp16":
             conversion = {"tool": to_fp16(src, fp32_path, keep, calib), "kept_fp32": ["LayerNormalization",
@@ -214,9 +209,9 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
         src.unlink()
 
     progress.note("parity gate: PyTorch student against the exported graph")
-    float_inputs = prepare(images.parity, spec, uint8=False)
+    float_inputs = prepare(images.parity, spec)
     reference = _torch_reference(student, vectors, float_inputs, options.batch_size, progress)
-    model_inputs = prepare(images.parity, spec, uint8=True) if options.uint8_input else float_inputs
+    model_inputs = prepare(images.parity, spec, input_format=fmt) if fmt != "normalized" else float_inputs
     backend = OnnxRuntimeBackend(fp32_path, providers="cpu", precision=onnx_precision,
                                  extra_outputs=_embeddings_inside(fp32_path, options.head))
     candidate = gate.with_logits(_run_backend(backend, model_inputs, options.batch_size, progress,
@@ -230,9 +225,9 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     write_json(tmp / "preprocess.json", spec.to_dict())
     shutil.copy2(run.student, tmp / "student.safetensors")
     inputs, outputs = io_description(onnx.load(str(fp32_path), load_external_data=False))
-    inputs[0]["layout"] = "NHWC" if options.uint8_input else "NCHW"
-    model = {"file": "model.onnx", "precision": onnx_precision, "head": options.head,
-             "uint8_input": options.uint8_input, "inputs": inputs, "outputs": outputs,
+    inputs[0]["layout"] = "NHWC" if fmt == "uint8" else "NCHW"
+    model = {"file": "model.onnx", "precision": onnx_precision, "head": options.head, "input_format": fmt,
+             "uint8_input": fmt == "uint8", "inputs": inputs, "outputs": outputs,
              "num_classes": len(vectors.names), "embedding_dim": vectors.dim, "logit_scale": vectors.logit_scale,
              "fp32_nodes": keep, "conversion": conversion, "slim_nodes_removed": slimmed}
     manifest = {
@@ -301,11 +296,11 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     if images is None:
         calibration = options.calibration_images if precision in ("int8", "fp8") else 0
         images = gate.collect_images(options.data, options.parity_images, calibration, spec.size, options.seed)
-    uint8 = bool(model["uint8_input"])
+    fmt = input_format_of(model)
     master = bundle_dir / "model.onnx"
     if reference is None:
         cpu = OnnxRuntimeBackend(master, providers="cpu", extra_outputs=_embeddings_inside(master, model["head"]))
-        reference = _run_backend(cpu, prepare(images.parity, spec, uint8=uint8), options.batch_size, progress,
+        reference = _run_backend(cpu, prepare(images.parity, spec, input_format=fmt), options.batch_size, progress,
                                  "parity: ONNX Runtime fp32 (reference)")
         cpu.close()
         target_ref = "onnxruntime-cpu fp32"
@@ -317,10 +312,10 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     shutil.rmtree(stage, ignore_errors=True)
     (stage / "engines").mkdir(parents=True)
     try:
-        src, ref, conversion = _engine_graph(bundle_dir, stage, manifest, precision, api, keep, images, spec, uint8,
+        src, ref, conversion = _engine_graph(bundle_dir, stage, manifest, precision, api, keep, images, spec, fmt,
                                              options, progress)
         opts = dataclasses.replace(options.trt, precision=precision, keep_fp32_nodes=keep)
-        dims = (spec.size[0], spec.size[1], 3) if uint8 else (3, spec.size[0], spec.size[1])
+        dims = (spec.size[0], spec.size[1], 3) if fmt == "uint8" else (3, spec.size[0], spec.size[1])
         progress.note(f"building the TensorRT {precision} engine from {ref} (this takes minutes on Jetson)")
         record = build_engine(src, stage / "engines", input_name=INPUT_NAME, input_dims=dims, options=opts,
                               onnx_ref=ref, progress_log=progress.note)
@@ -329,7 +324,7 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
         progress.note("parity gate: the engine against " + target_ref)
         engine = TensorRTBackend(stage / record["file"], record)
         try:
-            got = _run_backend(engine, prepare(images.parity, spec, uint8=uint8), options.batch_size, progress,
+            got = _run_backend(engine, prepare(images.parity, spec, input_format=fmt), options.batch_size, progress,
                                "parity: TensorRT engine")
         finally:
             engine.close()
@@ -356,7 +351,7 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
 
 
 def _engine_graph(bundle_dir: Path, stage: Path, manifest: dict[str, Any], precision: str, api: int,
-                  keep: list[str], images: gate.ImageSet, spec: PreprocessSpec, uint8: bool, options: ExportOptions,
+                  keep: list[str], images: gate.ImageSet, spec: PreprocessSpec, fmt: str, options: ExportOptions,
                   progress: Progress) -> tuple[Path, str, dict[str, Any]]:
     """(path, name in the bundle, how it was made) of the graph TensorRT builds from: the FP32 master (TRT 10 sets
     FP16 with builder flags), a mixed FP16 graph (TRT 11 is strongly typed), an INT8 Q/DQ graph (TRT 11: FP16
@@ -372,7 +367,7 @@ def _engine_graph(bundle_dir: Path, stage: Path, manifest: dict[str, Any], preci
         made = [e.get("conversion", {}) for e in manifest.get("engines", []) if e.get("onnx") == name]
         return existing, name, made[0] if made else {}
     dst = stage / name
-    calib = prepare(images.calibration, spec, uint8=uint8) if images.calibration else None
+    calib = prepare(images.calibration, spec, input_format=fmt) if images.calibration else None
     progress.note(f"writing the {precision} graph {name} for TensorRT {api}")
     if precision == "fp16":
         return dst, name, {"tool": to_fp16(master, dst, keep, calib, input_name=INPUT_NAME)}

@@ -1,5 +1,6 @@
 """Fold a trained student into one plain inference graph: image -> prompted ViT -> projector (BatchNorm folded
-into its Linear) -> L2 norm -> scale * W^T, with the preprocessing optionally inside (uint8 NHWC input)."""
+into its Linear) -> L2 norm -> scale * W^T, with /255 and mean/std optionally inside (uint8 NHWC input, or float
+NCHW pixels 0-255 for DeepStream)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from promptkd_edge.errors import PkdError
 from promptkd_edge.models.class_vectors import ClassVectors
 from promptkd_edge.models.projector import Projector
 from promptkd_edge.models.student import Student
+from promptkd_edge.runtime.preprocess import INPUT_FORMATS
 
 HEADS = ("logits", "embeddings", "both")
 
@@ -35,16 +37,20 @@ def fold_projector(projector: Projector) -> nn.Sequential:
 
 
 class InputNormalize(nn.Module):
-    """uint8 [B, H, W, 3] -> float [B, 3, H, W] with /255 and mean/std folded into one multiply-add."""
+    """Pixels 0-255 -> the normalised float [B, 3, H, W] the tower takes, /255 and mean/std folded into one
+    multiply-add: uint8 [B, H, W, 3] (`nhwc`) or float [B, 3, H, W] (`nchw`)."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], layout: str = "nhwc"):
         super().__init__()
         std_t, mean_t = torch.tensor(std), torch.tensor(mean)
+        self.layout = layout
         self.register_buffer("scale", (1.0 / (255.0 * std_t)).view(1, 3, 1, 1))
         self.register_buffer("shift", (-mean_t / std_t).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return images.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift
+        if self.layout == "nhwc":
+            images = images.permute(0, 3, 1, 2)
+        return images.to(torch.float32) * self.scale + self.shift
 
 
 class FoldedStudent(nn.Module):
@@ -55,7 +61,7 @@ class FoldedStudent(nn.Module):
     """
 
     def __init__(self, student: Student, vectors: ClassVectors | None, head: str = "logits",
-                 uint8_input: bool = False):
+                 input_format: str = "normalized"):
         super().__init__()
         if head not in HEADS:
             raise PkdError(f"unknown head '{head}'; choose one of {', '.join(HEADS)}")
@@ -65,9 +71,13 @@ class FoldedStudent(nn.Module):
             raise PkdError(f"class vectors have dimension {vectors.dim}, the student projects to "
                            f"{student.config.teacher_dim}")
         student = copy.deepcopy(student).float().cpu().eval()
-        self.head = head
+        if input_format not in INPUT_FORMATS:
+            raise PkdError(f"unknown input format '{input_format}'; choose one of {', '.join(INPUT_FORMATS)}")
+        self.head, self.input_format = head, input_format
         pre = student.preprocess
-        self.input = InputNormalize(pre.mean, pre.std) if uint8_input else nn.Identity()
+        layouts = {"uint8": "nhwc", "pixels": "nchw"}
+        self.input = InputNormalize(pre.mean, pre.std, layouts[input_format]) if input_format in layouts \
+            else nn.Identity()
         self.tower = student.tower.requires_grad_(False)
         self.projector = fold_projector(student.projector).requires_grad_(False)
         if vectors is not None:

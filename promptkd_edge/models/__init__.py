@@ -1,15 +1,26 @@
-"""Models: open_clip loading, the prompted student, the teacher and its class vectors."""
+"""Models: open_clip loading, the prompted student, the teacher and its class vectors.
 
-from promptkd_edge.models.class_vectors import ClassVectors, compute_class_vectors, read_class_names
-from promptkd_edge.models.openclip import LoadedCLIP, ModelSpec, Preprocess, load_clip
-from promptkd_edge.models.projector import Projector
-from promptkd_edge.models.prompted_vision import PromptedVisionTower
-from promptkd_edge.models.student import Student, StudentConfig, build_student, load_student, save_student
-from promptkd_edge.models.teacher import DEFAULT_TEMPLATE, Teacher, TeacherConfig, load_teacher, save_teacher
+The names below are imported on first use, so `promptkd_edge.models.spec` (and this package) import without torch.
+"""
 
-__all__ = [
-    "DEFAULT_TEMPLATE", "ClassVectors", "LoadedCLIP", "ModelSpec", "Preprocess", "Projector",
-    "PromptedVisionTower", "Student", "StudentConfig", "Teacher", "TeacherConfig", "build_student",
-    "compute_class_vectors", "load_clip", "load_student", "load_teacher", "read_class_names", "save_student",
-    "save_teacher",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "ClassVectors": "class_vectors", "compute_class_vectors": "class_vectors", "read_class_names": "class_vectors",
+    "LoadedCLIP": "openclip", "Preprocess": "openclip", "load_clip": "openclip", "ModelSpec": "spec",
+    "Projector": "projector", "PromptedVisionTower": "prompted_vision",
+    "Student": "student", "StudentConfig": "student", "build_student": "student", "load_student": "student",
+    "save_student": "student",
+    "DEFAULT_TEMPLATE": "teacher", "Teacher": "teacher", "TeacherConfig": "teacher", "load_teacher": "teacher",
+    "save_teacher": "teacher",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'promptkd_edge.models' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"promptkd_edge.models.{_WHERE[name]}"), name)

@@ -18,40 +18,11 @@ from typing import Any
 import torch
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.models.spec import SCHEMAS, WEIGHT_SUFFIXES, ModelSpec  # noqa: F401 - part of this module's API
 from promptkd_edge.runtime.preprocess import PreprocessSpec as Preprocess  # one description, torch-free
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-SCHEMAS = ("hf-hub:", "local-dir:")
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """An open_clip model: architecture plus optional pretrained tag or local weights file."""
-
-    arch: str
-    pretrained: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> ModelSpec:
-        text = text.strip()
-        if not text:
-            raise PkdError("empty model spec; expected ARCH, ARCH:TAG or ARCH:/path/to/weights")
-        if text.startswith(SCHEMAS):
-            return cls(text, None)
-        arch, sep, pretrained = text.partition(":")
-        if sep and not pretrained:
-            raise PkdError(f"model spec '{text}' ends with ':'; expected ARCH:TAG or ARCH:/path/to/weights")
-        return cls(arch, pretrained or None)
-
-    @property
-    def is_file(self) -> bool:
-        p = self.pretrained
-        return p is not None and (os.sep in p or "/" in p or p.endswith(WEIGHT_SUFFIXES) or Path(p).exists())
-
-    def __str__(self) -> str:
-        return self.arch if self.pretrained is None else f"{self.arch}:{self.pretrained}"
 
 
 @dataclass

@@ -20,7 +20,7 @@ import numpy as np
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.runtime.bundle import Bundle, open_bundle
-from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare
+from promptkd_edge.runtime.preprocess import PreprocessSpec, input_format_of, prepare
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
@@ -106,12 +106,12 @@ class Classifier:
         return self.backend.description
 
     @property
-    def uint8_input(self) -> bool:
-        return bool(self.bundle.model["uint8_input"])
+    def input_format(self) -> str:
+        return input_format_of(self.bundle.model)
 
     def inputs(self, images: Sequence[Any]) -> np.ndarray:
         """Model-ready batch for `images` (paths, PIL images, uint8 HxWx3 arrays)."""
-        return prepare(images, self.preprocess, uint8=self.uint8_input)
+        return prepare(images, self.preprocess, input_format=self.input_format)
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """The backend on a model-ready batch, after checking its shape and dtype against the manifest."""

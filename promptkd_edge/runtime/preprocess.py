@@ -189,12 +189,28 @@ def _as_list(images: Any) -> Sequence[Any]:
     return images
 
 
-def prepare(images: Sequence[Any], spec: PreprocessSpec, *, uint8: bool = False) -> np.ndarray:
-    """Images -> float32 NCHW [B, 3, H, W] normalised as open_clip's eval transform, or (uint8=True) the resized and
-    cropped uint8 NHWC [B, H, W, 3] for graphs that do /255 and mean/std themselves.
+# What a graph takes (manifest model "input_format"): the model-ready batch `prepare` makes for it.
+INPUT_FORMATS = {
+    "normalized": "float32 NCHW [B, 3, H, W] normalised as open_clip's eval transform",
+    "uint8": "uint8 NHWC [B, H, W, 3], resized and cropped; the graph does /255 and mean/std",
+    "pixels": "float32 NCHW [B, 3, H, W] in pixel units 0-255, resized and cropped; the graph does /255 and "
+              "mean/std (DeepStream nvinfer's input with net-scale-factor 1 and offsets 0)",
+}
+
+
+def input_format_of(model: dict[str, Any]) -> str:
+    """The input format of a manifest's model (bundles written before `input_format` have `uint8_input`)."""
+    return model.get("input_format") or ("uint8" if model.get("uint8_input") else "normalized")
+
+
+def prepare(images: Sequence[Any], spec: PreprocessSpec, *, input_format: str = "normalized") -> np.ndarray:
+    """Images -> the model-ready batch of `input_format` (INPUT_FORMATS): by default float32 NCHW normalised as
+    open_clip's eval transform.
 
     Each image may be a path, a PIL image or a uint8 array (see `to_rgb`); a single image is taken as a batch of one.
     """
+    if input_format not in INPUT_FORMATS:
+        raise PkdError(f"unknown input format '{input_format}'; choose one of {', '.join(INPUT_FORMATS)}")
     items = _as_list(images)
     if len(items) == 0:
         raise PkdError("no images given")
@@ -206,9 +222,12 @@ def prepare(images: Sequence[Any], spec: PreprocessSpec, *, uint8: bool = False)
             if len(items) == 1:
                 raise
             raise PkdError(f"image {i}: {e}") from None
-    if uint8:
+    if input_format == "uint8":
         return batch
-    x = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+    pixels = batch.transpose(0, 3, 1, 2).astype(np.float32)
+    if input_format == "pixels":
+        return np.ascontiguousarray(pixels)
+    x = pixels / np.float32(255)
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(spec.std, dtype=np.float32).reshape(1, 3, 1, 1)
     return np.ascontiguousarray((x - mean) / std)

@@ -25,6 +25,7 @@ class TorchBackend:
         from promptkd_edge.export.fold import FoldedStudent
         from promptkd_edge.models.class_vectors import ClassVectors
         from promptkd_edge.models.student import load_student
+        from promptkd_edge.runtime.preprocess import input_format_of
 
         bundle_dir = Path(bundle_dir)
         if device == "auto":
@@ -32,7 +33,7 @@ class TorchBackend:
         self.device = torch.device(device)
         student = load_student(bundle_dir / "student.safetensors", allow_pickle=allow_pickle)
         vectors = ClassVectors.load(bundle_dir) if model["head"] != "embeddings" else None
-        self.model = FoldedStudent(student, vectors, model["head"], model["uint8_input"]).to(self.device).eval()
+        self.model = FoldedStudent(student, vectors, model["head"], input_format_of(model)).to(self.device).eval()
         self.input_name = model["inputs"][0]["name"]
         self.output_names = self.model.output_names
         self._lock = threading.Lock()
