@@ -73,7 +73,7 @@ def bench(size: str, device: str, batch: int, steps: int, warmup_steps: int, wor
         cfg = DistillConfig(teacher=teacher, student=student, classes=str(work / "classes.txt"), data=str(data),
                             epochs=1, warmup_epochs=0, batch_size=batch, workers=workers, prompt_depth=depth,
                             device=device, precision=precision, teacher_cache=k, cache_dir=str(work / "cache"),
-                            log_every=1, compile=compile_)
+                            log_every=1, compile=compile_, random_init=True)  # speed does not need weights
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from promptkd_edge import __version__
 from promptkd_edge.errors import PkdError
+from promptkd_edge.utils.text import shown, visible
 
 app = typer.Typer(name="pkd", no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
                   add_completion=False,
@@ -45,13 +45,13 @@ def _errors_to_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
         except PkdError as e:
             if _state["debug"]:
                 raise
-            _err().print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            _err().print(f"[bold red]error:[/] {shown(e)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except ModuleNotFoundError as e:
             line = _missing_module(e)
             if line is None or _state["debug"]:
                 raise
-            _err().print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+            _err().print(f"[bold red]error:[/] {shown(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _err().print("[yellow]interrupted[/]")
@@ -88,13 +88,13 @@ def _missing_module(e: ModuleNotFoundError) -> str | None:
 def _err():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, emoji=False)  # ":name:" in users' text stays as written
 
 
 def _out():
     from rich.console import Console
 
-    return Console()
+    return Console(emoji=False)
 
 
 def _is_main_rank() -> bool:
@@ -102,9 +102,12 @@ def _is_main_rank() -> bool:
 
 
 def _progress(enabled: bool = True):
-    from promptkd_edge.utils.progress import NullProgress, RichProgress
+    """Bars on a terminal; plain periodic lines in a log file or CI; nothing when off or on other DDP ranks."""
+    from promptkd_edge.utils.progress import LineProgress, NullProgress, RichProgress
 
-    return RichProgress() if enabled and _is_main_rank() else NullProgress()
+    if not enabled or not _is_main_rank():
+        return NullProgress()
+    return RichProgress() if sys.stderr.isatty() else LineProgress()
 
 
 def _print_json(obj: Any) -> None:
@@ -163,6 +166,8 @@ def distill(
     warmup_epochs: int = typer.Option(1, help="Epochs at the constant warm-up lr before the cosine.",
                                       rich_help_panel="Training"),
     warmup_lr: float = typer.Option(1e-5, help="Warm-up learning rate.", rich_help_panel="Training"),
+    schedule: str = typer.Option("epoch", help="epoch: the official cosine, stepped per epoch (the last epoch at "
+                                 "~2.5 % of lr); step: a per-step cosine to 0.", rich_help_panel="Training"),
     temperature: float = typer.Option(1.0, help="KD temperature T (the loss is multiplied by T^2).",
                                       rich_help_panel="Training"),
     kd_norm: str = typer.Option("paper", help="paper: KL summed / (batch x classes), as PromptKD; batchmean: "
@@ -191,6 +196,9 @@ def distill(
                                          rich_help_panel="Data"),
     checkpoint_every: int = typer.Option(0, help="Also checkpoint every N steps (0: each epoch only).",
                                          rich_help_panel="Training"),
+    random_init: bool = typer.Option(False, "--random-init", help="Allow a teacher or student architecture "
+                                     "without weights (random initialisation; for tests and dry runs).",
+                                     rich_help_panel="Models"),
     log_every: int = typer.Option(10, help="Flush metrics every N steps.", rich_help_panel="Training"),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
@@ -207,6 +215,7 @@ def distill(
             raise PkdError("pass either --out (a new run) or --resume (an existing one), not both")
         RunDir(resume).check_existing()
         stored = read_json(RunDir(resume).config, "run config")["config"]
+        stored.setdefault("schedule", "step")  # runs written before the per-epoch default trained per step
         # typer may carry its own click: compare the source by name
         explicit = {k: v for k, v in given.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
         cfg = DistillConfig.from_dict({**stored, **explicit})
@@ -226,8 +235,9 @@ def distill(
         return
     _out().print(f"[bold green]done[/]: {result.steps} steps, {result.images_seen} images in {result.seconds:.1f} s "
                  f"({result.images_per_second:.1f} img/s), final loss {result.final_loss:.4g}"
-                 + (f", {result.bad_images} unreadable images skipped" if result.bad_images else ""))
-    _out().print(f"student weights: {Path(run_dir) / 'student.safetensors'}")
+                 + (f", {result.bad_images} unreadable images skipped (listed in "
+                    f"{shown(Path(run_dir) / result.bad_images_file)})" if result.bad_images else ""))
+    _out().print(f"student weights: {shown(Path(run_dir) / 'student.safetensors')}")
 
 
 # ---------------------------------------------------------------------------------------------------- eval
@@ -255,7 +265,7 @@ def eval_(
 ) -> None:
     """Top-1 accuracy of a run's student (and teacher) on a labeled ImageFolder, and their agreement."""
     _require("eval", "train")
-    from promptkd_edge.eval.accuracy import evaluate_run
+    from promptkd_edge.eval.accuracy import base_novel_note, evaluate_run
     from promptkd_edge.train.distributed import resolve_device
 
     result = evaluate_run(run, data, with_teacher=teacher, device=str(resolve_device(device)),
@@ -264,10 +274,14 @@ def eval_(
     if as_json:
         _print_json(result.to_dict())
         return
-    _out().print(_accuracy_table(f"{run} on {data} ({result.images} images, {result.classes} classes)",
+    _out().print(_accuracy_table(f"{shown(run)} on {shown(data)} ({result.images} images, {result.classes} classes)",
                                  result.top1, result.base, result.novel, result.hm, result.agreement))
+    if result.hm:
+        _err().print(visible(base_novel_note(result.class_names)), markup=False, highlight=False)
     if result.bad_images:
-        _err().print(f"{len(result.bad_images)} unreadable images skipped (e.g. {result.bad_images[0]})")
+        path, why = result.bad_images[0]
+        _err().print(f"{len(result.bad_images)} unreadable images skipped (e.g. {shown(path)}: {shown(why)}; "
+                     "all of them under `unreadable` in --json)")
 
 
 TEACHER_EXAMPLES = """
@@ -304,6 +318,8 @@ def teacher(
                                   rich_help_panel="Prompts"),
     self_consistency: bool = typer.Option(True, help="PromptSRC's L1/KL consistency with the frozen model.",
                                           rich_help_panel="PromptSRC"),
+    text_targets: str = typer.Option("promptsrc", help="Templates of the frozen text targets: promptsrc (its 60 "
+                                     "ImageNet templates) or openclip (open_clip's 80).", rich_help_panel="PromptSRC"),
     text_loss_weight: float = typer.Option(25.0, rich_help_panel="PromptSRC"),
     image_loss_weight: float = typer.Option(10.0, rich_help_panel="PromptSRC"),
     gpa: bool = typer.Option(True, help="Gaussian-weighted aggregation of the prompts over epochs.",
@@ -315,6 +331,8 @@ def teacher(
     lr: float | None = typer.Option(None, help="\\[default: 0.005 x batch / 8 (SGD)]", rich_help_panel="Training"),
     optimizer: str = typer.Option("sgd", rich_help_panel="Training"),
     warmup_epochs: int = typer.Option(1, rich_help_panel="Training"),
+    schedule: str = typer.Option("epoch", help="epoch: the official cosine, stepped per epoch; step: per-step "
+                                 "cosine to 0.", rich_help_panel="Training"),
     text_chunk: int = typer.Option(128, help="Classes per text-tower pass; with more classes the passes are "
                                    "checkpointed (memory for 1000 classes).", rich_help_panel="Training"),
     seed: int = typer.Option(1, rich_help_panel="Training"),
@@ -323,6 +341,8 @@ def teacher(
     workers: int = typer.Option(4, rich_help_panel="Performance"),
     allow_pickle: bool = typer.Option(False, help="Allow files that need unpickling (TorchScript .pt, some "
                                       "checkpoints); only for files you trust."),
+    random_init: bool = typer.Option(False, "--random-init", help="Allow a teacher architecture without weights "
+                                     "(random initialisation; for tests and dry runs)."),
     from_official: Path | None = typer.Option(None, help="Convert an official PromptKD/PromptSRC teacher "
                                               "checkpoint instead of training.", rich_help_panel="Import"),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -344,17 +364,22 @@ def teacher(
         cfg = TeacherTuneConfig(
             teacher=teacher, data=data, class_names=class_names, shots=shots, classes=classes,
             vision_tokens=vision_tokens, vision_depth=vision_depth, text_tokens=text_tokens, text_depth=text_depth,
-            text_init=text_init, self_consistency=self_consistency, text_loss_weight=text_loss_weight,
-            image_loss_weight=image_loss_weight, gpa=gpa, gpa_mean=gpa_mean, gpa_std=gpa_std, epochs=epochs,
-            batch_size=batch_size, lr=lr, optimizer=optimizer, warmup_epochs=warmup_epochs, text_chunk=text_chunk,
-            seed=seed, device=device, precision=precision, workers=workers, allow_pickle=allow_pickle)
+            text_init=text_init, self_consistency=self_consistency, text_targets=text_targets,
+            text_loss_weight=text_loss_weight, image_loss_weight=image_loss_weight, gpa=gpa, gpa_mean=gpa_mean,
+            gpa_std=gpa_std, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+            warmup_epochs=warmup_epochs, schedule=schedule, text_chunk=text_chunk, seed=seed, device=device,
+            precision=precision, workers=workers, allow_pickle=allow_pickle, random_init=random_init)
         result = tune_teacher(cfg, out, progress=_progress(not as_json))
         summary = {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
     if as_json:
         _print_json(summary)
     else:
-        _out().print(f"[bold green]teacher ready[/]: {summary['run_dir']} (teacher.safetensors, class vectors); "
-                     f"next: pkd distill --teacher {summary['run_dir']} ...")
+        run_dir = shown(summary["run_dir"])
+        _out().print(f"[bold green]teacher ready[/]: {run_dir} (teacher.safetensors, class vectors); "
+                     f"next: pkd distill --teacher {run_dir} ...")
+        if summary.get("bad_images"):
+            _err().print(f"{summary['bad_images']} unreadable images skipped (listed in "
+                         f"{shown(Path(summary['run_dir']) / summary['bad_images_file'])})")
 
 
 @app.command(epilog="""
@@ -399,7 +424,7 @@ def classes(
     if as_json:
         _print_json(summary)
     else:
-        _out().print(f"{len(class_names)} class vectors from {vectors.teacher} written to {out}")
+        _out().print(f"{len(class_names)} class vectors from {shown(vectors.teacher)} written to {shown(out)}")
 
 
 def _accuracy_table(title: str, top1: dict, base: dict, novel: dict, hm: dict, agreement: dict):
@@ -414,9 +439,9 @@ def _accuracy_table(title: str, top1: dict, base: dict, novel: dict, hm: dict, a
         return f"{100 * d[name]:.2f} %" if name in d else "-"
 
     for name in top1:
-        table.add_row(name, pct(top1, name), pct(base, name), pct(novel, name), pct(hm, name))
+        table.add_row(shown(name), pct(top1, name), pct(base, name), pct(novel, name), pct(hm, name))
     for name, value in agreement.items():
-        table.add_row(f"top-1 agreement {name}", f"{100 * value:.2f} %", "", "", "")
+        table.add_row(f"top-1 agreement {shown(name)}", f"{100 * value:.2f} %", "", "", "")
     return table
 
 
@@ -439,7 +464,8 @@ def demo(
     workers: int = typer.Option(2, help="DataLoader worker processes."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    """The embedded demo: a generated texture domain, tiny CLIPs, both PromptKD stages. Downloads nothing."""
+    """The embedded demo: textures seen by a camera at night, tiny CLIPs, both PromptKD stages, and what distillation
+    gains over the student's own zero-shot head. Downloads nothing."""
     _require("demo", "train", "export")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from promptkd_edge.demo.pipeline import DemoSize, run_demo
@@ -462,8 +488,24 @@ def demo(
                           {"student after / teacher tuned": report.agreement})
     _out().print(times)
     _out().print(acc)
-    _out().print(f"teacher run: {report.teacher['run']}; student run: {report.distill['run']} "
+    _out().print(report.domain, markup=False, highlight=False)
+    _out().print(_demo_gains(report.gains), markup=False, highlight=False)
+    _out().print(f"teacher run: {shown(report.teacher['run'])}; student run: {shown(report.distill['run'])} "
                  "(student.safetensors, metrics.jsonl, loss.png)")
+
+
+def _demo_gains(g: dict[str, float]) -> str:
+    """The demo's headline: what distillation did for the student, in points and share of the teacher gap."""
+    def closed(metric: str) -> str:
+        share = g.get(f"{metric}_gap_closed")
+        return f"{100 * share:.0f} %" if share is not None else "n/a (the teacher is not ahead)"
+
+    if "top1_points" not in g:
+        return "PromptKD: no gain figures (the report lacks the student before/after rows)"
+    hm = f" and {g['hm_points']:+.1f} of base/novel HM" if "hm_points" in g else ""
+    return (f"PromptKD: the distilled student scores {g['top1_points']:+.1f} points of all-class top-1{hm} over its "
+            f"own zero-shot head and closes {closed('top1')} (top-1) / {closed('hm')} (HM) of the gap to the tuned "
+            "teacher, without a single label.")
 
 
 # ---------------------------------------------------------------------------------------------------- export
@@ -588,8 +630,9 @@ def export(
         return
     _out().print(_parity_table(manifest))
     state = "[green]valid[/]" if manifest["valid"] else "[bold red]INVALID (kept with --force)[/]"
-    _out().print(f"bundle {where}: {state}; model {manifest['model']['file']} ({manifest['model']['precision']}, "
-                 f"head {manifest['model']['head']})" + "".join(f"; engine {e['file']}" for e in manifest["engines"]))
+    _out().print(f"bundle {shown(where)}: {state}; model {shown(manifest['model']['file'])} "
+                 f"({manifest['model']['precision']}, head {manifest['model']['head']})"
+                 + "".join(f"; engine {shown(e['file'])}" for e in manifest["engines"]))
 
 
 def _trt_options(profiles: list[str] | None, workspace_gib: float, opt_level: int, timing_cache: Path | None):
@@ -616,7 +659,7 @@ def _parity_table(manifest: dict):
     for p in manifest["parity"]:
         result = "[green]pass[/]" if p["passed"] else "[red]FAIL[/] " + "; ".join(p["failures"])
         ties = f" ({p['near_tie_flips']} near-tie flips)" if p.get("near_tie_flips") else ""
-        table.add_row(p["target"], p["precision"], str(p["images"]), f"{100 * p['top1_agreement']:.2f} %{ties}",
+        table.add_row(shown(p["target"]), p["precision"], str(p["images"]), f"{100 * p['top1_agreement']:.2f} %{ties}",
                       f"{p['max_abs_logit_diff']:.2e}", f"{p['min_cosine']:.6f}", result)
     return table
 
@@ -662,7 +705,7 @@ def predict(
         raise PkdError(f"no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     clf = Classifier.from_bundle(bundle, backend, allow_invalid=allow_invalid)
     for note in clf.notes:
-        _err().print(f"[yellow]note:[/] {note}", highlight=False)
+        _err().print(f"[yellow]note:[/] {shown(note)}", highlight=False)
     rows, skipped = [], []
     update = _progress(not as_json and len(files) > batch_size).task("predicting", len(files))
     for start in range(0, len(files), batch_size):
@@ -683,20 +726,21 @@ def predict(
         return
     from rich.table import Table
 
-    table = Table(title=f"{bundle} on {clf.description}")
+    table = Table(title=f"{shown(bundle)} on {shown(clf.description)}")
     common = os.path.commonpath([r["image"] for r in rows]) if len(rows) > 1 else ""
-    table.add_column(f"image (in {common})" if common else "image", overflow="fold")
+    table.add_column(f"image (in {shown(common)})" if common else "image", overflow="fold")
     table.add_column("top-1")
     table.add_column("p", justify="right")
     if top_k > 1:
         table.add_column(f"next {min(top_k, len(clf.class_names)) - 1}")
     for r in rows:
-        rest = ", ".join(f"{n} {p:.2f}" for n, p in zip(r["labels"][1:], r["probabilities"][1:], strict=True))
+        rest = ", ".join(f"{shown(n)} {p:.2f}" for n, p in zip(r["labels"][1:], r["probabilities"][1:], strict=True))
         name = os.path.relpath(r["image"], common) if common else r["image"]
-        table.add_row(name, r["labels"][0], f"{r['probabilities'][0]:.3f}", *([rest] if top_k > 1 else []))
+        table.add_row(shown(name), shown(r["labels"][0]), f"{r['probabilities'][0]:.3f}",
+                      *([rest] if top_k > 1 else []))
     _out().print(table)
     for line in skipped:
-        _err().print(f"[yellow]skipped[/] {line}", highlight=False)
+        _err().print(f"[yellow]skipped[/] {shown(line)}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------------- doctor
@@ -723,7 +767,7 @@ def doctor(
         table.add_column(col)
     colour = {"ok": "green", "missing": "yellow", "warning": "red"}
     for component, status, detail in summary_rows(report):
-        table.add_row(component, f"[{colour.get(status, 'white')}]{status}[/]", detail)
+        table.add_row(shown(component), f"[{colour.get(status, 'white')}]{status}[/]", shown(detail))
     _out().print(table)
 
 
@@ -810,8 +854,8 @@ def bench(
         _out().print(f"student speed-up over the teacher, {c['backend']} batch {c['batch']} ({c['mode']}): "
                      f"[bold]{c['speedup']:.2f}x[/]")
     for u in report["unavailable"]:
-        _err().print(f"[yellow]not run[/] {u['model']} {u['backend']}: {u['reason']}", highlight=False)
-    _out().print(f"report: {', '.join(str(p) for p in written.values())}")
+        _err().print(f"[yellow]not run[/] {u['model']} {u['backend']}: {shown(u['reason'])}", highlight=False)
+    _out().print(f"report: {', '.join(shown(p) for p in written.values())}")
     if "png" not in written:
         _out().print("no bench.png: plotting needs matplotlib (pip install 'promptkd-edge[plot]')", markup=False)
 
@@ -835,8 +879,11 @@ def models(
     if as_json:
         _print_json(rows)
         return
-    for arch, tags in rows.items():
-        _out().print(f"[bold]{arch}[/]" + (f": {', '.join(tags)}" if tags else ""), highlight=False)
+    from rich.text import Text
+
+    for arch, tags in rows.items():  # Text, not markup: names are printed as they are
+        _out().print(Text(visible(arch), style="bold") + Text(f": {visible(', '.join(tags))}" if tags else ""),
+                     highlight=False)
 
 
 def main() -> None:

@@ -47,7 +47,8 @@ def tiny_config(tmp_path: Path, **overrides):
     if not data.exists():
         write_images(data, 16)
     base = dict(teacher=TEACHER, student=STUDENT, classes=str(classes), data=str(data), epochs=2, batch_size=4,
-                workers=0, prompt_depth=3, device="cpu", cache_dir=str(tmp_path / "cache"), log_every=2)
+                workers=0, prompt_depth=3, device="cpu", cache_dir=str(tmp_path / "cache"), log_every=2,
+                random_init=True)  # the tiny architectures have no weights
     base.update(overrides)
     return DistillConfig(**base)
 

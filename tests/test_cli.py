@@ -36,7 +36,8 @@ def test_every_command_has_help_with_examples(command):
 def test_version_and_models():
     assert invoke("--version").output.strip().startswith("promptkd-edge ")
     result = invoke("models", "--filter", "pkd-tiny", "--json")
-    assert json.loads(result.output) == {TEACHER: [], STUDENT: []}
+    assert json.loads(result.output) == {TEACHER: [], STUDENT: [], f"{TEACHER}-quickgelu": [],
+                                         f"{STUDENT}-quickgelu": []}
 
 
 def _distill_args(tmp_path, **overrides):
@@ -44,7 +45,7 @@ def _distill_args(tmp_path, **overrides):
             "--data": str(tmp_path / "data"), "--out": str(tmp_path / "run"), "--epochs": "2",
             "--batch-size": "4", "--workers": "0", "--prompt-depth": "2", "--cache-dir": str(tmp_path / "cache")}
     args.update(overrides)
-    return ["distill", *[x for kv in args.items() for x in kv if x is not None]]
+    return ["distill", "--random-init", *[x for k, v in args.items() if v is not None for x in (k, v)]]
 
 
 @pytest.fixture()
@@ -122,8 +123,9 @@ def test_real_process_bad_input_no_traceback(tmp_path):
 
 def test_teacher_command_json_and_bad_input(tmp_path):
     shots = write_images(tmp_path / "shots", 12, classes=NAMES, seed=4)
-    args = ["teacher", "--teacher", TEACHER, "--data", str(shots), "--shots", "2", "--vision-depth", "2",
-            "--text-depth", "1", "--epochs", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
+    args = ["teacher", "--random-init", "--teacher", TEACHER, "--data", str(shots), "--shots", "2",
+            "--vision-depth", "2", "--text-depth", "1", "--epochs", "2", "--batch-size", "2", "--workers", "0",
+            "--device", "cpu"]
     result = invoke(*args, "--out", str(tmp_path / "t"), "--json")
     summary = json.loads(result.stdout)
     assert summary["train_classes"] == 2 and summary["all_classes"] == 3 and summary["shots"] == 2
@@ -135,3 +137,38 @@ def test_teacher_command_json_and_bad_input(tmp_path):
         assert not (tmp_path / "bad").exists()
     used = runner.invoke(app, [*args, "--out", str(tmp_path / "t")])
     assert used.exit_code == 2 and "choose another --out" in " ".join(used.output.split())
+
+
+def test_architectures_without_weights_are_refused_unless_random_init(inputs):
+    """A forgotten `:openai` must not distill from a random teacher for hours: one line, exit 2, nothing left."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    def without_flag(**overrides):
+        return [a for a in _distill_args(inputs, **overrides) if a != "--random-init"]
+
+    def refused(args, what, out):
+        result = runner.invoke(app, args)
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 2 and len(errors) == 1, result.output
+        assert f"{what} is an architecture without weights" in " ".join(result.output.split())
+        assert "--random-init" in errors[0] and not out.exists()
+        return errors[0]
+
+    shots = write_images(inputs / "shots", 12, classes=NAMES, seed=4)
+    teacher = ["teacher", "--teacher", TEACHER, "--data", str(shots), "--shots", "2", "--vision-depth", "2",
+               "--text-depth", "1", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "2", "--workers", "0",
+               "--device", "cpu", "--out", str(inputs / "t")]
+    line = refused(teacher, f"--teacher {TEACHER}", inputs / "t")
+    assert f"{TEACHER}:openai" in line  # the fix is in the message
+    refused(without_flag(), f"--teacher {TEACHER}", inputs / "run")
+    save_file({k: v.contiguous() for k, v in open_clip.create_model(TEACHER).state_dict().items()},
+              str(inputs / "teacher.safetensors"))
+    refused(without_flag(**{"--teacher": f"{TEACHER}:{inputs / 'teacher.safetensors'}"}), f"--student {STUDENT}",
+            inputs / "run")
+    assert not (inputs / "cache").exists()
+    # asked for explicitly, both train; a teacher run tuned on random weights needs the flag again to distill
+    assert invoke(*teacher, "--random-init").exit_code == 0
+    from_run = {"--teacher": str(inputs / "t"), "--classes": None}
+    refused(without_flag(**from_run), f"--teacher {inputs / 't'} (a teacher run on {TEACHER})", inputs / "run")
+    assert invoke(*_distill_args(inputs, **from_run)).exit_code == 0

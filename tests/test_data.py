@@ -90,16 +90,20 @@ def test_bad_images_are_replaced_and_counted(tmp_path):
     items = [views[(i, 0)] for i in range(4)]
     batch = collate_skipping_bad(items)
     assert batch["size"] == 4 and batch["student"].shape == (4, 3, 16, 16)
-    assert set(batch["bad"]) == {str(paths[1]), str(paths[2])}
+    reasons = dict(batch["bad"])  # each unreadable image with why
+    assert set(reasons) == {str(paths[1]), str(paths[2])}
+    assert reasons[str(paths[2])] == "not an image file PIL can read" and "truncated" in reasons[str(paths[1])]
     assert set(batch["index"].tolist()) <= {0, 3}
     counter = BadImages(total=100, max_fraction=0.05)
     counter.add(batch["bad"])
     counter.add(batch["bad"])  # the same files again do not count twice
-    assert len(counter.paths) == 2
+    assert len(counter.paths) == 2 and counter.records() == sorted(reasons.items())
     with pytest.raises(PkdError, match="6 of 100 images are unreadable"):
-        counter.add([f"x{i}" for i in range(4)])
+        counter.add([(f"x{i}", "gone") for i in range(4)])
     strict = PairedViews(paths, {"student": pre}, seed=0, fallback=False)
-    assert strict[(1, 0)] == {"bad": [str(paths[1])]}
+    assert strict[(1, 0)] == {"bad": [(str(paths[1]), reasons[str(paths[1])])]}
+    assert PairedViews([tmp_path / "gone.png"], {"student": pre}, seed=0, fallback=False)[(0, 0)] == {
+        "bad": [(str(tmp_path / "gone.png"), "file not found")]}
 
 
 def test_epoch_sampler_shards_and_resumes():

@@ -16,6 +16,7 @@ from conftest import STUDENT, TEACHER, tiny_config, write_images
 from safetensors.torch import load_file
 
 from promptkd_edge.data.datasets import PairedViews, collate_skipping_bad
+from promptkd_edge.data.decode import read_rgb
 from promptkd_edge.data.listing import list_images
 from promptkd_edge.data.sampling import EpochSampler
 from promptkd_edge.errors import PkdError
@@ -137,8 +138,19 @@ def test_bad_images_are_skipped_then_abort(tmp_path):
     data = write_images(tmp_path / "data", 20)
     images = list_images(data)
     images[3].write_bytes(images[3].read_bytes()[:40])
+    odd = data / "part0" / "odd\tname\n[bold].png"  # a name that would break a line-based list
+    odd.write_bytes(b"not a png")
     result = distill(tiny_config(tmp_path, data=str(data), max_bad_fraction=0.1), tmp_path / "ok")
-    assert result.bad_images == 1 and result.steps == 10
+    assert result.bad_images == 2 and result.steps == 10
+    # each skipped file is named with its reason in the run directory, one per line
+    summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert summary["bad_images"] == 2 and summary["bad_images_file"] == "bad_images.txt"
+    lines = (tmp_path / "ok" / "bad_images.txt").read_text().splitlines()
+    assert sorted(lines) == sorted([f"{images[3]}\t{read_rgb(images[3])[1]}",
+                                    f"{data / 'part0'}/odd\\tname\\n[bold].png\tnot an image file PIL can read"])
+    odd.unlink()
+    clean = distill(tiny_config(tmp_path, data=str(write_images(tmp_path / "clean", 8))), tmp_path / "clean-run")
+    assert clean.bad_images_file is None and not (tmp_path / "clean-run" / "bad_images.txt").exists()
     for p in images[4:7]:
         p.write_bytes(b"not a png")
     with pytest.raises(PkdError, match=r"[34] of 20 images are unreadable \(more than 10.0%"):
@@ -179,7 +191,7 @@ def test_ddp_two_processes_average_gradients(tmp_path):
     (tmp_path / "classes.txt").write_text("a\nb\nc\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "promptkd_edge", "distill", "--teacher", TEACHER, "--student", STUDENT,
+           "-m", "promptkd_edge", "distill", "--random-init", "--teacher", TEACHER, "--student", STUDENT,
            "--classes", str(tmp_path / "classes.txt"), "--data", str(data), "--out", str(tmp_path / "run"),
            "--epochs", "1", "--batch-size", "4", "--workers", "0", "--prompt-depth", "3", "--lr", "0.05",
            "--warmup-epochs", "0", "--device", "cpu", "--json"]

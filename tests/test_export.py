@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import sys
@@ -702,3 +703,48 @@ def test_triton_lists_every_profile_and_refuses_gaps(bundles, tmp_path):
     with pytest.raises(PkdError, match="--trt-profile covering 1..8$"):
         plan_batch_limit([[2, 4, 8]], None)
     assert plan_batch_limit([[1, 1, 1], [4, 8, 16]], 1) == 1 and plan_batch_limit([[1, 4, 8]], 64) == 8
+
+
+def test_work_folders_of_killed_exports_are_removed(tiny_run, tmp_path):
+    """An export killed mid-way (kill -9, power loss) leaves `.NAME.tmp-PID`; the next export removes it when that
+    process is gone, and says so. Live processes' folders and unrelated folders stay."""
+    import subprocess
+
+    from promptkd_edge.utils.progress import LineProgress
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f".old-bundle.tmp-{dead.pid}"
+        (stale / "engines").mkdir(parents=True)
+        (stale / "model.onnx").write_bytes(b"\0" * 3 * 2**20)  # what a killed export leaves
+        busy = tmp_path / f".other.tmp-{alive.pid}"
+        busy.mkdir()
+        (busy / "model.onnx").write_bytes(b"partial")
+        mine = tmp_path / f".notes.tmp-{dead.pid}"  # not an export's (no bundle files): not ours to delete
+        mine.mkdir()
+        (mine / "todo.txt").write_text("keep")
+        (tmp_path / "a").mkdir()
+        replaced = tmp_path / f".a.old-{dead.pid}"  # an overwrite's old bundle, left by a kill before its removal
+        only_copy = tmp_path / f".c.old-{dead.pid}"  # killed between the two renames: c is missing, keep it
+        for folder in (replaced, only_copy):
+            folder.mkdir()
+            (folder / "manifest.json").write_text("{}")
+        log = io.StringIO()
+        export_run(tiny_run, tmp_path / "b", ExportOptions(parity_images=2), LineProgress(stream=log))
+        assert not stale.exists() and not replaced.exists()
+        assert busy.exists() and mine.exists() and only_copy.exists() and (tmp_path / "b" / "manifest.json").is_file()
+        assert f"removed {stale} (3.0 MB), left by an interrupted export" in log.getvalue()
+        assert f"{only_copy} holds a bundle that an interrupted --overwrite moved aside; rename it to " \
+               f"{tmp_path / 'c'}" in log.getvalue()
+        # the same inside a bundle: a TensorRT staging folder of a killed `pkd export BUNDLE --trt`
+        staging = tmp_path / "b" / f".engine-{dead.pid}"
+        (staging / "engines").mkdir(parents=True)
+        from promptkd_edge.export.bundle import _clean_leftovers
+
+        _clean_leftovers(tmp_path / "b", r"\.engine-(\d+)", LineProgress(stream=log))
+        assert not staging.exists() and f"removed {staging}" in log.getvalue()
+    finally:
+        alive.kill()
+        alive.wait()

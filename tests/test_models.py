@@ -207,7 +207,13 @@ def test_torchscript_archive_needs_opt_in(tmp_path):
     torch.jit.save(holder, str(tmp_path / "clip.pt"))
     with pytest.raises(PkdError, match="TorchScript archive.*--allow-pickle"):
         load_clip(f"{STUDENT}:{tmp_path / 'clip.pt'}")
-    clip = load_clip(f"{STUDENT}:{tmp_path / 'clip.pt'}", allow_pickle=True)
+    # OpenAI's release format: its weights need QuickGELU, so a GELU architecture is refused with the fix
+    with pytest.raises(PkdError, match=f"TorchScript archive, OpenAI's release format.*QuickGELU.*pass "
+                                       f"{STUDENT}-quickgelu:"):
+        load_clip(f"{STUDENT}:{tmp_path / 'clip.pt'}", allow_pickle=True)
+    clip = load_clip(f"{STUDENT}-quickgelu:{tmp_path / 'clip.pt'}", allow_pickle=True)
+    model = open_clip.create_model(f"{STUDENT}-quickgelu").eval()
+    model.load_state_dict(clip.model.state_dict())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():  # same weights (scripting flips MHA kernels, so not bit-exact)
         torch.testing.assert_close(clip.model.visual(x), model.visual(x), rtol=1e-5, atol=1e-5)
@@ -241,12 +247,82 @@ def test_bad_weights_and_specs_fail_with_one_line(tmp_path):
     with pytest.raises(PkdError, match="weights file not found"):
         load_clip(f"{TEACHER}:{tmp_path / 'missing.safetensors'}")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(PkdError, match="cannot read weights file|needs full unpickling"):
+    with pytest.raises(PkdError, match="junk.pt is not a PyTorch weights file"):
         load_clip(f"{TEACHER}:{tmp_path / 'junk.pt'}")
     with pytest.raises(PkdError, match="unknown open_clip architecture 'ViT-B-61'.*did you mean"):
         load_clip("ViT-B-61")
     with pytest.raises(PkdError, match="neither a pretrained tag.*known tags for ViT-B-16: openai"):
         load_clip("ViT-B-16:no_such_tag")
+
+
+def test_openai_weights_under_a_gelu_architecture_are_refused(tmp_path, caplog):
+    """OpenAI's CLIP weights (their state dict layout) in a GELU architecture would silently give wrong features."""
+    from open_clip.transformer import QuickGELU
+
+    torch.manual_seed(3)
+    model = open_clip.create_model(f"{STUDENT}-quickgelu").eval()
+    openai = {**model.state_dict(), "input_resolution": torch.tensor(32), "context_length": torch.tensor(16),
+              "vocab_size": torch.tensor(49408)}  # the extra entries of OpenAI's own state dicts
+    torch.save(openai, tmp_path / "ViT-tiny.pt")
+    with pytest.raises(PkdError) as err:
+        load_clip(f"{STUDENT}:{tmp_path / 'ViT-tiny.pt'}")
+    message = str(err.value)
+    assert "looks like OpenAI's CLIP weights (the input_resolution / context_length / vocab_size entries" in message
+    assert "QuickGELU" in message and f"pass {STUDENT}-quickgelu:{tmp_path / 'ViT-tiny.pt'}" in message
+    clip = load_clip(f"{STUDENT}-quickgelu:{tmp_path / 'ViT-tiny.pt'}")  # the fix works, features equal
+    assert isinstance(clip.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # (frozen vs trainable parameters take different attention kernels: not bit-exact)
+        torch.testing.assert_close(clip.model.encode_image(x), model.encode_image(x), rtol=1e-5, atol=1e-5)
+    # the same tensors in open_clip's layout carry no evidence: loaded as asked
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    load_clip(f"{STUDENT}:{tmp_path / 'plain.pt'}")
+    # a file named like OpenAI's without its layout: a warning with the fix, not a refusal
+    torch.save(model.state_dict(), tmp_path / "openai-tiny.pt")
+    with caplog.at_level("WARNING"):
+        load_clip(f"{STUDENT}:{tmp_path / 'openai-tiny.pt'}")
+    assert "named like OpenAI's CLIP weights" in caplog.text and f"{STUDENT}-quickgelu" in caplog.text
+    # open_clip's config beside a hub download says quick_gelu
+    (tmp_path / "hub").mkdir()
+    torch.save(model.state_dict(), tmp_path / "hub" / "open_clip_pytorch_model.bin")
+    (tmp_path / "hub" / "open_clip_config.json").write_text('{"model_cfg": {"quick_gelu": true}}')
+    with pytest.raises(PkdError, match="open_clip_config.json beside it sets quick_gelu"):
+        load_clip(f"{STUDENT}:{tmp_path / 'hub' / 'open_clip_pytorch_model.bin'}")
+    from promptkd_edge.models.openclip import quick_gelu_variant
+
+    assert quick_gelu_variant("ViT-B-16") == "ViT-B-16-quickgelu" and quick_gelu_variant("ViT-B-16-quickgelu") is None
+
+
+def test_unreadable_weight_files_say_what_is_wrong(tmp_path):
+    """Every unreadable weights file gets a message about that file, never "list index out of range"."""
+    import zipfile
+
+    from safetensors.torch import save_file
+
+    cases = {}
+    (tmp_path / "empty.pt").write_bytes(b"")
+    cases["empty.pt"] = r"empty.pt is empty \(0 bytes\)"
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    cases["empty.safetensors"] = r"empty.safetensors is empty \(0 bytes\)"
+    (tmp_path / "page.bin").write_bytes(b"<!DOCTYPE html><html>Sign in</html>")
+    cases["page.bin"] = "is not a PyTorch weights file .*starts with b'<!'"
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    cases["cut.safetensors"] = r"cannot read weights file .*cut.safetensors \(safetensors\)"
+    torch.save([1, 2], tmp_path / "list.pt")
+    cases["list.pt"] = "holds no state dict \\(it holds a list of 2 items\\)"
+    torch.save({}, tmp_path / "nothing.pt")
+    cases["nothing.pt"] = "holds no state dict \\(it holds an empty dict\\)"
+    torch.save({"w": torch.zeros(1), "epoch": 3}, tmp_path / "mixed.pt")
+    cases["mixed.pt"] = "is not a state dict of tensors \\(entry 'epoch' is a int\\)"
+    with zipfile.ZipFile(tmp_path / "broken.pt", "w") as z:
+        z.writestr("archive/data.pkl", b"garbage")
+    cases["broken.pt"] = r"cannot read weights file .*broken.pt \(a torch zip archive\)|needs full unpickling"
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    cases["other.safetensors"] = "do not fit architecture"
+    for name, message in cases.items():
+        with pytest.raises(PkdError, match=message) as err:
+            load_clip(f"{STUDENT}:{tmp_path / name}")
+        assert "\n" not in str(err.value) and "index out of range" not in str(err.value), name
 
 
 def test_missing_tag_offline_fails_at_once_with_local_file_hint(monkeypatch):

@@ -146,7 +146,7 @@ def fewshot(tmp_path_factory):
 
 def tune(fewshot, out, **kw):
     base = dict(teacher=TEACHER, data=str(fewshot), shots=4, classes="base", vision_depth=3, text_depth=2,
-                epochs=3, batch_size=4, workers=0, device="cpu", text_chunk=2)
+                epochs=3, batch_size=4, workers=0, device="cpu", text_chunk=2, random_init=True)
     base.update(kw)
     return tune_teacher(TeacherTuneConfig(**base), out)
 
@@ -321,3 +321,61 @@ def test_pkd_eval_on_a_teacher_run_reports_base_novel_hm(fewshot, tmp_path):
     assert report["base_classes"] == 3 and set(report["hm"]) == {"teacher"}
     assert report["hm"]["teacher"] == pytest.approx(harmonic_mean(report["base"]["teacher"],
                                                                   report["novel"]["teacher"]))
+
+
+def test_promptsrc_templates_are_the_official_60():
+    """Stage I's text targets: PromptSRC's IMAGENET_TEMPLATES, 60 of open_clip's 80, distinct, by default."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    from promptkd_edge.train.promptsrc import PROMPTSRC_TEMPLATES, text_target_templates
+
+    openai80 = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    assert len(PROMPTSRC_TEMPLATES) == len(set(PROMPTSRC_TEMPLATES)) == 60 and len(openai80) == 80
+    assert set(PROMPTSRC_TEMPLATES) <= set(openai80)
+    # the 20 PromptSRC left out, as in its trainers/imagenet_templates.py
+    assert "a photo of a small {}." in set(openai80) - set(PROMPTSRC_TEMPLATES)
+    assert text_target_templates() == PROMPTSRC_TEMPLATES and text_target_templates("openclip") == openai80
+    assert TeacherTuneConfig.__dataclass_fields__["text_targets"].default == "promptsrc"
+
+
+def test_text_targets_follow_the_chosen_templates(fewshot, tmp_path, monkeypatch):
+    import promptkd_edge.train.teacher as stage1
+
+    seen = []
+    real = stage1.frozen_text_targets
+    monkeypatch.setattr(stage1, "frozen_text_targets",
+                        lambda t, n, templates: seen.append(templates) or real(t, n, templates))
+    tune(fewshot, tmp_path / "a", epochs=1, warmup_epochs=0)
+    tune(fewshot, tmp_path / "b", epochs=1, warmup_epochs=0, text_targets="openclip")
+    assert [len(s) for s in seen] == [60, 80]
+
+
+def test_fp16_teacher_scales_the_loss(fewshot, tmp_path, monkeypatch):
+    """`--precision fp16` runs the loss through a GradScaler (CUDA-only in the CLI; forced onto CPU here)."""
+    from safetensors.torch import load_file
+
+    import promptkd_edge.train.teacher as stage1
+
+    scalers = []
+
+    class Recording(torch.amp.GradScaler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.scaled = 0
+            scalers.append(self)
+
+        def scale(self, outputs):
+            self.scaled += 1
+            return super().scale(outputs)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", Recording)
+    monkeypatch.setattr(stage1, "resolve_precision", lambda name, device: name)
+    result = tune(fewshot, tmp_path / "fp16", precision="fp16")
+    (scaler,) = scalers
+    assert scaler.is_enabled() and scaler.scaled == result.steps
+    assert 0 < scaler.get_scale() <= 2.0 ** 16  # it saw real (unscaled) gradients, maybe skipping overflows
+    prompts = load_file(tmp_path / "fp16" / "teacher.safetensors")["text.prompts"]
+    assert torch.isfinite(prompts).all()
+    scalers.clear()
+    tune(fewshot, tmp_path / "fp32", precision="fp32")
+    assert not scalers[0].is_enabled()  # fp32 (and bf16) train unscaled

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.utils import files
+from promptkd_edge.utils.text import shown
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -565,5 +566,5 @@ def terminal_table(report: Mapping[str, Any], mode: str) -> Table:
     for i, r in enumerate(rows):
         nxt = rows[i + 1] if i + 1 < len(rows) else None
         end_section = nxt is not None and (nxt["model"], nxt["backend"]) != (r["model"], r["backend"])
-        table.add_row(*(c[2](r.get(c[1])) for c in cols), end_section=end_section)
+        table.add_row(*(shown(c[2](r.get(c[1]))) for c in cols), end_section=end_section)
     return table

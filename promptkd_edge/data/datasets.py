@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from promptkd_edge.data.decode import open_rgb
+from promptkd_edge.data.decode import read_rgb
 from promptkd_edge.data.views import eval_transform, render_view, sample_crop, view_rng
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.openclip import Preprocess
@@ -20,8 +20,9 @@ class PairedViews(Dataset):
     """Item (index, view key) -> the same random crop + flip rendered for each model in `models`.
 
     `models` maps a name ('student', 'teacher') to that model's preprocess; the teacher is left out when its
-    features come from the cache. An unreadable image is reported under 'bad' and replaced by a readable
-    neighbour (so batches keep their size, which BatchNorm and DDP need); 'index' is the image actually used.
+    features come from the cache. An unreadable image is reported under 'bad' as (path, reason) and replaced by a
+    readable neighbour (so batches keep their size, which BatchNorm and DDP need); 'index' is the image actually
+    used.
     """
 
     def __init__(self, paths: list[Path], models: dict[str, Preprocess], seed: int,
@@ -34,13 +35,13 @@ class PairedViews(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, view = key
-        bad: list[str] = []
+        bad: list[tuple[str, str]] = []
         tries = FALLBACK_TRIES if self.fallback else 1
         for attempt in range(min(tries, len(self.paths))):
             i = (index + attempt * 7919) % len(self.paths)
-            img = open_rgb(self.paths[i])
+            img, why = read_rgb(self.paths[i])
             if img is None:
-                bad.append(str(self.paths[i]))
+                bad.append((str(self.paths[i]), why))
                 continue
             crop = sample_crop(img.width, img.height, view_rng(self.seed, view, i), scale=self.crop_scale)
             item: dict[str, Any] = {"index": i, "view": view, "bad": bad}
@@ -50,7 +51,7 @@ class PairedViews(Dataset):
 
 
 class LabeledViews(Dataset):
-    """Item i -> (one test-time view per preprocess, label) or {'bad': path}."""
+    """Item i -> (one test-time view per preprocess, label) or {'bad': [(path, reason)]}."""
 
     def __init__(self, samples: list[tuple[Path, int]], preprocesses: list[Preprocess]):
         self.samples = samples
@@ -61,26 +62,53 @@ class LabeledViews(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         path, label = self.samples[i]
-        img = open_rgb(path)
+        img, why = read_rgb(path)
         if img is None:
-            return {"bad": [str(path)]}
+            return {"bad": [(str(path), why)]}
         return {"index": i, "label": label, "views": [t(img) for t in self.transforms], "bad": []}
 
 
 class BadImages:
-    """Counts unreadable images; past `max_fraction` of the data set it aborts with the first offenders."""
+    """The unreadable images (path -> reason); past `max_fraction` of the data set it aborts with the first
+    offenders. `write` lists them all (path TAB reason), for the run directory's bad_images.txt."""
 
-    def __init__(self, total: int, max_fraction: float, known: set[str] | None = None):
+    def __init__(self, total: int, max_fraction: float, known: list | None = None):
         self.total, self.max_fraction = total, max_fraction
-        self.paths: set[str] = set(known or ())
+        self.found: dict[str, str] = {}
+        self.add(list(known or ()), check=False)
 
-    def add(self, paths: list[str]) -> None:
-        self.paths.update(paths)
-        if len(self.paths) > self.max_fraction * self.total:
-            examples = ", ".join(sorted(self.paths)[:3])
-            raise PkdError(f"{len(self.paths)} of {self.total} images are unreadable (more than "
+    @property
+    def paths(self) -> set[str]:
+        return set(self.found)
+
+    def records(self) -> list[tuple[str, str]]:
+        return sorted(self.found.items())
+
+    def add(self, items: list, check: bool = True) -> None:
+        """Record (path, reason) pairs (a bare path, from older checkpoints, gets reason 'unreadable')."""
+        for item in items:
+            path, why = (item, "unreadable") if isinstance(item, str) else (str(item[0]), str(item[1]))
+            self.found.setdefault(path, why)
+        if check and len(self.found) > self.max_fraction * self.total:
+            examples = ", ".join(sorted(self.found)[:3])
+            raise PkdError(f"{len(self.found)} of {self.total} images are unreadable (more than "
                            f"{self.max_fraction:.1%}; e.g. {examples}); fix or remove them, or raise "
                            "--max-bad-fraction")
+
+
+def write_bad_images(path: Path, bad: BadImages) -> str | None:
+    """Write `bad` as `path<TAB>reason` lines into `path` (a run's bad_images.txt; a tab, newline or carriage
+    return inside a name is written as \\t, \\n, \\r); the file's name, or None (and no file) if there are none."""
+    from promptkd_edge.utils.files import write_text
+
+    if not bad.found:
+        return None
+
+    def field(text: str) -> str:  # one line per image, whatever the name holds
+        return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+    write_text(path, "".join(f"{field(p)}\t{field(why)}\n" for p, why in bad.records()))
+    return path.name
 
 
 def collate_skipping_bad(items: list[dict[str, Any]]) -> dict[str, Any]:

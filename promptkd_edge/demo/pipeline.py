@@ -36,6 +36,7 @@ from promptkd_edge.utils.files import read_json, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 TEACHER_ARCH, STUDENT_ARCH = "pkd-tiny-teacher", "pkd-tiny-student"
+BEFORE, AFTER, TUNED = "student zero-shot (before)", "student + PromptKD (after)", "teacher tuned (stage I)"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class DemoReport:
     novel: dict[str, float] = field(default_factory=dict)
     hm: dict[str, float] = field(default_factory=dict)
     agreement: float = 0.0
+    gains: dict[str, float] = field(default_factory=dict)  # what PromptKD did for the student (see `gains`)
+    domain: str = demo_domain.DESCRIPTION
     test_images: int = 0
     classes: int = len(demo_domain.CLASSES)
     pretrained_here: bool = True
@@ -144,13 +147,15 @@ def run_demo(out: str | Path, *, size: DemoSize | None = None, seed: int = 0, wo
 
 def _domain(root: Path, size: DemoSize, seed: int, progress: Progress) -> dict[str, Path]:
     stamp = {"seed": seed, "shots": size.shots, "unlabeled": size.unlabeled_per_class,
-             "test": size.test_per_class, "classes": demo_domain.CLASSES}
+             "test": size.test_per_class, "classes": demo_domain.CLASSES,
+             "version": demo_domain.VERSION}
     if (root / "domain.json").is_file() and read_json(root / "domain.json").get("stamp") == stamp:
         progress.note(f"reusing generated images in {root}")
         return {s: root / s for s in ("fewshot", "unlabeled", "test")}
     if root.exists():
         shutil.rmtree(root)
     n = len(demo_domain.CLASSES)
+    progress.note(demo_domain.DESCRIPTION)
     progress.note(f"generating {n} texture classes: {size.shots} shots, {size.unlabeled_per_class} unlabeled and "
                   f"{size.test_per_class} test images per class into {root}")
     splits = demo_domain.write_target_splits(root, seed, size.shots, size.unlabeled_per_class, size.test_per_class)
@@ -168,12 +173,14 @@ def _pretrained_weights(root: Path, size: DemoSize, seed: int, progress: Progres
     specs = {name: f"{arch}:{root / f'{name}.safetensors'}"
              for name, arch in (("teacher", TEACHER_ARCH), ("student", STUDENT_ARCH))}
     stamp = {"seed": seed, "web_images": size.web_images, "teacher_epochs": size.teacher_pretrain_epochs,
-             "student_epochs": size.student_pretrain_epochs, "classes": demo_domain.CLASSES}
+             "student_epochs": size.student_pretrain_epochs, "classes": demo_domain.CLASSES,
+             "version": demo_domain.VERSION}
     if (root / "pretrain.json").is_file() and read_json(root / "pretrain.json").get("stamp") == stamp:
         progress.note(f"reusing pre-trained tiny CLIP weights in {root}")
         return specs["teacher"], specs["student"], False
     progress.note("tiny CLIPs have no pretrained weights: pre-training both briefly on generated captioned "
-                  "images (stage 0, not part of PromptKD); the teacher, like a large CLIP, on more varied images")
+                  "images (stage 0, not part of PromptKD): the teacher on photos in every light, the student on "
+                  "well-lit ones only")
     for name, arch, epochs, varied in (("teacher", TEACHER_ARCH, size.teacher_pretrain_epochs, True),
                                        ("student", STUDENT_ARCH, size.student_pretrain_epochs, False)):
         web = demo_domain.web_samples(size.web_images, seed, varied=varied)
@@ -203,18 +210,31 @@ def _evaluate(report: DemoReport, run_dir: Path, test: Path, teacher_spec: str, 
     models = {
         "teacher zero-shot": (zero_shot.clip.preprocess,
                               lambda x: zero_shot_vectors.logits(zero_shot.encode_image(x))),
-        "teacher tuned (stage I)": (tuned.clip.preprocess, lambda x: vectors.logits(tuned.encode_image(x))),
-        "student zero-shot (before)": (baseline.clip.preprocess,
-                                       lambda x: baseline_vectors.logits(baseline.encode_image(x))),
-        "student + PromptKD (after)": (student.preprocess, lambda x: vectors.logits(student(x))),
+        TUNED: (tuned.clip.preprocess, lambda x: vectors.logits(tuned.encode_image(x))),
+        BEFORE: (baseline.clip.preprocess, lambda x: baseline_vectors.logits(baseline.encode_image(x))),
+        AFTER: (student.preprocess, lambda x: vectors.logits(student(x))),
     }
     for precision, bundle in report.bundles.items():  # the shipped graphs, run by ONNX Runtime
         clf = Classifier.from_bundle(bundle["path"], backend="onnxruntime")
         models[f"bundle {precision} (ONNX Runtime)"] = (
             student.preprocess, lambda x, clf=clf: torch.from_numpy(clf.run(x.numpy())["logits"]))
     labels, logits, bad = predict(labeled, models, device=device, workers=workers, progress=progress)
-    result = accuracy_report(labels, logits, len(vectors.names), bad,
-                             [("student + PromptKD (after)", "teacher tuned (stage I)")])
+    result = accuracy_report(labels, logits, len(vectors.names), bad, [(AFTER, TUNED)])
     report.top1, report.base, report.novel, report.hm = result.top1, result.base, result.novel, result.hm
     report.agreement = next(iter(result.agreement.values()))
     report.test_images = result.images
+    report.gains = gains(report)
+
+
+def gains(report: DemoReport) -> dict[str, float]:
+    """The distilled student against its own zero-shot head (points of top-1 and HM) and the share of the gap to
+    the tuned teacher it closes (1.0 = all of it)."""
+    out: dict[str, float] = {}
+    for metric, values in (("top1", report.top1), ("hm", report.hm)):
+        if not {BEFORE, AFTER, TUNED} <= set(values):
+            continue
+        before, after, teacher = values[BEFORE], values[AFTER], values[TUNED]
+        out[f"{metric}_points"] = 100 * (after - before)
+        if teacher > before:
+            out[f"{metric}_gap_closed"] = (after - before) / (teacher - before)
+    return out

@@ -33,12 +33,15 @@ class EvalResult:
     novel: dict[str, float] = field(default_factory=dict)
     hm: dict[str, float] = field(default_factory=dict)  # harmonic mean of base and novel
     agreement: dict[str, float] = field(default_factory=dict)  # "a vs b" -> fraction of equal all-class top-1
-    bad_images: list[str] = field(default_factory=list)
+    bad_images: list[tuple[str, str]] = field(default_factory=list)  # (path, why it is unreadable)
+    class_names: list[str] = field(default_factory=list)  # the run's class list: base = its first half
 
     def to_dict(self) -> dict:
         return {"images": self.images, "classes": self.classes, "base_classes": math.ceil(self.classes / 2),
                 "top1": self.top1, "base": self.base, "novel": self.novel, "hm": self.hm,
-                "agreement": self.agreement, "bad_images": len(self.bad_images)}
+                "agreement": self.agreement, "bad_images": len(self.bad_images),
+                "base_class_names": self.class_names[:math.ceil(self.classes / 2)],
+                "unreadable": [{"path": p, "reason": why} for p, why in self.bad_images]}
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -48,7 +51,7 @@ def harmonic_mean(a: float, b: float) -> float:
 @torch.no_grad()
 def predict(labeled: LabeledImages, models: dict[str, tuple[Preprocess, Scorer]], *, device: torch.device,
             batch_size: int = 64, workers: int = 2, progress: Progress | None = None
-            ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[tuple[str, str]]]:
     """Labels and each model's logits [N, C] over `labeled` (unreadable images skipped and listed)."""
     progress = progress or NullProgress()
     names = list(models)
@@ -71,7 +74,7 @@ def predict(labeled: LabeledImages, models: dict[str, tuple[Preprocess, Scorer]]
     return torch.cat(labels), {n: torch.cat(v) for n, v in logits.items()}, bad
 
 
-def accuracy_report(labels: torch.Tensor, logits: dict[str, torch.Tensor], classes: int, bad: list[str],
+def accuracy_report(labels: torch.Tensor, logits: dict[str, torch.Tensor], classes: int, bad: list,
                     pairs: list[tuple[str, str]] = ()) -> EvalResult:
     """All-class top-1, base/novel/HM (each half only where the data has images of it), agreement."""
     nb = math.ceil(classes / 2)
@@ -114,4 +117,19 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, with_teacher: bool = 
     labels, logits, bad = predict(labeled, models, device=dev, batch_size=batch_size, workers=workers,
                                   progress=progress)
     pairs = [("student", "teacher")] if len(models) == 2 else []
-    return accuracy_report(labels, logits, len(vectors.names), bad, pairs)
+    result = accuracy_report(labels, logits, len(vectors.names), bad, pairs)
+    result.class_names = list(vectors.names)
+    return result
+
+
+def base_novel_note(names: list[str]) -> str:
+    """Which classes are base (the first half of the class list, as the paper's protocol), and a warning when the
+    list is in sorted folder-name order, which is not the label order of some benchmark splits."""
+    nb = math.ceil(len(names) / 2)
+    shown = ", ".join(names[:3]) + (", ..." if nb > 3 else "")
+    note = f"base = the first {nb} classes of the class list ({shown}), novel = the other {len(names) - nb}"
+    if names == sorted(names):
+        note += ("; the list is in sorted folder-name order, and a benchmark split that orders its classes by label "
+                 "id (CoOp's Oxford Flowers, for one) has other base classes: pass that order to `pkd teacher` "
+                 "as --class-names FILE")
+    return note

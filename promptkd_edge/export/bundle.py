@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from promptkd_edge.export.precision import (
 from promptkd_edge.runtime.bundle import BUNDLE_FORMAT, MANIFEST_FILE, is_bundle, open_bundle, read_classes
 from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from promptkd_edge.runtime.preprocess import INPUT_FORMATS, PreprocessSpec, input_format_of, prepare
-from promptkd_edge.utils.files import read_json, sha256_file, write_json
+from promptkd_edge.utils.files import process_alive, read_json, remove_stale_work, sha256_file, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
@@ -134,6 +135,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
                                  options.calibration_images if needs_calibration else 0, spec.size, options.seed)
     progress.note(f"parity images: {len(images.parity)} ({images.source})")
 
+    _clean_leftovers(out.parent, r"\.(.+)\.(tmp|old)-(\d+)", progress)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -150,6 +152,26 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return read_json(out / MANIFEST_FILE)
+
+
+BUNDLE_WORK_FILES = ("model.onnx", "model.fp32-master.onnx", "manifest.json", "preprocess.json", "classes.json",
+                     "engines")
+
+
+def _clean_leftovers(folder: Path, pattern: str, progress: Progress) -> None:
+    """An export killed mid-way leaves its hidden work folder (up to the model's size: 350 MB for ViT-B-16); remove
+    those whose process is gone, and say so. A bundle moved aside by --overwrite (`.NAME.old-PID`) stays while
+    NAME is missing: the kill came between the two renames and it may be the only copy."""
+    def keep(match: re.Match[str]) -> bool:
+        return match.groups()[-2:-1] == ("old",) and not (folder / match.group(1)).exists()
+
+    for path, size in remove_stale_work(folder, pattern, BUNDLE_WORK_FILES, keep):
+        progress.note(f"removed {path} ({size / 2**20:.1f} MB), left by an interrupted export")
+    for path in folder.iterdir() if folder.is_dir() else ():
+        match = re.fullmatch(pattern, path.name)
+        if match and keep(match) and not process_alive(int(match.group(3))):
+            progress.note(f"{path} holds a bundle that an interrupted --overwrite moved aside; rename it to "
+                          f"{folder / match.group(1)} to restore it")
 
 
 def _run_data(config_path: Path) -> str | None:
@@ -308,6 +330,7 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
         target_ref = "pytorch"
 
     keep = model.get("fp32_nodes", [])
+    _clean_leftovers(bundle_dir, r"\.engine-(\d+)", progress)
     stage = bundle_dir / f".engine-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     (stage / "engines").mkdir(parents=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from promptkd_edge.errors import PkdError
+from promptkd_edge.errors import PkdError, first_line
 from promptkd_edge.models.spec import SCHEMAS, WEIGHT_SUFFIXES, ModelSpec  # noqa: F401 - part of this module's API
 from promptkd_edge.runtime.preprocess import PreprocessSpec as Preprocess  # one description, torch-free
 
@@ -139,7 +139,7 @@ def _resolve_tag(arch: str, tag: str) -> tuple[str, dict[str, Any]]:
     try:
         return open_clip.download_pretrained(cfg), cfg
     except Exception as e:  # network errors of every kind end here
-        raise PkdError(f"could not download weights for {arch}:{tag}: {e}".splitlines()[0]) from None
+        raise PkdError(f"could not download weights for {arch}:{tag}: {first_line(e, with_type=False)}") from None
 
 
 def weights_file_for(spec: ModelSpec | str) -> str | None:
@@ -157,15 +157,26 @@ def weights_file_for(spec: ModelSpec | str) -> str | None:
     return _resolve_tag(spec.arch, spec.pretrained)[0]
 
 
+OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")  # entries of OpenAI's own state dicts
+
+
 def read_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Read a weights file (.safetensors, a .pt/.bin state dict, or an open_clip training checkpoint).
+    """Read a weights file (.safetensors, a .pt/.bin state dict, or an open_clip training checkpoint)."""
+    return read_weights(path, allow_pickle)[0]
+
+
+def read_weights(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str | None]:
+    """(state dict, why the file looks like OpenAI's own CLIP release, or None).
 
     Pickle-based files are read with `weights_only=True` (no code runs). OpenAI's TorchScript archives need
-    real unpickling and are only opened with `allow_pickle=True`.
+    real unpickling and are only opened with `allow_pickle=True`. OpenAI's extra entries (input_resolution,
+    context_length, vocab_size) are dropped, as open_clip does.
     """
     path = Path(path)
     if not path.is_file():
         raise PkdError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise PkdError(f"weights file {path} is empty (0 bytes): an interrupted download or copy?")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -176,36 +187,108 @@ def read_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
     except PkdError:
         raise
     except Exception as e:
-        raise PkdError(f"cannot read weights file {path}: {str(e).splitlines()[0]}") from None
+        raise PkdError(f"cannot read weights file {path} ({_kind(path)}): {first_line(e)}") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise PkdError(f"weights file {path} holds no state dict of tensors")
+    if not isinstance(obj, dict) or not obj:
+        raise PkdError(f"weights file {path} holds no state dict (it holds {_describe_object(obj)})")
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        other = next(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
+        raise PkdError(f"weights file {path} is not a state dict of tensors (entry {other!r} is a "
+                       f"{type(obj[other]).__name__})")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
+    evidence = None
+    if _is_torchscript(path):
+        evidence = "a TorchScript archive, OpenAI's release format"
+    elif any(k in obj for k in OPENAI_ONLY_KEYS):
+        evidence = "the input_resolution / context_length / vocab_size entries of OpenAI's state dicts"
+    else:
+        evidence = _quick_gelu_config(path)
+    return {k: v for k, v in obj.items() if k not in OPENAI_ONLY_KEYS}, evidence
+
+
+def _kind(path: Path) -> str:
+    """What a weights file claims to be, for error messages."""
+    import zipfile
+
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    return "a torch zip archive" if zipfile.is_zipfile(path) else "a legacy torch pickle"
+
+
+def _describe_object(obj: Any) -> str:
+    if isinstance(obj, dict):
+        return "an empty dict" if not obj else f"a dict of {len(obj)} entries"
+    if isinstance(obj, list | tuple):
+        return f"a {type(obj).__name__} of {len(obj)} items" if obj else f"an empty {type(obj).__name__}"
+    return f"a {type(obj).__name__}"
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") for n in z.namelist())
+
+
+def _quick_gelu_config(path: Path) -> str | None:
+    """open_clip's own config beside a weights file (hub downloads, local-dir) says whether it uses QuickGELU."""
+    import json
+
+    config = path.parent / "open_clip_config.json"
+    try:
+        cfg = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    return "open_clip_config.json beside it sets quick_gelu" if cfg.get("model_cfg", {}).get("quick_gelu") else None
+
+
+def quick_gelu_variant(arch: str) -> str | None:
+    """open_clip's QuickGELU twin of `arch` (`ViT-B-16` -> `ViT-B-16-quickgelu`), if it has one."""
+    name = f"{arch}-quickgelu"
+    return name if name in list_architectures() else None
+
+
+def check_activation(model: torch.nn.Module, arch: str, weights: str, evidence: str | None) -> None:
+    """OpenAI's CLIP weights were trained with QuickGELU: loading them into a GELU architecture gives wrong
+    features without any error. Refuse that, with the fix; a path that merely mentions "openai" gets a warning."""
+    from open_clip.transformer import QuickGELU
+
+    if any(isinstance(m, QuickGELU) for m in model.modules()):
+        return
+    fix = quick_gelu_variant(arch) or "an architecture with QuickGELU"
+    if evidence:
+        raise PkdError(f"{weights} looks like OpenAI's CLIP weights ({evidence}), which use QuickGELU, but {arch} "
+                       f"builds GELU and would give wrong features: pass {fix}:{weights}")
+    if "openai" in str(weights).lower():
+        log.warning("%s is named like OpenAI's CLIP weights, which use QuickGELU; %s builds GELU. If they are "
+                    "OpenAI's, pass %s:%s", weights, arch, fix, weights)
 
 
 def _torch_load(path: Path, allow_pickle: bool) -> Any:
     import zipfile
 
-    is_torchscript = False
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            is_torchscript = any(n.endswith("constants.pkl") for n in z.namelist())
-    if is_torchscript:
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if not head.startswith(b"\x80"):  # neither torch.save's zip nor a pickle
+            raise PkdError(f"{path} is not a PyTorch weights file (neither a torch.save zip archive nor a pickle; "
+                           f"it starts with {head!r}); open_clip weights are .safetensors, .pt or .bin")
+    if _is_torchscript(path):
         if not allow_pickle:
             raise PkdError(f"{path} is a TorchScript archive (OpenAI's original CLIP format); reading it runs "
                            "pickled code: pass --allow-pickle if you trust the file")
-        sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-        return {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+        return torch.jit.load(str(path), map_location="cpu").state_dict()
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         if not allow_pickle:
-            raise PkdError(f"{path} needs full unpickling to be read ({str(e).splitlines()[0][:120]}); "
+            raise PkdError(f"{path} needs full unpickling to be read ({first_line(e)[:120]}); "
                            "pass --allow-pickle if you trust the file") from None
         return torch.load(str(path), map_location="cpu", weights_only=False)
 
@@ -262,9 +345,10 @@ def load_clip(spec: ModelSpec | str, *, device: str | torch.device = "cpu", allo
         model = _create_from_schema(spec.arch)
     else:
         _check_arch(spec.arch)
+        evidence = None
         if spec.pretrained and spec.is_file:
             weights_file = str(Path(spec.pretrained).expanduser())
-            state_dict = read_state_dict(weights_file, allow_pickle=allow_pickle)
+            state_dict, evidence = read_weights(weights_file, allow_pickle=allow_pickle)
         elif spec.pretrained:
             weights_file, tag_cfg = _resolve_tag(spec.arch, spec.pretrained)
             state_dict = read_state_dict(weights_file, allow_pickle=allow_pickle)
@@ -275,6 +359,8 @@ def load_clip(spec: ModelSpec | str, *, device: str | torch.device = "cpu", allo
                 spec.arch, pretrained=None, force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
                 force_preprocess_cfg={k: tag_cfg[k] for k in preprocess_keys if k in tag_cfg})
         if state_dict is not None:
+            if spec.is_file:
+                check_activation(model, spec.arch, weights_file, evidence)
             load_weights_into(model, state_dict, weights_file or str(spec), spec.arch)
     model.eval().requires_grad_(False)
     model.to(device)
@@ -298,7 +384,7 @@ def _create_from_schema(name: str) -> torch.nn.Module:
     except FileNotFoundError as e:
         raise PkdError(str(e)) from None
     except RuntimeError as e:
-        raise PkdError(f"cannot load {name}: {str(e).splitlines()[0]}") from None
+        raise PkdError(f"cannot load {name}: {first_line(e, with_type=False)}") from None
 
 
 class _quiet_open_clip:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from promptkd_edge.errors import PkdError
+from promptkd_edge.errors import PkdError, first_line
 from promptkd_edge.utils.files import read_json, write_json
 
 LATEST = "latest.json"
@@ -93,7 +93,7 @@ def load_latest(root: str | os.PathLike) -> TrainingState | None:
     try:
         tensors = load_file(str(folder / "state.safetensors"))
     except Exception as e:
-        raise PkdError(f"checkpoint {folder} is unreadable: {str(e).splitlines()[0]}") from None
+        raise PkdError(f"checkpoint {folder} is unreadable: {first_line(e, with_type=False)}") from None
     student = {k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")}
     return TrainingState(epoch=meta["epoch"], step=meta["step"], step_in_epoch=meta["step_in_epoch"],
                          student=student, optimizer=_join_optimizer(tensors, meta["optimizer"]),

@@ -9,15 +9,36 @@ from typing import Any
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.teacher import DEFAULT_TEMPLATE
 from promptkd_edge.train.losses import KD_NORMS
+from promptkd_edge.train.promptsrc import TEXT_TARGETS
+from promptkd_edge.train.schedule import SCHEDULES
 
 # What may change when a run is resumed: nothing that changes the numbers.
-RESUMABLE_CHANGES = frozenset({"workers", "log_every", "cache_dir", "compile", "device"})
+RESUMABLE_CHANGES = frozenset({"workers", "log_every", "cache_dir", "compile", "device", "random_init"})
 
 
 def _warmup_check(warmup_epochs: int, epochs: int) -> tuple[bool, str]:
     return (0 <= warmup_epochs < epochs,
             f"--warmup-epochs {warmup_epochs} leaves no epoch of the {epochs} for the cosine schedule; "
             "pass --warmup-epochs 0 or more --epochs")
+
+
+def _weights_check(flags: dict[str, tuple[str, str]], random_init: bool) -> None:
+    """An architecture with no tag and no file trains from random weights: refuse that unless asked for, since a
+    forgotten `:openai` would otherwise distill from a random teacher for hours. `flags` maps each flag to (the value
+    given, the open_clip spec under it: the same, or the base of a `pkd teacher` run)."""
+    from promptkd_edge.models.spec import SCHEMAS, ModelSpec
+
+    if random_init:
+        return
+    for flag, (given, spec) in flags.items():
+        parsed = ModelSpec.parse(spec)
+        if spec == given and ("/" in parsed.arch or "\\" in parsed.arch or Path(given).expanduser().exists()):
+            continue  # a path (a run that is not there is reported where it is read), not an architecture
+        if parsed.pretrained is None and not parsed.arch.startswith(SCHEMAS):
+            what = f"{flag} {given}" if spec == given else f"{flag} {given} (a teacher run on {spec})"
+            raise PkdError(f"{what} is an architecture without weights, so it would train from random "
+                           f"weights: add a tag or a file ({parsed.arch}:openai, {parsed.arch}:/path/to/weights."
+                           "safetensors; `pkd models` lists tags), or pass --random-init if that is what you want")
 
 
 def _first_failure(checks: list[tuple[bool, str]]) -> None:
@@ -40,6 +61,7 @@ class DistillConfig:
     prompt_depth: int = 9
     prompt_init_std: float = 0.02
     allow_pickle: bool = False
+    random_init: bool = False  # allow architectures without weights (tests, speed checks)
     # data
     data: str = ""
     epochs: int = 20
@@ -59,6 +81,7 @@ class DistillConfig:
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
+    schedule: str = "epoch"  # the official per-epoch cosine, or "step"
     # performance
     device: str = "auto"
     precision: str = "auto"
@@ -79,6 +102,10 @@ class DistillConfig:
         if not self.classes and not self.class_vectors and teacher_run_file(self.teacher) is None:
             raise PkdError("no classes: pass --classes FILE|IMAGEFOLDER or --class-vectors DIR (a `pkd teacher` run "
                            "as --teacher brings its own)")
+        from promptkd_edge.models.teacher import base_spec
+
+        _weights_check({"--teacher": (self.teacher, base_spec(self.teacher)),
+                        "--student": (self.student, self.student)}, self.random_init)
         checks = [
             (self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 2, "--batch-size must be >= 2 (the projector has BatchNorm)"),
@@ -91,6 +118,7 @@ class DistillConfig:
             (self.optimizer in ("sgd", "adamw"), "--optimizer must be sgd or adamw"),
             (self.lr is None or self.lr > 0, "--lr must be > 0"),
             _warmup_check(self.warmup_epochs, self.epochs),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.teacher_cache >= 0, "--teacher-cache must be >= 0"),
             (self.prompt_tokens >= 0 and self.prompt_depth >= 0, "prompt tokens and depth must be >= 0"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
@@ -153,6 +181,7 @@ class TeacherTuneConfig:
     text_depth: int = 9
     text_init: str = "a photo of a"
     self_consistency: bool = True
+    text_targets: str = "promptsrc"  # the frozen text targets' templates: PromptSRC's 60, or "openclip" (80)
     text_loss_weight: float = 25.0
     image_loss_weight: float = 10.0
     gpa: bool = True
@@ -166,6 +195,7 @@ class TeacherTuneConfig:
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
+    schedule: str = "epoch"  # the official per-epoch cosine, or "step"
     crop_scale_min: float = 0.08
     text_chunk: int = 128  # classes per text-tower chunk; more classes than this are checkpointed
     device: str = "auto"
@@ -173,8 +203,10 @@ class TeacherTuneConfig:
     workers: int = 4
     seed: int = 1
     allow_pickle: bool = False
+    random_init: bool = False  # allow an architecture without weights (tests)
 
     def validate(self) -> TeacherTuneConfig:
+        _weights_check({"--teacher": (self.teacher, self.teacher)}, self.random_init)
         checks = [
             (bool(self.data), "no training data: pass --data LABELED_IMAGEFOLDER"),
             (self.shots >= 1, "--shots must be >= 1"),
@@ -182,6 +214,8 @@ class TeacherTuneConfig:
             (self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
             _warmup_check(self.warmup_epochs, self.epochs),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.text_targets in TEXT_TARGETS, f"--text-targets must be one of {', '.join(TEXT_TARGETS)}"),
             (self.optimizer in ("sgd", "adamw"), "--optimizer must be sgd or adamw"),
             (self.lr is None or self.lr > 0, "--lr must be > 0"),
             (self.vision_tokens >= 0 and self.text_tokens >= 1, "prompt tokens must be >= 0 (vision), >= 1 (text)"),

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from promptkd_edge import __version__
-from promptkd_edge.data.datasets import BadImages, PairedViews, collate_skipping_bad
+from promptkd_edge.data.datasets import BadImages, PairedViews, collate_skipping_bad, write_bad_images
 from promptkd_edge.data.listing import list_images
 from promptkd_edge.data.sampling import EpochSampler
 from promptkd_edge.data.shards import ShardViews, is_shard_spec
@@ -35,13 +35,14 @@ from promptkd_edge.train.distributed import (
     Runtime,
     autocast_dtype,
     barrier,
+    gather_objects,
     init_runtime,
     resolve_precision,
     shutdown,
 )
 from promptkd_edge.train.losses import kd_loss
 from promptkd_edge.train.run_dir import MetricsLog, RunDir, plot_loss
-from promptkd_edge.train.schedule import optimizer_and_schedule, scaled_lr
+from promptkd_edge.train.schedule import advance, optimizer_and_schedule, scaled_lr
 from promptkd_edge.utils.files import read_json, sha256_file, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress
 
@@ -57,6 +58,7 @@ class DistillResult:
     final_loss: float
     bad_images: int
     teacher_cache: str | None
+    bad_images_file: str | None = None  # bad_images.txt in the run directory: path TAB reason per line
 
 
 def distill(cfg: DistillConfig, out: str | Path, *, resume: bool = False, progress: Progress | None = None,
@@ -162,7 +164,8 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
     params = student.trainable_parameters()
     optimizer, scheduler = optimizer_and_schedule(
         params, optimizer=cfg.optimizer, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        total_steps=total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch, warmup_lr=cfg.warmup_lr)
+        total_steps=total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch, warmup_lr=cfg.warmup_lr,
+        steps_per_epoch=steps_per_epoch, schedule=cfg.schedule)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
     resolved = {"lr": lr, "global_batch": global_batch, "world_size": rt.world_size, "precision": precision,
@@ -185,7 +188,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
             scaler.load_state_dict(state.scaler)
         start_epoch, start_in_epoch, step = state.epoch, state.step_in_epoch, state.step
         elapsed, seen = state.extra.get("seconds", 0.0), state.extra.get("images_seen", 0)
-        bad = BadImages(dataset_size, cfg.max_bad_fraction, set(state.extra.get("bad_images", [])))
+        bad = BadImages(dataset_size, cfg.max_bad_fraction, state.extra.get("bad_images", []))
         if start_epoch >= cfg.epochs:
             progress.note(f"{run.path} has already finished its {cfg.epochs} epochs")
         else:
@@ -209,7 +212,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
         if pending:
             last_loss = _log(pending, metrics, elapsed + time.perf_counter() - t0)
         extra = {"seconds": elapsed + time.perf_counter() - t0, "images_seen": seen, "loss": last_loss,
-                 "bad_images": sorted(bad.paths)}
+                 "bad_images": [list(r) for r in bad.records()]}
         state = TrainingState(epoch=epoch, step=step, step_in_epoch=in_epoch, student=student.trained_state(),
                               optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                               scaler=scaler.state_dict() if scaler.is_enabled() else None, extra=extra)
@@ -257,7 +260,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
             scaler.step(optimizer)
             scaler.update()
             lr_now = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+            advance(scheduler)
             step += 1
             in_epoch += 1
             seen += batch["size"] * rt.world_size
@@ -274,8 +277,13 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
     seconds = elapsed + time.perf_counter() - t0
     result = DistillResult(run_dir=run.path, epochs=cfg.epochs, steps=step, images_seen=seen, seconds=seconds,
                            images_per_second=seen / max(seconds, 1e-9), final_loss=last_loss,
-                           bad_images=len(bad.paths), teacher_cache=str(cache.path) if cache else None)
+                           bad_images=len(bad.found), teacher_cache=str(cache.path) if cache else None)
+    if rt.distributed:  # every rank skipped its own share of the unreadable images
+        for records in gather_objects(rt, bad.records()):
+            bad.add(records, check=False)
+        result.bad_images = len(bad.found)
     if rt.is_main:
+        result.bad_images_file = write_bad_images(run.path / "bad_images.txt", bad)
         metrics.close()
         write_json(run.summary, {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()})
     progress.done()

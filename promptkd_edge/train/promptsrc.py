@@ -8,6 +8,36 @@ import math
 import torch
 import torch.nn.functional as F
 
+# The text targets of PromptSRC's self-consistency: the 60 ImageNet templates of its trainers/imagenet_templates.py
+# (IMAGENET_TEMPLATES, a subset of OpenAI's 80 that open_clip ships as OPENAI_IMAGENET_TEMPLATES).
+PROMPTSRC_TEMPLATES = [
+    "a photo of a {}.", "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.",
+    "a photo of the hard to see {}.", "a low resolution photo of the {}.", "a rendering of a {}.",
+    "graffiti of a {}.", "a bad photo of the {}.", "a cropped photo of the {}.", "a tattoo of a {}.",
+    "the embroidered {}.", "a photo of a hard to see {}.", "a bright photo of a {}.", "a photo of a clean {}.",
+    "a photo of a dirty {}.", "a dark photo of the {}.", "a drawing of a {}.", "a photo of my {}.",
+    "the plastic {}.", "a photo of the cool {}.", "a close-up photo of a {}.", "a black and white photo of the {}.",
+    "a painting of the {}.", "a painting of a {}.", "a pixelated photo of the {}.", "a sculpture of the {}.",
+    "a bright photo of the {}.", "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.", "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.",
+    "a rendering of the {}.", "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.",
+    "a close-up photo of the {}.", "the origami {}.", "the {} in a video game.", "a sketch of a {}.",
+    "a doodle of the {}.", "a origami {}.", "a low resolution photo of a {}.", "the toy {}.",
+    "a rendition of the {}.", "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.",
+    "a photo of a nice {}.", "a photo of a weird {}.", "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.",
+    "a sketch of the {}.", "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.",
+]
+TEXT_TARGETS = ("promptsrc", "openclip")  # the 60 above, or open_clip's 80
+
+
+def text_target_templates(kind: str = "promptsrc") -> list[str]:
+    """The template ensemble of the frozen model's text targets: PromptSRC's 60 or open_clip's 80."""
+    if kind == "promptsrc":
+        return list(PROMPTSRC_TEMPLATES)
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+
 
 def consistency_losses(image: torch.Tensor, zs_image: torch.Tensor, text: torch.Tensor, zs_text: torch.Tensor,
                        logits: torch.Tensor, zs_logits: torch.Tensor, text_weight: float = 25.0,

@@ -9,6 +9,7 @@ from typing import Any
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.utils.files import atomic_path
+from promptkd_edge.utils.text import visible
 
 
 class RunDir:
@@ -91,7 +92,7 @@ def plot_loss(metrics_path: Path, out: Path, title: str = "pkd distill") -> None
     epochs = sorted({r["epoch"] for r in rows})
     for e in epochs[1:]:
         ax.axvline(min(r["step"] for r in rows if r["epoch"] == e), color="gray", alpha=0.2, linewidth=0.8)
-    ax.set_title(title)
+    ax.set_title(visible(title))  # a run named with control characters has no glyphs for them
     fig.legend(loc="upper right", bbox_to_anchor=(0.88, 0.88))
     fig.tight_layout()
     with atomic_path(out) as tmp:

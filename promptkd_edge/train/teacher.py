@@ -22,18 +22,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from promptkd_edge import __version__
-from promptkd_edge.data.datasets import BadImages, PairedViews, collate_skipping_bad
+from promptkd_edge.data.datasets import BadImages, PairedViews, collate_skipping_bad, write_bad_images
 from promptkd_edge.data.listing import LabeledImages
 from promptkd_edge.data.sampling import EpochSampler
 from promptkd_edge.errors import PkdError
+from promptkd_edge.eval.accuracy import base_novel_note
 from promptkd_edge.models.class_vectors import compute_class_vectors, read_class_names
 from promptkd_edge.models.openclip import load_clip
 from promptkd_edge.models.teacher import TEACHER_FILE, Teacher, TeacherConfig, class_prompt, save_teacher
 from promptkd_edge.train.config import TeacherTuneConfig
 from promptkd_edge.train.distributed import autocast_dtype, resolve_device, resolve_precision
-from promptkd_edge.train.promptsrc import PromptAverage, consistency_losses, gpa_weights
+from promptkd_edge.train.promptsrc import PromptAverage, consistency_losses, gpa_weights, text_target_templates
 from promptkd_edge.train.run_dir import MetricsLog, RunDir, plot_loss
-from promptkd_edge.train.schedule import optimizer_and_schedule, scaled_lr
+from promptkd_edge.train.schedule import advance, optimizer_and_schedule, scaled_lr
 from promptkd_edge.utils.files import sha256_file, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress
 
@@ -48,6 +49,8 @@ class TeacherResult:
     seconds: float
     final_loss: float
     train_top1: float  # on the few-shot images, last epoch, with the augmentation
+    bad_images: int = 0
+    bad_images_file: str | None = None  # bad_images.txt in the run directory: path TAB reason per line
 
 
 def base_classes(n: int) -> int:
@@ -70,13 +73,6 @@ def few_shot(labeled: LabeledImages, classes: list[int], shots: int, seed: int) 
                            f"--shots {shots}")
         chosen += [(paths[i], new_label) for i in sorted(rng.choice(len(paths), shots, replace=False))]
     return chosen
-
-
-def scl_templates() -> list[str]:
-    """The template ensemble for the frozen model's text targets (open_clip's 80 OpenAI ImageNet templates)."""
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
 
 
 @torch.no_grad()
@@ -143,6 +139,8 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
     labeled = labeled.relabel(names)
     train_ids = list(range(base_classes(len(names)) if cfg.classes == "base" else len(names)))
     train_names = [names[i] for i in train_ids]
+    if cfg.classes == "base" and not cfg.class_names:
+        progress.note(base_novel_note(names))
     samples = few_shot(labeled, train_ids, cfg.shots, cfg.seed)
     run.path.mkdir(parents=True, exist_ok=True)
 
@@ -155,7 +153,8 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
                            init_seed=cfg.seed,
                            weights_sha256=sha256_file(clip.weights_file) if clip.weights_file else None)
     teacher = Teacher(clip, config, source=str(run.path.resolve())).to(device)
-    zs_text = frozen_text_targets(teacher, train_names, scl_templates()) if cfg.self_consistency else None
+    zs_text = frozen_text_targets(teacher, train_names, text_target_templates(cfg.text_targets)) \
+        if cfg.self_consistency else None
     checkpointing = 0 < cfg.text_chunk < len(train_names)
 
     # 3. Data: seeded augmented views of the few-shot images; labels follow the image actually read.
@@ -170,8 +169,11 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
     lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.optimizer, cfg.batch_size)
     optimizer, scheduler = optimizer_and_schedule(
         params, optimizer=cfg.optimizer, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        total_steps=total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch, warmup_lr=cfg.warmup_lr)
+        total_steps=total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch, warmup_lr=cfg.warmup_lr,
+        steps_per_epoch=steps_per_epoch, schedule=cfg.schedule)
     average = PromptAverage(gpa_weights(cfg.epochs, cfg.gpa_mean, cfg.gpa_std)) if cfg.gpa else None
+    # fp16 gradients underflow without loss scaling (bf16 and fp32 need none)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     write_json(run.config, {"kind": "promptkd-edge/teacher-run", "config": cfg.to_dict(),
                             "resolved": {"lr": lr, "classes": names, "train_classes": train_names,
                                          "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
@@ -201,10 +203,11 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
                                                 cfg.text_loss_weight, cfg.image_loss_weight)
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             lr_now = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
+            scaler.step(optimizer)
+            scaler.update()
+            advance(scheduler)
             step += 1
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
@@ -228,7 +231,8 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
     compute_class_vectors(teacher, names).save(run.path)
     result = TeacherResult(run_dir=run.path, train_classes=len(train_names), all_classes=len(names), shots=cfg.shots,
                            steps=step, seconds=time.perf_counter() - t0, final_loss=loss_value,
-                           train_top1=correct / max(seen, 1))
+                           train_top1=correct / max(seen, 1), bad_images=len(bad.found),
+                           bad_images_file=write_bad_images(run.path / "bad_images.txt", bad))
     write_json(run.summary, {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()})
     progress.done()
     return result

@@ -7,12 +7,13 @@ import functools
 import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from promptkd_edge.errors import PkdError
+from promptkd_edge.errors import PkdError, first_line
 
 SCHEMA_VERSION = 1
 
@@ -114,7 +115,40 @@ def read_tagged_safetensors(path: str | os.PathLike, file_format: str, what: str
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     except Exception as e:
-        raise PkdError(f"cannot read {what} {path}: {str(e).splitlines()[0]}") from None
+        raise PkdError(f"cannot read {what} {path}: {first_line(e, with_type=False)}") from None
     if meta.get("format") != file_format:
         raise PkdError(f"{path} is not a promptkd-edge {what} file (format {meta.get('format')!r})")
     return json.loads(meta["config"]), tensors
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_work(folder: Path, pattern: str, markers: tuple[str, ...] = (),
+                      keep: Callable[[re.Match[str]], bool] | None = None) -> list[tuple[Path, int]]:
+    """Remove the work folders in `folder` whose name matches `pattern` (a regex whose last group is the pid of the
+    process that made it) when that process is gone (killed mid-way: power loss, kill -9), the folder is empty or
+    holds one of the `markers` files, and `keep(match)` is not true; returns (path, bytes) of each one removed."""
+    import shutil
+
+    removed: list[tuple[Path, int]] = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        match = re.fullmatch(pattern, path.name)
+        if not match or not path.is_dir() or process_alive(int(match.groups()[-1])) or (keep and keep(match)):
+            continue
+        if markers and any(path.iterdir()) and not any((path / m).exists() for m in markers):
+            continue
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append((path, size))
+    return removed
