@@ -16,8 +16,12 @@ RESULTS = Path(__file__).parent / "results"
 def machine() -> dict:
     import torch
 
+    from promptkd_edge.runtime.cpu import cpu_info
+
+    cpu = cpu_info()
     info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "cpu": _cpu_name(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+            "cpu": _cpu_name(), "cpu_cores": os.cpu_count(), "cpu_speed_flags": cpu["speed_flags"],
+            "cpu_max_mhz": cpu["max_mhz"], "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,

@@ -105,7 +105,8 @@ def main() -> None:
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [f"# Exported {r['student']} student on CPU: ONNX Runtime FP32 / INT8 vs PyTorch eager", "",
-             f"{r['date']}, {m['cpu']}, {r['threads']} threads, torch {m['torch']}. Student {r['student']} "
+             f"{r['date']}, {m['cpu']} (flags: {' '.join(m.get('cpu_speed_flags', [])) or 'not recorded'}), "
+             f"{r['threads']} threads, torch {m['torch']}. Student {r['student']} "
              f"(random weights), prompts {r['prompts']}, projector to {r['teacher_dim']}, {r['classes']} classes; "
              "input already preprocessed (compute only).", "",
              "| backend | batch | p50 ms | p90 ms | img/s | vs eager |", "|---|---|---|---|---|---|"]

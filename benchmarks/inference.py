@@ -1,7 +1,7 @@
 """Inference: the ViT-B-16 student (4 x 9 prompts, projector, class vectors) against its ViT-L-14 teacher,
 224 px, per backend, compute-only and end to end, with `pkd bench`'s harness. One command per machine:
 
-    python benchmarks/inference.py                      # CPU: PyTorch eager, ONNX Runtime FP32 and INT8, batch 1 and 8
+    python benchmarks/inference.py                      # CPU: eager, ONNX Runtime FP32/INT8, OpenVINO bf16; batch 1, 8
     python benchmarks/inference.py --device cuda        # GPU: eager fp32/fp16, compiled bf16, CUDA graphs, batch 1..256
     python benchmarks/inference.py --size tiny          # tiny models, seconds (checks the script)
 
@@ -26,7 +26,8 @@ from promptkd_edge.models.openclip import register_tiny_configs  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 SIZES = {"real": ("ViT-B-16", "ViT-L-14"), "tiny": ("pkd-tiny-student", "pkd-tiny-teacher")}
 PRESETS = {
-    "cpu": dict(backends="torch-eager-fp32,onnxruntime-cpu-fp32,onnxruntime-cpu-int8", batch_sizes=[1, 8],
+    "cpu": dict(backends="torch-eager-fp32,onnxruntime-cpu-fp32,onnxruntime-cpu-int8,openvino-cpu-bf16",
+                batch_sizes=[1, 8],
                 warmup=2, iterations=10, min_seconds=0.0, max_seconds=60.0, e2e_max_batch=8),
     "cuda": dict(backends="torch-eager-fp16,torch-compile-bf16,torch-cudagraphs-bf16,onnxruntime-cuda-fp32,tensorrt",
                  batch_sizes=[1, 8, 32, 64, 128, 256], warmup=5, iterations=50, min_seconds=0.5, max_seconds=2.0,

@@ -519,6 +519,10 @@ EXPORT_EXAMPLES = """
   # INT8 for CPU edge boxes, calibrated on 400 of the run's unlabeled images
   pkd export runs/pets --out bundles/pets-int8 --precision int8
 
+  # bf16 on a CPU with AMX or AVX512_BF16 (OpenVINO), gated here; or add the gate to an existing bundle
+  pkd export runs/pets --out bundles/pets --precision bf16
+  pkd export bundles/pets --precision bf16
+
   # embeddings + logits, uint8 NHWC input (resize/crop in the app, the rest in the graph)
   pkd export runs/pets --out bundles/pets --head both --uint8-input
 
@@ -547,8 +551,10 @@ def export(
                                      "resolution and normalises itself."),
     pixel_input: bool = typer.Option(False, "--pixel-input", help="Graph takes float32 NCHW pixels 0-255 at the "
                                      "model resolution and normalises itself (what DeepStream's nvinfer feeds)."),
-    precision: str = typer.Option("fp32", help="model.onnx: fp32, fp16 or int8 (ONNX Runtime QDQ). With --trt: the "
-                                  "engine's, fp32, fp16, int8 or fp8."),
+    precision: str = typer.Option("fp32", help="model.onnx: fp32, fp16 or int8 (ONNX Runtime QDQ); bf16: an FP32 "
+                                  "model.onnx with OpenVINO's bf16 gated on this CPU (required; fp32 and int8 exports "
+                                  "offer it where OpenVINO and bf16 exist). With --trt: the engine's, fp32, fp16, int8 "
+                                  "or fp8."),
     opset: int = typer.Option(20, help="ONNX opset (20 parses on TensorRT 10.3 / JetPack 6)."),
     slim: bool = typer.Option(False, "--slim", help="Simplify the graph with onnxslim (pip install onnxslim)."),
     data: str = typer.Option(None, "--data", help="Images for calibration and parity (default: the run's "
@@ -556,6 +562,8 @@ def export(
     parity_images: int = typer.Option(200, help="Images the parity gate compares on."),
     calibration_images: int = typer.Option(400, help="Images INT8/FP8 calibration sees."),
     calibration_method: str = typer.Option("percentile", help="INT8 calibration: percentile, minmax or entropy."),
+    smooth: bool = typer.Option(True, "--smooth/--no-smooth", help="INT8: migrate activation outliers (CLIP's "
+                                "massive activations) into the weights first (SmoothQuant); function unchanged."),
     trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT plan here (needs TensorRT 10 or 11)."),
     trt_profile: list[str] = typer.Option(None, "--trt-profile", help="MIN,OPT,MAX batch of one optimization "
                                           "profile; repeat for several (default 1,8,32)."),
@@ -587,7 +595,7 @@ def export(
     trt_options = _trt_options(trt_profile, workspace_gib, opt_level, timing_cache) if trt else None
     options = ExportOptions(head=head, input_format=input_format, precision=precision, opset=opset, slim=slim,
                             data=data, parity_images=parity_images, calibration_images=calibration_images,
-                            calibration_method=calibration_method, force=force, overwrite=overwrite,
+                            calibration_method=calibration_method, smooth=smooth, force=force, overwrite=overwrite,
                             trt=trt_options).validate()
     progress = _progress(not as_json)
     if is_bundle(source):
@@ -597,13 +605,19 @@ def export(
             if importlib.util.find_spec("onnx") is None:
                 raise PkdError("`pkd export BUNDLE --trt` reads the bundle's graph with onnx: pip install "
                                "'promptkd-edge[trt]' (on JetPack: 'promptkd-edge[jetson]')")
-        if not trt and triton is None and deepstream is None:
+        add_bf16 = precision == "bf16" and not trt
+        if not trt and not add_bf16 and triton is None and deepstream is None:
             raise PkdError(f"{source} is a bundle; export a run to make a new one, or pass --trt to add a "
-                           "TensorRT plan to it, or --triton REPO, or --deepstream DIR")
+                           "TensorRT plan to it, --precision bf16 to gate bf16 on this CPU, or --triton REPO, or "
+                           "--deepstream DIR")
         if out is not None:
             raise PkdError("--out is for new bundles; with a bundle as SOURCE the plan is added to it")
         if trt:
             add_engine(source, options, progress=progress)
+        if add_bf16:
+            from promptkd_edge.export.cpu_gate import add_bf16_gate
+
+            add_bf16_gate(source, data=data, parity_images=parity_images, force=force, progress=progress)
         if triton is not None:
             from promptkd_edge.export.triton import write_repository
 
@@ -672,6 +686,7 @@ PREDICT_EXAMPLES = """
   pkd predict bundles/pets cat.jpg dog.png
   pkd predict bundles/pets photos/ --top-k 3 --json > predictions.json
   pkd predict bundles/pets photos/ --backend tensorrt
+  pkd predict bundles/pets photos/ --backend openvino --precision bf16 --threads 4
 """
 
 
@@ -681,12 +696,16 @@ def predict(
     bundle: Path = typer.Argument(..., help="A bundle folder written by `pkd export`."),
     images: list[Path] = typer.Argument(..., help="Image files or folders (walked recursively)."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Classes per image."),
-    backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt or torch."),
+    backend: str = typer.Option("auto", help="auto (a TensorRT plan for this GPU, else the fastest gated option "
+                                "measured on this CPU, cached), onnxruntime, openvino, tensorrt or torch."),
+    precision: str = typer.Option(None, help="Force OpenVINO's precision: fp32 or bf16 (default: bf16 only where "
+                                  "the bundle's bf16 gate passed)."),
+    threads: int = typer.Option(None, help="CPU threads (default: all usable)."),
     batch_size: int = typer.Option(16, help="Images per batch."),
     allow_invalid: bool = typer.Option(False, help="Load a bundle that failed its parity gate."),
     as_json: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout."),
 ) -> None:
-    """Top-k classes of images with a bundle (ONNX Runtime or TensorRT; no torch needed)."""
+    """Top-k classes of images with a bundle (TensorRT, ONNX Runtime or OpenVINO; no torch needed)."""
     from promptkd_edge.data.listing import IMAGE_EXTENSIONS, list_images
     from promptkd_edge.runtime import Classifier
     from promptkd_edge.runtime.preprocess import to_rgb
@@ -703,9 +722,11 @@ def predict(
             raise PkdError(f"image not found: {item}")
     if not files:
         raise PkdError(f"no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    clf = Classifier.from_bundle(bundle, backend, allow_invalid=allow_invalid)
+    clf = Classifier.from_bundle(bundle, backend, allow_invalid=allow_invalid, precision=precision, threads=threads)
     for note in clf.notes:
         _err().print(f"[yellow]note:[/] {shown(note)}", highlight=False)
+    if clf.choice is not None and not clf.choice.cached and not as_json:
+        _err().print(f"[yellow]backend:[/] {shown(clf.choice.picked)}, {shown(clf.choice.reason)}", highlight=False)
     rows, skipped = [], []
     update = _progress(not as_json and len(files) > batch_size).task("predicting", len(files))
     for start in range(0, len(files), batch_size):
@@ -722,7 +743,9 @@ def predict(
             rows += [{"image": str(path), **p.to_dict()} for (path, _), p in zip(decoded, preds, strict=True)]
         update(start + len(chunk))
     if as_json:
-        _print_json({"bundle": str(bundle), "backend": clf.description, "predictions": rows, "skipped": skipped})
+        _print_json({"bundle": str(bundle), "backend": clf.description,
+                     "backend_choice": clf.choice.to_dict() if clf.choice is not None else None,
+                     "predictions": rows, "skipped": skipped})
         return
     from rich.table import Table
 
@@ -746,17 +769,28 @@ def predict(
 # ---------------------------------------------------------------------------------------------------- doctor
 
 
-@app.command(epilog="[bold]Examples[/bold]\n\n  pkd doctor\n  pkd doctor --json\n  pkd doctor --no-trt-check\n")
+@app.command(epilog="[bold]Examples[/bold]\n\n  pkd doctor\n  pkd doctor --json\n  pkd doctor --no-trt-check\n  "
+             "pkd doctor --bundle bundles/pets   # which backend the bundle runs on here, and why\n")
 @_errors_to_exit
 def doctor(
     trt_check: bool = typer.Option(True, "--trt-check/--no-trt-check", help="Where TensorRT exists, build and run "
                                    "a tiny engine end to end."),
+    bundle: Path = typer.Option(None, "--bundle", help="Also load this bundle as `backend=auto` does and say which "
+                                "backend it runs on here and why (measured once, then cached)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON on stdout."),
 ) -> None:
-    """What this machine can run: torch + CUDA, ONNX Runtime providers that really load, TensorRT, GPU, Jetson."""
+    """What this machine can run: CPU flags, torch + CUDA, ONNX Runtime providers that really load, OpenVINO,
+    TensorRT, GPU, Jetson; with --bundle, the backend a bundle runs on here."""
     from promptkd_edge.bench.doctor import probe, summary_rows
 
     report = probe(run_tensorrt_check=trt_check)
+    if bundle is not None:
+        from promptkd_edge.runtime import Classifier
+
+        clf = Classifier.from_bundle(bundle)
+        report["bundle"] = {"path": str(bundle), "backend": clf.description, "notes": clf.notes,
+                            "choice": clf.choice.to_dict() if clf.choice is not None else None}
+        clf.close()
     if as_json:
         _print_json(report)
         return
@@ -769,6 +803,13 @@ def doctor(
     for component, status, detail in summary_rows(report):
         table.add_row(shown(component), f"[{colour.get(status, 'white')}]{status}[/]", shown(detail))
     _out().print(table)
+    if bundle is not None:
+        b = report["bundle"]
+        why = b["choice"]["reason"] + (" (cached)" if b["choice"]["cached"] else "") if b["choice"] else \
+            "a TensorRT plan or a GPU provider, or the only option"
+        _out().print(f"bundle {shown(bundle)} runs on {shown(b['backend'])}: {shown(why)}")
+        for note in b["notes"]:
+            _out().print(f"  note: {shown(note)}")
 
 
 # ---------------------------------------------------------------------------------------------------- bench
@@ -787,7 +828,8 @@ BENCH_EXAMPLES = """
   pkd bench runs/pets --device cuda --batch-sizes 1,8,32,128,256 --peak-tflops 790 --out bench/h200
 
   Backends: torch-eager-fp32|fp16|bf16, torch-compile-fp32|bf16, torch-cudagraphs-bf16,
-  onnxruntime-cpu-fp32|int8, onnxruntime-cuda-fp32, onnxruntime-tensorrt-fp16, tensorrt (or: all).
+  onnxruntime-cpu-fp32|int8, openvino-cpu-fp32|bf16|int8|int8-bf16, auto (a bundle: what the runtime picks),
+  onnxruntime-cuda-fp32, onnxruntime-tensorrt-fp16, tensorrt (or: all).
 """
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports open_clip / huggingface_hub
+os.environ["PKD_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="pkd-test-cache-")  # never the user's cache
 
 import shutil
 import sys

@@ -33,15 +33,17 @@ def test_describe_on_this_machine(monkeypatch):
     start = time.perf_counter()
     env = environment.describe()
     assert time.perf_counter() - start < 2
-    assert set(env) == {"cpu", "cores", "threads", "gpu", "jetson", "versions", "python", "platform"}
+    assert set(env) == {"cpu", "cpu_flags", "cores", "threads", "gpu", "jetson", "versions", "python", "platform"}
     assert isinstance(env["cpu"], str) and env["cpu"]
+    flags = set(Path("/proc/cpuinfo").read_text().split())  # the speed flags are the CPU's own
+    assert env["cpu_flags"] and set(env["cpu_flags"]) <= flags
     assert isinstance(env["cores"], int) and env["cores"] >= 1
     assert env["threads"] == torch.get_num_threads()  # torch is imported by conftest
     assert environment.describe(threads=3)["threads"] == 3
     assert env["gpu"] is None and env["jetson"] is None
-    assert set(env["versions"]) == {"promptkd_edge", "torch", "onnxruntime", "tensorrt"}
+    assert set(env["versions"]) == {"promptkd_edge", "torch", "onnxruntime", "tensorrt", "openvino"}
     assert env["versions"]["torch"] == torch.__version__.split("+")[0] or env["versions"]["torch"] == torch.__version__
-    assert env["versions"]["promptkd_edge"] and env["versions"]["onnxruntime"]
+    assert env["versions"]["promptkd_edge"] and env["versions"]["onnxruntime"] and env["versions"]["openvino"]
     assert env["versions"]["tensorrt"] is None  # not installed here
     assert env["python"] == ".".join(map(str, sys.version_info[:3]))
     assert env["platform"]

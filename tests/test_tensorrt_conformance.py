@@ -337,6 +337,6 @@ def test_cli_on_the_real_bindings_without_a_gpu(generation, bundle, tmp_path):
     r = _pkd(gen, "predict", str(copy), str(image), "--backend", "tensorrt")
     assert r.returncode == 2 and r.stderr.strip() == "error: no CUDA GPU is visible (cudaErrorInsufficientDriver); " \
         "TensorRT needs an NVIDIA GPU and driver", r.stderr
-    r = _pkd(gen, "predict", str(copy), str(image), "--json")  # auto: falls back to ONNX Runtime and says why
+    r = _pkd(gen, "predict", str(copy), str(image), "--json")  # auto: falls back to the CPU and says why
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["backend"].startswith("onnxruntime")
+    assert json.loads(r.stdout)["backend"].startswith(("onnxruntime", "openvino"))  # the CPU option measured fastest

@@ -21,7 +21,7 @@ from promptkd_edge.errors import PkdError
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
-    kind: str  # torch | onnxruntime | tensorrt
+    kind: str  # torch | onnxruntime | openvino | tensorrt | auto
     precision: str  # fp32 | fp16 | bf16 | int8 | plan
     cuda_only: bool = False
     compile_mode: str | None = None  # torch.compile mode; "reduce-overhead" = CUDA graphs
@@ -37,6 +37,11 @@ BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
     BackendSpec("torch-cudagraphs-bf16", "torch", "bf16", cuda_only=True, compile_mode="reduce-overhead"),
     BackendSpec("onnxruntime-cpu-fp32", "onnxruntime", "fp32", provider="CPUExecutionProvider"),
     BackendSpec("onnxruntime-cpu-int8", "onnxruntime", "int8", provider="CPUExecutionProvider"),
+    BackendSpec("openvino-cpu-fp32", "openvino", "fp32"),
+    BackendSpec("openvino-cpu-bf16", "openvino", "bf16"),  # the FP32 graph computed in bf16 (AMX / AVX512_BF16)
+    BackendSpec("openvino-cpu-int8", "openvino", "int8"),  # the INT8 QDQ graph, the rest in f32
+    BackendSpec("openvino-cpu-int8-bf16", "openvino", "int8-bf16"),  # the INT8 QDQ graph, the rest in bf16
+    BackendSpec("auto", "auto", "auto"),  # what Classifier.from_bundle(backend="auto") picks for a bundle here
     BackendSpec("onnxruntime-cuda-fp32", "onnxruntime", "fp32", cuda_only=True, provider="CUDAExecutionProvider"),
     BackendSpec("onnxruntime-tensorrt-fp16", "onnxruntime", "fp16", cuda_only=True,
                 provider="TensorrtExecutionProvider"),
@@ -65,6 +70,11 @@ def prepare_artifacts(spec: BackendSpec, model: BenchModel) -> None:
             return  # `load` reports it
         if spec.provider in ort.get_available_providers():
             model.onnx(spec.precision if spec.precision == "int8" else "fp32")
+    if spec.kind == "openvino":
+        from promptkd_edge.runtime.openvino_backend import openvino_version
+
+        if openvino_version() is not None:
+            model.onnx("int8" if spec.precision.startswith("int8") else "fp32")
 
 
 class Runner:
@@ -107,6 +117,10 @@ def load(spec: BackendSpec, model: BenchModel, *, device: str, threads: int | No
         return TorchRunner(spec, model, device, threads)
     if spec.kind == "onnxruntime":
         return OrtRunner(spec, model, threads)
+    if spec.kind == "openvino":
+        return OpenVinoRunner(spec, model, threads)
+    if spec.kind == "auto":
+        return AutoRunner(model, threads)
     return TensorRTRunner(model)
 
 
@@ -213,6 +227,47 @@ class OrtRunner(_AppBackendRunner):
         self.device = "cpu" if spec.provider == "CPUExecutionProvider" else "cuda"
         self.description = self._backend.description
 
+
+
+class OpenVinoRunner(_AppBackendRunner):
+    def __init__(self, spec: BackendSpec, model: BenchModel, threads: int | None):
+        from promptkd_edge.runtime.openvino_backend import OpenVinoBackend, has_bf16, openvino_version
+
+        if openvino_version() is None:
+            raise Unavailable("OpenVINO is not installed (pip install 'promptkd-edge[openvino]')")
+        bf16, int8 = spec.precision.endswith("bf16"), spec.precision.startswith("int8")
+        if bf16 and not has_bf16():
+            raise Unavailable("this CPU has no native bf16 for OpenVINO (AMX or AVX512_BF16)")
+        try:
+            path = model.onnx("int8" if int8 else "fp32")
+            self._backend = OpenVinoBackend(path, precision="bf16" if bf16 else "fp32", threads=threads)
+        except PkdError as e:
+            raise Unavailable(str(e)) from None
+        self.name, self.precision, self.device = spec.name, spec.precision, "cpu"
+        self.description = self._backend.description + (" on the INT8 QDQ graph" if int8 else "")
+
+
+class AutoRunner(_AppBackendRunner):
+    """The backend `Classifier.from_bundle(backend="auto")` loads for the bundle on this machine."""
+
+    def __init__(self, model: BenchModel, threads: int | None):
+        from promptkd_edge.runtime import Classifier
+
+        if model.bundle is None:
+            raise Unavailable("auto chooses among a bundle's gated options: bench a bundle")
+        try:
+            clf = Classifier.from_bundle(model.bundle, threads=threads)
+        except PkdError as e:
+            raise Unavailable(str(e)) from None
+        self._backend = clf.backend
+        self.name = "auto"
+        graph, computes = clf.bundle.model["precision"], getattr(clf.backend, "precision", None)
+        # the INT8 graph on OpenVINO bf16 is INT8 + bf16 (as the openvino-cpu-int8-bf16 row); else what it computes in
+        self.precision = (f"{graph}-{computes}" if graph == "int8" and computes == "bf16" else
+                          graph if graph == "int8" else computes or graph)
+        on_gpu = getattr(clf.backend, "name", "") == "tensorrt" or getattr(clf.backend, "device", "cpu") == "cuda"
+        self.device = "cuda" if on_gpu else "cpu"
+        self.description = f"auto: {clf.description}" + (f"; {clf.choice.reason}" if clf.choice is not None else "")
 
 
 class TensorRTRunner(_AppBackendRunner):

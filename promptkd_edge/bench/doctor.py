@@ -106,8 +106,11 @@ def probe_cpu() -> dict[str, Any]:
             model = m.group(1).strip()
             break
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    from promptkd_edge.runtime.cpu import cpu_info
+
+    info = cpu_info()
     return {"model": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "cores_usable": affinity}
+            "cores_usable": affinity, "speed_flags": info["speed_flags"], "max_mhz": info["max_mhz"]}
 
 
 def probe_memory() -> dict[str, Any]:
@@ -199,6 +202,45 @@ def probe_onnxruntime() -> dict[str, Any]:
     for provider in available:
         info["providers"][provider] = _check_provider(ort, provider, model)
     return info
+
+
+# ------------------------------------------------------------------------------------------------- OpenVINO
+def probe_openvino() -> dict[str, Any]:
+    """Version, what the CPU plugin computes in (FP32, BF16, FP16, INT8), and a tiny MatMul run in f32."""
+    try:
+        import openvino as ov
+    except Exception as e:  # noqa: BLE001
+        return {"available": False, "reason": _first_line(e)}
+    import tempfile
+
+    import numpy as np
+
+    info: dict[str, Any] = {"available": True, "version": ov.__version__.split("-")[0]}
+    try:
+        from promptkd_edge.runtime.openvino_backend import shared_core
+
+        core = shared_core()
+        info["capabilities"] = [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "probe.onnx"
+            path.write_bytes(_probe_model_bytes())
+            compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            out = compiled.create_infer_request().infer({0: np.eye(2, dtype=np.float32)})[compiled.outputs[0]]
+        info["self_test"] = bool(np.allclose(out, np.asarray(PROBE_WEIGHTS, dtype=np.float32), atol=1e-3))
+    except Exception as e:  # noqa: BLE001 - a plugin that cannot start is a finding
+        info["error"] = _first_line(e)
+    return info
+
+
+def _row_openvino(d: dict[str, Any]) -> tuple[str, str]:
+    if not d.get("available"):
+        return "missing", d.get("reason", "not installed") + " (pip install 'promptkd-edge[openvino]')"
+    if d.get("error") or not d.get("self_test"):
+        return "warning", f"{d['version']}, CPU plugin: {d.get('error') or 'computes a wrong MatMul'}"
+    caps = d.get("capabilities", [])
+    bf16 = "bf16 native (gated bundles run in bf16)" if "BF16" in caps else "no native bf16 (f32 only)"
+    computes = ", ".join(c for c in caps if c in ("FP32", "BF16", "FP16", "INT8"))
+    return "ok", f"{d['version']}, CPU computes {computes}; {bf16}"
 
 
 # ------------------------------------------------------------------------------------------------- TensorRT
@@ -341,6 +383,7 @@ def probe(run_tensorrt_check: bool = True) -> dict[str, Any]:
         "memory": _guarded(probe_memory),
         "torch": _guarded(probe_torch),
         "onnxruntime": _guarded(probe_onnxruntime),
+        "openvino": _guarded(probe_openvino),
         "tensorrt": _guarded(probe_tensorrt, run_tensorrt_check),
         "cuda_python": _guarded(probe_cuda_python),
         "nvidia_smi": _guarded(probe_nvidia_smi),
@@ -412,7 +455,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     add("python", "python", lambda d: ("ok", f"{d['version']} ({d['executable']})"))
     add("platform", "platform", lambda d: ("ok", f"{d['system']} {d['release']} {d['machine']}"))
     add("cpu", "cpu", lambda d: ("ok", f"{d['model']}, {d['cores_usable'] or d['cores']} cores usable "
-                                       f"of {d['cores']}"))
+                                       f"of {d['cores']}" + (f"; {' '.join(d['speed_flags'])}"
+                                                             if d.get("speed_flags") else "")))
     add("memory", "memory", lambda d: ("ok", f"{d['total_gib']:.1f} GiB total" + (
         f", {d['available_gib']:.1f} GiB available" if d.get("available_gib") is not None else "")))
     add("torch", "torch", lambda d: _row_torch(d, gpu_seen))
@@ -421,6 +465,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         if d.get("available") else ("missing", d.get("reason", "not installed")))
     for provider, state in (report.get("onnxruntime") or {}).get("providers", {}).items():
         rows.append((f"onnxruntime {provider}", "ok" if state == "loads" else "warning", state))
+    add("openvino", "openvino", _row_openvino)
     add("tensorrt", "tensorrt", _row_tensorrt)
 
     def cuda_row(d: dict[str, Any]) -> tuple[str, str]:

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from promptkd_edge.bench import doctor
+from promptkd_edge.runtime.cpu import cpu_info
 
 NVIDIA_SMI_GPU_FIELDS = ("index", "uuid", "name", "driver_version", "memory.total", "clocks.sm", "clocks.max.sm",
                          "clocks.mem", "power.limit", "compute_cap")
@@ -26,6 +27,7 @@ VERSION_PACKAGES = {
     "torch": ("torch",),
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"),
     "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11"),
+    "openvino": ("openvino",),
 }
 _MISSING = ("", "n/a", "[n/a]", "[not supported]", "not supported", "[unknown error]", "unknown error")
 
@@ -243,6 +245,7 @@ def describe(threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
 
     return {
         "cpu": _cpu_model(),
+        "cpu_flags": guarded(lambda: cpu_info()["speed_flags"], default=[]),
         "cores": guarded(usable_cores, default=os.cpu_count() or 1),
         "threads": guarded(threads_in_use, threads, default=threads or os.cpu_count() or 1),
         "gpu": guarded(describe_gpu, device),

@@ -112,7 +112,12 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, A
                 model.cleanup()
     report["environment"] = describe(threads=cfg.threads, device=device)
     report["comparisons"] = comparisons(report["results"])
-    report["limits"] = limits(report, cfg.peak_tflops)
+    cpu = None
+    if device == "cpu":
+        from promptkd_edge.bench.cpu_peak import cpu_peaks
+
+        cpu = cpu_peaks(report["environment"]["threads"] or 1)
+    report["limits"] = limits(report, cfg.peak_tflops, cpu)
     return report
 
 
@@ -174,6 +179,7 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
         if runner is None:
             return
         first_call_ms = (time.perf_counter() - start) * 1000
+        report.setdefault("backends", {})[f"{model.role} {spec.name}"] = runner.description  # what really ran
         update = progress.task(f"{model.role} {spec.name}",
                                len(batches) + (sum(b <= cfg.e2e_max_batch for b in batches) if files else 0))
         done = 0
@@ -255,19 +261,25 @@ def comparisons(results: list[dict]) -> list[dict]:
     return out
 
 
-def limits(report: dict, peak_tflops: float | None) -> list[dict]:
-    """For GPU rows: the images/s the device's peak FLOP rate allows for this model, and the fraction reached."""
-    if not peak_tflops:
-        return []
+def limits(report: dict, peak_tflops: float | None, cpu_peaks: dict[str, dict] | None = None) -> list[dict]:
+    """The images/s a peak FLOP rate allows for this model, and the fraction reached: GPU rows against
+    `peak_tflops`; CPU rows against the CPU's computed peak at the row's precision (bench/cpu_peak.py)."""
     gflops = {m["role"]: m.get("gflops_per_image") for m in report["models"]}
     out = []
     for r in report["results"]:
         g = gflops.get(r["model"])
-        if r["mode"] != "compute" or r["device"] != "cuda" or not g:
+        if r["mode"] != "compute" or not g:
             continue
-        limit = peak_tflops * 1e3 / g
+        if r["device"] == "cuda" and peak_tflops:
+            tflops, basis = peak_tflops, f"{peak_tflops:g} TFLOP/s"
+        elif r["device"] == "cpu" and cpu_peaks:
+            first = r["precision"].split("-")[0]  # int8-bf16: the INT8 layers bound the peak
+            peak = cpu_peaks.get(first if first in cpu_peaks else "fp32")
+            tflops, basis = peak["tflops"], f"{peak['tflops']:g} TFLOP/s = {peak['basis']}"
+        else:
+            continue
+        limit = tflops * 1e3 / g
         out.append({"model": r["model"], "backend": r["backend"], "batch": r["batch"],
-                    "limit_images_per_s": round(limit, 1),
-                    "basis": f"{g:.1f} GFLOP/image at {peak_tflops:g} TFLOP/s",
+                    "limit_images_per_s": round(limit, 1), "basis": f"{g:.1f} GFLOP/image at {basis}",
                     "fraction": round(r["images_per_s"] / limit, 4)})
     return out

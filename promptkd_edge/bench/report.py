@@ -271,7 +271,8 @@ def _where_it_ran(env: Mapping[str, Any]) -> list[str]:
     counts = [f"{env['cores']} cores" if env.get("cores") is not None else "",
               f"{env['threads']} threads" if env.get("threads") is not None else ""]
     counts = [c for c in counts if c]
-    lines = [f"- **CPU:** {cpu}" + (f" ({', '.join(counts)})" if counts else "")]
+    flags = f"; flags: {' '.join(env['cpu_flags'])}" if env.get("cpu_flags") else ""
+    lines = [f"- **CPU:** {cpu}" + (f" ({', '.join(counts)})" if counts else "") + flags]
     lines.append(f"- **GPU:** {_gpu_line(env['gpu']) if env.get('gpu') else 'none'}")
     if env.get("jetson"):
         lines.append(f"- **Jetson:** {_jetson_line(env['jetson'])}")

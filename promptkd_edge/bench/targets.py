@@ -122,6 +122,45 @@ def vit_gflops(visual, extra_tokens: int = 0) -> float | None:
     return round(2 * (layers * per_layer + patch_embed + proj) / 1e9, 2)
 
 
+def onnx_gflops(path: str | Path) -> float | None:
+    """Forward GFLOPs (2 x multiply-adds) of an ONNX graph for one image: its MatMul, Gemm and Conv nodes, with
+    shapes inferred at batch 1 (QDQ graphs count the same products); None without onnx or shapes."""
+    try:
+        import onnx
+        from onnx import shape_inference
+    except ImportError:
+        return None
+    try:
+        model = onnx.load(str(path))
+        model.graph.ClearField("value_info")  # the exporter's shapes say "batch": infer them again at batch 1
+        for value in (*model.graph.input, *model.graph.output):
+            dim = value.type.tensor_type.shape.dim
+            if dim and not dim[0].dim_value:
+                dim[0].ClearField("dim_param")
+                dim[0].dim_value = 1
+        graph = shape_inference.infer_shapes(model, data_prop=True).graph
+    except Exception:  # noqa: BLE001 - a graph shape inference cannot follow: no figure
+        return None
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*graph.value_info, *graph.input, *graph.output)}
+    shapes.update({t.name: list(t.dims) for t in graph.initializer})
+    flops = 0
+    for node in graph.node:
+        out = shapes.get(node.output[0]) if node.output else None
+        if not out or not all(out):
+            continue
+        size = int(np.prod(out))
+        if node.op_type in ("MatMul", "Gemm"):
+            a = shapes.get(node.input[0])
+            k = (a[-2] if node.op_type == "Gemm" and any(x.name == "transA" and x.i for x in node.attribute)
+                 else a[-1]) if a else 0
+            flops += 2 * size * k
+        elif node.op_type == "Conv":
+            w = shapes.get(node.input[1])
+            flops += 2 * size * int(np.prod(w[1:])) if w else 0
+    return round(flops / 1e9, 6) if flops else None
+
+
 def teacher_classifier(visual, vectors, scale: float):
     """Image tower -> L2 norm -> scale * W^T: how the deployed teacher would classify (a torch module)."""
     import torch
@@ -249,7 +288,7 @@ def student_from_bundle(path: Path) -> BenchModel:
                       f"{model['num_classes']} classes", _arch(spec) if spec != "?" else "?",
                       PreprocessSpec.from_dict(bundle.preprocess), int(model["num_classes"]), build,
                       input_format=input_format_of(model), bundle=bundle.path, engines=bundle.engines,
-                      fixed_onnx=fixed)
+                      fixed_onnx=fixed, gflops_per_image=onnx_gflops(bundle.model_path))
 
 
 def resolve(target: str, *, classes: int = 1000, teacher: str | None = None) -> tuple[str, list[BenchModel]]:

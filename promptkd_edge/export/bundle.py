@@ -37,13 +37,15 @@ from promptkd_edge.utils.files import process_alive, read_json, remove_stale_wor
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
+EXPORT_PRECISIONS = (*ONNX_PRECISIONS, "bf16")  # bf16: an FP32 model.onnx that OpenVINO computes in bf16, gated
 TRT_PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 
 
 @dataclass
 class ExportOptions:
-    """What `pkd export` builds. Without `trt`, `precision` is model.onnx's; with it, the engine's (model.onnx
-    then stays FP32, the portable master every engine is built from and checked against)."""
+    """What `pkd export` builds. Without `trt`, `precision` is model.onnx's (bf16: model.onnx stays FP32 and the bf16
+    gate of OpenVINO on this CPU is required); with it, the engine's (model.onnx then stays FP32, the portable master
+    every engine is built from and checked against)."""
 
     head: str = "logits"
     input_format: str = "normalized"  # runtime.preprocess.INPUT_FORMATS: normalized | uint8 | pixels
@@ -54,6 +56,7 @@ class ExportOptions:
     parity_images: int = 200
     calibration_images: int = 400
     calibration_method: str = "percentile"
+    smooth: bool = True  # int8: SmoothQuant's scale migration before quantizing (export/smooth.py)
     batch_size: int = 16
     force: bool = False
     overwrite: bool = False
@@ -62,7 +65,7 @@ class ExportOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> ExportOptions:
-        allowed = TRT_PRECISIONS if self.trt is not None else ONNX_PRECISIONS
+        allowed = TRT_PRECISIONS if self.trt is not None else EXPORT_PRECISIONS
         if self.precision not in allowed:
             hint = " (fp8 runs on TensorRT only: add --trt)" if self.precision == "fp8" else ""
             raise PkdError(f"precision '{self.precision}' is not one of {', '.join(allowed)}{hint}")
@@ -80,8 +83,10 @@ def _versions(opset: int) -> dict[str, Any]:
     import onnxruntime
     import torch
 
+    from promptkd_edge.runtime.openvino_backend import openvino_version
+
     return {"promptkd_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "opset": opset}
+            "onnxruntime": onnxruntime.__version__, "openvino": openvino_version(), "opset": opset}
 
 
 def _run_backend(backend, arrays: np.ndarray, batch: int, progress: Progress, what: str) -> dict[str, np.ndarray]:
@@ -125,11 +130,16 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
         from promptkd_edge.export.tensorrt_build import check_can_build
 
         check_can_build()  # fail before minutes of export when TensorRT or a GPU is missing
+    from promptkd_edge.export.cpu_gate import BF16_GRAPHS, bf16_unavailable
+
+    no_bf16 = bf16_unavailable()
+    if options.precision == "bf16" and no_bf16:
+        raise PkdError(f"--precision bf16 is gated on this CPU, and cannot be here: {no_bf16}")
     student = load_student(run.student)
     vectors = ClassVectors.load(run.path)
     spec = student.preprocess
     data = options.data or _run_data(run.config)
-    onnx_precision = "fp32" if options.trt is not None else options.precision
+    onnx_precision = "fp32" if options.trt is not None or options.precision == "bf16" else options.precision
     needs_calibration = onnx_precision == "int8" or (options.trt is not None and options.precision in ("int8", "fp8"))
     images = gate.collect_images(data, options.parity_images,
                                  options.calibration_images if needs_calibration else 0, spec.size, options.seed)
@@ -142,6 +152,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
     try:
         manifest, reference = _export_into(tmp, run, student, vectors, spec, images, onnx_precision, options,
                                            progress)
+        if onnx_precision in BF16_GRAPHS and not no_bf16:  # required with --precision bf16, else an offer
+            _gate_bf16(tmp, manifest, images, reference, vectors, spec, options, progress)
         if options.trt is not None:
             add_engine(tmp, options, progress=progress, images=images, reference=reference, manifest=manifest)
         manifest = read_json(tmp / MANIFEST_FILE)
@@ -210,6 +222,13 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     fmt = options.input_format
     progress.note("folding prompts, projector and class vectors into one graph")
     folded = FoldedStudent(student, vectors if options.head != "embeddings" else None, options.head, fmt)
+    calib = prepare(images.calibration, spec, input_format=fmt) if images.calibration else None
+    smoothing = None
+    if onnx_precision == "int8" and options.smooth and calib is not None:
+        from promptkd_edge.export.smooth import smooth
+
+        progress.note("int8: migrating activation outliers into the weights (SmoothQuant, a = 0.5)")
+        smoothing = smooth(folded, calib)
     fp32_path = tmp / "model.onnx"
     progress.note(f"exporting ONNX (opset {options.opset}, dynamic batch)")
     export_onnx(folded, fp32_path, spec.size, opset=options.opset)
@@ -219,7 +238,6 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     if onnx_precision != "fp32":
         src = tmp / "model.fp32-master.onnx"
         os.replace(fp32_path, src)
-        calib = prepare(images.calibration, spec, input_format=fmt) if images.calibration else None
         progress.note(f"converting to {onnx_precision}")
         if onnx_precision == "fp16":
             conversion = {"tool": to_fp16(src, fp32_path, keep, calib), "kept_fp32": ["LayerNormalization",
@@ -228,6 +246,7 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
             conversion = quantize_int8(src, fp32_path, calib, INPUT_NAME, keep, target="cpu",
                                        method=options.calibration_method,
                                        on_batch=progress.task("int8 calibration", len(calib)))
+            conversion["smoothing"] = smoothing
         src.unlink()
 
     progress.note("parity gate: PyTorch student against the exported graph")
@@ -264,6 +283,27 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     return manifest, reference
 
 
+def _gate_bf16(bundle: Path, manifest: dict[str, Any], images: gate.ImageSet, reference: dict[str, np.ndarray],
+               vectors, spec: PreprocessSpec, options: ExportOptions, progress: Progress) -> None:
+    """Gate OpenVINO bf16 on the new graph against the PyTorch student under the bundle's own thresholds (bf16's
+    for an FP32 graph, INT8's for an INT8 graph); record it in the manifest."""
+    from promptkd_edge.export.cpu_gate import gate_bf16, record
+
+    required = options.precision == "bf16"
+    offer = " (offered: the runtime uses bf16 where it passes; --precision bf16 requires it)"
+    progress.note("parity gate: OpenVINO bf16 on this CPU" + ("" if required else offer))
+    model = manifest["model"]
+    inputs = prepare(images.parity, spec, input_format=input_format_of(model))
+    figures = gate_bf16(bundle / model["file"], model["head"], inputs, reference, vectors.vectors.numpy(),
+                        vectors.logit_scale, images.source, "pytorch", batch=options.batch_size, required=required,
+                        progress=progress, thresholds="int8" if model["precision"] == "int8" else "bf16")
+    if not figures["passed"] and not required:
+        progress.note(f"OpenVINO bf16 failed its gate ({'; '.join(figures['failures'])}): recorded as failed, so "
+                      "the runtime computes this bundle in f32")
+    record(manifest, figures)
+    write_manifest(bundle, manifest)
+
+
 def _embeddings_inside(path: Path, head: str) -> dict[str, str] | None:
     """For a logits-only graph: its internal unit features, so the gate compares embeddings as it should."""
     import onnx
@@ -282,12 +322,14 @@ def write_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
         if path.is_file() and rel != MANIFEST_FILE and not path.name.startswith("."):
             files[rel] = sha256_file(path)
     manifest = {**manifest, "files": files}
-    manifest["valid"] = all(p["passed"] for p in manifest.get("parity", []))
+    # an optional entry (a faster precision offered at export) that failed only means the runtime does not use it
+    manifest["valid"] = all(p["passed"] for p in manifest.get("parity", []) if p.get("required", True))
     write_json(bundle / MANIFEST_FILE, manifest)
 
 
 def _failures(manifest: dict[str, Any]) -> list[str]:
-    return [f"{p['target']} {p['precision']}: {f}" for p in manifest.get("parity", []) for f in p["failures"]]
+    return [f"{p['target']} {p['precision']}: {f}" for p in manifest.get("parity", []) if p.get("required", True)
+            for f in p["failures"]]
 
 
 def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progress: Progress | None = None,

@@ -47,6 +47,11 @@ class Bundle:
         return list(self.manifest.get("engines", []))
 
 
+def passed_gates(manifest: dict[str, Any]) -> set[str]:
+    """The runtime variants (e.g. "openvino-bf16") that a passing parity entry of the manifest vouches for."""
+    return {p["runtime"] for p in manifest.get("parity", []) if p.get("runtime") and p.get("passed")}
+
+
 def is_bundle(path: str | os.PathLike) -> bool:
     return (Path(path) / MANIFEST_FILE).is_file()
 

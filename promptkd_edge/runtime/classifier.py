@@ -1,11 +1,15 @@
 """`Classifier`: what an app embeds. A bundle in, top-k labels and probabilities out.
 
     from promptkd_edge.runtime import Classifier
-    clf = Classifier.from_bundle("bundle/")               # TensorRT when a matching plan exists, else ONNX Runtime
+    clf = Classifier.from_bundle("bundle/")   # a TensorRT plan built for this GPU, else the fastest gated CPU option
     for p in clf.predict(["a.jpg", pil_image, uint8_array], top_k=3):
         print(p.label, p.probability)
 
 Imports no torch (unless backend="torch"). Safe to call from several threads at once.
+
+backend="auto": a TensorRT plan of the bundle built for this TensorRT and GPU; else ONNX Runtime on a GPU provider
+when one loads; else the fastest CPU option the bundle's gates vouch for (ONNX Runtime, OpenVINO f32, OpenVINO bf16),
+measured once per machine and cached (runtime/auto.py). `description` and `choice` say what runs and why.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.runtime.bundle import Bundle, open_bundle
+from promptkd_edge.runtime.bundle import Bundle, open_bundle, passed_gates
 from promptkd_edge.runtime.preprocess import PreprocessSpec, input_format_of, prepare
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
+PRECISIONS = ("fp32", "bf16")  # what `precision=` may force on OpenVINO
 
 
 @dataclass(frozen=True)
@@ -63,25 +68,37 @@ def best_k(logits: np.ndarray, names: Sequence[str], k: int) -> list[Prediction]
 class Classifier:
     """A bundle with a backend: `predict` (top-k labels), `logits`, `embed` (unit features)."""
 
-    def __init__(self, bundle: Bundle, backend: Any, notes: list[str] | None = None):
+    def __init__(self, bundle: Bundle, backend: Any, notes: list[str] | None = None, choice: Any = None):
         self.bundle, self.backend = bundle, backend
         self.preprocess = PreprocessSpec.from_dict(bundle.preprocess)
         self.class_names = list(bundle.class_names)
         self._vectors = bundle.class_vectors
         self._scale = bundle.logit_scale
         self.notes = list(notes or [])
+        self.choice = choice  # runtime.auto.Choice when backend="auto" measured the CPU options
         if getattr(backend, "fell_back_to_cpu", False):
             self.notes.append("ONNX Runtime fell back to CPU: the GPU provider did not load "
                               "(check CUDA/cuDNN libraries with `pkd doctor`)")
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", *, providers: str | list[str] = "auto",
-                    threads: int | None = None, device_id: int = 0, allow_invalid: bool = False) -> Classifier:
-        """Open and verify a bundle (sha256 of every file) and load it on `backend`:
-        "auto" (a TensorRT plan built for this TensorRT and GPU, else ONNX Runtime), "onnxruntime",
-        "tensorrt" or "torch"."""
+                    threads: int | None = None, device_id: int = 0, allow_invalid: bool = False,
+                    precision: str | None = None, probe: bool = True, hint: str = "latency") -> Classifier:
+        """Open and verify a bundle (sha256 of every file) and load it on `backend`: "auto" (see the module
+        docstring), "onnxruntime", "openvino", "tensorrt" or "torch". `precision` forces OpenVINO's inference
+        precision ("fp32" or "bf16"; by default bf16 only where the bundle's bf16 gate passed). `probe=False`
+        makes "auto" on a CPU take ONNX Runtime without measuring. `hint` is OpenVINO's: "latency" (one call
+        uses every thread) or "throughput" (parallel streams, for many threads calling at once)."""
         if backend not in BACKENDS:
             raise PkdError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+        if hint not in ("latency", "throughput"):
+            raise PkdError(f"unknown OpenVINO hint '{hint}'; choose latency or throughput")
+        if precision is not None and precision not in PRECISIONS:
+            raise PkdError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+        if precision == "bf16":
+            if backend not in ("auto", "openvino"):
+                raise PkdError(f"precision bf16 runs on OpenVINO (backend 'openvino' or 'auto'), not on {backend}")
+            backend = "openvino"
         bundle = open_bundle(path, allow_invalid=allow_invalid)
         notes: list[str] = []
         if backend == "tensorrt" or (backend == "auto" and bundle.engines):
@@ -95,15 +112,40 @@ class Classifier:
             from promptkd_edge.runtime.torch_backend import TorchBackend
 
             return cls(bundle, TorchBackend(bundle.path, bundle.model), notes)
-        from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
+        if backend == "openvino":
+            from promptkd_edge.runtime.openvino_backend import OpenVinoBackend
 
-        ort = OnnxRuntimeBackend(bundle.model_path, providers=providers, threads=threads,
-                                 precision=bundle.model["precision"])
-        return cls(bundle, ort, notes)
+            chosen = precision or ("bf16" if _bf16_gated(bundle) else "fp32")
+            if chosen == "bf16" and "openvino-bf16" not in passed_gates(bundle.manifest):
+                notes.append("bf16 forced: this bundle has no passing bf16 parity gate (add one with "
+                             f"`pkd export {bundle.path} --precision bf16`)")
+            return cls(bundle, OpenVinoBackend(bundle.model_path, precision=chosen, threads=threads, hint=hint),
+                       notes)
+        from promptkd_edge.runtime.onnxruntime_backend import GPU_PROVIDERS, OnnxRuntimeBackend
+
+        def ort(chosen_providers: str | list[str]) -> OnnxRuntimeBackend:
+            return OnnxRuntimeBackend(bundle.model_path, providers=chosen_providers, threads=threads,
+                                      precision=bundle.model["precision"])
+
+        if backend == "onnxruntime" or providers != "auto" or (not probe and precision is None):
+            return cls(bundle, ort(providers), notes)
+        import onnxruntime
+
+        if any(p in onnxruntime.get_available_providers() for p in GPU_PROVIDERS):
+            gpu = ort("auto")
+            if gpu.device == "cuda":
+                return cls(bundle, gpu, notes)
+            gpu.close()
+        from promptkd_edge.runtime.auto import choose
+
+        options = _cpu_options(bundle, threads, precision, hint, ort)
+        loaded, choice = choose(options, bundle.model, model_sha256=bundle.manifest["files"][bundle.model["file"]],
+                                threads=threads, versions={**_versions(), "openvino hint": hint})
+        return cls(bundle, loaded, notes, choice)
 
     @property
     def description(self) -> str:
-        return self.backend.description
+        return self.backend.description + (" (auto)" if self.choice is not None else "")
 
     @property
     def input_format(self) -> str:
@@ -185,6 +227,46 @@ def _chunks(images: Sequence[Any], size: int):
         raise PkdError("no images given")
     for i in range(0, len(images), size):
         yield images[i:i + size]
+
+
+def _bf16_gated(bundle: Bundle) -> bool:
+    """The bundle's bf16 gate passed and this CPU computes bf16 natively."""
+    from promptkd_edge.runtime.openvino_backend import has_bf16
+
+    return "openvino-bf16" in passed_gates(bundle.manifest) and has_bf16()
+
+
+def _cpu_options(bundle: Bundle, threads: int | None, precision: str | None, hint: str, ort) -> list:
+    """The CPU ways to run `bundle` that its gates vouch for: ONNX Runtime on its graph; OpenVINO f32 on an FP32 or
+    INT8 graph (the graph's own arithmetic); OpenVINO bf16 on either where the bf16 gate passed (not with
+    precision="fp32")."""
+    from promptkd_edge.runtime.auto import Option
+    from promptkd_edge.runtime.openvino_backend import OpenVinoBackend, openvino_version
+
+    graph = bundle.model["precision"]
+    options = [Option("onnxruntime", lambda: ort("cpu"), f"{graph} gate")]
+    if openvino_version() is None or graph not in ("fp32", "int8"):
+        return options
+
+    def openvino(p: str):
+        return lambda: OpenVinoBackend(bundle.model_path, precision=p, threads=threads, hint=hint)
+
+    options.append(Option("openvino-fp32", openvino("fp32"), f"{graph} gate"))
+    if precision is None and _bf16_gated(bundle):
+        options.append(Option("openvino-bf16", openvino("bf16"), "bf16 gate"))
+    return options
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for dist in ("onnxruntime", "onnxruntime-gpu", "openvino"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
 
 
 def _tensorrt(bundle: Bundle, device_id: int):

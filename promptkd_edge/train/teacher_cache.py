@@ -25,15 +25,13 @@ from promptkd_edge.data.datasets import BadImages, PairedViews, collate_skipping
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.openclip import Preprocess
 from promptkd_edge.train.distributed import Runtime, barrier, broadcast_object, gather_objects
-from promptkd_edge.utils.files import sha256_text, write_json
+from promptkd_edge.utils.files import sha256_text, user_cache_dir, write_json
 
 CACHE_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("PKD_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"),
-                                                           "promptkd-edge")
-    return Path(base).expanduser() / "teacher-features"
+    return user_cache_dir() / "teacher-features"
 
 
 def listing_digest(paths: list[Path]) -> str:

@@ -152,3 +152,10 @@ def remove_stale_work(folder: Path, pattern: str, markers: tuple[str, ...] = (),
         shutil.rmtree(path, ignore_errors=True)
         removed.append((path, size))
     return removed
+
+
+def user_cache_dir() -> Path:
+    """promptkd-edge's cache folder: $PKD_CACHE_DIR, else $XDG_CACHE_HOME/promptkd-edge (~/.cache/promptkd-edge)."""
+    base = os.environ.get("PKD_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"),
+                                                           "promptkd-edge")
+    return Path(base).expanduser()
