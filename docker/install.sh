@@ -24,8 +24,8 @@ CUDA_MAJOR="${PKD_CUDA_MAJOR:-12}"
 
 case "$ROLE" in
   core)   EXTRAS="" ;;
-  cpu)    EXTRAS="openvino,plot" ;;
-  jetson) EXTRAS="jetson,plot" ;;
+  cpu)    EXTRAS="openvino,plot,text" ;;
+  jetson) EXTRAS="jetson,plot,text" ;;
   gpu)    EXTRAS="train,export,slim,plot" ;;
   train)  EXTRAS="train,export,slim,plot" ;;
   *) echo "usage: $0 core|cpu|jetson|gpu|train [SOURCE]" >&2; exit 2 ;;

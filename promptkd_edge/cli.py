@@ -349,7 +349,7 @@ def teacher(
 ) -> None:
     """Stage I: prompt-tune the CLIP teacher on a few labeled shots (PromptSRC), or import an official one."""
     _require("teacher", "train")
-    from promptkd_edge.models.class_vectors import read_class_names
+    from promptkd_edge.runtime.names import read_class_names
     from promptkd_edge.train.config import TeacherTuneConfig
     from promptkd_edge.train.teacher import import_official_teacher, tune_teacher
 
@@ -400,8 +400,9 @@ def classes(
 ) -> None:
     """Class vectors W for a new or extended class list, from the run's (prompted) teacher text tower."""
     _require("classes", "train")
-    from promptkd_edge.models.class_vectors import CLASSES_FILE, ClassVectors, compute_class_vectors, read_class_names
-    from promptkd_edge.models.teacher import DEFAULT_TEMPLATE, load_teacher, teacher_run_file
+    from promptkd_edge.models.class_vectors import CLASSES_FILE, ClassVectors, compute_class_vectors
+    from promptkd_edge.models.teacher import DEFAULT_TEMPLATE, load_teacher, require_weights, teacher_run_file
+    from promptkd_edge.runtime.names import read_class_names
     from promptkd_edge.train.distributed import resolve_device
 
     class_names = read_class_names(names)
@@ -413,9 +414,7 @@ def classes(
         raise PkdError(f"{run} is neither a teacher run nor a folder with {CLASSES_FILE}")
     source = str(run.resolve()) if is_teacher_run else existing.teacher
     teacher_model = load_teacher(source, device=resolve_device(device), allow_pickle=allow_pickle)
-    if not teacher_model.prompted and teacher_model.clip.weights_file is None and ":" not in source:
-        raise PkdError(f"the teacher {source} has no weights file (random weights): its class vectors cannot "
-                       "match the run's")
+    require_weights(teacher_model, source, "its class vectors")
     # a zero-shot teacher keeps the run's template, so the original list gives back exactly the run's W
     template = existing.template if existing is not None and not teacher_model.prompted else DEFAULT_TEMPLATE
     vectors = compute_class_vectors(teacher_model, class_names, template)
@@ -523,6 +522,9 @@ EXPORT_EXAMPLES = """
   pkd export runs/pets --out bundles/pets --precision bf16
   pkd export bundles/pets --precision bf16
 
+  # open vocabulary: the teacher's text tower and tokenizer too, so the device can name new classes
+  pkd export runs/pets --out bundles/pets-open --head both --text-encoder
+
   # embeddings + logits, uint8 NHWC input (resize/crop in the app, the rest in the graph)
   pkd export runs/pets --out bundles/pets --head both --uint8-input
 
@@ -564,6 +566,9 @@ def export(
     calibration_method: str = typer.Option("percentile", help="INT8 calibration: percentile, minmax or entropy."),
     smooth: bool = typer.Option(True, "--smooth/--no-smooth", help="INT8: migrate activation outliers (CLIP's "
                                 "massive activations) into the weights first (SmoothQuant); function unchanged."),
+    text_encoder: bool = typer.Option(False, "--text-encoder", help="Also ship the teacher's text tower (ONNX, "
+                                      "FP32 + FP16) and tokenizer, gated against `pkd classes`, so apps name "
+                                      "classes on the device (needs --head embeddings or both)."),
     trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT plan here (needs TensorRT 10 or 11)."),
     trt_profile: list[str] = typer.Option(None, "--trt-profile", help="MIN,OPT,MAX batch of one optimization "
                                           "profile; repeat for several (default 1,8,32)."),
@@ -596,9 +601,12 @@ def export(
     options = ExportOptions(head=head, input_format=input_format, precision=precision, opset=opset, slim=slim,
                             data=data, parity_images=parity_images, calibration_images=calibration_images,
                             calibration_method=calibration_method, smooth=smooth, force=force, overwrite=overwrite,
-                            trt=trt_options).validate()
+                            trt=trt_options, text_encoder=text_encoder).validate()
     progress = _progress(not as_json)
     if is_bundle(source):
+        if text_encoder:
+            raise PkdError("--text-encoder is exported from the run: pkd export RUN --out NEW --head both "
+                           "--text-encoder")
         if trt:
             import importlib.util
 
@@ -687,6 +695,10 @@ PREDICT_EXAMPLES = """
   pkd predict bundles/pets photos/ --top-k 3 --json > predictions.json
   pkd predict bundles/pets photos/ --backend tensorrt
   pkd predict bundles/pets photos/ --backend openvino --precision bf16 --threads 4
+
+  # other classes, named here (a bundle exported with --text-encoder computes their vectors on this device)
+  pkd predict bundles/pets photos/ --classes "red fox, polar bear, snow owl"
+  pkd predict bundles/pets photos/ --classes new_classes.txt
 """
 
 
@@ -701,6 +713,9 @@ def predict(
     precision: str = typer.Option(None, help="Force OpenVINO's precision: fp32 or bf16 (default: bf16 only where "
                                   "the bundle's bf16 gate passed)."),
     threads: int = typer.Option(None, help="CPU threads (default: all usable)."),
+    classes: str = typer.Option(None, "--classes", help="Classify into these classes instead of the bundle's: "
+                                "comma-separated names, or a class-list file (one per line). Needs a bundle "
+                                "exported with --text-encoder."),
     batch_size: int = typer.Option(16, help="Images per batch."),
     allow_invalid: bool = typer.Option(False, help="Load a bundle that failed its parity gate."),
     as_json: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout."),
@@ -723,6 +738,10 @@ def predict(
     if not files:
         raise PkdError(f"no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     clf = Classifier.from_bundle(bundle, backend, allow_invalid=allow_invalid, precision=precision, threads=threads)
+    if classes is not None:
+        from promptkd_edge.runtime.names import class_names_argument
+
+        clf = clf.with_class_names(class_names_argument(classes))
     for note in clf.notes:
         _err().print(f"[yellow]note:[/] {shown(note)}", highlight=False)
     if clf.choice is not None and not clf.choice.cached and not as_json:
@@ -827,6 +846,9 @@ BENCH_EXAMPLES = """
   # GPU: eager fp16, compiled, CUDA graphs up to batch 256, with the fraction of the bf16 peak reached
   pkd bench runs/pets --device cuda --batch-sizes 1,8,32,128,256 --peak-tflops 790 --out bench/h200
 
+  # a bundle with a text encoder: also class names per second (1000 names)
+  pkd bench bundles/pets-open --text-names 1000
+
   Backends: torch-eager-fp32|fp16|bf16, torch-compile-fp32|bf16, torch-cudagraphs-bf16,
   onnxruntime-cpu-fp32|int8, openvino-cpu-fp32|bf16|int8|int8-bf16, auto (a bundle: what the runtime picks),
   onnxruntime-cuda-fp32, onnxruntime-tensorrt-fp16, tensorrt (or: all).
@@ -858,6 +880,8 @@ def bench(
     e2e_max_batch: int = typer.Option(32, help="Time end to end only up to this batch size."),
     peak_tflops: float = typer.Option(None, help="The GPU's peak TFLOP/s (e.g. 790 bf16 on H200): report the "
                                       "fraction of the FLOP-bound throughput reached."),
+    text_names: int = typer.Option(0, "--text-names", help="Also time the bundle's text encoder (export "
+                                   "--text-encoder): names per second for this many class names, e.g. 1000."),
     out: Path = typer.Option(None, "--out", help="Folder for bench.json, .csv, .md and .png (default: "
                              "bench-<target>-<time>)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
@@ -877,7 +901,7 @@ def bench(
                       iterations=iterations, min_seconds=min_seconds, max_seconds=max_seconds, device=device,
                       threads=threads, compare_teacher=compare_teacher, teacher=teacher, classes=classes,
                       end_to_end=end_to_end, images=images, e2e_max_batch=e2e_max_batch, peak_tflops=peak_tflops,
-                      command=" ".join(["pkd", *sys.argv[1:]])).validate()
+                      text_names=text_names, command=" ".join(["pkd", *sys.argv[1:]])).validate()
     from promptkd_edge.runtime.bundle import is_bundle
 
     if compare_teacher or not is_bundle(Path(target).expanduser()):  # a bundle alone runs on the core install

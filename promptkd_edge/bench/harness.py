@@ -56,11 +56,14 @@ class BenchConfig:
     e2e_max_batch: int = 32  # end to end only up to this batch: beyond it, decoding on the CPU is all it measures
     top_k: int = 5
     peak_tflops: float | None = None  # the device's peak (e.g. 790 bf16 for an H200) -> throughput limits
+    text_names: int = 0  # > 0: also time the bundle's text encoder on this many class names
     command: str = ""
 
     def validate(self) -> BenchConfig:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise PkdError("--batch-sizes must be positive integers, e.g. 1,8,32")
+        if self.text_names < 0:
+            raise PkdError("--text-names must be >= 0")
         if self.iterations < 1 or self.warmup < 0:
             raise PkdError("--iterations must be >= 1 and --warmup >= 0")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -118,7 +121,43 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, A
 
         cpu = cpu_peaks(report["environment"]["threads"] or 1)
     report["limits"] = limits(report, cfg.peak_tflops, cpu)
+    if cfg.text_names:
+        if kind != "bundle":
+            raise PkdError("--text-names times a bundle's text encoder: bench a bundle exported with --text-encoder")
+        report["text_encoder"] = time_text_encoder(cfg.target, cfg.text_names, cfg.threads, device)
     return report
+
+
+def time_text_encoder(bundle: str, names: int, threads: int | None, device: str) -> dict[str, Any]:
+    """Names per second of a bundle's text encoder, tokenizer included: `names` generated class names encoded once
+    after an untimed call, on ONNX Runtime (its CUDA provider on cuda) and, on a CPU, OpenVINO where installed."""
+    from promptkd_edge.runtime.bundle import open_bundle
+    from promptkd_edge.runtime.openvino_backend import openvino_version
+    from promptkd_edge.runtime.text import TextEncoder
+
+    b = open_bundle(bundle, allow_invalid=True)
+    entry = b.manifest.get("text_encoder")
+    if not entry:
+        raise PkdError(f"{bundle} has no text encoder (pkd export RUN --head both --text-encoder)")
+    listing = [f"object {i} of kind {i % 97}" for i in range(names)]
+    on_gpu = device.startswith("cuda")
+    kinds = [("onnxruntime", "cuda" if on_gpu else "cpu")]
+    if openvino_version() is not None and not on_gpu:
+        kinds.append(("openvino", "cpu"))
+    rows = []
+    for backend, providers in kinds:
+        encoder = TextEncoder(b, backend, providers=providers, threads=threads)
+        try:
+            encoder.encode(listing[:8])
+            start = time.perf_counter()
+            encoder.encode(listing)
+            seconds = time.perf_counter() - start
+        finally:
+            encoder.close()
+        rows.append({"backend": encoder.description, "names": names, "seconds": round(seconds, 4),
+                     "names_per_s": round(names / seconds, 1)})
+    size = sum((b.path / f).stat().st_size for f in entry["files"].values())
+    return {"parameters": entry.get("parameters"), "files_mb": round(size / 2**20, 1), "rows": rows}
 
 
 def _kind(target: str) -> str:

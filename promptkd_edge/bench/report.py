@@ -379,6 +379,14 @@ def markdown(report: Mapping[str, Any]) -> str:
         out += _md_table(["model", "backend", "batch", "ceiling img/s", "measured img/s", "reached", "basis"], rows,
                          [False, False, True, True, True, True, False])
         out.append("")
+    text = report.get("text_encoder")
+    if text:
+        out += ["## Text encoder", "", f"Class names to class vectors with the bundle's text encoder (tokenizer "
+                f"included; {text['parameters'] or '?'} parameters, {text['files_mb']} MB of ONNX).", ""]
+        out += _md_table(["backend", "names", "seconds", "names/s"],
+                         ([r["backend"], r["names"], _fmt(r["seconds"]), _fmt(r["names_per_s"])] for r in text["rows"]),
+                         [False, True, True, True])
+        out.append("")
     if report["unavailable"]:
         out += ["## Not measured", ""]
         out += [f"- **{u['backend']}**" + (f" ({u['model']})" if u.get("model") else "") + f": {u['reason']}"

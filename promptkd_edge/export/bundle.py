@@ -61,6 +61,7 @@ class ExportOptions:
     force: bool = False
     overwrite: bool = False
     trt: Any = None  # promptkd_edge.export.tensorrt_build.TrtBuildOptions
+    text_encoder: bool = False  # the teacher's text tower + tokenizer, for class names given on the device
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -69,6 +70,9 @@ class ExportOptions:
         if self.precision not in allowed:
             hint = " (fp8 runs on TensorRT only: add --trt)" if self.precision == "fp8" else ""
             raise PkdError(f"precision '{self.precision}' is not one of {', '.join(allowed)}{hint}")
+        if self.text_encoder and self.head == "logits":
+            raise PkdError("--text-encoder needs --head embeddings or both: with --head logits the class vectors are "
+                           "inside the graph, so class names given on the device could not be used")
         if self.input_format not in INPUT_FORMATS:
             raise PkdError(f"unknown input format '{self.input_format}'; choose one of {', '.join(INPUT_FORMATS)}")
         if self.parity_images < 1:
@@ -137,6 +141,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
         raise PkdError(f"--precision bf16 is gated on this CPU, and cannot be here: {no_bf16}")
     student = load_student(run.student)
     vectors = ClassVectors.load(run.path)
+    teacher = _text_teacher(vectors) if options.text_encoder else None  # fail before minutes of export
     spec = student.preprocess
     data = options.data or _run_data(run.config)
     onnx_precision = "fp32" if options.trt is not None or options.precision == "bf16" else options.precision
@@ -154,6 +159,12 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
                                            progress)
         if onnx_precision in BF16_GRAPHS and not no_bf16:  # required with --precision bf16, else an offer
             _gate_bf16(tmp, manifest, images, reference, vectors, spec, options, progress)
+        if teacher is not None:
+            from promptkd_edge.export.text_encoder import export_text_encoder
+
+            manifest["text_encoder"] = export_text_encoder(teacher, vectors.names, vectors.template, tmp,
+                                                           opset=options.opset, progress=progress)
+            write_manifest(tmp, manifest)
         if options.trt is not None:
             add_engine(tmp, options, progress=progress, images=images, reference=reference, manifest=manifest)
         manifest = read_json(tmp / MANIFEST_FILE)
@@ -323,13 +334,25 @@ def write_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
             files[rel] = sha256_file(path)
     manifest = {**manifest, "files": files}
     # an optional entry (a faster precision offered at export) that failed only means the runtime does not use it
-    manifest["valid"] = all(p["passed"] for p in manifest.get("parity", []) if p.get("required", True))
+    manifest["valid"] = not _failures(manifest)
     write_json(bundle / MANIFEST_FILE, manifest)
 
 
 def _failures(manifest: dict[str, Any]) -> list[str]:
-    return [f"{p['target']} {p['precision']}: {f}" for p in manifest.get("parity", []) if p.get("required", True)
-            for f in p["failures"]]
+    """The failures of required gates: the model's (not an optional offer), the text encoder's FP32 one."""
+    text = [g for g in (manifest.get("text_encoder") or {}).get("parity", []) if g["precision"] == "fp32"]
+    return ([f"{p['target']} {p['precision']}: {f}" for p in manifest.get("parity", []) if p.get("required", True)
+             for f in p["failures"]]
+            + [f"text encoder {g['precision']}: {f}" for g in text for f in g["failures"]])
+
+
+def _text_teacher(vectors):
+    """The run's teacher, for --text-encoder (its weights must be on disk, as for `pkd classes`)."""
+    from promptkd_edge.models.teacher import load_teacher, require_weights
+
+    teacher = load_teacher(vectors.teacher)
+    require_weights(teacher, vectors.teacher, "a text encoder made from it")
+    return teacher
 
 
 def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progress: Progress | None = None,

@@ -29,21 +29,30 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int
                 opset: int = DEFAULT_OPSET, max_batch: int = 4096) -> Path:
     """Export `model` (a FoldedStudent, or any image -> logits module) to a single ONNX file with a dynamic batch
     dimension and run the full checker on it."""
+    return export_module(model, path, example_input(model, size), INPUT_NAME,
+                         getattr(model, "output_names", ["logits"]), opset=opset, max_batch=max_batch)
+
+
+def export_module(model: torch.nn.Module, path: str | os.PathLike, example: torch.Tensor, input_name: str,
+                  output_names: list[str], *, opset: int = DEFAULT_OPSET, max_batch: int = 4096,
+                  max_length: int | None = None) -> Path:
+    """One input (dynamic first dimension; with `max_length` a dynamic second one, 2..max_length) -> ONNX with the
+    dynamo exporter, one file below 2 GB, full checker."""
     import onnx
 
     if opset < MIN_OPSET:
         raise PkdError(f"opset {opset} is too old for the exporter; use {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
     path = Path(path)
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    dims = {0: torch.export.Dim("batch", min=1, max=max_batch)}
+    if max_length:
+        dims[1] = torch.export.Dim("length", min=2, max=max_length)
     log = io.StringIO()
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(log):
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model.eval(), (example_input(model, size),), str(path), dynamo=True,
-                              input_names=[INPUT_NAME],
-                              output_names=getattr(model, "output_names", ["logits"]),
-                              dynamic_shapes={"image": {0: batch}}, opset_version=opset,
-                              external_data=False, verbose=False)
+            torch.onnx.export(model.eval(), (example,), str(path), dynamo=True, input_names=[input_name],
+                              output_names=output_names, dynamic_shapes=(dims,),
+                              opset_version=opset, external_data=False, verbose=False)
         except Exception as e:  # the exporter's errors are long; keep their first line, with the log on --debug
             raise PkdError(f"ONNX export failed: {first_line(e, with_type=False)}") from e
     size_bytes = path.stat().st_size

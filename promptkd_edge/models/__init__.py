@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "ClassVectors": "class_vectors", "compute_class_vectors": "class_vectors", "read_class_names": "class_vectors",
+    "ClassVectors": "class_vectors", "compute_class_vectors": "class_vectors",
     "LoadedCLIP": "openclip", "Preprocess": "openclip", "load_clip": "openclip", "ModelSpec": "spec",
     "Projector": "projector", "PromptedVisionTower": "prompted_vision",
     "Student": "student", "StudentConfig": "student", "build_student": "student", "load_student": "student",

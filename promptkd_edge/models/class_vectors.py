@@ -14,6 +14,7 @@ import torch
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.teacher import DEFAULT_TEMPLATE, Teacher
+from promptkd_edge.runtime.names import validate_class_names
 from promptkd_edge.utils.files import atomic_path, read_json, sha256_file, write_json
 
 VECTORS_FILE = "class_vectors.safetensors"
@@ -74,41 +75,6 @@ class ClassVectors:
                            "(sha256 mismatch)")
         vectors = load_file(str(vectors_path))["class_vectors"].float()
         return cls(list(meta["names"]), vectors, meta["teacher"], meta["template"], float(meta["logit_scale"]))
-
-
-def validate_class_names(names: list[str], source: str) -> None:
-    if not names:
-        raise PkdError(f"{source} holds no class names")
-    seen: dict[str, int] = {}
-    for i, name in enumerate(names):
-        if not isinstance(name, str) or not name.strip():
-            raise PkdError(f"{source}: class {i + 1} has an empty name")
-        if name in seen:
-            raise PkdError(f"{source}: duplicate class name '{name}' (classes {seen[name] + 1} and {i + 1})")
-        seen[name] = i
-
-
-def read_class_names(source: str | os.PathLike) -> list[str]:
-    """Class names from a text file (one per line; trailing blank lines ignored) or an ImageFolder's sub-folders."""
-    source = Path(source)
-    if source.is_dir():
-        names = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
-        validate_class_names(names, f"image folder {source} (no class sub-folders)" if not names else str(source))
-        return names
-    if not source.is_file():
-        raise PkdError(f"class list not found: {source}")
-    try:
-        lines = source.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise PkdError(f"cannot read class list {source}: {e}") from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            raise PkdError(f"{source}: line {i + 1} is empty; every line must name one class")
-    names = [line.strip() for line in lines]
-    validate_class_names(names, str(source))
-    return names
 
 
 def compute_class_vectors(teacher: Teacher, names: list[str], template: str = DEFAULT_TEMPLATE) -> ClassVectors:

@@ -56,12 +56,13 @@ class PromptedTextTower(nn.Module):
     def _tokens(self, names: list[str]) -> torch.Tensor:
         return self.tokenizer(self.sentences(names)).to(self.model.token_embedding.weight.device)
 
-    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Text features [B, D] (not normalised) of tokenized "<prefix> <name>." sentences."""
+    def forward_tokens(self, tokens: torch.Tensor, trim: bool = True) -> torch.Tensor:
+        """Text features [B, D] (not normalised) of tokenized "<prefix> <name>." sentences. `trim=False` keeps the
+        whole context (same result under the causal mask; what a graph with a fixed context length needs)."""
         m, n = self.model, self.n_ctx
         length = tokens.shape[1]
         causal = m.attn_mask is not None and m.text_pool_type in ("argmax", "eos")
-        if causal:  # positions after the last [EOS] cannot influence it under the causal mask
+        if causal and trim:  # positions after the last [EOS] cannot influence it under the causal mask
             length = int(tokens.argmax(dim=-1).max()) + 1 if m.text_pool_type == "argmax" else length
             tokens = tokens[:, :length]
         cast = m.transformer.get_cast_dtype()

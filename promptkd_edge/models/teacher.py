@@ -181,6 +181,13 @@ def teacher_fingerprint(source: str) -> dict[str, str | None]:
             "prompts_sha256": sha256_file(file) if file else None}
 
 
+def require_weights(teacher: Teacher, source: str, what: str) -> None:
+    """A zero-shot teacher without a weights file has random weights: `what` (class vectors, a text encoder) made
+    from it could not match the run's."""
+    if not teacher.prompted and teacher.clip.weights_file is None and ":" not in source:
+        raise PkdError(f"the teacher {source} has no weights file (random weights): {what} cannot match the run's")
+
+
 def load_teacher(source: str, *, device: str | torch.device = "cpu", allow_pickle: bool = False) -> Teacher:
     """A zero-shot teacher from an open_clip spec, or a prompted one from a `pkd teacher` run / file."""
     file = teacher_run_file(source)

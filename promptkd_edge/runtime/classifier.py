@@ -76,6 +76,8 @@ class Classifier:
         self._scale = bundle.logit_scale
         self.notes = list(notes or [])
         self.choice = choice  # runtime.auto.Choice when backend="auto" measured the CPU options
+        self._text = None  # runtime.text.TextEncoder, loaded by the first with_class_names
+        self._own_classes = True  # False after with_classes: the graph's own logits no longer apply
         if getattr(backend, "fell_back_to_cpu", False):
             self.notes.append("ONNX Runtime fell back to CPU: the GPU provider did not load "
                               "(check CUDA/cuDNN libraries with `pkd doctor`)")
@@ -176,7 +178,7 @@ class Classifier:
         out = []
         for chunk in _chunks(images, batch_size):
             res = self.run(self.inputs(chunk))
-            if "logits" in res:
+            if "logits" in res and self._own_classes:
                 out.append(res["logits"])
             else:
                 out.append(self._scale * res["embeddings"] @ self._require_vectors().T)
@@ -197,17 +199,42 @@ class Classifier:
 
     def with_classes(self, names: Sequence[str], vectors: np.ndarray, logit_scale: float | None = None
                      ) -> Classifier:
-        """The same model with another class list (bundles with --head embeddings): W [C, D], unit rows."""
-        if "logits" in [o["name"] for o in self.bundle.model["outputs"]]:
+        """The same model with another class list (bundles with --head embeddings or both): W [C, D], unit rows."""
+        if "embeddings" not in [o["name"] for o in self.bundle.model["outputs"]]:
             raise PkdError("the class vectors of this bundle are inside its graph; export with --head embeddings "
-                           "to swap class lists at run time")
+                           "(or both) to swap class lists at run time")
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(names) or vectors.shape[1] != self.bundle.model["embedding_dim"]:
             raise PkdError(f"class vectors of shape {list(vectors.shape)} do not fit {len(names)} names and "
                            f"dimension {self.bundle.model['embedding_dim']}")
-        other = Classifier(self.bundle, self.backend, self.notes)
-        other.class_names, other._vectors = list(names), vectors
+        other = Classifier(self.bundle, self.backend, self.notes, self.choice)
+        other.class_names, other._vectors, other._own_classes = list(names), vectors, False
         other._scale = self._scale if logit_scale is None else float(logit_scale)
+        return other
+
+    def with_class_names(self, names: Sequence[str]) -> Classifier:
+        """The same model classifying into `names`, their class vectors computed here by the bundle's text encoder
+        (`pkd export --text-encoder`) in the sentence the run's vectors came from. Names cut to fit the text
+        context are listed in `notes`."""
+        from promptkd_edge.runtime.names import validate_class_names
+
+        names = list(names)
+        validate_class_names(names, "class names")
+        if self._text is None:
+            import onnxruntime
+
+            from promptkd_edge.runtime.text import TextEncoder
+
+            # on a GPU box the text tower runs on ONNX Runtime's CUDA provider where this build has it (TensorRT
+            # is not built for it), else on the CPU: once per class list
+            on_gpu = getattr(self.backend, "device", "cpu") == "cuda" or self.backend.name == "tensorrt"
+            cuda = on_gpu and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+            kind = "openvino" if self.backend.name == "openvino" else "onnxruntime"
+            self._text = TextEncoder(self.bundle, kind, providers="cuda" if cuda else "cpu")
+        vectors, notes = self._text.encode(names)
+        other = self.with_classes(names, vectors)
+        other._text = self._text
+        other.notes += notes
         return other
 
     def _require_vectors(self) -> np.ndarray:
@@ -217,6 +244,8 @@ class Classifier:
 
     def close(self) -> None:
         self.backend.close()
+        if self._text is not None:
+            self._text.close()
 
 
 def _chunks(images: Sequence[Any], size: int):

@@ -24,10 +24,11 @@ from promptkd_edge.data.listing import list_images
 from promptkd_edge.data.sampling import EpochSampler
 from promptkd_edge.data.shards import ShardViews, is_shard_spec
 from promptkd_edge.errors import PkdError
-from promptkd_edge.models.class_vectors import CLASSES_FILE, ClassVectors, compute_class_vectors, read_class_names
+from promptkd_edge.models.class_vectors import CLASSES_FILE, ClassVectors, compute_class_vectors
 from promptkd_edge.models.openclip import load_clip, preprocess_for, weights_file_for
 from promptkd_edge.models.student import StudentConfig, build_student, save_student
 from promptkd_edge.models.teacher import Teacher, base_spec, load_teacher, teacher_fingerprint
+from promptkd_edge.runtime.names import read_class_names
 from promptkd_edge.train import teacher_cache
 from promptkd_edge.train.checkpoint import TrainingState, load_latest, save_checkpoint
 from promptkd_edge.train.config import DistillConfig

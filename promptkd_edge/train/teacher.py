@@ -27,9 +27,10 @@ from promptkd_edge.data.listing import LabeledImages
 from promptkd_edge.data.sampling import EpochSampler
 from promptkd_edge.errors import PkdError
 from promptkd_edge.eval.accuracy import base_novel_note
-from promptkd_edge.models.class_vectors import compute_class_vectors, read_class_names
+from promptkd_edge.models.class_vectors import compute_class_vectors
 from promptkd_edge.models.openclip import load_clip
 from promptkd_edge.models.teacher import TEACHER_FILE, Teacher, TeacherConfig, class_prompt, save_teacher
+from promptkd_edge.runtime.names import read_class_names
 from promptkd_edge.train.config import TeacherTuneConfig
 from promptkd_edge.train.distributed import autocast_dtype, resolve_device, resolve_precision
 from promptkd_edge.train.promptsrc import PromptAverage, consistency_losses, gpa_weights, text_target_templates

@@ -1,0 +1,80 @@
+"""Class vectors on the device: a bundle's text encoder (export --text-encoder) turns class names into W, torch-free.
+
+    clf = Classifier.from_bundle("bundle/").with_class_names(["red fox", "polar bear"])
+
+Each name goes into the sentence the run's class vectors came from (the template, or the prompted teacher's learned
+context), is tokenized with the bundle's tokenizer and encoded by `text/encoder.onnx` on ONNX Runtime or OpenVINO
+(FP16 on a GPU provider where its gate passed). A name longer than the context is cut, with a note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from promptkd_edge.errors import PkdError
+from promptkd_edge.runtime.bundle import Bundle
+from promptkd_edge.runtime.names import validate_class_names
+from promptkd_edge.runtime.tokenizer import ClipTokenizer, cut_after_longest
+
+BATCH = 64
+
+
+class TextEncoder:
+    """Names -> unit class vectors [N, D] with the bundle's text encoder."""
+
+    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", *, providers: str | list[str] = "cpu",
+                 threads: int | None = None):
+        entry = bundle.manifest.get("text_encoder")
+        if not entry:
+            raise PkdError(f"bundle {bundle.path} has no text encoder: export it with --head embeddings (or both) "
+                           "--text-encoder to name classes on the device")
+        spec = entry["tokenizer"]
+        self.tokenizer = ClipTokenizer.load(bundle.path / spec["merges"], special_tokens=spec["special_tokens"],
+                                            context_length=spec["context_length"], clean=spec["clean"])
+        self.sentence = entry["sentence"]
+        self.cut_after_longest_end = bool(spec.get("cut_after_longest_end", False))
+        passed = {g["precision"] for g in entry.get("parity", []) if g.get("passed")}
+        if "fp32" not in passed:
+            raise PkdError(f"the text encoder of {bundle.path} failed its parity gate at export")
+        self.output = entry["output"]
+        file = entry["files"]["fp32"]
+        if backend == "openvino":
+            from promptkd_edge.runtime.openvino_backend import OpenVinoBackend
+
+            self.backend: Any = OpenVinoBackend(bundle.path / file, threads=threads)
+        else:
+            from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+            self.backend = OnnxRuntimeBackend(bundle.path / file, providers=providers, threads=threads)
+            if self.backend.device == "cuda" and "fp16" in passed:  # FP16 on a GPU, where its gate passed
+                self.backend.close()
+                file = entry["files"]["fp16"]
+                self.backend = OnnxRuntimeBackend(bundle.path / file, providers=providers, threads=threads,
+                                                  precision="fp16")
+        self.description = f"{self.backend.description}, {file}"
+
+    def sentences(self, names: Sequence[str]) -> list[str]:
+        return [self.sentence.format(name.replace("_", " ")) for name in names]
+
+    def encode(self, names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """(W [len(names), D] float32 with unit rows, notes: the names cut to fit the context)."""
+        names = list(names)
+        validate_class_names(names, "class names")
+        sentences = self.sentences(names)
+        notes = [f"class name '{n}' is longer than the text encoder's {self.tokenizer.context_length}-token context: "
+                 "cut" for n, s in zip(names, sentences, strict=True) if not self.tokenizer.fits(s)]
+        tokens = self.tokenizer(sentences)
+        parts = [self.backend.run(self._cut(tokens[i:i + BATCH]))[self.output] for i in range(0, len(tokens), BATCH)]
+        vectors = np.concatenate(parts).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), notes
+
+    def _cut(self, tokens: np.ndarray) -> np.ndarray:
+        """Where the encoder allows it (a causal tower pooling at the end token), the batch cut after its longest
+        text: what follows the end token changes nothing, and a class name is ~10 of 77 tokens."""
+        return cut_after_longest(tokens, self.tokenizer.end_id) if self.cut_after_longest_end else tokens
+
+    def close(self) -> None:
+        self.backend.close()

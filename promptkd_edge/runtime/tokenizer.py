@@ -1,0 +1,149 @@
+"""CLIP's byte-pair tokenizer without torch: what open_clip's `SimpleTokenizer` does, read from a bundle.
+
+Text is cleaned as open_clip cleans it (ftfy's `fix_text`, HTML entities unescaped twice, runs of whitespace made one
+space, lower case), split into words, numbers and punctuation runs, each word's UTF-8 bytes mapped to printable
+characters and merged by rank into vocabulary entries; `[start] tokens... [end]` is cut to the context length
+(the last kept token becoming [end]) and padded with 0. The vocabulary is the bundle's `text/merges.txt.gz`: one
+merge per line in rank order, after which the ids are the 256 byte symbols, the same 256 ending a word (`</w>`),
+one id per merge, then the special tokens.
+
+Needs `ftfy` and `regex` (pip install 'promptkd-edge[text]'), both pure Python or with wheels for Jetson.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from promptkd_edge.errors import PkdError
+
+WORD_END = "</w>"
+CLEANERS = ("lower", "whitespace")
+
+
+@lru_cache(maxsize=1)
+def byte_symbols() -> dict[int, str]:
+    """Byte -> a printable character: printable Latin-1 bytes stand for themselves, the other 68 are shifted past
+    255, so no byte maps to whitespace or a control character. The order (printable first) is the vocabulary's."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _imports():
+    try:
+        import ftfy
+        import regex
+    except ImportError:
+        raise PkdError("the text encoder needs ftfy and regex: pip install 'promptkd-edge[text]'") from None
+    return ftfy, regex
+
+
+class ClipTokenizer:
+    """Token ids [N, context_length] (int64) of texts, exactly as open_clip's tokenizer for CLIP models."""
+
+    def __init__(self, merges: Sequence[tuple[str, str]], special_tokens: Sequence[str] = ("<start_of_text>",
+                 "<end_of_text>"), context_length: int = 77, clean: str = "lower"):
+        if clean not in CLEANERS:
+            raise PkdError(f"unknown text cleaning '{clean}'; this tokenizer knows {', '.join(CLEANERS)}")
+        if len(special_tokens) < 2:
+            raise PkdError("a CLIP tokenizer needs at least the start and end tokens")
+        ftfy, regex = _imports()
+        self._fix_text = ftfy.fix_text
+        symbols = list(byte_symbols().values())
+        vocab = symbols + [s + WORD_END for s in symbols] + ["".join(m) for m in merges] + list(special_tokens)
+        self.ids = {token: i for i, token in enumerate(vocab)}
+        self.ranks = {tuple(m): r for r, m in enumerate(merges)}
+        self.special_tokens = list(special_tokens)
+        self.start_id, self.end_id = self.ids[special_tokens[0]], self.ids[special_tokens[1]]
+        self.context_length, self.clean = int(context_length), clean
+        specials = "|".join(regex.escape(t) for t in special_tokens)
+        self._split = regex.compile(specials + r"|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
+                                    regex.IGNORECASE)
+        self._words: dict[str, list[int]] = {}
+
+    @classmethod
+    def load(cls, merges_file: str | os.PathLike, *, special_tokens: Sequence[str], context_length: int,
+             clean: str) -> ClipTokenizer:
+        try:
+            lines = gzip.decompress(Path(merges_file).read_bytes()).decode("utf-8").splitlines()
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise PkdError(f"cannot read the tokenizer's merges {merges_file}: {e}") from None
+        merges = [tuple(line.split(" ")) for line in lines if line]
+        if any(len(m) != 2 for m in merges):
+            raise PkdError(f"{merges_file} is not a merges file (two symbols per line)")
+        return cls(merges, special_tokens, context_length, clean)
+
+    def cleaned(self, text: str) -> str:
+        text = html.unescape(html.unescape(self._fix_text(text))).strip()
+        text = " ".join(text.split())
+        return text.lower() if self.clean == "lower" else text
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without start/end tokens and not cut."""
+        out: list[int] = []
+        symbols = byte_symbols()
+        for word in self._split.findall(self.cleaned(text)):
+            if word in self.special_tokens:
+                out.append(self.ids[word])
+                continue
+            if word not in self._words:
+                self._words[word] = [self.ids[p] for p in self._merge("".join(symbols[b] for b in word.encode()))]
+            out += self._words[word]
+        return out
+
+    def _merge(self, word: str) -> list[str]:
+        """Byte-pair merges of one word, lowest rank first, until no adjacent pair is a merge."""
+        parts = [*word[:-1], word[-1] + WORD_END]
+        while len(parts) > 1:
+            pairs = {(a, b) for a, b in zip(parts, parts[1:], strict=False)}
+            best = min(pairs, key=lambda p: self.ranks.get(p, len(self.ranks)))
+            if best not in self.ranks:
+                break
+            merged, i = [], 0
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    merged.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        return parts
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """[len(texts), context_length] int64: start, tokens, end (cut to fit, ending in end), zeros."""
+        out = np.zeros((len(texts), self.context_length), dtype=np.int64)
+        for i, text in enumerate(texts):
+            ids = [self.start_id, *self.encode(text), self.end_id]
+            if len(ids) > self.context_length:
+                ids = ids[:self.context_length]
+                ids[-1] = self.end_id
+            out[i, :len(ids)] = ids
+        return out
+
+    def fits(self, text: str) -> bool:
+        """Whether `text` fits the context without being cut."""
+        return len(self.encode(text)) + 2 <= self.context_length
+
+
+def cut_after_longest(tokens: np.ndarray, end_id: int) -> np.ndarray:
+    """A batch [N, context] cut after the last end token of its longest text (at least start and end kept)."""
+    ends = (tokens == end_id).argmax(axis=1)
+    return np.ascontiguousarray(tokens[:, :max(2, int(ends.max()) + 1)])
+
+
+def write_merges(merges: Sequence[tuple[str, str]], path: str | os.PathLike) -> None:
+    """The merges in rank order, one `a b` line each, gzip (mtime 0: the same merges give the same bytes)."""
+    data = "\n".join(f"{a} {b}" for a, b in merges).encode("utf-8")
+    Path(path).write_bytes(gzip.compress(data, mtime=0))
