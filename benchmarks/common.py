@@ -20,23 +20,13 @@ def machine() -> dict:
 
     cpu = cpu_info()
     info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "cpu": _cpu_name(), "cpu_cores": os.cpu_count(), "cpu_speed_flags": cpu["speed_flags"],
+            "cpu": cpu["model"], "cpu_cores": os.cpu_count(), "cpu_speed_flags": cpu["speed_flags"],
             "cpu_max_mhz": cpu["max_mhz"], "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
                     compute_capability=f"{p.major}.{p.minor}")
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_report(report: dict, out: Path | None, default_name: str, markdown: Callable[[dict], str]) -> Path:

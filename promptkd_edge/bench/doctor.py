@@ -20,7 +20,6 @@ from typing import Any
 
 from promptkd_edge.errors import first_line
 
-CPUINFO = Path("/proc/cpuinfo")
 MEMINFO = Path("/proc/meminfo")
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
@@ -98,19 +97,11 @@ def probe_platform() -> dict[str, Any]:
 
 
 def probe_cpu() -> dict[str, Any]:
-    model = None
-    text = _read_text(CPUINFO) or ""
-    for key in ("model name", "Hardware", "Processor", "cpu model"):
-        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
-        if m:
-            model = m.group(1).strip()
-            break
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     from promptkd_edge.runtime.cpu import cpu_info
 
     info = cpu_info()
-    return {"model": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "cores_usable": affinity, "speed_flags": info["speed_flags"], "max_mhz": info["max_mhz"]}
+    return {"model": info["model"], "cores": os.cpu_count(), "cores_usable": info["cores"],
+            "speed_flags": info["speed_flags"], "max_mhz": info["max_mhz"]}
 
 
 def probe_memory() -> dict[str, Any]:

@@ -40,10 +40,7 @@ def _torch_if_imported() -> Any | None:
 
 def usable_cores() -> int:
     """CPU cores this process may run on (affinity mask), else os.cpu_count()."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    return cpu_info()["cores"]
 
 
 def threads_in_use(threads: int | None = None) -> int:
@@ -230,7 +227,7 @@ def describe_jetson() -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------------------------- describe
 def _cpu_model() -> str:
     try:
-        return str(doctor.probe_cpu()["model"])
+        return str(cpu_info()["model"])
     except Exception:  # noqa: BLE001
         return platform.processor() or platform.machine() or "unknown"
 

@@ -63,10 +63,9 @@ class TextEncoder:
         """(W [len(names), D] float32 with unit rows, notes: the names cut to fit the context)."""
         names = list(names)
         validate_class_names(names, "class names")
-        sentences = self.sentences(names)
-        notes = [f"class name '{n}' is longer than the text encoder's {self.tokenizer.context_length}-token context: "
-                 "cut" for n, s in zip(names, sentences, strict=True) if not self.tokenizer.fits(s)]
-        tokens = self.tokenizer(sentences)
+        tokens, cut = self.tokenizer.tokenize(self.sentences(names))
+        notes = [f"class name '{names[i]}' is longer than the text encoder's {self.tokenizer.context_length}-token "
+                 "context: cut" for i in cut]
         parts = [self.backend.run(self._cut(tokens[i:i + BATCH]))[self.output] for i in range(0, len(tokens), BATCH)]
         vectors = np.concatenate(parts).astype(np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), notes

@@ -123,18 +123,20 @@ class ClipTokenizer:
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """[len(texts), context_length] int64: start, tokens, end (cut to fit, ending in end), zeros."""
+        return self.tokenize(texts)[0]
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """(the token ids of `__call__`, the indices of the texts that were cut to fit the context)."""
         out = np.zeros((len(texts), self.context_length), dtype=np.int64)
+        cut = []
         for i, text in enumerate(texts):
             ids = [self.start_id, *self.encode(text), self.end_id]
             if len(ids) > self.context_length:
                 ids = ids[:self.context_length]
                 ids[-1] = self.end_id
+                cut.append(i)
             out[i, :len(ids)] = ids
-        return out
-
-    def fits(self, text: str) -> bool:
-        """Whether `text` fits the context without being cut."""
-        return len(self.encode(text)) + 2 <= self.context_length
+        return out, cut
 
 
 def cut_after_longest(tokens: np.ndarray, end_id: int) -> np.ndarray:
