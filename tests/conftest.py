@@ -54,6 +54,18 @@ def tiny_config(tmp_path: Path, **overrides):
     return DistillConfig(**base)
 
 
+def pytest_sessionfinish(session, exitstatus) -> None:
+    shutil.rmtree(os.environ["PKD_CACHE_DIR"], ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def module_dir(request, tmp_path_factory):
+    """A folder for one module's shared files, removed when the module is done (CI disks can be nearly full)."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A finished 2-epoch distillation of the tiny student, shared by read-only tests."""

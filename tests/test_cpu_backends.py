@@ -26,8 +26,8 @@ needs_bf16 = pytest.mark.skipif(not has_bf16(), reason="this CPU has no native b
 
 
 @pytest.fixture(scope="module")
-def cpu_bundles(tiny_run, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("cpu-bundles")
+def cpu_bundles(tiny_run, module_dir) -> dict[str, Path]:
+    root = module_dir
     for name, precision in (("fp32", "fp32"), ("int8", "int8")):
         export_run(tiny_run, root / name, ExportOptions(precision=precision, parity_images=32, calibration_images=32))
     return {"fp32": root / "fp32", "int8": root / "int8"}

@@ -40,9 +40,9 @@ def reference_logits(run: Path, images: list[Path]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def bundles(tiny_run, tmp_path_factory) -> dict[str, Path]:
+def bundles(tiny_run, module_dir) -> dict[str, Path]:
     """One bundle per export flavour of the shared tiny run."""
-    root = tmp_path_factory.mktemp("bundles")
+    root = module_dir
     flavours = {"fp32": {}, "fp16": {"precision": "fp16"}, "int8": {"precision": "int8", "head": "both"},
                 "uint8": {"input_format": "uint8", "head": "embeddings"}, "pixels": {"input_format": "pixels"}}
     for name, kw in flavours.items():

@@ -8,6 +8,7 @@ dies with a MarkupError, never prints another name than the one given; `--json` 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import open_clip
@@ -55,7 +56,8 @@ def assert_shown_literally(output: str, names: list[str]) -> None:
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     """A tiny run and its bundle whose class names are HOSTILE, and images in folders with those names."""
-    root = tmp_path_factory.mktemp("hostile") / "runs [red]x \x1b[0m"  # a path holding markup and ANSI
+    top = tmp_path_factory.mktemp("hostile")
+    root = top / "runs [red]x \x1b[0m"  # a path holding markup and ANSI
     root.mkdir()
     (root / "classes.txt").write_text("\n".join(HOSTILE) + "\n", encoding="utf-8")
     write_images(root / "unlabeled", 8)
@@ -63,12 +65,13 @@ def hostile(tmp_path_factory):
     torch.manual_seed(0)  # teacher weights in a file, so `pkd classes` can recompute its class vectors
     save_file({k: v.contiguous() for k, v in open_clip.create_model(TEACHER).state_dict().items()},
               str(root / "teacher [b].safetensors"))
-    return root
+    yield root
+    shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
 def wide_terminal(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "400")  # table cells are not wrapped inside a name
+    monkeypatch.setenv("COLUMNS", "1000")  # table cells are not wrapped inside a name
 
 
 def test_every_command_shows_hostile_names_literally(hostile):

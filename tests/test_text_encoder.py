@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,13 +91,14 @@ def _run(root: Path, prompted: bool) -> Path:
 
 
 @pytest.fixture(scope="module", params=["zero-shot", "prompted"])
-def text_bundle(request, tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp(request.param)
+def text_bundle(request, module_dir):
+    root = module_dir / request.param
     run = _run(root, request.param == "prompted")
     bundle = root / "bundle"
     export_run(run, bundle, ExportOptions(head="both", text_encoder=True, data=str(root / "unlabeled"),
                                           parity_images=8))
-    return run, bundle
+    yield run, bundle
+    shutil.rmtree(root, ignore_errors=True)  # ~75 MB per flavour
 
 
 def test_text_encoder_equals_pkd_classes(text_bundle):
