@@ -145,9 +145,12 @@ def test_version_read_from_source_without_import(monkeypatch, tmp_path):
     pkg.mkdir()
     (pkg / "__init__.py").write_text('raise ImportError("must not be imported")\n__version__ = "10.3.0"\n')
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert environment.package_version("fake_trt_pkg") == "10.3.0"
+    from promptkd_edge.utils.versions import distribution_version, package_version
+
+    assert package_version("fake_trt_pkg") == "10.3.0"
     assert "fake_trt_pkg" not in sys.modules
-    assert environment.package_version("no_such_module_pkd") is None
+    assert package_version("no_such_module_pkd") is None
+    assert distribution_version("numpy") == np.__version__ and distribution_version("no-such-dist-pkd") is None
 
 
 class _FakeCuda:

@@ -6,9 +6,6 @@ and torch is only consulted when the caller has already imported it.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
-import importlib.util
 import os
 import platform
 import re
@@ -17,18 +14,11 @@ from typing import Any
 
 from promptkd_edge.bench import doctor
 from promptkd_edge.runtime.cpu import cpu_info
+from promptkd_edge.utils.versions import VERSION_PACKAGES, package_version
 
 NVIDIA_SMI_GPU_FIELDS = ("index", "uuid", "name", "driver_version", "memory.total", "clocks.sm", "clocks.max.sm",
                          "clocks.mem", "power.limit", "compute_cap")
 NVIDIA_SMI_TIMEOUT_S = 2.0
-# import name -> distributions that may provide it (then any distribution that ships the module)
-VERSION_PACKAGES = {
-    "promptkd_edge": ("promptkd-edge",),
-    "torch": ("torch",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"),
-    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11"),
-    "openvino": ("openvino",),
-}
 _MISSING = ("", "n/a", "[n/a]", "[not supported]", "not supported", "[unknown error]", "unknown error")
 
 
@@ -54,47 +44,6 @@ def threads_in_use(threads: int | None = None) -> int:
         except Exception:  # noqa: BLE001 - a half-initialised torch
             pass
     return usable_cores()
-
-
-# ------------------------------------------------------------------------------------------------- versions
-def _version_from_source(module: str) -> str | None:
-    """`__version__ = "x"` read from the package's __init__.py / version.py without importing it."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
-        return None
-    folder = os.path.dirname(spec.origin)
-    for path in (spec.origin, os.path.join(folder, "version.py"), os.path.join(folder, "_version.py")):
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                m = re.search(r"^__version__\s*(?::\s*str\s*)?=\s*['\"]([^'\"]+)['\"]", f.read(), re.MULTILINE)
-        except OSError:
-            continue
-        if m:
-            return m.group(1)
-    return None
-
-
-def package_version(module: str) -> str | None:
-    """Installed version of the package that provides import name `module`, or None; imports nothing."""
-    loaded = sys.modules.get(module)
-    if loaded is not None and isinstance(getattr(loaded, "__version__", None), str):
-        return loaded.__version__
-    for dist in VERSION_PACKAGES.get(module, (module,)):
-        with contextlib.suppress(Exception):  # PackageNotFoundError, or a broken METADATA file
-            return importlib.metadata.version(dist)
-    try:
-        if importlib.util.find_spec(module) is None:
-            return None
-    except (ImportError, ValueError):
-        return None
-    with contextlib.suppress(Exception):  # installed under another distribution name (a scan of all of them)
-        for dist in importlib.metadata.packages_distributions().get(module, []):
-            with contextlib.suppress(Exception):
-                return importlib.metadata.version(dist)
-    return _version_from_source(module)  # e.g. TensorRT from JetPack's apt packages: no dist-info
 
 
 # ------------------------------------------------------------------------------------------------------ GPU

@@ -287,15 +287,9 @@ def _cpu_options(bundle: Bundle, threads: int | None, precision: str | None, hin
 
 
 def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
+    from promptkd_edge.utils.versions import distribution_version
 
-    out: dict[str, str | None] = {}
-    for dist in ("onnxruntime", "onnxruntime-gpu", "openvino"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = None
-    return out
+    return {dist: distribution_version(dist) for dist in ("onnxruntime", "onnxruntime-gpu", "openvino")}
 
 
 def _tensorrt(bundle: Bundle, device_id: int):

@@ -57,14 +57,9 @@ def load_cudart():
 
 def cuda_bindings_version() -> str | None:
     """The installed cuda-python (cuda-bindings) version, e.g. "13.5.0"."""
-    from importlib.metadata import PackageNotFoundError, version
+    from promptkd_edge.utils.versions import distribution_version
 
-    for dist in ("cuda-bindings", "cuda-python"):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            continue
-    return None
+    return distribution_version("cuda-bindings") or distribution_version("cuda-python")
 
 
 def driver_mismatch(bindings: str | None, driver_cuda: int | None) -> str | None:

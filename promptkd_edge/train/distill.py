@@ -46,6 +46,7 @@ from promptkd_edge.train.run_dir import MetricsLog, RunDir, plot_loss
 from promptkd_edge.train.schedule import advance, optimizer_and_schedule, scaled_lr
 from promptkd_edge.utils.files import read_json, sha256_file, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress
+from promptkd_edge.utils.versions import distribution_version
 
 
 @dataclass
@@ -351,13 +352,4 @@ def _write_config(run: RunDir, cfg: DistillConfig, resolved: dict[str, Any], res
     write_json(run.config, {
         "kind": "promptkd-edge/distill-run", "config": cfg.to_dict(), "resolved": resolved,
         "versions": {"promptkd_edge": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                     "open_clip": _version("open_clip_torch")}})
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
+                     "open_clip": distribution_version("open_clip_torch")}})
