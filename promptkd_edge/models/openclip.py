@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from promptkd_edge.errors import PkdError, first_line
+from promptkd_edge.formats.preprocess import PreprocessSpec as Preprocess  # one description, torch-free
 from promptkd_edge.models.spec import SCHEMAS, WEIGHT_SUFFIXES, ModelSpec  # noqa: F401 - part of this module's API
-from promptkd_edge.runtime.preprocess import PreprocessSpec as Preprocess  # one description, torch-free
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 log = logging.getLogger(__name__)

@@ -1,15 +1,14 @@
 """Turn images into model input exactly as open_clip's eval transform does, with numpy and Pillow only (no torch).
 
 The reference is `promptkd_edge.data.views.eval_transform` applied to the image converted to RGB (the data path
-converts every image to RGB first, see `promptkd_edge.data.decode.open_rgb`); outputs agree to <= 1e-6.
+converts every image to RGB first, see `promptkd_edge.data.decode.open_rgb`); outputs agree to <= 1e-6. What the
+input is (PreprocessSpec, INPUT_FORMATS) is described in promptkd_edge/formats/preprocess.py; this module does it.
 """
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,67 +16,14 @@ import numpy as np
 from PIL import Image
 
 from promptkd_edge.errors import PkdError, first_line
-from promptkd_edge.utils.files import read_json
+from promptkd_edge.formats.preprocess import (  # noqa: F401  (the runtime's API)
+    INPUT_FORMATS,
+    INTERPOLATIONS,
+    PreprocessSpec,
+    input_format_of,
+)
 
-RESIZE_MODES = ("shortest", "squash", "longest")
-FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-           "nearest": Image.Resampling.NEAREST}
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """How an image becomes model input: the bundle's preprocess.json (open_clip's preprocess config)."""
-
-    size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.size, numbers.Integral):
-            object.__setattr__(self, "size", (self.size, self.size))
-        if len(self.size) != 2 or any(not isinstance(s, numbers.Integral) or isinstance(s, bool) or s <= 0
-                                      for s in self.size):
-            raise PkdError(f"preprocess size must be two positive integers [height, width], got {list(self.size)}")
-        for name, vals in (("mean", self.mean), ("std", self.std)):
-            if len(vals) != 3 or any(not isinstance(v, numbers.Real) or isinstance(v, bool) for v in vals):
-                raise PkdError(f"preprocess {name} must be three numbers, got {list(vals)}")
-        if any(v == 0 for v in self.std):
-            raise PkdError(f"preprocess std must not contain 0, got {list(self.std)}")
-        if self.interpolation not in FILTERS:
-            raise PkdError(f"preprocess interpolation '{self.interpolation}' is not one of {', '.join(FILTERS)}")
-        if self.resize_mode not in RESIZE_MODES:
-            raise PkdError(f"preprocess resize_mode '{self.resize_mode}' is not one of {', '.join(RESIZE_MODES)}")
-        object.__setattr__(self, "size", tuple(int(s) for s in self.size))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
-        """From a preprocess.json object (or `Preprocess.to_dict()`); an int size means a square."""
-        try:
-            size = d["size"]
-            return cls(size=size if isinstance(size, int) else tuple(size), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                       interpolation=d.get("interpolation", "bicubic"), resize_mode=d.get("resize_mode", "shortest"))
-        except KeyError as e:
-            raise PkdError(f"preprocess config lacks {e.args[0]!r}") from None
-        except TypeError as e:
-            raise PkdError(f"preprocess config is malformed: {e}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, "resize_mode": self.resize_mode}
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> PreprocessSpec:
-        """Read a bundle's preprocess.json."""
-        try:
-            return cls.from_dict(read_json(path, "preprocess.json"))
-        except PkdError as e:
-            if str(path) in str(e):
-                raise
-            raise PkdError(f"{path}: {e}") from None
+FILTERS = {name: Image.Resampling[name.upper()] for name in INTERPOLATIONS}
 
 
 def to_rgb(item: Any) -> Image.Image:
@@ -187,20 +133,6 @@ def _as_list(images: Any) -> Sequence[Any]:
     if isinstance(images, str | os.PathLike | Image.Image) or (isinstance(images, np.ndarray) and images.ndim <= 3):
         return [images]
     return images
-
-
-# What a graph takes (manifest model "input_format"): the model-ready batch `prepare` makes for it.
-INPUT_FORMATS = {
-    "normalized": "float32 NCHW [B, 3, H, W] normalised as open_clip's eval transform",
-    "uint8": "uint8 NHWC [B, H, W, 3], resized and cropped; the graph does /255 and mean/std",
-    "pixels": "float32 NCHW [B, 3, H, W] in pixel units 0-255, resized and cropped; the graph does /255 and "
-              "mean/std (DeepStream nvinfer's input with net-scale-factor 1 and offsets 0)",
-}
-
-
-def input_format_of(model: dict[str, Any]) -> str:
-    """The input format of a manifest's model (bundles written before `input_format` have `uint8_input`)."""
-    return model.get("input_format") or ("uint8" if model.get("uint8_input") else "normalized")
 
 
 def prepare(images: Sequence[Any], spec: PreprocessSpec, *, input_format: str = "normalized") -> np.ndarray:
