@@ -8,7 +8,7 @@
 #         jetson   core + cuda-python < 13 + onnx + plots, beside JetPack 6's own TensorRT 10.3 (apt
 #                  python3-libnvinfer, seen through a venv made with --system-site-packages)
 #         gpu      training, export and TensorRT on an x86 GPU box (an NGC PyTorch image: its torch and
-#                  TensorRT are kept); cuda-python for the base's CUDA major (PKD_CUDA_MAJOR, default 12)
+#                  TensorRT are kept); cuda-python for the base's CUDA major (PKD_CUDA_MAJOR, default 12), NVML
 #         train    training and export on a plain box (pip's torch)
 # SOURCE  the project folder or a built wheel (default: the folder above this script)
 #
@@ -49,7 +49,8 @@ run "$PYTHON" -m pip install --no-cache-dir -c "$KEEP" "$TARGET"
 if [ "$ROLE" = "gpu" ]; then
   if [ "$CUDA_MAJOR" = "13" ]; then CUDA_PYTHON="cuda-python>=13,<14"; TRT="tensorrt-cu13>=11,<12";
   else CUDA_PYTHON="cuda-python>=12.6,<13"; TRT="tensorrt-cu12>=10.3,<12"; fi
-  run "$PYTHON" -m pip install --no-cache-dir -c "$KEEP" "$CUDA_PYTHON" "onnx>=1.17"
+  # nvidia-ml-py: NVML, for pkd bench's GPU energy and per-process GPU memory and pkd doctor's GPU facts
+  run "$PYTHON" -m pip install --no-cache-dir -c "$KEEP" "$CUDA_PYTHON" "onnx>=1.17" "nvidia-ml-py>=12.535"
   # NGC images ship TensorRT's Python bindings; elsewhere take NVIDIA's wheel (it downloads from NVIDIA's index)
   if ! "$PYTHON" -c "import tensorrt" >/dev/null 2>&1; then run "$PYTHON" -m pip install --no-cache-dir "$TRT"; fi
 fi

@@ -9,9 +9,10 @@ import pytest
 from conftest import STUDENT, TEACHER, pkd
 
 from promptkd_edge.bench.backends import BACKENDS, parse_backends
+from promptkd_edge.bench.flops import torch_gflops
 from promptkd_edge.bench.harness import BenchConfig, comparisons, limits, run_bench
+from promptkd_edge.bench.record import ResultRow
 from promptkd_edge.bench.report import validate_report
-from promptkd_edge.bench.targets import vit_gflops
 from promptkd_edge.bench.timing import Timing, percentile, time_calls
 from promptkd_edge.errors import PkdError
 
@@ -43,12 +44,29 @@ def test_time_calls_warms_up_and_times_with_the_clock_it_is_given():
     assert t.samples_ms == [7.5, 7.5, 7.5]
 
 
-def test_vit_flops_match_the_published_figure():
-    """ViT-B/16 at 224 px: about 35 GFLOP per image (17.6 G multiply-adds), the basis of the GPU limit."""
+def vit_formula_gflops(visual, extra_tokens: int = 0) -> float:
+    """The analytic count `pkd bench` used before the FLOP counter (an open_clip ViT tower's matmuls, attention
+    scores, patch embedding and projection), kept here as the reference the counter must agree with."""
+    width, layers = visual.transformer.width, len(visual.transformer.resblocks)
+    mlp, patch = visual.transformer.resblocks[0].mlp.c_fc.out_features, visual.conv1.kernel_size[0]
+    h, w = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
+    n = (h // patch) * (w // patch) + 1 + extra_tokens
+    per_layer = 4 * n * width * width + 2 * n * width * mlp + 2 * n * n * width
+    patch_embed = (h // patch) * (w // patch) * 3 * patch * patch * width
+    return 2 * (layers * per_layer + patch_embed + width * visual.output_dim) / 1e9
+
+
+def test_flop_counter_matches_the_vit_formula_and_the_published_figure():
+    """ViT-B/16 at 224 px: about 35 GFLOP per image (17.6 G multiply-adds), the basis of the GPU limit. torch's
+    FlopCounterMode (on meta tensors) agrees with the analytic ViT formula to 0.01 % here (35.13 both; ViT-L-14:
+    162.03 both), and counts towers the formula cannot (any architecture, prompts, heads)."""
     import open_clip
 
-    visual = open_clip.create_model("ViT-B-16").visual
-    assert 34.5 <= vit_gflops(visual) <= 36.0
+    visual = open_clip.create_model("ViT-B-16").visual.eval()
+    counted = torch_gflops(visual, (3, 224, 224))
+    assert 34.5 <= counted <= 36.0
+    assert counted == pytest.approx(vit_formula_gflops(visual), rel=1e-3)
+    assert next(visual.parameters()).device.type == "cpu"  # counted on meta copies: the module is untouched
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +108,15 @@ def test_teacher_comparison_is_a_measured_ratio(report):
 
 
 def test_limits_and_comparisons_from_known_rows():
-    results = [{"model": m, "backend": "torch-compile-bf16", "device": "cuda", "batch": 256, "mode": "compute",
-                "p50_ms": p, "images_per_s": 256 * 1000 / p} for m, p in (("student", 25.6), ("teacher", 102.4))]
+    results = [ResultRow(model=m, backend="torch-compile-bf16", device="cuda", precision="bf16", batch=256,
+                         mode="compute", p50_ms=p, images_per_s=256 * 1000 / p)
+               for m, p in (("student", 25.6), ("teacher", 102.4))]
     assert comparisons(results)[0]["speedup"] == 4.0
-    report = {"results": results, "models": [{"role": "student", "gflops_per_image": 35.9},
-                                             {"role": "teacher", "gflops_per_image": None}]}
-    [limit] = limits(report, 790.0)
+    models = [{"role": "student", "gflops_per_image": 35.9}, {"role": "teacher", "gflops_per_image": None}]
+    [limit] = limits(models, results, 790.0)
     assert limit["limit_images_per_s"] == pytest.approx(790e3 / 35.9, rel=1e-3)
     assert limit["fraction"] == pytest.approx(10000 / (790e3 / 35.9), rel=1e-3)
-    assert limits(report, None) == []
+    assert limits(models, results, None) == []
 
 
 def test_bench_a_bundle_from_the_cli(tiny_run, tmp_path):

@@ -1,9 +1,10 @@
-"""bench.environment / memory / power on this CPU machine, with faked nvidia-smi, Jetson files and tegrastats."""
+"""bench.environment / memory / power on this CPU machine, with faked NVML, nvidia-smi, Jetson and tegrastats."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -14,8 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_pynvml import CONSTANTS, FUNCTIONS, make_fake_pynvml
 
 from promptkd_edge.bench import doctor, environment, memory, power
+from promptkd_edge.utils import gpus, system
+
+
+@pytest.fixture(autouse=True)
+def no_nvml(monkeypatch):
+    """NVML answers nothing unless a test installs a fake (a GPU machine's real NVML would, otherwise)."""
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml(init_error=True))
 
 # ------------------------------------------------------------------------------------------------ environment
 SMI_OUT = ("0, GPU-8932f937-d72c-4106-c12f-20bd9faed9f6, NVIDIA H200, 570.124.06, 143771, 345, 1980, 2619, "
@@ -25,7 +34,7 @@ SMI_OUT = ("0, GPU-8932f937-d72c-4106-c12f-20bd9faed9f6, NVIDIA H200, 570.124.06
 
 
 def _no_commands(monkeypatch):
-    monkeypatch.setattr(doctor, "_which", lambda name: None)
+    monkeypatch.setattr(system, "which", lambda name: None)
 
 
 def test_describe_on_this_machine(monkeypatch):
@@ -65,12 +74,12 @@ def test_describe_imports_nothing_heavy(tmp_path):
 def test_describe_with_fake_nvidia_smi(monkeypatch):
     calls: list[list[str]] = []
 
-    def fake_run(cmd, timeout=doctor.COMMAND_TIMEOUT_S):
+    def fake_run(cmd, timeout=system.COMMAND_TIMEOUT_S):
         calls.append(cmd)
         return 0, SMI_OUT
 
-    monkeypatch.setattr(doctor, "_which", lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
-    monkeypatch.setattr(doctor, "_run_command", fake_run)
+    monkeypatch.setattr(system, "which", lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
+    monkeypatch.setattr(system, "run_command", fake_run)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     gpu = environment.describe(device="cuda")["gpu"]
     assert gpu == {"name": "NVIDIA H200", "driver": "570.124.06", "memory_gib": 140.4, "compute_capability": "9.0",
@@ -89,23 +98,23 @@ def test_describe_with_fake_nvidia_smi(monkeypatch):
 
 
 def test_nvidia_smi_without_compute_cap_and_failures(monkeypatch):
-    def old_driver(cmd, timeout=doctor.COMMAND_TIMEOUT_S):
+    def old_driver(cmd, timeout=system.COMMAND_TIMEOUT_S):
         if "compute_cap" in cmd[1]:
             return 2, 'Field "compute_cap" is not a valid field to query.\n'
         return 0, "0, GPU-1, Tesla T4, 470.82.01, 15109, 300, 1590, 405, 70.00\n"
 
-    monkeypatch.setattr(doctor, "_which", lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
-    monkeypatch.setattr(doctor, "_run_command", old_driver)
+    monkeypatch.setattr(system, "which", lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
+    monkeypatch.setattr(system, "run_command", old_driver)
     gpu = environment.describe(device="cuda")["gpu"]
     assert gpu["name"] == "Tesla T4" and gpu["compute_capability"] is None and gpu["power_limit_w"] == 70.0
 
-    monkeypatch.setattr(doctor, "_run_command", lambda cmd, timeout=0: (-1, "timed out after 2 s"))
+    monkeypatch.setattr(system, "run_command", lambda cmd, timeout=0: (-1, "timed out after 2 s"))
     assert environment.describe(device="cuda")["gpu"] is None  # no torch CUDA here either
 
     def boom(cmd, timeout=0):
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr(doctor, "_run_command", boom)
+    monkeypatch.setattr(system, "run_command", boom)
     assert environment.describe(device="cuda")["gpu"] is None  # never raises
 
 
@@ -116,7 +125,7 @@ def test_describe_with_fake_jetson(monkeypatch, tmp_path):
     model = tmp_path / "model"
     model.write_bytes(b"NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super\x00")
 
-    def fake_run(cmd, timeout=doctor.COMMAND_TIMEOUT_S):
+    def fake_run(cmd, timeout=system.COMMAND_TIMEOUT_S):
         if cmd[-1] == "-q":
             return 0, "NV Power Mode: MAXN_SUPER\n2\n"
         if cmd[-1] == "--show":
@@ -126,15 +135,15 @@ def test_describe_with_fake_jetson(monkeypatch, tmp_path):
 
     monkeypatch.setattr(doctor, "NV_TEGRA_RELEASE", release)
     monkeypatch.setattr(doctor, "DEVICE_TREE_MODEL", model)
-    monkeypatch.setattr(doctor, "_which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(doctor, "_run_command", fake_run)
+    monkeypatch.setattr(system, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(system, "run_command", fake_run)
     env = environment.describe(device="cuda")
     assert env["jetson"] == {"model": "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
                              "l4t": "36.4.3", "jetpack": "6.2", "power_mode": "MAXN_SUPER", "jetson_clocks": "on"}
     assert env["gpu"]["name"] == "Orin (nvgpu)" and env["gpu"]["memory_gib"] is None
     assert env["gpu"]["clocks_mhz"]["sm"] is None
 
-    monkeypatch.setattr(doctor, "_which", lambda name: None)  # no nvpmodel, no jetson_clocks: unknown
+    monkeypatch.setattr(system, "which", lambda name: None)  # no nvpmodel, no jetson_clocks: unknown
     assert environment.describe()["jetson"] == {
         "model": "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super", "l4t": "36.4.3",
         "jetpack": "6.2", "power_mode": None, "jetson_clocks": None}
@@ -272,7 +281,6 @@ def test_parse_tegrastats():
     assert power.parse_tegrastats("RAM 2035/7765MB (lfb 1x4MB) SWAP 0/3883MB (cached 0MB) CPU [1%@1190] "
                                   "EMC_FREQ 0% GR3D_FREQ 0% IRAM 0/252kB(lfb 252kB)") == (None, None)
     assert power.parse_tegrastats("") == (None, None)
-    assert power.parse_power_draw("72.31\n") == 72.31 and power.parse_power_draw("[N/A]") is None
 
 
 def _fake_sampler(tmp_path: Path, lines: list[str], name: str = "tegrastats", ignore_term: bool = False) -> Path:
@@ -330,7 +338,7 @@ def test_power_sampler_with_fake_tegrastats(tmp_path):
 
 def test_power_sampler_stops_process_on_exception(tmp_path, monkeypatch):
     exe = _fake_sampler(tmp_path, [XAVIER_JP5], ignore_term=True)  # ignores SIGTERM: needs the kill
-    monkeypatch.setattr(power, "_which", lambda name: str(exe) if name == "tegrastats" else None)
+    monkeypatch.setattr(system, "which", lambda name: str(exe) if name == "tegrastats" else None)
     with pytest.raises(RuntimeError, match="inside"), power.PowerSampler(interval_ms=50, stop_timeout_s=0.3) as s:
         _wait_for_samples(s, 1)
         raise RuntimeError("inside the timed section")
@@ -339,36 +347,110 @@ def test_power_sampler_stops_process_on_exception(tmp_path, monkeypatch):
     assert s.source == "tegrastats POM_5V_IN" and s.watts == pytest.approx(3.45)
 
 
-def test_power_sampler_with_fake_nvidia_smi(tmp_path, monkeypatch):
-    exe = _fake_sampler(tmp_path, ["70.00", "80.00"], name="nvidia-smi")
-    monkeypatch.setattr(power, "_which", lambda name: str(exe) if name == "nvidia-smi" else None)
+def test_power_sampler_reads_the_nvml_energy_counter(monkeypatch):
+    now = [100.0]
+    fake = make_fake_pynvml(gpus=2, watts_for_energy=300.0, clock=lambda: now[0])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(system, "which", lambda name: None)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with power.PowerSampler(interval_ms=50, device="cuda:1") as sampler:
-        _wait_for_samples(sampler, 3)
-    pid, argv = _started(tmp_path, "nvidia-smi")
-    assert _gone(pid)
-    assert argv == ["--query-gpu=power.draw", "--format=csv,noheader,nounits", "-i", "1", "-lms", "50"]
-    assert sampler.source == "nvidia-smi power.draw" and 70 <= sampler.watts <= 80 and sampler.samples >= 3
+        now[0] += 2.0  # the counter rises 600 J during the block: its mean power is 600 J / the block's seconds
+        time.sleep(0.2)
+    assert sampler.source == "nvml energy counter" and sampler.samples == 1
+    assert sampler.watts == pytest.approx(600.0 / sampler.seconds, rel=0.01)
+    assert fake.state == {"inits": 1, "shutdowns": 1}
 
-    # a CPU run on a desktop: nvidia-smi measures the GPU only, so no power figure
+    # a CPU run on a desktop: NVML measures the GPU only, so no power figure (and NVML is not even opened)
     with power.PowerSampler(interval_ms=50, device="cpu") as cpu_run:
         pass
     assert cpu_run.watts is None and "tegrastats" in cpu_run.reason and cpu_run.samples == 0
+    assert fake.state["inits"] == 1
 
-    (tmp_path / "na").mkdir()
-    na = _fake_sampler(tmp_path / "na", ["[N/A]"], name="nvidia-smi")
-    monkeypatch.setattr(power, "_which", lambda name: str(na) if name == "nvidia-smi" else None)
-    with power.PowerSampler(interval_ms=50) as no_reading:
-        time.sleep(0.2)
-    assert no_reading.watts is None and no_reading.source is None and "[N/A]" in no_reading.reason
+    with power.PowerSampler(device="cuda:5") as missing:  # no such GPU: a reason, not an exception
+        pass
+    assert missing.watts is None and missing.reason.startswith("NVML has no GPU cuda:5")
+    assert fake.state["inits"] == fake.state["shutdowns"]
+
+
+def test_power_sampler_samples_nvml_power_without_an_energy_counter(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml(energy=False, power_mw=212_500))
+    monkeypatch.setattr(system, "which", lambda name: None)
+    with power.PowerSampler(interval_ms=20, device="cuda") as sampler:
+        _wait_for_samples(sampler._source, 3)
+    assert sampler.source == "nvml power samples" and sampler.samples >= 3 and sampler.watts == 212.5
+
+
+def test_power_sampler_without_nvml_driver_says_why(monkeypatch):
+    monkeypatch.setattr(system, "which", lambda name: None)
+    with power.PowerSampler(device="cuda") as sampler:  # the autouse fake: nvmlInit raises LibraryNotFound
+        pass
+    assert sampler.watts is None and sampler.reason == "no tegrastats on PATH, and NVML: NVML Shared Library Not Found"
+
+
+def test_the_real_pynvml_without_a_driver_is_one_clear_line(monkeypatch):
+    """nvidia-ml-py is installed here, but there is no driver: nvmlInit raises, and every caller degrades."""
+    import pynvml as real
+
+    monkeypatch.setitem(sys.modules, "pynvml", real)
+    with pytest.raises(real.NVMLError):
+        real.nvmlInit()
+    with gpus.nvml() as (module, why):
+        assert module is None and why == "NVML: NVML Shared Library Not Found"
+    monkeypatch.setattr(system, "which", lambda name: None)
+    assert gpus.scan() == gpus.GpuScan(None, [], "nvidia-smi not on PATH")
+    assert doctor.probe_nvidia_smi() == {"available": False, "reason": "nvidia-smi not on PATH"}
+    with power.PowerSampler(device="cuda") as sampler:
+        pass
+    assert sampler.reason == "no tegrastats on PATH, and NVML: NVML Shared Library Not Found"
+    with memory.PeakMemory(nvml=True) as pm:
+        pass
+    assert pm.gpu_process_mib is None
+
+
+def test_fake_pynvml_matches_the_real_module():
+    """Every NVML function the code calls exists in nvidia-ml-py with the fake's parameters; constants agree."""
+    import inspect
+
+    import pynvml as real
+
+    fake = make_fake_pynvml()
+    for name in FUNCTIONS:
+        assert hasattr(real, name), name
+        assert inspect.signature(getattr(fake, name)).parameters.keys() == \
+            inspect.signature(getattr(real, name)).parameters.keys(), name
+    for name in CONSTANTS:
+        assert getattr(fake, name) == getattr(real, name)
+    used = set()
+    for module in (gpus, power, memory):
+        used |= set(re.findall(r"pynvml\.(nvml\w+|NVML_\w+)", inspect.getsource(module)))
+    assert used <= set(FUNCTIONS) | set(CONSTANTS), used - set(FUNCTIONS) - set(CONSTANTS)
+
+
+def test_nvml_gpu_facts_and_process_memory(monkeypatch):
+    fake = make_fake_pynvml(gpus=2, processes={os.getpid(): 3 * 2**30, 1: 2**30})
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    gpu = environment.describe(device="cuda")["gpu"]
+    assert gpu == {"name": "NVIDIA H200", "driver": "570.124.06", "memory_gib": 140.4, "compute_capability": "9.0",
+                   "clocks_mhz": {"sm": 345, "max_sm": 1980, "mem": 2619}, "power_limit_w": 700.0}
+    assert doctor.probe_nvidia_smi()["gpus"][0] == {"name": "NVIDIA H200", "driver": "570.124.06",
+                                                    "clock_sm": "345 MHz", "clock_max_sm": "1980 MHz",
+                                                    "power_limit": "700.00 W"}
+    with memory.PeakMemory(nvml=True) as pm:
+        pass
+    assert pm.gpu_process_mib == 2 * 3 * 1024  # this process's 3 GiB on each of the 2 GPUs, not pid 1's
+    with memory.PeakMemory() as off:
+        pass
+    assert off.gpu_process_mib is None
+    assert fake.state["inits"] == fake.state["shutdowns"]
 
 
 def test_power_sampler_without_source(monkeypatch):
-    monkeypatch.setattr(power, "_which", lambda name: None)
+    monkeypatch.setattr(system, "which", lambda name: None)
     with power.PowerSampler() as sampler:
         pass
     assert sampler.watts is None and sampler.samples == 0 and sampler.source is None
-    assert sampler.reason == "no tegrastats or nvidia-smi on PATH"
+    assert sampler.reason == "no tegrastats on PATH, and NVML: NVML Shared Library Not Found"
 
     def cannot_start(cmd):
         raise FileNotFoundError(2, "No such file or directory")
@@ -384,7 +466,7 @@ def test_power_sampler_process_that_exits(tmp_path, monkeypatch):
     script = tmp_path / "tegrastats"
     script.write_text(f"#!{sys.executable}\nimport sys\nprint('tegrastats: permission denied')\nsys.exit(3)\n")
     script.chmod(0o755)
-    monkeypatch.setattr(power, "_which", lambda name: str(script) if name == "tegrastats" else None)
+    monkeypatch.setattr(system, "which", lambda name: str(script) if name == "tegrastats" else None)
     with power.PowerSampler(interval_ms=50) as sampler:
         time.sleep(0.5)
     assert sampler.watts is None and "exited with code 3" in sampler.reason and "permission denied" in sampler.reason

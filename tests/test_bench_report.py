@@ -226,3 +226,38 @@ def test_terminal_table_renders_every_backend(report):
     with pytest.raises(PkdError, match="unknown bench mode"):
         terminal_table(report, "warm")
 
+
+
+def test_the_record_round_trips_the_json_form_key_for_key(report):
+    from promptkd_edge.bench.record import BenchReport
+
+    report["environment"]["cpu_flags"] = ["avx2"]
+    report["future_key"] = {"kept": True}  # a newer writer's key survives a read and a write
+    record = BenchReport.from_dict(report)
+    assert record.results[0].p50_ms == report["results"][0]["p50_ms"] and record.environment.cores == 16
+    assert record.to_dict() == report and list(record.to_dict()) == list(report)
+    assert list(record.results[0].to_dict()) == RESULT_FIELDS  # no gpu_process_mib key where none was measured
+    del report["limits"]
+    assert "limits" not in BenchReport.from_dict(report).to_dict()
+    with pytest.raises(PkdError, match=r"results\[0\]\.p50_ms is missing"):
+        del report["results"][0]["p50_ms"]
+        BenchReport.from_dict(report)
+
+
+def test_nvml_gpu_memory_is_a_new_optional_field(report, tmp_path):
+    """ORT / TensorRT rows on a GPU carry gpu_process_mib (NVML: all of this process's GPU memory); the Markdown and
+    terminal tables show it only where some row has it; the CSV keeps its columns."""
+    gpu_rows = [r for r in report["results"] if r["device"] == "cuda"]
+    for r in gpu_rows:
+        r["gpu_process_mib"] = 1536.0
+    paths = write_all(report, tmp_path)
+    assert json.loads(paths["json"].read_text())["results"][-1]["gpu_process_mib"] == 1536.0
+    assert "GPU MiB (NVML)" in markdown(report) and "1,536" in markdown(report)
+    assert "GPU MiB (NVML)" in _render(terminal_table(report, "end_to_end"))
+    assert next(csv.reader(paths["csv"].open(newline=""))) == CSV_FIELDS
+    for r in gpu_rows:
+        del r["gpu_process_mib"]
+    assert "NVML" not in markdown(report)
+    report["results"][0]["gpu_process_mib"] = "big"
+    with pytest.raises(PkdError, match=r"results\[0\]\.gpu_process_mib must be a number or null"):
+        validate_report(report)

@@ -33,6 +33,40 @@ def test_every_command_has_help_with_examples(command):
     assert "Examples" in result.output and f"pkd {command}" in result.output
 
 
+# Options whose command-line spelling differs from the config value: (command, option) -> (CLI, config) defaults.
+SPELLED = {("bench", "backends"): ("all", None), ("bench", "batch_sizes"): ("1,8,32", [1, 8, 32])}
+
+
+def test_option_defaults_are_the_config_defaults():
+    """Every option named like a field of the config its command builds has that field's default (they cannot
+    drift apart), and each command has most of its config's fields as options."""
+    import dataclasses
+
+    import typer
+
+    from promptkd_edge.bench.harness import BenchConfig
+    from promptkd_edge.export.bundle import ExportOptions
+    from promptkd_edge.export.tensorrt_build import TrtBuildOptions
+    from promptkd_edge.train.config import DistillConfig, TeacherTuneConfig
+
+    commands = typer.main.get_command(app).commands
+    trt_only = ("workspace_gib", "opt_level", "timing_cache")  # --precision is ExportOptions'
+    for command, config, at_least in (("distill", DistillConfig, 33), ("teacher", TeacherTuneConfig, 30),
+                                      ("export", ExportOptions, 12), ("export", TrtBuildOptions, 3),
+                                      ("bench", BenchConfig, 16)):
+        fields = {f.name: f for f in dataclasses.fields(config) if config is not TrtBuildOptions or f.name in trt_only}
+        params = [p for p in commands[command].params if p.name in fields]
+        assert len(params) >= at_least, (command, [p.name for p in params])
+        for p in params:
+            f = fields[p.name]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                assert p.required, (command, p.name)  # bench's TARGET
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            expected = SPELLED.get((command, p.name), (default, default))
+            assert (p.default, default) == expected, (command, p.name, p.default, default)
+
+
 def test_version_and_models():
     assert invoke("--version").output.strip().startswith("promptkd-edge ")
     result = invoke("models", "--filter", "pkd-tiny", "--json")

@@ -10,6 +10,15 @@ import onnxruntime as ort
 import pytest
 
 from promptkd_edge.bench import doctor
+from promptkd_edge.utils import system
+
+
+@pytest.fixture(autouse=True)
+def no_nvml(monkeypatch):
+    """NVML answers nothing, so the faked nvidia-smi is what the GPU probe reads (as on a machine without it)."""
+    from fake_pynvml import make_fake_pynvml
+
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml(init_error=True))
 
 
 @pytest.fixture
@@ -126,7 +135,7 @@ def test_fake_jetson(monkeypatch, tmp_path, no_tensorrt):
     model.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
     calls: list[list[str]] = []
 
-    def fake_run(cmd, timeout=doctor.COMMAND_TIMEOUT_S):
+    def fake_run(cmd, timeout=system.COMMAND_TIMEOUT_S):
         calls.append(cmd)
         if cmd[-1] == "-q":
             return 0, "NVPM WARN: fan mode is not set!\nNV Power Mode: MAXN\n0\n"
@@ -134,8 +143,8 @@ def test_fake_jetson(monkeypatch, tmp_path, no_tensorrt):
 
     monkeypatch.setattr(doctor, "NV_TEGRA_RELEASE", release)
     monkeypatch.setattr(doctor, "DEVICE_TREE_MODEL", model)
-    monkeypatch.setattr(doctor, "_which", lambda name: f"/usr/bin/{name}" if name != "nvidia-smi" else None)
-    monkeypatch.setattr(doctor, "_run_command", fake_run)
+    monkeypatch.setattr(system, "which", lambda name: f"/usr/bin/{name}" if name != "nvidia-smi" else None)
+    monkeypatch.setattr(system, "run_command", fake_run)
     info = doctor.probe_jetson()
     assert info["is_jetson"] and info["model"] == "NVIDIA Jetson AGX Orin Developer Kit"
     assert info["l4t"] == "36.4.3" and info["jetpack"] == "6.2"
@@ -167,14 +176,14 @@ def test_jetson_clocks_and_nvpmodel_parsing():
 
 
 def test_nvidia_smi_parsing(monkeypatch):
-    monkeypatch.setattr(doctor, "_which", lambda name: "/usr/bin/nvidia-smi")
-    monkeypatch.setattr(doctor, "_run_command", lambda cmd, timeout=0: (
-        0, "NVIDIA H200, 570.86.15, 345 MHz, 1980 MHz, 700.00 W\n"))
+    monkeypatch.setattr(system, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(system, "run_command", lambda cmd, timeout=0: (
+        0, "0, GPU-8932f937, NVIDIA H200, 570.86.15, 143771, 345, 1980, 2619, 700.00, 9.0\n"))
     info = doctor.probe_nvidia_smi()
     assert info["gpus"] == [{"name": "NVIDIA H200", "driver": "570.86.15", "clock_sm": "345 MHz",
                              "clock_max_sm": "1980 MHz", "power_limit": "700.00 W"}]
     assert _rows({"nvidia_smi": info})["nvidia-smi"][0] == "ok"
-    monkeypatch.setattr(doctor, "_run_command", lambda cmd, timeout=0: (
+    monkeypatch.setattr(system, "run_command", lambda cmd, timeout=0: (
         9, "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\nMake sure ..."))
     info = doctor.probe_nvidia_smi()
     assert info["error"].startswith("NVIDIA-SMI has failed")
@@ -192,9 +201,9 @@ def test_a_crashing_probe_is_recorded(monkeypatch, no_tensorrt):
 
 
 def test_run_command_reports_instead_of_raising():
-    rc, out = doctor._run_command(["/nonexistent/command"])
+    rc, out = system.run_command(["/nonexistent/command"])
     assert rc == -1 and "FileNotFoundError" in out
-    rc, out = doctor._run_command([sys.executable, "-c", "import time; time.sleep(5)"], timeout=0.2)
+    rc, out = system.run_command([sys.executable, "-c", "import time; time.sleep(5)"], timeout=0.2)
     assert rc == -1 and "timed out" in out
 
 

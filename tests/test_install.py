@@ -127,8 +127,8 @@ def test_core_install_runs_bundles_without_torch(wheel, bundle, tmp_path):
 
 
 @pytest.mark.parametrize(("role", "cuda", "expected"), [
-    ("gpu", "12", ["[train,export,slim,plot]", "cuda-python>=12.6,<13", "tensorrt-cu12>=10.3,<12"]),
-    ("gpu", "13", ["[train,export,slim,plot]", "cuda-python>=13,<14", "tensorrt-cu13>=11,<12"]),
+    ("gpu", "12", ["[train,export,slim,plot]", "cuda-python>=12.6,<13", "tensorrt-cu12>=10.3,<12", "nvidia-ml-py"]),
+    ("gpu", "13", ["[train,export,slim,plot]", "cuda-python>=13,<14", "tensorrt-cu13>=11,<12", "nvidia-ml-py"]),
     ("train", "12", ["[train,export,slim,plot]"]),
 ])
 def test_install_roles_that_pull_torch_print_their_commands(role, cuda, expected, tmp_path):

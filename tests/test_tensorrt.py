@@ -22,6 +22,7 @@ from promptkd_edge.export import tensorrt_build as tb
 from promptkd_edge.export.tensorrt_build import TrtBuildOptions, build_engine
 from promptkd_edge.runtime import tensorrt_backend
 from promptkd_edge.runtime.tensorrt_backend import TensorRTBackend
+from promptkd_edge.utils import system as tb_system
 
 DIMS = (3, 4, 4)
 PINNED = {"ln_post", "attn_softmax", "l2norm", "logits_matmul"}
@@ -411,6 +412,23 @@ def test_gpu_info(monkeypatch):
     rt = make_fake_cudart(count_error=True)
     monkeypatch.setattr(tensorrt_backend, "load_cudart", lambda: rt)
     with pytest.raises(PkdError, match=r"no CUDA GPU is visible \(cudaErrorInsufficientDriver\)"):
+        tb.gpu_info()
+
+
+def test_gpu_info_without_cuda_python_asks_nvml(monkeypatch):
+    """No cuda-python: the GPU's name and compute capability come from utils/gpus (NVML here), never from torch."""
+    from fake_pynvml import make_fake_pynvml
+
+    def no_cudart():
+        raise PkdError("cuda-python is not installed")
+
+    monkeypatch.setattr(tensorrt_backend, "load_cudart", no_cudart)
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml())
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert tb.gpu_info() == {"name": "NVIDIA H200", "compute_capability": "9.0", "sm": "90"}
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml(init_error=True))
+    monkeypatch.setattr(tb_system, "which", lambda name: None)
+    with pytest.raises(PkdError, match=r"no CUDA GPU is visible \(nvidia-smi not on PATH\)"):
         tb.gpu_info()
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from promptkd_edge.bench.targets import BenchModel, Unavailable
 from promptkd_edge.errors import PkdError
+from promptkd_edge.utils.devices import cuda_available
 
 
 @dataclass(frozen=True)
@@ -97,14 +98,6 @@ class Runner:
 
     def close(self) -> None:
         pass
-
-
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 def load(spec: BackendSpec, model: BenchModel, *, device: str, threads: int | None) -> Runner:
@@ -226,7 +219,6 @@ class OrtRunner(_AppBackendRunner):
         self.name, self.precision = spec.name, spec.precision
         self.device = "cpu" if spec.provider == "CPUExecutionProvider" else "cuda"
         self.description = self._backend.description
-
 
 
 class OpenVinoRunner(_AppBackendRunner):

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
-import subprocess
 import sys
 import time
 import warnings
@@ -18,13 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from promptkd_edge.errors import first_line
+from promptkd_edge.utils import gpus, system
+from promptkd_edge.utils.system import one_line
 
 MEMINFO = Path("/proc/meminfo")
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
-COMMAND_TIMEOUT_S = 10.0
-NVIDIA_SMI_FIELDS = ("name", "driver_version", "clocks.sm", "clocks.max.sm", "power.limit")
 CPU_PROVIDER = "CPUExecutionProvider"
 
 # L4T release -> JetPack (NVIDIA's JetPack archive); anything else falls back to the major-version family.
@@ -46,43 +43,12 @@ PROBE_MODEL = (
 PROBE_WEIGHTS = ((1.0, 2.0), (3.0, 4.0))
 
 
-def _first_line(e: BaseException | str) -> str:
-    """One line describing an error: 'Type: first line of the message'."""
-    if isinstance(e, str):
-        text = e.strip()
-        return text.splitlines()[0] if text else "(no output)"
-    return first_line(e)
-
-
-def _which(name: str) -> str | None:
-    """Seam for tests: where a command is, or None."""
-    return shutil.which(name)
-
-
-def _run_command(cmd: list[str], timeout: float = COMMAND_TIMEOUT_S) -> tuple[int, str]:
-    """Seam for tests: (exit code, stdout + stderr); (-1, reason) when it cannot run or times out."""
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return -1, f"timed out after {timeout:.0f} s"
-    except OSError as e:
-        return -1, _first_line(e)
-    return done.returncode, (done.stdout or "") + (done.stderr or "")
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-
-
 def _guarded(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     """fn(*args), or {"error": ...} when it raises anything at all."""
     try:
         return fn(*args)
     except Exception as e:  # noqa: BLE001 - the doctor reports, it never raises
-        return {"error": _first_line(e)}
+        return {"error": one_line(e)}
 
 
 # ----------------------------------------------------------------------------------------------------- host
@@ -105,7 +71,7 @@ def probe_cpu() -> dict[str, Any]:
 
 
 def probe_memory() -> dict[str, Any]:
-    text = _read_text(MEMINFO)
+    text = system.read_text(MEMINFO)
     if text:
         kib = {k: int(v) for k, v in re.findall(r"^(\w+):\s+(\d+) kB", text, re.MULTILINE)}
         if "MemTotal" in kib:
@@ -121,7 +87,7 @@ def probe_torch() -> dict[str, Any]:
     try:
         import torch
     except Exception as e:  # noqa: BLE001 - ImportError, OSError from a broken CUDA library, ...
-        return {"available": False, "reason": _first_line(e)}
+        return {"available": False, "reason": one_line(e)}
     info: dict[str, Any] = {"available": True, "version": torch.__version__, "cuda_build": torch.version.cuda,
                             "cuda_available": False, "devices": []}
     try:
@@ -135,7 +101,7 @@ def probe_torch() -> dict[str, Any]:
                                         "compute_capability": f"{major}.{minor}", "sm": f"sm_{major}{minor}",
                                         "memory_gib": round(props.total_memory / 2**30, 1)})
     except Exception as e:  # noqa: BLE001
-        info["cuda_error"] = _first_line(e)
+        info["cuda_error"] = one_line(e)
     return info
 
 
@@ -168,14 +134,14 @@ def _check_provider(ort: Any, provider: str, model: bytes) -> str:
             sess = ort.InferenceSession(model, so, providers=providers)
             active = list(sess.get_providers())
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-        return f"error: {_first_line(e)}"
+        return f"error: {one_line(e)}"
     if not active or active[0] != provider:
         return "falls back to CPU" if active and active[0] == CPU_PROVIDER else f"falls back to {active}"
     try:
         eye = np.eye(2, dtype=np.float32)
         out = sess.run(None, {"x": eye})[0]
     except Exception as e:  # noqa: BLE001
-        return f"error: loads but cannot run: {_first_line(e)}"
+        return f"error: loads but cannot run: {one_line(e)}"
     if not np.allclose(out, np.asarray(PROBE_WEIGHTS, dtype=np.float32), atol=1e-3):
         return "error: loads but computes a wrong MatMul"
     return "loads"
@@ -185,7 +151,7 @@ def probe_onnxruntime() -> dict[str, Any]:
     try:
         import onnxruntime as ort
     except Exception as e:  # noqa: BLE001
-        return {"available": False, "reason": _first_line(e)}
+        return {"available": False, "reason": one_line(e)}
     available = list(ort.get_available_providers())
     info: dict[str, Any] = {"available": True, "version": ort.__version__, "device": ort.get_device(),
                             "available_providers": available, "providers": {}}
@@ -201,7 +167,7 @@ def probe_openvino() -> dict[str, Any]:
     try:
         import openvino as ov
     except Exception as e:  # noqa: BLE001
-        return {"available": False, "reason": _first_line(e)}
+        return {"available": False, "reason": one_line(e)}
     import tempfile
 
     import numpy as np
@@ -219,7 +185,7 @@ def probe_openvino() -> dict[str, Any]:
             out = compiled.create_infer_request().infer({0: np.eye(2, dtype=np.float32)})[compiled.outputs[0]]
         info["self_test"] = bool(np.allclose(out, np.asarray(PROBE_WEIGHTS, dtype=np.float32), atol=1e-3))
     except Exception as e:  # noqa: BLE001 - a plugin that cannot start is a finding
-        info["error"] = _first_line(e)
+        info["error"] = one_line(e)
     return info
 
 
@@ -239,7 +205,7 @@ def probe_tensorrt(run_tensorrt_check: bool = True) -> dict[str, Any]:
     try:
         import tensorrt as trt
     except Exception as e:  # noqa: BLE001 - ImportError, or OSError for a missing libnvinfer/libnvonnxparser
-        return {"available": False, "reason": _first_line(e)}
+        return {"available": False, "reason": one_line(e)}
     info: dict[str, Any] = {"available": True, "version": str(getattr(trt, "__version__", "unknown")),
                             "self_test": None}
     if run_tensorrt_check:
@@ -248,57 +214,46 @@ def probe_tensorrt(run_tensorrt_check: bool = True) -> dict[str, Any]:
 
             info["self_test"] = dict(tensorrt_self_test())
         except Exception as e:  # noqa: BLE001 - no GPU, no driver, a build failure: all are findings
-            info["self_test"] = {"ok": False, "error": _first_line(e)}
+            info["self_test"] = {"ok": False, "error": one_line(e)}
     return info
 
 
 # ---------------------------------------------------------------------------------------------- CUDA, GPUs
-def _cuda_version(v: int) -> str | None:
+def _cuda_version(v: int | None) -> str | None:
     return f"{v // 1000}.{(v % 1000) // 10}" if v else None
 
 
 def probe_cuda_python() -> dict[str, Any]:
+    """cuda-python's version and the CUDA runtime's view (runtime/tensorrt_backend.py: what TensorRT runs on)."""
     try:
         import cuda.bindings
         from cuda.bindings import runtime as cudart
     except Exception as e:  # noqa: BLE001
-        return {"available": False, "reason": _first_line(e)}
-    success = cudart.cudaError_t.cudaSuccess
+        return {"available": False, "reason": one_line(e)}
+    from promptkd_edge.runtime.tensorrt_backend import cuda_runtime, driver_mismatch
 
-    def error_name(err: Any) -> str:
-        try:
-            name = cudart.cudaGetErrorName(err)[1]
-            return name.decode() if isinstance(name, bytes) else str(name)
-        except Exception:  # noqa: BLE001
-            return str(getattr(err, "name", err))
+    view = cuda_runtime(cudart)
+    version = getattr(cuda.bindings, "__version__", None)
+    return {"available": True, "version": version, "device_count": view.device_count, "error": view.error,
+            "driver_cuda": _cuda_version(view.driver_cuda), "runtime_cuda": _cuda_version(view.runtime_cuda),
+            "driver_mismatch": driver_mismatch(version, view.driver_cuda)}
 
-    err, count = cudart.cudaGetDeviceCount()  # returns an error code, never raises without a driver
-    info: dict[str, Any] = {"available": True, "version": getattr(cuda.bindings, "__version__", None),
-                            "device_count": int(count) if err == success and count else 0,
-                            "error": None if err == success else error_name(err)}
-    err, driver = cudart.cudaDriverGetVersion()
-    info["driver_cuda"] = _cuda_version(int(driver)) if err == success else None
-    err, rt = cudart.cudaRuntimeGetVersion()
-    info["runtime_cuda"] = _cuda_version(int(rt)) if err == success else None
-    from promptkd_edge.runtime.tensorrt_backend import driver_mismatch
 
-    info["driver_mismatch"] = driver_mismatch(info["version"], int(driver) if info["driver_cuda"] else None)
-    return info
+def _with_unit(value: float | None, unit: str, digits: int = 0) -> str:
+    return "[N/A]" if value is None else f"{value:.{digits}f} {unit}"
 
 
 def probe_nvidia_smi() -> dict[str, Any]:
-    exe = _which("nvidia-smi")
-    if not exe:
-        return {"available": False, "reason": "nvidia-smi not on PATH"}
-    rc, out = _run_command([exe, f"--query-gpu={','.join(NVIDIA_SMI_FIELDS)}", "--format=csv,noheader"])
-    if rc != 0:
-        return {"available": True, "gpus": [], "error": _first_line(out)}
-    gpus = []
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) == len(NVIDIA_SMI_FIELDS):
-            gpus.append(dict(zip(("name", "driver", "clock_sm", "clock_max_sm", "power_limit"), cells, strict=True)))
-    return {"available": True, "gpus": gpus}
+    """The GPUs NVML (else nvidia-smi) lists: name, driver, SM clocks, power limit (utils/gpus.py)."""
+    scan = gpus.scan(timeout=system.COMMAND_TIMEOUT_S)
+    if scan.source is None:
+        return {"available": False, "reason": scan.error}
+    if scan.error:
+        return {"available": True, "gpus": [], "error": scan.error}
+    return {"available": True, "gpus": [
+        {"name": g.name, "driver": g.driver, "clock_sm": _with_unit(g.clock_sm_mhz, "MHz"),
+         "clock_max_sm": _with_unit(g.clock_max_sm_mhz, "MHz"), "power_limit": _with_unit(g.power_limit_w, "W", 2)}
+        for g in scan.gpus]}
 
 
 # --------------------------------------------------------------------------------------------------- Jetson
@@ -331,9 +286,9 @@ def _parse_jetson_clocks(out: str) -> str:
 
 
 def probe_jetson() -> dict[str, Any]:
-    model_text = _read_text(DEVICE_TREE_MODEL)
+    model_text = system.read_text(DEVICE_TREE_MODEL)
     model = model_text.strip("\x00 \n") if model_text else None
-    release = _read_text(NV_TEGRA_RELEASE)
+    release = system.read_text(NV_TEGRA_RELEASE)
     if release is None:
         return {"is_jetson": False, "model": model, "reason": f"no {NV_TEGRA_RELEASE}"}
     line = next((ln.strip() for ln in release.splitlines() if ln.strip()), "")
@@ -343,22 +298,22 @@ def probe_jetson() -> dict[str, Any]:
         info["l4t"] = f"{m.group(1)}.{m.group(2).rstrip('.')}"
         info["jetpack"] = jetpack_guess(info["l4t"])
 
-    exe = _which("nvpmodel")
+    exe = system.which("nvpmodel")
     info["power_mode"], info["power_mode_id"] = None, None
     if not exe:
         info["power_mode_error"] = "nvpmodel not on PATH"
     else:
-        rc, out = _run_command([exe, "-q"])
+        rc, out = system.run_command([exe, "-q"])
         name, mode_id = _parse_nvpmodel(out) if rc == 0 else (None, None)
         if name is None:
-            info["power_mode_error"] = _first_line(out)
+            info["power_mode_error"] = one_line(out)
         info["power_mode"], info["power_mode_id"] = name, mode_id
 
-    exe = _which("jetson_clocks")
+    exe = system.which("jetson_clocks")
     if not exe:
         info["jetson_clocks"] = "unknown (jetson_clocks not on PATH)"
     else:
-        rc, out = _run_command([exe, "--show"])
+        rc, out = system.run_command([exe, "--show"])
         info["jetson_clocks"] = _parse_jetson_clocks(out) if rc == 0 else "unknown (needs root)"
     return info
 
@@ -441,7 +396,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         try:
             rows.append((component, *fn(data)))
         except Exception as e:  # noqa: BLE001 - a half-filled section must not break the table
-            rows.append((component, "warning", f"cannot summarise: {_first_line(e)}"))
+            rows.append((component, "warning", f"cannot summarise: {one_line(e)}"))
 
     add("python", "python", lambda d: ("ok", f"{d['version']} ({d['executable']})"))
     add("platform", "platform", lambda d: ("ok", f"{d['system']} {d['release']} {d['machine']}"))

@@ -1,4 +1,4 @@
-"""Where a benchmark ran: CPU, threads, GPU clocks and power limit, Jetson power mode, library versions.
+"""Where a benchmark ran: CPU, threads, GPU clocks and power limit (utils/gpus.py), Jetson power mode, versions.
 
 Fast (well under 2 s) and never raises. Imports no torch, onnxruntime or tensorrt: versions come from package metadata
 and torch is only consulted when the caller has already imported it.
@@ -14,12 +14,9 @@ from typing import Any
 
 from promptkd_edge.bench import doctor
 from promptkd_edge.runtime.cpu import cpu_info
+from promptkd_edge.utils import gpus
+from promptkd_edge.utils.gpus import Gpu, cuda_selector, select
 from promptkd_edge.utils.versions import VERSION_PACKAGES, package_version
-
-NVIDIA_SMI_GPU_FIELDS = ("index", "uuid", "name", "driver_version", "memory.total", "clocks.sm", "clocks.max.sm",
-                         "clocks.mem", "power.limit", "compute_cap")
-NVIDIA_SMI_TIMEOUT_S = 2.0
-_MISSING = ("", "n/a", "[n/a]", "[not supported]", "not supported", "[unknown error]", "unknown error")
 
 
 def _torch_if_imported() -> Any | None:
@@ -47,68 +44,18 @@ def threads_in_use(threads: int | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------ GPU
-def _smi_value(cell: str) -> str | None:
-    cell = cell.strip()
-    return None if cell.lower() in _MISSING else cell
+def _gpu_record(gpu: Gpu) -> dict[str, Any]:
+    """A GPU as the report's environment.gpu records it (docs/bench-report.md)."""
+    return {"name": gpu.name, "driver": gpu.driver, "memory_gib": gpu.memory_gib,
+            "compute_capability": gpu.compute_capability,
+            "clocks_mhz": {"sm": gpu.clock_sm_mhz, "max_sm": gpu.clock_max_sm_mhz, "mem": gpu.clock_mem_mhz},
+            "power_limit_w": gpu.power_limit_w}
 
 
-def _smi_int(cell: str | None) -> int | None:
-    try:
-        return round(float(cell)) if cell is not None else None
-    except ValueError:
-        return None
-
-
-def _smi_float(cell: str | None) -> float | None:
-    try:
-        return float(cell) if cell is not None else None
-    except ValueError:
-        return None
-
-
-def cuda_selector(device: str) -> str:
-    """What nvidia-smi calls the GPU that `device` ('cuda', 'cuda:1') means: an index or UUID (CUDA_VISIBLE_DEVICES)."""
-    m = re.match(r"cuda:(\d+)$", device.strip())
-    ordinal = int(m.group(1)) if m else 0
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    return visible[ordinal] if ordinal < len(visible) else str(ordinal)
-
-
-def _parse_nvidia_smi(out: str, fields: tuple[str, ...], selector: str) -> dict[str, Any] | None:
-    rows: list[dict[str, str | None]] = []
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) < len(fields) or not cells[0].isdigit():
-            continue
-        extra = len(cells) - len(fields)  # a GPU name with commas in it
-        cells = cells[:2] + [", ".join(cells[2:3 + extra])] + cells[3 + extra:]
-        rows.append({f: _smi_value(c) for f, c in zip(fields, cells, strict=True)})
-    if not rows:
-        return None
-    row = next((r for r in rows if selector in (r["index"], r["uuid"])
-                or (selector.startswith("GPU-") and (r["uuid"] or "").startswith(selector))), rows[0])
-    mib = _smi_float(row.get("memory.total"))
-    return {"name": row["name"], "driver": row["driver_version"],
-            "memory_gib": round(mib / 1024, 1) if mib is not None else None,
-            "compute_capability": row.get("compute_cap"),
-            "clocks_mhz": {"sm": _smi_int(row["clocks.sm"]), "max_sm": _smi_int(row["clocks.max.sm"]),
-                           "mem": _smi_int(row["clocks.mem"])},
-            "power_limit_w": _smi_float(row["power.limit"])}
-
-
-def gpu_from_nvidia_smi(device: str = "cuda") -> dict[str, Any] | None:
-    """GPU facts from nvidia-smi (None without it, or when it lists no GPU). Clocks are the ones at call time."""
-    exe = doctor._which("nvidia-smi")
-    if not exe:
-        return None
-    fields = NVIDIA_SMI_GPU_FIELDS
-    rc, out = doctor._run_command([exe, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
-                                  timeout=NVIDIA_SMI_TIMEOUT_S)
-    if rc != 0 and "compute_cap" in out:  # drivers before ~510 do not know the field
-        fields = tuple(f for f in fields if f != "compute_cap")
-        rc, out = doctor._run_command([exe, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
-                                      timeout=NVIDIA_SMI_TIMEOUT_S)
-    return _parse_nvidia_smi(out, fields, cuda_selector(device)) if rc == 0 else None
+def gpu_from_scan(device: str = "cuda") -> dict[str, Any] | None:
+    """The facts NVML / nvidia-smi give about the GPU `device` means (None without one). Clocks: at call time."""
+    gpu = select(gpus.scan().gpus, cuda_selector(device))
+    return _gpu_record(gpu) if gpu is not None else None
 
 
 def _torch_cuda_available(torch: Any) -> bool:
@@ -139,9 +86,9 @@ def gpu_from_torch(device: str = "cuda") -> dict[str, Any] | None:
 
 
 def describe_gpu(device: str = "cpu") -> dict[str, Any] | None:
-    """The GPU in use (or visible to nvidia-smi): nvidia-smi facts, gaps filled from torch.cuda; None without one."""
+    """The GPU in use (or visible): NVML / nvidia-smi facts, gaps filled from torch.cuda; None without one."""
     try:
-        smi = gpu_from_nvidia_smi(device if device.startswith("cuda") else "cuda")
+        smi = gpu_from_scan(device if device.startswith("cuda") else "cuda")
     except Exception:  # noqa: BLE001
         smi = None
     if smi is not None and all(smi[k] is not None for k in ("name", "memory_gib", "compute_capability")):

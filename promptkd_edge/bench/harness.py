@@ -3,7 +3,7 @@
 Recipe: resolve the target (student, optional teacher) -> for each backend: load it (first-call latency =
 load + first inference), then per batch: warm-up and timed calls on a batch already in place (compute), then
 decode + preprocess + infer + top-k from image files (end to end); peak memory and, where readable, power ->
-teacher/student ratios and throughput limits -> the report dict (docs/bench-report.md).
+teacher/student ratios and throughput limits -> the report record (bench/record.py, docs/bench-report.md).
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from promptkd_edge.bench.backends import (
     DEVICE_RESIDENT,
     BackendSpec,
     Runner,
-    cuda_available,
     load,
     prepare_artifacts,
 )
-from promptkd_edge.bench.report import SCHEMA, SCHEMA_VERSION
+from promptkd_edge.bench.record import BenchReport, Environment, ResultRow
 from promptkd_edge.bench.targets import BenchModel, Unavailable, default_teacher, resolve
 from promptkd_edge.bench.timing import Timing, time_calls
 from promptkd_edge.errors import PkdError, first_line
+from promptkd_edge.utils.devices import resolve_device
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 
@@ -66,19 +66,13 @@ class BenchConfig:
             raise PkdError("--text-names must be >= 0")
         if self.iterations < 1 or self.warmup < 0:
             raise PkdError("--iterations must be >= 1 and --warmup >= 0")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise PkdError(f"--device must be auto, cpu or cuda[:N], not {self.device}")
-        if self.device.startswith("cuda") and not cuda_available():
-            raise PkdError("--device cuda: no CUDA GPU is visible to torch")
+        if self.device != "auto":
+            resolve_device(self.device)
         return self
 
 
-def resolve_device(device: str) -> str:
-    return ("cuda" if cuda_available() else "cpu") if device == "auto" else device
-
-
-def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Time every (model, backend, batch) of `cfg`; returns the report dict."""
+def measure(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport:
+    """Time every (model, backend, batch) of `cfg`; returns the report record."""
     from promptkd_edge.bench.environment import describe
 
     progress = progress or NullProgress()
@@ -88,24 +82,21 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, A
     kind, models = resolve(cfg.target, classes=cfg.classes, teacher=teacher)
     backends = cfg.backends or list(BACKENDS.values())
     batches = sorted(set(cfg.batch_sizes))
-    report: dict[str, Any] = {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": cfg.command,
-        "target": {"kind": kind, "name": Path(cfg.target).name if kind != "architecture" else cfg.target,
-                   "path": str(Path(cfg.target).resolve()) if kind != "architecture" else None},
-        "models": [m.to_dict() for m in models],
-        "environment": {},
-        "settings": {"batch_sizes": batches, "warmup": cfg.warmup, "iterations": cfg.iterations,
-                     "min_seconds": cfg.min_seconds, "max_seconds": cfg.max_seconds, "device": device,
-                     "end_to_end": cfg.end_to_end, "end_to_end_images": None, "top_k": cfg.top_k,
-                     "end_to_end_max_batch": cfg.e2e_max_batch,
-                     "notes": [f"{', '.join(DEVICE_RESIDENT)}: compute rows run on a batch already on the GPU (IO "
-                               "binding / device buffers); end-to-end rows include the copies"]},
-        "results": [], "unavailable": [], "comparisons": [], "limits": [],
-    }
+    report = BenchReport(
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), command=cfg.command,
+        target={"kind": kind, "name": Path(cfg.target).name if kind != "architecture" else cfg.target,
+                "path": str(Path(cfg.target).resolve()) if kind != "architecture" else None},
+        models=[m.to_dict() for m in models], environment=Environment(),
+        settings={"batch_sizes": batches, "warmup": cfg.warmup, "iterations": cfg.iterations,
+                  "min_seconds": cfg.min_seconds, "max_seconds": cfg.max_seconds, "device": device,
+                  "end_to_end": cfg.end_to_end, "end_to_end_images": None, "top_k": cfg.top_k,
+                  "end_to_end_max_batch": cfg.e2e_max_batch,
+                  "notes": [f"{', '.join(DEVICE_RESIDENT)}: compute rows run on a batch already on the GPU (IO "
+                            "binding / device buffers); end-to-end rows include the copies"]},
+        limits=[])
     with tempfile.TemporaryDirectory(prefix="pkd-bench-images-") as tmp:
         files, source = _e2e_files(cfg, Path(tmp), models[0].preprocess.size) if cfg.end_to_end else ([], None)
-        report["settings"]["end_to_end_images"] = source
+        report.settings["end_to_end_images"] = source
         try:
             for model in models:
                 for spec in backends:
@@ -113,19 +104,24 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, A
         finally:
             for model in models:
                 model.cleanup()
-    report["environment"] = describe(threads=cfg.threads, device=device)
-    report["comparisons"] = comparisons(report["results"])
+    report.environment = Environment.from_dict(describe(threads=cfg.threads, device=device))
+    report.comparisons = comparisons(report.results)
     cpu = None
     if device == "cpu":
         from promptkd_edge.bench.cpu_peak import cpu_peaks
 
-        cpu = cpu_peaks(report["environment"]["threads"] or 1)
-    report["limits"] = limits(report, cfg.peak_tflops, cpu)
+        cpu = cpu_peaks(report.environment.threads or 1)
+    report.limits = limits(report.models, report.results, cfg.peak_tflops, cpu)
     if cfg.text_names:
         if kind != "bundle":
             raise PkdError("--text-names times a bundle's text encoder: bench a bundle exported with --text-encoder")
-        report["text_encoder"] = time_text_encoder(cfg.target, cfg.text_names, cfg.threads, device)
+        report.text_encoder = time_text_encoder(cfg.target, cfg.text_names, cfg.threads, device)
     return report
+
+
+def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """`measure(cfg, progress)` in its JSON form (docs/bench-report.md)."""
+    return measure(cfg, progress).to_dict()
 
 
 def time_text_encoder(bundle: str, names: int, threads: int | None, device: str) -> dict[str, Any]:
@@ -186,15 +182,13 @@ def _e2e_files(cfg: BenchConfig, tmp: Path, size: tuple[int, int]) -> tuple[list
 
 
 def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: list[int], files: list[Path],
-                   cfg: BenchConfig, report: dict, progress: Progress) -> None:
+                   cfg: BenchConfig, report: BenchReport, progress: Progress) -> None:
     from promptkd_edge.bench.memory import PeakMemory
 
     def unavailable(reason: str) -> None:
-        report["unavailable"].append({"model": model.role, "backend": spec.name, "reason": reason})
+        report.unavailable.append({"model": model.role, "backend": spec.name, "reason": reason})
         progress.note(f"{model.role} {spec.name}: not run ({reason})")
 
-    rows: list[dict] = []
-    runner: Runner | None = None
     try:  # exporting / quantizing the ONNX file is set-up, not the backend's first call or its memory
         prepare_artifacts(spec, model)
     except Unavailable as e:
@@ -203,7 +197,8 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
     except Exception as e:  # noqa: BLE001
         unavailable(f"failed to prepare: {first_line(e)}")
         return
-    with PeakMemory() as memory:
+    rows: list[ResultRow] = []
+    with PeakMemory(nvml=device.startswith("cuda")) as memory:
         start = time.perf_counter()
         try:
             runner = load(spec, model, device=device, threads=cfg.threads)
@@ -211,17 +206,13 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
             runner(first)
             runner.sync()
         except Unavailable as e:
-            unavailable(str(e))
+            return unavailable(str(e))
         except Exception as e:  # noqa: BLE001 - one failing backend must not lose the others' figures
-            unavailable(f"failed: {first_line(e)}")
-            runner = None
-        if runner is None:
-            return
+            return unavailable(f"failed: {first_line(e)}")
         first_call_ms = (time.perf_counter() - start) * 1000
-        report.setdefault("backends", {})[f"{model.role} {spec.name}"] = runner.description  # what really ran
+        report.backends = {**(report.backends or {}), f"{model.role} {spec.name}": runner.description}
         update = progress.task(f"{model.role} {spec.name}",
                                len(batches) + (sum(b <= cfg.e2e_max_batch for b in batches) if files else 0))
-        done = 0
         for batch in batches:
             for mode in ("compute", "end_to_end") if files and batch <= cfg.e2e_max_batch else ("compute",):
                 try:
@@ -229,14 +220,15 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory at the largest batch
                     unavailable(f"batch {batch} {mode}: {first_line(e)}")
                     break
+                memory.sample()  # NVML's view of this process's GPU memory, while the backend holds it
                 rows.append(_row(model, spec, runner, timing, mode, first_call_ms, power))
-                done += 1
-                update(done)
+                update(len(rows))
         runner.close()
     for row in rows:
-        row["peak_rss_mib"] = _round(memory.host_mib)
-        row["peak_gpu_mib"] = _round(memory.gpu_mib)
-    report["results"] += rows
+        row.peak_rss_mib = _round(memory.host_mib)
+        row.peak_gpu_mib = _round(memory.gpu_mib)
+        row.gpu_process_mib = _round(memory.gpu_process_mib)
+    report.results += rows
 
 
 def _time(runner: Runner, model: BenchModel, batch: int, mode: str, files: list[Path],
@@ -274,51 +266,51 @@ def _round(value: float | None, digits: int = 1) -> float | None:
 
 
 def _row(model: BenchModel, spec: BackendSpec, runner: Runner, timing: Timing, mode: str, first_call_ms: float,
-         power) -> dict[str, Any]:
+         power) -> ResultRow:
     from promptkd_edge.bench.power import images_per_joule
 
     t = timing.to_dict()
-    return {"model": model.role, "backend": spec.name, "device": runner.device, "precision": runner.precision,
-            "batch": timing.batch, "mode": mode, "iterations": t["iterations"],
-            **{k: round(t[k], 3) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms")},
-            "images_per_s": round(t["images_per_s"], 2),
-            "first_call_ms": round(first_call_ms, 1) if mode == "compute" else None,
-            "peak_rss_mib": None, "peak_gpu_mib": None, "power_w": _round(power.watts, 2),
-            "images_per_joule": _round(images_per_joule(t["images_per_s"], power.watts), 3)}
+    return ResultRow(model=model.role, backend=spec.name, device=runner.device, precision=runner.precision,
+                     batch=timing.batch, mode=mode, iterations=t["iterations"],
+                     **{k: round(t[k], 3) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms")},
+                     images_per_s=round(t["images_per_s"], 2),
+                     first_call_ms=round(first_call_ms, 1) if mode == "compute" else None,
+                     power_w=_round(power.watts, 2),
+                     images_per_joule=_round(images_per_joule(t["images_per_s"], power.watts), 3))
 
 
-def comparisons(results: list[dict]) -> list[dict]:
+def comparisons(results: list[ResultRow]) -> list[dict]:
     """Teacher p50 / student p50 for every backend, batch and mode both ran: the student's measured speed-up."""
-    index = {(r["model"], r["backend"], r["batch"], r["mode"]): r for r in results}
+    index = {(r.model, r.backend, r.batch, r.mode): r for r in results}
     out = []
     for (role, backend, batch, mode), student in index.items():
         teacher = index.get(("teacher", backend, batch, mode))
         if role == "student" and teacher:
-            out.append({"backend": backend, "batch": batch, "mode": mode, "teacher_p50_ms": teacher["p50_ms"],
-                        "student_p50_ms": student["p50_ms"],
-                        "speedup": round(teacher["p50_ms"] / student["p50_ms"], 3)})
+            out.append({"backend": backend, "batch": batch, "mode": mode, "teacher_p50_ms": teacher.p50_ms,
+                        "student_p50_ms": student.p50_ms, "speedup": round(teacher.p50_ms / student.p50_ms, 3)})
     return out
 
 
-def limits(report: dict, peak_tflops: float | None, cpu_peaks: dict[str, dict] | None = None) -> list[dict]:
-    """The images/s a peak FLOP rate allows for this model, and the fraction reached: GPU rows against
+def limits(models: list[dict], results: list[ResultRow], peak_tflops: float | None,
+           cpu_peaks: dict[str, dict] | None = None) -> list[dict]:
+    """The images/s a peak FLOP rate allows for each model, and the fraction reached: GPU rows against
     `peak_tflops`; CPU rows against the CPU's computed peak at the row's precision (bench/cpu_peak.py)."""
-    gflops = {m["role"]: m.get("gflops_per_image") for m in report["models"]}
+    gflops = {m["role"]: m.get("gflops_per_image") for m in models}
     out = []
-    for r in report["results"]:
-        g = gflops.get(r["model"])
-        if r["mode"] != "compute" or not g:
+    for r in results:
+        g = gflops.get(r.model)
+        if r.mode != "compute" or not g:
             continue
-        if r["device"] == "cuda" and peak_tflops:
+        if r.device == "cuda" and peak_tflops:
             tflops, basis = peak_tflops, f"{peak_tflops:g} TFLOP/s"
-        elif r["device"] == "cpu" and cpu_peaks:
-            first = r["precision"].split("-")[0]  # int8-bf16: the INT8 layers bound the peak
+        elif r.device == "cpu" and cpu_peaks:
+            first = r.precision.split("-")[0]  # int8-bf16: the INT8 layers bound the peak
             peak = cpu_peaks.get(first if first in cpu_peaks else "fp32")
             tflops, basis = peak["tflops"], f"{peak['tflops']:g} TFLOP/s = {peak['basis']}"
         else:
             continue
         limit = tflops * 1e3 / g
-        out.append({"model": r["model"], "backend": r["backend"], "batch": r["batch"],
+        out.append({"model": r.model, "backend": r.backend, "batch": r.batch,
                     "limit_images_per_s": round(limit, 1), "basis": f"{g:.1f} GFLOP/image at {basis}",
-                    "fraction": round(r["images_per_s"] / limit, 4)})
+                    "fraction": round(r.images_per_s / limit, 4)})
     return out

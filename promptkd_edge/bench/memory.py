@@ -1,16 +1,21 @@
-"""Peak memory of a section: host peak RSS (VmHWM, resettable on Linux) and torch's CUDA allocator peak.
+"""Peak memory of a section: host peak RSS (VmHWM, resettable on Linux), torch's CUDA allocator peak, and the GPU
+memory NVML counts for this process.
 
-The host number covers everything in the process (PyTorch, ONNX Runtime, TensorRT, Python objects). The GPU number
-is torch's caching allocator only: memory that ONNX Runtime or TensorRT allocate on the GPU is not in it.
+The host number covers everything in the process (PyTorch, ONNX Runtime, TensorRT, Python objects). torch's number
+is its caching allocator only: memory that ONNX Runtime or TensorRT allocate on the GPU is not in it. NVML's number
+is all of this process's GPU memory (the CUDA context, every library's allocations) when it was sampled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from promptkd_edge.utils import gpus
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
 PROC_STATUS = Path("/proc/self/status")
@@ -84,18 +89,40 @@ class PeakMemory:
 
     After exit: `host_mib` (peak RSS, None when unknown), `host_reset` (True when the peak was reset on entry, so it
     is the block's peak; False means it is the process peak since start), `host_start_mib` (RSS on entry when reset,
-    i.e. what was already resident), and `gpu_mib` (torch.cuda.max_memory_allocated of the block; None when torch
-    has not initialised CUDA).
+    i.e. what was already resident), `gpu_mib` (torch.cuda.max_memory_allocated of the block; None when torch
+    has not initialised CUDA) and, with `nvml=True`, `gpu_process_mib`: the most GPU memory NVML counted for this
+    process at a `sample()` (None without NVML or where it lists no process, e.g. in a container's PID namespace).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, nvml: bool = False) -> None:
+        self.nvml = nvml
         self.host_mib: float | None = None
         self.host_start_mib: float | None = None
         self.host_reset = False
         self.gpu_mib: float | None = None
+        self.gpu_process_mib: float | None = None
+        self._stack = contextlib.ExitStack()
+        self._pynvml: Any | None = None
+
+    def sample(self) -> None:
+        """Read this process's GPU memory on every GPU now (NVML) and keep the largest total seen; call it while
+        the backend still holds its memory."""
+        if self._pynvml is None:
+            return
+        pynvml, total = self._pynvml, None
+        try:
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                used = gpus.process_gpu_mib(pynvml, pynvml.nvmlDeviceGetHandleByIndex(i))
+                total = used if total is None else total + (used or 0.0)
+        except pynvml.NVMLError:
+            return
+        if total is not None and (self.gpu_process_mib is None or total > self.gpu_process_mib):
+            self.gpu_process_mib = total
 
     def __enter__(self) -> PeakMemory:
-        self.host_mib = self.gpu_mib = self.host_start_mib = None
+        self.host_mib = self.gpu_mib = self.host_start_mib = self.gpu_process_mib = None
+        if self.nvml:
+            self._pynvml = self._stack.enter_context(gpus.nvml())[0]
         cuda = _torch_cuda()
         if cuda is not None:
             try:
@@ -111,6 +138,9 @@ class PeakMemory:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self.sample()
+        self._pynvml = None
+        self._stack.close()
         self.host_mib = peak_rss_mib()
         cuda = _torch_cuda()
         if cuda is not None:
@@ -122,7 +152,8 @@ class PeakMemory:
                 self.gpu_mib = None
 
     def to_dict(self) -> dict[str, Any]:
-        """For reports: host_peak_mib, host_peak_scope ('section' or 'process'), host_start_mib, gpu_peak_mib."""
+        """For reports: host_peak_mib, host_peak_scope ('section' or 'process'), host_start_mib, gpu_peak_mib
+        (torch's allocator)."""
         return {"host_peak_mib": None if self.host_mib is None else round(self.host_mib, 1),
                 "host_peak_scope": "section" if self.host_reset else "process",
                 "host_start_mib": None if self.host_start_mib is None else round(self.host_start_mib, 1),

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from promptkd_edge.bench.flops import onnx_gflops, torch_gflops
 from promptkd_edge.errors import PkdError
 from promptkd_edge.runtime.preprocess import PreprocessSpec, input_format_of
 
@@ -104,63 +105,6 @@ def _count(module) -> float:
     return round(sum(p.numel() for p in module.parameters()) / 1e6, 2)
 
 
-def vit_gflops(visual, extra_tokens: int = 0) -> float | None:
-    """Forward GFLOPs (2 x multiply-adds) of an open_clip ViT image tower for one image: patch embedding,
-    attention and MLP matmuls, attention scores; norms and activations are left out (they are < 1 %)."""
-    try:
-        width = visual.transformer.width
-        layers = len(visual.transformer.resblocks)
-        mlp = visual.transformer.resblocks[0].mlp.c_fc.out_features
-        patch = visual.conv1.kernel_size[0]
-        h, w = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
-    except AttributeError:
-        return None
-    n = (h // patch) * (w // patch) + 1 + extra_tokens
-    per_layer = 4 * n * width * width + 2 * n * width * mlp + 2 * n * n * width
-    patch_embed = (h // patch) * (w // patch) * 3 * patch * patch * width
-    proj = width * (visual.output_dim if visual.proj is not None else 0)
-    return round(2 * (layers * per_layer + patch_embed + proj) / 1e9, 2)
-
-
-def onnx_gflops(path: str | Path) -> float | None:
-    """Forward GFLOPs (2 x multiply-adds) of an ONNX graph for one image: its MatMul, Gemm and Conv nodes, with
-    shapes inferred at batch 1 (QDQ graphs count the same products); None without onnx or shapes."""
-    try:
-        import onnx
-        from onnx import shape_inference
-    except ImportError:
-        return None
-    try:
-        model = onnx.load(str(path))
-        model.graph.ClearField("value_info")  # the exporter's shapes say "batch": infer them again at batch 1
-        for value in (*model.graph.input, *model.graph.output):
-            dim = value.type.tensor_type.shape.dim
-            if dim and not dim[0].dim_value:
-                dim[0].ClearField("dim_param")
-                dim[0].dim_value = 1
-        graph = shape_inference.infer_shapes(model, data_prop=True).graph
-    except Exception:  # noqa: BLE001 - a graph shape inference cannot follow: no figure
-        return None
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in (*graph.value_info, *graph.input, *graph.output)}
-    shapes.update({t.name: list(t.dims) for t in graph.initializer})
-    flops = 0
-    for node in graph.node:
-        out = shapes.get(node.output[0]) if node.output else None
-        if not out or not all(out):
-            continue
-        size = int(np.prod(out))
-        if node.op_type in ("MatMul", "Gemm"):
-            a = shapes.get(node.input[0])
-            k = (a[-2] if node.op_type == "Gemm" and any(x.name == "transA" and x.i for x in node.attribute)
-                 else a[-1]) if a else 0
-            flops += 2 * size * k
-        elif node.op_type == "Conv":
-            w = shapes.get(node.input[1])
-            flops += 2 * size * int(np.prod(w[1:])) if w else 0
-    return round(flops / 1e9, 6) if flops else None
-
-
 def teacher_classifier(visual, vectors, scale: float):
     """Image tower -> L2 norm -> scale * W^T: how the deployed teacher would classify (a torch module)."""
     import torch
@@ -209,7 +153,7 @@ def teacher_model(spec: str, classes: int) -> BenchModel:
     visual = model.visual
     pre = holder["pre"]
     return BenchModel("teacher", f"{arch} image tower (random weights), {classes} classes", arch, pre, classes,
-                      build, params_m=_count(visual), gflops_per_image=vit_gflops(visual))
+                      build, params_m=_count(visual), gflops_per_image=torch_gflops(model, (3, *pre.size)))
 
 
 def student_from_arch(arch: str, classes: int, teacher_dim: int | None, prompt_tokens: int = 4,
@@ -234,7 +178,7 @@ def student_from_arch(arch: str, classes: int, teacher_dim: int | None, prompt_t
     pre = student.preprocess
     return BenchModel("student", f"{arch} + {prompt_tokens}x{depth} prompts + projector to {dim} (random weights), "
                       f"{classes} classes", arch, pre, classes, lambda: folded, params_m=_count(folded),
-                      gflops_per_image=vit_gflops(student.tower.visual, prompt_tokens if depth else 0))
+                      gflops_per_image=torch_gflops(folded, (3, *pre.size)))
 
 
 def student_from_run(run_dir: Path) -> BenchModel:
@@ -249,8 +193,7 @@ def student_from_run(run_dir: Path) -> BenchModel:
     pre = student.preprocess
     return BenchModel("student", f"{cfg.spec} + {cfg.prompt_tokens}x{cfg.prompt_depth} prompts, run {run_dir.name}, "
                       f"{len(vectors.names)} classes", _arch(cfg.spec), pre, len(vectors.names),
-                      lambda: folded, params_m=_count(folded),
-                      gflops_per_image=vit_gflops(student.tower.visual, cfg.prompt_tokens if cfg.prompt_depth else 0))
+                      lambda: folded, params_m=_count(folded), gflops_per_image=torch_gflops(folded, (3, *pre.size)))
 
 
 def _arch(spec: str) -> str:

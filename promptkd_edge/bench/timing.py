@@ -2,46 +2,43 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation between closest ranks, as numpy.percentile."""
-    if not samples:
+    """The q-th percentile (0..100) with linear interpolation between closest ranks (numpy.percentile)."""
+    if not len(samples):
         raise ValueError("percentile of no samples")
     if not 0 <= q <= 100:
         raise ValueError(f"percentile {q} is outside 0..100")
-    s = sorted(samples)
-    pos = (len(s) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+    return float(np.percentile(samples, q))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Timing:
-    """Latencies in milliseconds of calls that each process `batch` images."""
+    """Latencies in milliseconds of calls that each process `batch` images; statistics computed once."""
 
     batch: int
     samples_ms: list[float]
+    p50: float = field(init=False)
+    p90: float = field(init=False)
+    p99: float = field(init=False)
 
-    @property
-    def p50(self) -> float:
-        return percentile(self.samples_ms, 50)
-
-    @property
-    def p90(self) -> float:
-        return percentile(self.samples_ms, 90)
-
-    @property
-    def p99(self) -> float:
-        return percentile(self.samples_ms, 99)
+    def __post_init__(self) -> None:
+        if not self.samples_ms:
+            raise ValueError("a Timing needs at least one sample")
+        p50, p90, p99 = np.percentile(self.samples_ms, [50, 90, 99])
+        object.__setattr__(self, "p50", float(p50))
+        object.__setattr__(self, "p90", float(p90))
+        object.__setattr__(self, "p99", float(p99))
 
     @property
     def mean(self) -> float:
-        return sum(self.samples_ms) / len(self.samples_ms)
+        return float(np.mean(self.samples_ms))
 
     @property
     def images_per_s(self) -> float:

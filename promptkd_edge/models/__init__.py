@@ -14,7 +14,7 @@ _WHERE = {
     "Projector": "projector", "PromptedVisionTower": "prompted_vision",
     "Student": "student", "StudentConfig": "student", "build_student": "student", "load_student": "student",
     "save_student": "student",
-    "DEFAULT_TEMPLATE": "teacher", "Teacher": "teacher", "TeacherConfig": "teacher", "load_teacher": "teacher",
+    "DEFAULT_TEMPLATE": "templates", "Teacher": "teacher", "TeacherConfig": "teacher", "load_teacher": "teacher",
     "save_teacher": "teacher",
 }
 __all__ = sorted(_WHERE)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.models.teacher import DEFAULT_TEMPLATE, Teacher
+from promptkd_edge.models.teacher import DEFAULT_TEMPLATE, Teacher, load_teacher, require_weights, teacher_run_file
 from promptkd_edge.runtime.names import validate_class_names
 from promptkd_edge.utils.files import atomic_path, read_json, sha256_file, write_json
 
@@ -86,3 +86,20 @@ def compute_class_vectors(teacher: Teacher, names: list[str], template: str = DE
     vectors = teacher.class_text_features(names, template).float().cpu()
     return ClassVectors(names, vectors, teacher.spec, teacher.template if teacher.prompted else template,
                         teacher.logit_scale)
+
+
+def class_vectors_for_run(run: str | os.PathLike, names: list[str], *, device: str | torch.device = "cpu",
+                          allow_pickle: bool = False) -> ClassVectors:
+    """W for `names` from the teacher of `run`: a `pkd teacher` run (its prompted text tower), or any folder with
+    classes.json (a distillation run, a bundle: the zero-shot teacher named there, with its template, so the run's
+    own class list gives back exactly its W). A teacher with random weights is refused."""
+    run = Path(run)
+    existing = ClassVectors.load(run) if (run / CLASSES_FILE).is_file() else None
+    is_teacher_run = teacher_run_file(run, strict=False) is not None
+    if existing is None and not is_teacher_run:
+        raise PkdError(f"{run} is neither a teacher run nor a folder with {CLASSES_FILE}")
+    source = str(run.resolve()) if is_teacher_run else existing.teacher
+    teacher = load_teacher(source, device=device, allow_pickle=allow_pickle)
+    require_weights(teacher, source, "its class vectors")
+    template = existing.template if existing is not None and not teacher.prompted else DEFAULT_TEMPLATE
+    return compute_class_vectors(teacher, names, template)

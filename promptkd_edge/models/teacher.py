@@ -19,9 +19,9 @@ from promptkd_edge.errors import PkdError
 from promptkd_edge.models.openclip import LoadedCLIP, ModelSpec, load_clip, weights_file_for
 from promptkd_edge.models.prompted_text import PromptedTextTower
 from promptkd_edge.models.prompted_vision import PromptedVisionTower
+from promptkd_edge.models.templates import DEFAULT_TEMPLATE
 from promptkd_edge.utils.files import read_tagged_safetensors, sha256_file, write_tagged_safetensors
 
-DEFAULT_TEMPLATE = "a photo of a {}."
 TEACHER_FILE = "teacher.safetensors"
 TEACHER_FORMAT = "promptkd-edge/teacher"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,35 +101,61 @@ def cuda_check(cudart, result, what: str):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _gpu_info_torch(device_id: int) -> dict[str, str]:
-    try:
-        import torch
-    except ImportError:
-        raise PkdError("cannot query the GPU: install cuda-python (`pip install cuda-python`)") from None
-    if not torch.cuda.is_available() or device_id >= torch.cuda.device_count():
-        raise PkdError(f"no CUDA GPU {device_id} is visible (torch.cuda sees {torch.cuda.device_count()}); "
-                       "TensorRT needs an NVIDIA GPU and driver")
-    major, minor = torch.cuda.get_device_capability(device_id)
-    return {"name": torch.cuda.get_device_name(device_id), "compute_capability": f"{major}.{minor}",
-            "sm": f"{major}{minor}"}
+@dataclass(frozen=True)
+class CudaRuntime:
+    """What the CUDA runtime (through cuda-python) says: devices, its error when it sees none, driver and runtime
+    CUDA versions (e.g. 12060), or None where a call failed."""
+
+    device_count: int
+    error: str | None
+    driver_cuda: int | None
+    runtime_cuda: int | None
+
+
+def cuda_runtime(cudart=None) -> CudaRuntime:
+    """The CUDA runtime's view of this machine (`cudart`: cuda-python's runtime module; loaded when None).
+    Without a usable driver its calls return error codes, never raise."""
+    cudart = cudart or load_cudart()
+    ok = cudart.cudaError_t.cudaSuccess
+    err, count = cudart.cudaGetDeviceCount()
+    derr, driver = cudart.cudaDriverGetVersion()
+    rerr, runtime = cudart.cudaRuntimeGetVersion()
+    return CudaRuntime(device_count=int(count) if err == ok and count else 0,
+                       error=None if err == ok else _error_name(cudart, err),
+                       driver_cuda=int(driver) if derr == ok and driver else None,
+                       runtime_cuda=int(runtime) if rerr == ok and runtime else None)
+
+
+def _gpu_info_without_cudart(device_id: int) -> dict[str, str]:
+    """Name and compute capability from NVML / nvidia-smi (utils/gpus.py) where cuda-python is not installed."""
+    from promptkd_edge.utils import gpus
+
+    scan = gpus.scan()
+    gpu = gpus.select(scan.gpus, gpus.cuda_selector(f"cuda:{device_id}"))
+    if gpu is None:
+        why = scan.error or "0 devices"
+        raise PkdError(f"no CUDA GPU is visible ({why}); TensorRT needs an NVIDIA GPU and driver")
+    if not gpu.compute_capability:
+        raise PkdError("cannot tell this GPU's compute capability: install cuda-python (`pip install cuda-python`)")
+    major, minor = gpu.compute_capability.split(".")
+    return {"name": gpu.name or "?", "compute_capability": gpu.compute_capability, "sm": f"{major}{minor}"}
 
 
 def gpu_info(device_id: int = 0) -> dict[str, str]:
-    """{"name", "compute_capability" ("8.7"), "sm" ("87")} of a GPU, via cuda-python (else torch.cuda)."""
+    """{"name", "compute_capability" ("8.7"), "sm" ("87")} of a GPU, via cuda-python (else NVML / nvidia-smi)."""
     try:
         cudart = load_cudart()
     except PkdError:
-        return _gpu_info_torch(device_id)
-    err, count = cudart.cudaGetDeviceCount()  # (error, None) without a usable driver: it never raises
-    if err != cudart.cudaError_t.cudaSuccess or not count:
-        derr, driver = cudart.cudaDriverGetVersion()
-        why = driver_mismatch(cuda_bindings_version(), driver if derr == cudart.cudaError_t.cudaSuccess else None)
+        return _gpu_info_without_cudart(device_id)
+    view = cuda_runtime(cudart)
+    if not view.device_count:
+        why = driver_mismatch(cuda_bindings_version(), view.driver_cuda)
         if why:
             raise PkdError(why)
-        why = _error_name(cudart, err) if err != cudart.cudaError_t.cudaSuccess else "0 devices"
-        raise PkdError(f"no CUDA GPU is visible ({why}); TensorRT needs an NVIDIA GPU and driver")
-    if device_id >= count:
-        raise PkdError(f"GPU {device_id} does not exist; this machine has {count}")
+        raise PkdError(f"no CUDA GPU is visible ({view.error or '0 devices'}); TensorRT needs an NVIDIA GPU and "
+                       "driver")
+    if device_id >= view.device_count:
+        raise PkdError(f"GPU {device_id} does not exist; this machine has {view.device_count}")
     props = cuda_check(cudart, cudart.cudaGetDeviceProperties(device_id), "cudaGetDeviceProperties")
     name = props.name
     if isinstance(name, bytes):

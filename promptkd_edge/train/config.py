@@ -7,10 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.models.teacher import DEFAULT_TEMPLATE
-from promptkd_edge.train.losses import KD_NORMS
-from promptkd_edge.train.promptsrc import TEXT_TARGETS
-from promptkd_edge.train.schedule import SCHEDULES
+from promptkd_edge.models.templates import DEFAULT_TEMPLATE
 
 # What may change when a run is resumed: nothing that changes the numbers.
 RESUMABLE_CHANGES = frozenset({"workers", "log_every", "cache_dir", "compile", "device", "random_init"})
@@ -95,6 +92,9 @@ class DistillConfig:
     keep_checkpoints: int = 2
 
     def validate(self) -> DistillConfig:
+        from promptkd_edge.train.losses import KD_NORMS
+        from promptkd_edge.train.schedule import SCHEDULES
+
         if not self.data:
             raise PkdError("no training data: pass --data FOLDER|FILE_LIST|SHARDS")
         from promptkd_edge.models.teacher import teacher_run_file
@@ -206,6 +206,9 @@ class TeacherTuneConfig:
     random_init: bool = False  # allow an architecture without weights (tests)
 
     def validate(self) -> TeacherTuneConfig:
+        from promptkd_edge.train.promptsrc import TEXT_TARGETS
+        from promptkd_edge.train.schedule import SCHEDULES
+
         _weights_check({"--teacher": (self.teacher, self.teacher)}, self.random_init)
         checks = [
             (bool(self.data), "no training data: pass --data LABELED_IMAGEFOLDER"),

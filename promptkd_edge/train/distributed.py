@@ -29,12 +29,10 @@ class Runtime:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PkdError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
-    return device
+    """torch.device of `promptkd_edge.utils.devices.resolve_device` (where --device is checked for every command)."""
+    from promptkd_edge.utils.devices import resolve_device as resolve
+
+    return torch.device(resolve(name))
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

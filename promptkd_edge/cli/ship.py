@@ -1,0 +1,319 @@
+"""`pkd export` and `pkd predict`: a run into a gated bundle (and TensorRT, Triton, DeepStream), a bundle onto
+images. `pkd predict` and `pkd export BUNDLE` run on the core install (no torch)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from promptkd_edge.cli.common import (
+    app,
+    config_values,
+    console,
+    defaults,
+    err,
+    errors_to_exit,
+    make_progress,
+    print_json,
+    require,
+)
+from promptkd_edge.errors import PkdError
+from promptkd_edge.export.bundle import ExportOptions
+from promptkd_edge.export.tensorrt_build import TrtBuildOptions
+from promptkd_edge.utils.text import shown
+
+_E = defaults(ExportOptions)
+_B = defaults(TrtBuildOptions)
+
+EXPORT_EXAMPLES = """
+[bold]Examples[/bold]
+
+  # ONNX bundle (FP32, logits head), gated for parity against the PyTorch student
+  pkd export runs/pets --out bundles/pets
+
+  # INT8 for CPU edge boxes, calibrated on 400 of the run's unlabeled images
+  pkd export runs/pets --out bundles/pets-int8 --precision int8
+
+  # bf16 on a CPU with AMX or AVX512_BF16 (OpenVINO), gated here; or add the gate to an existing bundle
+  pkd export runs/pets --out bundles/pets --precision bf16
+  pkd export bundles/pets --precision bf16
+
+  # open vocabulary: the teacher's text tower and tokenizer too, so the device can name new classes
+  pkd export runs/pets --out bundles/pets-open --head both --text-encoder
+
+  # embeddings + logits, uint8 NHWC input (resize/crop in the app, the rest in the graph)
+  pkd export runs/pets --out bundles/pets --head both --uint8-input
+
+  # on the Jetson / GPU machine: add a TensorRT FP16 plan to a bundle (profiles 1/1/1 and 1/8/32)
+  pkd export bundles/pets --trt --precision fp16 --trt-profile 1,1,1 --trt-profile 1,8,32 --data images/
+
+  # a Triton model repository entry (config.pbtxt, 1/model.onnx or 1/model.plan, labels.txt)
+  pkd export bundles/pets --triton models/ --triton-backend tensorrt
+
+  # DeepStream: a bundle that takes pixels 0-255 (nvinfer's input), its plan built on the device, then the config
+  pkd export runs/pets --out bundles/pets-ds --pixel-input
+  pkd export bundles/pets-ds --trt --precision fp16 --trt-profile 1,8,16
+  pkd export bundles/pets-ds --deepstream deepstream/pets --deepstream-mode secondary --threshold 20
+"""
+
+
+@app.command(epilog=EXPORT_EXAMPLES)
+@errors_to_exit
+def export(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="A distillation run (new bundle) or a bundle (with --trt: add a "
+                                           "TensorRT plan built on this machine).")],
+    out: Annotated[Path | None, typer.Option("--out", help="New bundle folder (not with a bundle as SOURCE).")] = None,
+    head: Annotated[str, typer.Option(help="logits [B, C], embeddings [B, D] (class vectors ship beside it), or "
+                                      "both.")] = _E.head,
+    uint8_input: Annotated[bool, typer.Option("--uint8-input", help="Graph takes uint8 NHWC images at the model "
+                                              "resolution and normalises itself.")] = False,
+    pixel_input: Annotated[bool, typer.Option("--pixel-input", help="Graph takes float32 NCHW pixels 0-255 at the "
+                                              "model resolution and normalises itself (what DeepStream's nvinfer "
+                                              "feeds).")] = False,
+    precision: Annotated[str, typer.Option(help="model.onnx: fp32, fp16 or int8 (ONNX Runtime QDQ); bf16: an FP32 "
+                                           "model.onnx with OpenVINO's bf16 gated on this CPU (required; fp32 and "
+                                           "int8 exports offer it where OpenVINO and bf16 exist). With --trt: the "
+                                           "engine's, fp32, fp16, int8 or fp8.")] = _E.precision,
+    opset: Annotated[int, typer.Option(help="ONNX opset (20 parses on TensorRT 10.3 / JetPack 6).")] = _E.opset,
+    slim: Annotated[bool, typer.Option("--slim", help="Simplify the graph with onnxslim (pip install "
+                                       "onnxslim).")] = _E.slim,
+    data: Annotated[str | None, typer.Option("--data", help="Images for calibration and parity (default: the run's "
+                                             "training data; generated images when there are none).")] = _E.data,
+    parity_images: Annotated[int, typer.Option(help="Images the parity gate compares on.")] = _E.parity_images,
+    calibration_images: Annotated[int, typer.Option(help="Images INT8/FP8 calibration sees.")
+                                  ] = _E.calibration_images,
+    calibration_method: Annotated[str, typer.Option(help="INT8 calibration: percentile, minmax or entropy.")
+                                  ] = _E.calibration_method,
+    smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="INT8: migrate activation outliers (CLIP's "
+                                         "massive activations) into the weights first (SmoothQuant); function "
+                                         "unchanged.")] = _E.smooth,
+    text_encoder: Annotated[bool, typer.Option("--text-encoder", help="Also ship the teacher's text tower (ONNX, "
+                                               "FP32 + FP16) and tokenizer, gated against `pkd classes`, so apps "
+                                               "name classes on the device (needs --head embeddings or both).")
+                            ] = _E.text_encoder,
+    build_trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT plan here (needs TensorRT 10 or "
+                                            "11).")] = False,
+    trt_profile: Annotated[list[str] | None, typer.Option("--trt-profile", help="MIN,OPT,MAX batch of one "
+                                                          "optimization profile; repeat for several (default "
+                                                          "1,8,32).")] = None,
+    workspace_gib: Annotated[float, typer.Option(help="TensorRT builder workspace limit (GiB); 1-2 on 8 GB "
+                                                 "Jetsons.")] = _B.workspace_gib,
+    opt_level: Annotated[int, typer.Option(help="TensorRT builder optimization level 0-5.")] = _B.opt_level,
+    timing_cache: Annotated[Path | None, typer.Option(help="Persistent TensorRT timing cache file (read and "
+                                                      "updated).")] = _B.timing_cache,
+    triton: Annotated[Path | None, typer.Option("--triton", help="With a bundle as SOURCE: write its entry into "
+                                                "this Triton model repository.")] = None,
+    triton_backend: Annotated[str, typer.Option(help="Triton entry serves model.onnx (onnxruntime) or the bundle's "
+                                                "plan (tensorrt).")] = "onnxruntime",
+    deepstream: Annotated[Path | None, typer.Option("--deepstream", help="With a bundle as SOURCE: write a "
+                                                    "DeepStream nvinfer config, labels and the plan into this "
+                                                    "folder (a --pixel-input bundle).")] = None,
+    deepstream_mode: Annotated[str, typer.Option(help="nvinfer process mode: primary (whole frames) or secondary "
+                                                 "(objects of an upstream detector).")] = "primary",
+    threshold: Annotated[float, typer.Option(help="nvinfer classifier-threshold, on the logits (logit scale x "
+                                             "cosine).")] = 0.0,
+    max_batch: Annotated[int | None, typer.Option(help="Triton max_batch_size (default 32; a plan's largest "
+                                                  "profile) or nvinfer batch-size (default: the plan's first "
+                                                  "profile's max).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Keep a bundle that fails the parity gate, marked "
+                                        "invalid.")] = _E.force,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at --out.")
+                         ] = _E.overwrite,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
+) -> None:
+    """Fold the student (prompts, projector, class vectors) into one ONNX graph, gate it, ship it as a bundle."""
+    from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.runtime.bundle import is_bundle, open_bundle
+
+    if uint8_input and pixel_input:
+        raise PkdError("--uint8-input and --pixel-input are two input formats; choose one")
+    input_format = "uint8" if uint8_input else "pixels" if pixel_input else "normalized"
+    trt = _trt_options(trt_profile, workspace_gib, opt_level, timing_cache) if build_trt else None
+    options = ExportOptions(**config_values(ExportOptions, ctx.params), input_format=input_format,
+                            trt=trt).validate()
+    progress = make_progress(not as_json)
+    if is_bundle(source):
+        _add_to_bundle(source, options, out=out, triton=triton, triton_backend=triton_backend, deepstream=deepstream,
+                       deepstream_mode=deepstream_mode, threshold=threshold, max_batch=max_batch, progress=progress)
+        manifest, where = open_bundle(source).manifest, source
+    else:
+        if triton is not None or deepstream is not None:
+            raise PkdError("--triton and --deepstream take a bundle as SOURCE: export the run first, then "
+                           "`pkd export BUNDLE --triton REPO` or `--deepstream DIR`")
+        if out is None:
+            raise PkdError("pass --out BUNDLE, the folder to write the bundle to")
+        require("export RUN", "train", "export")
+        manifest, where = export_run(source, out, options, progress=progress), out
+    progress.done()
+    if as_json:
+        print_json(manifest)
+        return
+    console().print(_parity_table(manifest))
+    state = "[green]valid[/]" if manifest["valid"] else "[bold red]INVALID (kept with --force)[/]"
+    console().print(f"bundle {shown(where)}: {state}; model {shown(manifest['model']['file'])} "
+                    f"({manifest['model']['precision']}, head {manifest['model']['head']})"
+                    + "".join(f"; engine {shown(e['file'])}" for e in manifest["engines"]))
+
+
+def _add_to_bundle(source: Path, options: ExportOptions, *, out: Path | None, triton: Path | None,
+                   triton_backend: str, deepstream: Path | None, deepstream_mode: str, threshold: float,
+                   max_batch: int | None, progress) -> None:
+    """`pkd export BUNDLE`: add a TensorRT plan, the bf16 gate, a Triton entry and/or a DeepStream config."""
+    from promptkd_edge.export.bundle import add_engine
+
+    trt = options.trt is not None
+    if options.text_encoder:
+        raise PkdError("--text-encoder is exported from the run: pkd export RUN --out NEW --head both "
+                       "--text-encoder")
+    if trt:
+        import importlib.util
+
+        if importlib.util.find_spec("onnx") is None:
+            raise PkdError("`pkd export BUNDLE --trt` reads the bundle's graph with onnx: pip install "
+                           "'promptkd-edge[trt]' (on JetPack: 'promptkd-edge[jetson]')")
+    add_bf16 = options.precision == "bf16" and not trt
+    if not trt and not add_bf16 and triton is None and deepstream is None:
+        raise PkdError(f"{source} is a bundle; export a run to make a new one, or pass --trt to add a "
+                       "TensorRT plan to it, --precision bf16 to gate bf16 on this CPU, or --triton REPO, or "
+                       "--deepstream DIR")
+    if out is not None:
+        raise PkdError("--out is for new bundles; with a bundle as SOURCE the plan is added to it")
+    if trt:
+        add_engine(source, options, progress=progress)
+    if add_bf16:
+        from promptkd_edge.export.cpu_gate import add_bf16_gate
+
+        add_bf16_gate(source, data=options.data, parity_images=options.parity_images, force=options.force,
+                      progress=progress)
+    if triton is not None:
+        from promptkd_edge.export.triton import write_repository
+
+        folder = write_repository(source, triton, backend=triton_backend, max_batch=max_batch)
+        progress.note(f"Triton model repository entry: {folder}")
+    if deepstream is not None:
+        from promptkd_edge.export.deepstream import write_config
+
+        config = write_config(source, deepstream, max_batch=max_batch, mode=deepstream_mode, threshold=threshold)
+        progress.note(f"DeepStream nvinfer config: {config} (config-file-path of gst-nvinfer)")
+
+
+def _trt_options(profiles: list[str] | None, workspace_gib: float, opt_level: int,
+                 timing_cache: Path | None) -> TrtBuildOptions:
+    """TensorRT build options from --trt-profile MIN,OPT,MAX (repeatable) and the builder flags."""
+    parsed = []
+    for text in profiles or ["1,8,32"]:
+        try:
+            parsed.append(tuple(int(v) for v in text.split(",")))
+        except ValueError:
+            raise PkdError(f"--trt-profile '{text}' is not MIN,OPT,MAX (e.g. 1,8,32)") from None
+        if len(parsed[-1]) != 3:
+            raise PkdError(f"--trt-profile '{text}' is not MIN,OPT,MAX (e.g. 1,8,32)")
+    return TrtBuildOptions(precision="fp32", profiles=parsed, workspace_gib=workspace_gib, opt_level=opt_level,
+                           timing_cache=timing_cache)
+
+
+def _parity_table(manifest: dict):
+    """The bundle's parity gates, one row per target and precision."""
+    from rich.table import Table
+
+    table = Table(title="parity gate (exported model vs PyTorch student)")
+    for col in ("target", "precision", "images", "top-1 agreement", "max |d logit|", "min cosine", "result"):
+        table.add_column(col, justify="left" if col in ("target", "precision", "result") else "right", overflow="fold")
+    for p in manifest["parity"]:
+        result = "[green]pass[/]" if p["passed"] else "[red]FAIL[/] " + "; ".join(p["failures"])
+        ties = f" ({p['near_tie_flips']} near-tie flips)" if p.get("near_tie_flips") else ""
+        table.add_row(shown(p["target"]), p["precision"], str(p["images"]), f"{100 * p['top1_agreement']:.2f} %{ties}",
+                      f"{p['max_abs_logit_diff']:.2e}", f"{p['min_cosine']:.6f}", result)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------- predict
+
+PREDICT_EXAMPLES = """
+[bold]Examples[/bold]
+
+  pkd predict bundles/pets cat.jpg dog.png
+  pkd predict bundles/pets photos/ --top-k 3 --json > predictions.json
+  pkd predict bundles/pets photos/ --backend tensorrt
+  pkd predict bundles/pets photos/ --backend openvino --precision bf16 --threads 4
+
+  # other classes, named here (a bundle exported with --text-encoder computes their vectors on this device)
+  pkd predict bundles/pets photos/ --classes "red fox, polar bear, snow owl"
+  pkd predict bundles/pets photos/ --classes new_classes.txt
+"""
+
+
+@app.command(epilog=PREDICT_EXAMPLES)
+@errors_to_exit
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `pkd export`.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders (walked recursively).")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per image.")] = 5,
+    backend: Annotated[str, typer.Option(help="auto (a TensorRT plan for this GPU, else the fastest gated option "
+                                         "measured on this CPU, cached), onnxruntime, openvino, tensorrt or "
+                                         "torch.")] = "auto",
+    precision: Annotated[str | None, typer.Option(help="Force OpenVINO's precision: fp32 or bf16 (default: bf16 "
+                                                  "only where the bundle's bf16 gate passed).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all usable).")] = None,
+    classes: Annotated[str | None, typer.Option("--classes", help="Classify into these classes instead of the "
+                                                "bundle's: comma-separated names, or a class-list file (one per "
+                                                "line). Needs a bundle exported with --text-encoder.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
+    allow_invalid: Annotated[bool, typer.Option(help="Load a bundle that failed its parity gate.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print predictions as JSON on stdout.")] = False,
+) -> None:
+    """Top-k classes of images with a bundle (TensorRT, ONNX Runtime or OpenVINO; no torch needed)."""
+    from promptkd_edge.runtime import Classifier
+    from promptkd_edge.runtime.files import image_files, predict_files
+
+    if top_k < 1:
+        raise PkdError("--top-k must be >= 1")
+    files = image_files(images)
+    clf = Classifier.from_bundle(bundle, backend, allow_invalid=allow_invalid, precision=precision, threads=threads)
+    if classes is not None:
+        from promptkd_edge.runtime.names import class_names_argument
+
+        clf = clf.with_class_names(class_names_argument(classes))
+    for note in clf.notes:
+        err().print(f"[yellow]note:[/] {shown(note)}", highlight=False)
+    if clf.choice is not None and not clf.choice.cached and not as_json:
+        err().print(f"[yellow]backend:[/] {shown(clf.choice.picked)}, {shown(clf.choice.reason)}", highlight=False)
+    update = make_progress(not as_json and len(files) > batch_size).task("predicting", len(files))
+    results = []
+    for done, result in enumerate(predict_files(clf, files, top_k=top_k, batch_size=batch_size), 1):
+        results.append(result)
+        update(done)
+    rows = [r.to_dict() for r in results if r.prediction is not None]
+    skipped = [f"{r.path}: {r.skipped}" for r in results if r.prediction is None]
+    if as_json:
+        print_json({"bundle": str(bundle), "backend": clf.description,
+                    "backend_choice": clf.choice.to_dict() if clf.choice is not None else None,
+                    "predictions": rows, "skipped": skipped})
+        return
+    console().print(_predictions_table(f"{shown(bundle)} on {shown(clf.description)}", rows, top_k,
+                                       len(clf.class_names)))
+    for line in skipped:
+        err().print(f"[yellow]skipped[/] {shown(line)}", highlight=False)
+
+
+def _predictions_table(title: str, rows: list[dict], top_k: int, classes: int):
+    """One row per image: its path (relative to the images' common folder), the top-1 class and the next ones."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    common = os.path.commonpath([r["image"] for r in rows]) if len(rows) > 1 else ""
+    table.add_column(f"image (in {shown(common)})" if common else "image", overflow="fold")
+    table.add_column("top-1")
+    table.add_column("p", justify="right")
+    if top_k > 1:
+        table.add_column(f"next {min(top_k, classes) - 1}")
+    for r in rows:
+        rest = ", ".join(f"{shown(n)} {p:.2f}" for n, p in zip(r["labels"][1:], r["probabilities"][1:], strict=True))
+        name = os.path.relpath(r["image"], common) if common else r["image"]
+        table.add_row(shown(name), shown(r["labels"][0]), f"{r['probabilities'][0]:.3f}",
+                      *([rest] if top_k > 1 else []))
+    return table

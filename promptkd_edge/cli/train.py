@@ -1,0 +1,355 @@
+"""`pkd teacher`, `pkd distill`, `pkd eval`, `pkd classes`: the two PromptKD stages and what a run is scored and
+reused with. Option defaults are the config dataclasses' (train/config.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from promptkd_edge.cli.common import (
+    accuracy_table,
+    app,
+    config_values,
+    console,
+    defaults,
+    err,
+    errors_to_exit,
+    is_main_rank,
+    make_progress,
+    print_json,
+    require,
+)
+from promptkd_edge.errors import PkdError
+from promptkd_edge.train.config import DistillConfig, TeacherTuneConfig
+from promptkd_edge.utils.text import shown, visible
+
+_D = defaults(DistillConfig)
+_T = defaults(TeacherTuneConfig)
+
+DISTILL_EXAMPLES = """
+[bold]Examples[/bold]
+
+  # OpenAI ViT-L/14 teacher (zero-shot), ViT-B/16 student, class names from the few-shot ImageFolder
+  pkd distill --teacher ViT-L-14:openai --student ViT-B-16:openai \\
+      --classes data/fewshot --data data/unlabeled --out runs/pets
+
+  # local weight files, a faster run on one GPU with the teacher-feature cache
+  pkd distill --teacher ViT-L-14-quickgelu:weights/ViT-L-14.safetensors \\
+      --student ViT-B-16-quickgelu:weights/ViT-B-16.safetensors --classes classes.txt \\
+      --data images.txt --batch-size 128 --teacher-cache 10 --out runs/big
+
+  # 8 GPUs (or 2 CPU processes with gloo), then continue after an interruption
+  torchrun --nproc-per-node 8 -m promptkd_edge distill ... --out runs/imagenet
+  pkd distill --resume runs/imagenet
+"""
+DATA, MODELS, TRAINING, PERFORMANCE = "Data", "Models", "Training", "Performance"
+
+
+@app.command(epilog=DISTILL_EXAMPLES)
+@errors_to_exit
+def distill(
+    ctx: typer.Context,
+    data: Annotated[str, typer.Option("--data", help="Unlabeled images: a folder (recursive), a text file listing "
+                                      "paths, or WebDataset shards (needs the \\[wds] extra).",
+                                      rich_help_panel=DATA)] = _D.data,
+    out: Annotated[Path | None, typer.Option("--out", help="New run directory.", rich_help_panel=DATA)] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory from its last "
+                                                "checkpoint (same config).", rich_help_panel=DATA)] = None,
+    teacher: Annotated[str, typer.Option(help="Teacher: ARCH, ARCH:TAG or ARCH:/path/to/weights.",
+                                         rich_help_panel=MODELS)] = _D.teacher,
+    classes: Annotated[str | None, typer.Option(help="Class names: a text file (one per line) or an ImageFolder "
+                                                "(its sub-folders).", rich_help_panel=MODELS)] = _D.classes,
+    class_vectors: Annotated[str | None, typer.Option(help="Reuse stored class vectors (a run or folder with "
+                                                      "classes.json).", rich_help_panel=MODELS)] = _D.class_vectors,
+    template: Annotated[str, typer.Option(help="Text template for the class vectors.",
+                                          rich_help_panel=MODELS)] = _D.template,
+    student: Annotated[str, typer.Option(help="Student: ARCH, ARCH:TAG or ARCH:/path/to/weights.",
+                                         rich_help_panel=MODELS)] = _D.student,
+    prompt_tokens: Annotated[int, typer.Option(help="Visual prompt tokens per layer.",
+                                               rich_help_panel=MODELS)] = _D.prompt_tokens,
+    prompt_depth: Annotated[int, typer.Option(help="Layers that get their own prompts.",
+                                              rich_help_panel=MODELS)] = _D.prompt_depth,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow weight files that need unpickling (TorchScript .pt); "
+                                               "only for files you trust.",
+                                               rich_help_panel=MODELS)] = _D.allow_pickle,
+    epochs: Annotated[int, typer.Option(help="Epochs over the unlabeled images.",
+                                        rich_help_panel=TRAINING)] = _D.epochs,
+    batch_size: Annotated[int, typer.Option(help="Images per process and step.",
+                                            rich_help_panel=TRAINING)] = _D.batch_size,
+    lr: Annotated[float | None, typer.Option(help="Learning rate \\[default: SGD 0.005 x global batch / 8; AdamW "
+                                             "2.5e-4 x sqrt(global batch / 8)].", rich_help_panel=TRAINING)] = _D.lr,
+    optimizer: Annotated[str, typer.Option(help="sgd (momentum 0.9) or adamw.",
+                                           rich_help_panel=TRAINING)] = _D.optimizer,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.", rich_help_panel=TRAINING)] = _D.weight_decay,
+    warmup_epochs: Annotated[int, typer.Option(help="Epochs at the constant warm-up lr before the cosine.",
+                                               rich_help_panel=TRAINING)] = _D.warmup_epochs,
+    warmup_lr: Annotated[float, typer.Option(help="Warm-up learning rate.", rich_help_panel=TRAINING)] = _D.warmup_lr,
+    schedule: Annotated[str, typer.Option(help="epoch: the official cosine, stepped per epoch (the last epoch at "
+                                          "~2.5 % of lr); step: a per-step cosine to 0.",
+                                          rich_help_panel=TRAINING)] = _D.schedule,
+    temperature: Annotated[float, typer.Option(help="KD temperature T (the loss is multiplied by T^2).",
+                                               rich_help_panel=TRAINING)] = _D.temperature,
+    kd_norm: Annotated[str, typer.Option(help="paper: KL summed / (batch x classes), as PromptKD; batchmean: "
+                                         "per-sample mean KL (weight w here = w x classes under paper).",
+                                         rich_help_panel=TRAINING)] = _D.kd_norm,
+    kd_weight: Annotated[float, typer.Option(help="Loss weight (PromptKD: 1000; 200 for Aircraft/Flowers/DTD).",
+                                             rich_help_panel=TRAINING)] = _D.kd_weight,
+    crop_scale_min: Annotated[float, typer.Option(help="Smallest RandomResizedCrop area fraction.",
+                                                  rich_help_panel=TRAINING)] = _D.crop_scale_min,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, data order and augmentation.",
+                                      rich_help_panel=TRAINING)] = _D.seed,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=PERFORMANCE)] = _D.device,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (GradScaler) or fp32.",
+                                           rich_help_panel=PERFORMANCE)] = _D.precision,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the student and teacher.",
+                                          rich_help_panel=PERFORMANCE)] = _D.compile,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.",
+                                         rich_help_panel=PERFORMANCE)] = _D.workers,
+    teacher_cache: Annotated[int, typer.Option(help="Cache the teacher's features for K augmented views per image "
+                                               "(computed once, reused across runs); 0 runs the teacher every step.",
+                                               rich_help_panel=PERFORMANCE)] = _D.teacher_cache,
+    cache_dir: Annotated[str | None, typer.Option(help="Where teacher-feature caches live \\[default: "
+                                                  "~/.cache/promptkd-edge/teacher-features].",
+                                                  rich_help_panel=PERFORMANCE)] = _D.cache_dir,
+    max_bad_fraction: Annotated[float, typer.Option(help="Abort when more than this fraction of images is "
+                                                    "unreadable.", rich_help_panel=DATA)] = _D.max_bad_fraction,
+    shard_epoch_size: Annotated[int, typer.Option(help="Images per epoch when --data is WebDataset shards.",
+                                                  rich_help_panel=DATA)] = _D.shard_epoch_size,
+    checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: each epoch only).",
+                                                  rich_help_panel=TRAINING)] = _D.checkpoint_every,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Allow a teacher or student architecture "
+                                              "without weights (random initialisation; for tests and dry runs).",
+                                              rich_help_panel=MODELS)] = _D.random_init,
+    log_every: Annotated[int, typer.Option(help="Flush metrics every N steps.",
+                                           rich_help_panel=TRAINING)] = _D.log_every,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Stage II: distill the teacher into a prompted student on unlabeled images (PromptKD)."""
+    require("distill", "train")
+    from promptkd_edge.train.distill import distill as run_distill
+
+    cfg, run_dir = _distill_config(ctx, out, resume)
+    progress = make_progress(not as_json or sys.stderr.isatty())
+    result = run_distill(cfg, run_dir, resume=resume is not None, progress=progress)
+    if not is_main_rank():
+        return
+    if as_json:
+        print_json({k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()})
+        return
+    console().print(f"[bold green]done[/]: {result.steps} steps, {result.images_seen} images in "
+                    f"{result.seconds:.1f} s ({result.images_per_second:.1f} img/s), final loss "
+                    f"{result.final_loss:.4g}"
+                    + (f", {result.bad_images} unreadable images skipped (listed in "
+                       f"{shown(Path(run_dir) / result.bad_images_file)})" if result.bad_images else ""))
+    console().print(f"student weights: {shown(Path(run_dir) / 'student.safetensors')}")
+
+
+def _distill_config(ctx: typer.Context, out: Path | None, resume: Path | None) -> tuple[DistillConfig, Path]:
+    """The config of a new run (every option), or of a resumed one (its stored config, overridden by the options
+    given on the command line), and the run directory."""
+    given = config_values(DistillConfig, ctx.params)
+    if resume is None:
+        if out is None:
+            raise PkdError("--out is required (the new run directory), or --resume RUN to continue one")
+        return DistillConfig.from_dict(given), out
+    if out is not None and Path(out) != Path(resume):
+        raise PkdError("pass either --out (a new run) or --resume (an existing one), not both")
+    from promptkd_edge.train.run_dir import RunDir
+    from promptkd_edge.utils.files import read_json
+
+    RunDir(resume).check_existing()
+    stored = read_json(RunDir(resume).config, "run config")["config"]
+    stored.setdefault("schedule", "step")  # runs written before the per-epoch default trained per step
+    # typer may carry its own click: compare the source by name
+    explicit = {k: v for k, v in given.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    return DistillConfig.from_dict({**stored, **explicit}), resume
+
+
+# ---------------------------------------------------------------------------------------------------- eval
+
+EVAL_EXAMPLES = """
+[bold]Examples[/bold]
+
+  pkd eval runs/pets --data data/test
+  pkd eval runs/pets --data data/test --teacher --json
+"""
+
+
+@app.command("eval", epilog=EVAL_EXAMPLES)
+@errors_to_exit
+def eval_(
+    run: Annotated[Path, typer.Argument(help="A distillation run directory.")],
+    data: Annotated[Path, typer.Option("--data", help="Labeled ImageFolder whose sub-folders are class names.")],
+    teacher: Annotated[bool, typer.Option("--teacher", help="Also score the teacher and the student/teacher "
+                                          "agreement.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow weight files that need unpickling.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Top-1 accuracy of a run's student (and teacher) on a labeled ImageFolder, and their agreement."""
+    require("eval", "train")
+    from promptkd_edge.eval.accuracy import base_novel_note, evaluate_run
+    from promptkd_edge.train.distributed import resolve_device
+
+    result = evaluate_run(run, data, with_teacher=teacher, device=str(resolve_device(device)),
+                          batch_size=batch_size, workers=workers, allow_pickle=allow_pickle,
+                          progress=make_progress(not as_json))
+    if as_json:
+        print_json(result.to_dict())
+        return
+    console().print(accuracy_table(f"{shown(run)} on {shown(data)} ({result.images} images, {result.classes} "
+                                   "classes)", result.top1, result.base, result.novel, result.hm, result.agreement))
+    if result.hm:
+        err().print(visible(base_novel_note(result.class_names)), markup=False, highlight=False)
+    if result.bad_images:
+        path, why = result.bad_images[0]
+        err().print(f"{len(result.bad_images)} unreadable images skipped (e.g. {shown(path)}: {shown(why)}; "
+                    "all of them under `unreadable` in --json)")
+
+
+# ---------------------------------------------------------------------------------------------------- teacher
+
+TEACHER_EXAMPLES = """
+[bold]Examples[/bold]
+
+  # PromptSRC-style tuning of ViT-L/14 on 16 shots of the base classes (the paper's teacher)
+  pkd teacher --teacher ViT-L-14:openai --data data/fewshot --shots 16 --classes base --out runs/teacher
+  pkd distill --teacher runs/teacher --student ViT-B-16:openai --data data/unlabeled --out runs/student
+
+  # 1000 ImageNet classes on a 24 GB GPU: text tower in chunks of 64 classes, checkpointed
+  pkd teacher --teacher ViT-L-14:openai --data imagenet/train --classes all --text-chunk 64 --out runs/in1k
+
+  # import an official PromptKD teacher checkpoint (needs the same base weights)
+  pkd teacher --from-official teacher_model/OxfordPets/VLPromptLearner/model-best.pth.tar \\
+      --teacher ViT-L-14-quickgelu:weights/ViT-L-14.safetensors --class-names pets.txt --out runs/pets-teacher
+"""
+PROMPTS, PROMPTSRC = "Prompts", "PromptSRC"
+
+
+@app.command(epilog=TEACHER_EXAMPLES)
+@errors_to_exit
+def teacher(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="New teacher run directory.")],
+    teacher: Annotated[str, typer.Option(help="Base CLIP: ARCH, ARCH:TAG or ARCH:/path/to/weights.")] = _T.teacher,
+    data: Annotated[str, typer.Option("--data", help="Labeled ImageFolder (class sub-folders) to take the shots "
+                                      "from.")] = _T.data,
+    class_names: Annotated[str | None, typer.Option(help="Class names file fixing the class order (class ids); "
+                                                    "default: the sorted sub-folders of --data.")] = _T.class_names,
+    shots: Annotated[int, typer.Option(help="Labeled images per class.")] = _T.shots,
+    classes: Annotated[str, typer.Option(help="base: tune on the first ceil(N/2) classes (base-to-novel); "
+                                         "all.")] = _T.classes,
+    vision_tokens: Annotated[int, typer.Option(help="Visual prompt tokens per layer.",
+                                               rich_help_panel=PROMPTS)] = _T.vision_tokens,
+    vision_depth: Annotated[int, typer.Option(help="Layers with visual prompts.",
+                                              rich_help_panel=PROMPTS)] = _T.vision_depth,
+    text_tokens: Annotated[int, typer.Option(help="Text context tokens per layer.",
+                                             rich_help_panel=PROMPTS)] = _T.text_tokens,
+    text_depth: Annotated[int, typer.Option(help="Layers with text prompts.",
+                                            rich_help_panel=PROMPTS)] = _T.text_depth,
+    text_init: Annotated[str, typer.Option(help="Words the text context starts from.",
+                                           rich_help_panel=PROMPTS)] = _T.text_init,
+    self_consistency: Annotated[bool, typer.Option(help="PromptSRC's L1/KL consistency with the frozen model.",
+                                                   rich_help_panel=PROMPTSRC)] = _T.self_consistency,
+    text_targets: Annotated[str, typer.Option(help="Templates of the frozen text targets: promptsrc (its 60 "
+                                              "ImageNet templates) or openclip (open_clip's 80).",
+                                              rich_help_panel=PROMPTSRC)] = _T.text_targets,
+    text_loss_weight: Annotated[float, typer.Option(rich_help_panel=PROMPTSRC)] = _T.text_loss_weight,
+    image_loss_weight: Annotated[float, typer.Option(rich_help_panel=PROMPTSRC)] = _T.image_loss_weight,
+    gpa: Annotated[bool, typer.Option(help="Gaussian-weighted aggregation of the prompts over epochs.",
+                                      rich_help_panel=PROMPTSRC)] = _T.gpa,
+    gpa_mean: Annotated[float, typer.Option(rich_help_panel=PROMPTSRC)] = _T.gpa_mean,
+    gpa_std: Annotated[float, typer.Option(rich_help_panel=PROMPTSRC)] = _T.gpa_std,
+    epochs: Annotated[int, typer.Option(rich_help_panel=TRAINING)] = _T.epochs,
+    batch_size: Annotated[int, typer.Option(rich_help_panel=TRAINING)] = _T.batch_size,
+    lr: Annotated[float | None, typer.Option(help="\\[default: 0.005 x batch / 8 (SGD)]",
+                                             rich_help_panel=TRAINING)] = _T.lr,
+    optimizer: Annotated[str, typer.Option(rich_help_panel=TRAINING)] = _T.optimizer,
+    warmup_epochs: Annotated[int, typer.Option(rich_help_panel=TRAINING)] = _T.warmup_epochs,
+    schedule: Annotated[str, typer.Option(help="epoch: the official cosine, stepped per epoch; step: per-step "
+                                          "cosine to 0.", rich_help_panel=TRAINING)] = _T.schedule,
+    text_chunk: Annotated[int, typer.Option(help="Classes per text-tower pass; with more classes the passes are "
+                                            "checkpointed (memory for 1000 classes).",
+                                            rich_help_panel=TRAINING)] = _T.text_chunk,
+    seed: Annotated[int, typer.Option(rich_help_panel=TRAINING)] = _T.seed,
+    device: Annotated[str, typer.Option(rich_help_panel=PERFORMANCE)] = _T.device,
+    precision: Annotated[str, typer.Option(rich_help_panel=PERFORMANCE)] = _T.precision,
+    workers: Annotated[int, typer.Option(rich_help_panel=PERFORMANCE)] = _T.workers,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow files that need unpickling (TorchScript .pt, some "
+                                               "checkpoints); only for files you trust.")] = _T.allow_pickle,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Allow a teacher architecture without weights "
+                                              "(random initialisation; for tests and dry runs).")] = _T.random_init,
+    from_official: Annotated[Path | None, typer.Option(help="Convert an official PromptKD/PromptSRC teacher "
+                                                       "checkpoint instead of training.",
+                                                       rich_help_panel="Import")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Stage I: prompt-tune the CLIP teacher on a few labeled shots (PromptSRC), or import an official one."""
+    require("teacher", "train")
+    from promptkd_edge.train.teacher import import_official_teacher, tune_teacher
+
+    if from_official is not None:
+        if not class_names and not data:
+            raise PkdError("--from-official needs the class list: --class-names FILE or --data IMAGEFOLDER")
+        from promptkd_edge.runtime.names import read_class_names
+
+        names = read_class_names(class_names or data)
+        path = import_official_teacher(from_official, teacher, names, out, text_prefix=text_init, device=device,
+                                       allow_pickle=allow_pickle)
+        summary = {"run_dir": str(path), "imported_from": str(from_official), "classes": len(names)}
+    else:
+        cfg = TeacherTuneConfig(**config_values(TeacherTuneConfig, ctx.params))
+        result = tune_teacher(cfg, out, progress=make_progress(not as_json))
+        summary = {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
+    if as_json:
+        print_json(summary)
+        return
+    run_dir = shown(summary["run_dir"])
+    console().print(f"[bold green]teacher ready[/]: {run_dir} (teacher.safetensors, class vectors); "
+                    f"next: pkd distill --teacher {run_dir} ...")
+    if summary.get("bad_images"):
+        err().print(f"{summary['bad_images']} unreadable images skipped (listed in "
+                    f"{shown(Path(summary['run_dir']) / summary['bad_images_file'])})")
+
+
+# ---------------------------------------------------------------------------------------------------- classes
+
+CLASSES_EXAMPLES = """
+[bold]Examples[/bold]
+
+  # class vectors of a new or extended class list from a tuned teacher (or a distillation run's teacher)
+  pkd classes runs/teacher --names more_classes.txt --out vectors/more
+  pkd classes runs/student --names classes.txt --out vectors/again --json
+"""
+
+
+@app.command(epilog=CLASSES_EXAMPLES)
+@errors_to_exit
+def classes(
+    run: Annotated[Path, typer.Argument(help="A teacher run, a distillation run, or any folder with classes.json.")],
+    names: Annotated[Path, typer.Option("--names", help="Class names: a text file or an ImageFolder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for classes.json + class_vectors.safetensors.")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    allow_pickle: Annotated[bool, typer.Option(help="Allow weight files that need unpickling.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Class vectors W for a new or extended class list, from the run's (prompted) teacher text tower."""
+    require("classes", "train")
+    from promptkd_edge.models.class_vectors import CLASSES_FILE, class_vectors_for_run
+    from promptkd_edge.runtime.names import read_class_names
+    from promptkd_edge.train.distributed import resolve_device
+
+    class_names = read_class_names(names)
+    if (out / CLASSES_FILE).exists():
+        raise PkdError(f"{out} already holds {CLASSES_FILE}; choose another --out")
+    vectors = class_vectors_for_run(run, class_names, device=resolve_device(device), allow_pickle=allow_pickle)
+    vectors.save(out)
+    if as_json:
+        print_json({"out": str(out), "classes": len(class_names), "teacher": vectors.teacher, "dim": vectors.dim})
+    else:
+        console().print(f"{len(class_names)} class vectors from {shown(vectors.teacher)} written to {shown(out)}")

@@ -1,0 +1,80 @@
+"""Classify image files with a `Classifier`: folders walked, files decoded and predicted in batches, unreadable
+images found in a folder skipped with the reason. Torch-free, as the rest of the runtime.
+
+    files = image_files(["photos/", "cat.jpg"])
+    for r in predict_files(Classifier.from_bundle("bundle/"), files, top_k=3):
+        print(r.path, r.prediction.label if r.prediction else f"skipped: {r.skipped}")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from promptkd_edge.data.listing import IMAGE_EXTENSIONS, list_images
+from promptkd_edge.errors import PkdError
+from promptkd_edge.runtime.preprocess import to_rgb
+
+if TYPE_CHECKING:
+    from promptkd_edge.runtime.classifier import Classifier, Prediction
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image path; `named`: given by name (unreadable is an error), not found in a folder (skipped)."""
+
+    path: Path
+    named: bool
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The prediction for one file, or None with the reason it was skipped."""
+
+    path: Path
+    prediction: Prediction | None
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's prediction as `pkd predict --json` writes it (a predicted file only)."""
+        if self.prediction is None:
+            raise ValueError(f"{self.path} was skipped: {self.skipped}")
+        return {"image": str(self.path), **self.prediction.to_dict()}
+
+
+def image_files(items: Iterable[str | os.PathLike]) -> list[ImageFile]:
+    """Files as given and the images under folders (recursive), in order; a missing path or no image at all is an
+    error."""
+    files: list[ImageFile] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            files += [ImageFile(p, named=False) for p in list_images(item)]
+        elif item.is_file():
+            files.append(ImageFile(item, named=True))
+        else:
+            raise PkdError(f"image not found: {item}")
+    if not files:
+        raise PkdError(f"no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def predict_files(clf: Classifier, files: Sequence[ImageFile], *, top_k: int = 5, batch_size: int = 16
+                  ) -> Iterator[FileResult]:
+    """One result per file, in order, `batch_size` files decoded and predicted at a time. A file found in a folder
+    that cannot be read is skipped (its result says why); one named explicitly raises PkdError."""
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        images, skipped = [], {}
+        for i, file in enumerate(chunk):
+            try:
+                images.append(to_rgb(file.path))
+            except PkdError as e:
+                if file.named:
+                    raise
+                skipped[i] = str(e)
+        predictions = iter(clf.predict(images, top_k=top_k, batch_size=batch_size) if images else [])
+        for i, file in enumerate(chunk):
+            yield FileResult(file.path, None, skipped[i]) if i in skipped else FileResult(file.path, next(predictions))
