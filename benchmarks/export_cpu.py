@@ -71,13 +71,13 @@ def main() -> None:
             t0 = time.perf_counter()
             m = export_run(tmp / "run", tmp / precision, ExportOptions(
                 precision=precision, parity_images=args.parity_images, calibration_images=args.calibration_images))
-            gate = m["parity"][0]
+            gate = m.parity[0].to_dict()
             report["bundles"][precision] = {
                 "export_seconds": round(time.perf_counter() - t0, 1),
                 "model_mb": round((tmp / precision / "model.onnx").stat().st_size / 1e6, 1),
                 "parity": {k: gate[k] for k in ("images", "image_source", "top1_agreement", "max_abs_logit_diff",
                                                 "min_cosine", "passed")},
-                "conversion": m["model"]["conversion"]}
+                "conversion": m.model.conversion}
             backends[f"onnxruntime cpu {precision}"] = OnnxRuntimeBackend(tmp / precision / "model.onnx",
                                                                           providers="cpu", threads=args.threads)
         rng = np.random.default_rng(0)

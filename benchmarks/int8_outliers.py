@@ -117,17 +117,17 @@ def main() -> None:
                 manifest = export_run(run, out, ExportOptions(
                     precision="int8", smooth=smooth, force=True, parity_images=args.parity_images,
                     calibration_images=args.calibration_images))
-                gate = manifest["parity"][0]
-                rows.append({"student": student, "export": label, "passed": gate["passed"],
-                             "min_cosine": gate["min_cosine"], "top1_agreement": gate["top1_agreement"],
-                             "max_abs_logit_diff": gate["max_abs_logit_diff"],
-                             "smoothing": manifest["model"]["conversion"].get("smoothing"),
-                             **speed(out / "model.onnx", tuple(manifest["model"]["inputs"][0]["shape"][2:]),
+                gate = manifest.parity[0]
+                rows.append({"student": student, "export": label, "passed": gate.passed,
+                             "min_cosine": gate.min_cosine, "top1_agreement": gate.top1_agreement,
+                             "max_abs_logit_diff": gate.max_abs_logit_diff,
+                             "smoothing": manifest.model.conversion.get("smoothing"),
+                             **speed(out / "model.onnx", tuple(manifest.model.inputs[0].shape[2:]),
                                      args.threads)})
                 print(rows[-1], flush=True)
             if not fp32_speed:
                 fp32 = export_run(run, Path(tmp) / "fp32", ExportOptions(parity_images=8))
-                fp32_speed = speed(Path(tmp) / "fp32" / "model.onnx", tuple(fp32["model"]["inputs"][0]["shape"][2:]),
+                fp32_speed = speed(Path(tmp) / "fp32" / "model.onnx", tuple(fp32.model.inputs[0].shape[2:]),
                                    args.threads)
     report = {"arch": arch, "channels": list(CHANNELS), "factor": args.factor, "rows": rows, "fp32_speed": fp32_speed,
               "command": " ".join(["python benchmarks/int8_outliers.py", *sys.argv[1:]])}

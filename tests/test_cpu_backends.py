@@ -16,9 +16,10 @@ from conftest import STUDENT, TEACHER, pkd, tiny_config, write_images
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity as gate
 from promptkd_edge.export.bundle import ExportOptions, export_run
+from promptkd_edge.formats.manifest import TensorInfo
 from promptkd_edge.runtime import Classifier
 from promptkd_edge.runtime import auto as auto_mod
-from promptkd_edge.runtime.bundle import open_bundle, passed_gates
+from promptkd_edge.runtime.bundle import open_bundle
 from promptkd_edge.runtime.openvino_backend import OpenVinoBackend, has_bf16
 from promptkd_edge.runtime.preprocess import prepare
 
@@ -92,19 +93,20 @@ def test_openvino_is_safe_from_many_threads(cpu_bundles, images):
 def test_bf16_gate_is_recorded_and_vouches_for_the_runtime(cpu_bundles):
     """An FP32 export with OpenVINO on a bf16 CPU offers bf16: a passing optional entry, which the runtime uses."""
     manifest = open_bundle(cpu_bundles["fp32"]).manifest
-    (entry,) = [p for p in manifest["parity"] if p.get("runtime") == "openvino-bf16"]
-    assert entry["precision"] == "bf16" and entry["passed"] and entry["required"] is False
-    assert entry["thresholds"] == {"top1_agreement": 0.995, "min_cosine": 0.999} and entry["reference"] == "pytorch"
-    assert entry["thresholds_of"] == "bf16" and entry["cpu"]["model"] and entry["cosine_of"] == "embeddings"
-    assert "openvino-bf16" in passed_gates(manifest) and manifest["valid"]
+    (entry,) = [p for p in manifest.parity if p.runtime == "openvino-bf16"]
+    assert entry.precision == "bf16" and entry.passed and entry.required is False
+    assert entry.thresholds == {"top1_agreement": 0.995, "min_cosine": 0.999} and entry.reference == "pytorch"
+    figures = entry.extra
+    assert figures["thresholds_of"] == "bf16" and figures["cpu"]["model"] and figures["cosine_of"] == "embeddings"
+    assert "openvino-bf16" in manifest.passed_gates() and manifest.valid
     clf = Classifier.from_bundle(cpu_bundles["fp32"], backend="openvino")
     assert clf.backend.precision == "bf16" and not clf.notes
     # the INT8 graph's offer keeps the INT8 bundle's promise: INT8's thresholds against the PyTorch student
     manifest = open_bundle(cpu_bundles["int8"]).manifest
-    (entry,) = [p for p in manifest["parity"] if p.get("runtime") == "openvino-bf16"]
-    assert entry["thresholds_of"] == "int8" and entry["thresholds"] == gate.THRESHOLDS["int8"]
-    (own,) = [p for p in manifest["parity"] if p["target"] == "onnxruntime-cpu"]
-    assert entry["passed"] and entry["reference"] == "pytorch" and entry["images"] == own["images"]
+    (entry,) = [p for p in manifest.parity if p.runtime == "openvino-bf16"]
+    assert entry.extra["thresholds_of"] == "int8" and entry.thresholds == gate.THRESHOLDS["int8"]
+    (own,) = [p for p in manifest.parity if p.target == "onnxruntime-cpu"]
+    assert entry.passed and entry.reference == "pytorch" and entry.images == own.images
     assert Classifier.from_bundle(cpu_bundles["int8"], backend="openvino").backend.precision == "bf16"
 
 
@@ -145,7 +147,7 @@ def test_adding_the_bf16_gate_to_a_bundle(cpu_bundles, tmp_path, monkeypatch):
     assert (bundle / "manifest.json").read_bytes() == before
     add_bf16_gate(bundle, parity_images=8, force=True)
     manifest = open_bundle(bundle).manifest
-    assert manifest["valid"] and "openvino-bf16" not in passed_gates(manifest)  # recorded as failed, never used
+    assert manifest.valid and "openvino-bf16" not in manifest.passed_gates()  # recorded as failed, never used
     assert Classifier.from_bundle(bundle, backend="openvino").backend.precision == "fp32"
 
 
@@ -158,7 +160,7 @@ def test_bf16_needs_openvino_and_a_bf16_cpu(tiny_run, tmp_path, monkeypatch):
         export_run(tiny_run, tmp_path / "b", ExportOptions(precision="bf16", parity_images=4))
     assert not (tmp_path / "b").exists()
     manifest = export_run(tiny_run, tmp_path / "plain", ExportOptions(parity_images=4))  # no offer, no entry
-    assert "openvino-bf16" not in {p.get("runtime") for p in manifest["parity"]}
+    assert "openvino-bf16" not in {p.runtime for p in manifest.parity}
     monkeypatch.setattr(ov, "openvino_version", lambda: None)
     with pytest.raises(PkdError, match="OpenVINO is not installed"):
         export_run(tiny_run, tmp_path / "b", ExportOptions(precision="bf16", parity_images=4))
@@ -174,8 +176,8 @@ def test_required_bf16_gate_fails_the_export(tiny_run, tmp_path, monkeypatch):
     assert not (tmp_path / "b").exists()
     # offered (a plain fp32 export): a failing bf16 entry is recorded as failed, the bundle stays valid
     manifest = export_run(tiny_run, tmp_path / "ok", ExportOptions(parity_images=4))
-    (entry,) = [p for p in manifest["parity"] if p.get("runtime") == "openvino-bf16"]
-    assert not entry["passed"] and manifest["valid"]
+    (entry,) = [p for p in manifest.parity if p.runtime == "openvino-bf16"]
+    assert not entry.passed and manifest.valid
 
 
 # ------------------------------------------------------------------------------------------------ auto
@@ -203,7 +205,7 @@ def _options(log, fail=()):
     return [auto_mod.Option(n, loader(n), "test") for n in ("onnxruntime", "openvino-fp32", "openvino-bf16")]
 
 
-MODEL = {"inputs": [{"name": "image", "shape": ["batch", 3, 8, 8], "dtype": "float32"}]}
+MODEL = TensorInfo(name="image", shape=["batch", 3, 8, 8], dtype="float32")
 
 
 def test_auto_picks_the_fastest_and_remembers_it(tmp_path, monkeypatch):
@@ -260,7 +262,7 @@ def test_measure_times_batches_of_1_and_8():
     assert set(timings) == {"1", "8"} and all(v >= 0 for v in timings.values())
     assert calls.count((1, 3, 8, 8)) == 1 + auto_mod.PROBE_CALLS[1]
     assert calls.count((8, 3, 8, 8)) == 1 + auto_mod.PROBE_CALLS[8]
-    uint8 = auto_mod.probe_input({"inputs": [{"shape": ["batch", 8, 8, 3], "dtype": "uint8"}]}, 2)
+    uint8 = auto_mod.probe_input(TensorInfo(name="image", shape=["batch", 8, 8, 3], dtype="uint8"), 2)
     assert uint8.dtype == np.uint8 and uint8.shape == (2, 8, 8, 3)
 
 
@@ -401,10 +403,10 @@ def test_int8_survives_planted_activation_outliers(tmp_path):
     options = dict(precision="int8", parity_images=48, calibration_images=48, force=True)
     raw = export_run(run, tmp_path / "raw", ExportOptions(smooth=False, **options))
     smoothed = export_run(run, tmp_path / "smooth", ExportOptions(**options))
-    raw_cos, smooth_cos = raw["parity"][0]["min_cosine"], smoothed["parity"][0]["min_cosine"]
+    raw_cos, smooth_cos = raw.parity[0].min_cosine, smoothed.parity[0].min_cosine
     assert raw_cos < 0.99 <= smooth_cos, (raw_cos, smooth_cos)
-    assert smoothed["valid"] and not raw["valid"]
-    info = smoothed["model"]["conversion"]["smoothing"]
+    assert smoothed.valid and not raw.valid
+    info = smoothed.model.conversion["smoothing"]
     assert info["method"] == "smoothquant" and info["outlier_ratio_before"] > 20 > 2 > info["outlier_ratio_after"]
     ops = [sorted(n.op_type for n in onnx.load(str(tmp_path / d / "model.onnx")).graph.node) for d in ("raw", "smooth")]
     assert ops[0] == ops[1]

@@ -18,6 +18,7 @@ from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity
 from promptkd_edge.export.bundle import ExportOptions, export_run
 from promptkd_edge.export.fold import FoldedStudent, fold_batchnorm
+from promptkd_edge.formats.manifest import EngineEntry
 from promptkd_edge.models.class_vectors import ClassVectors
 from promptkd_edge.models.student import load_student
 from promptkd_edge.runtime import Classifier
@@ -78,7 +79,7 @@ def test_folded_student_equals_student_and_class_vectors(tiny_run):
 
 def test_fp32_bundle_matches_pytorch_at_batch_1_3_8(bundles, tiny_run):
     bundle = open_bundle(bundles["fp32"])
-    m = bundle.manifest
+    m = manifest_json(bundles["fp32"])  # the file format (export/BUNDLE.md)
     assert m["valid"] and m["model"]["precision"] == "fp32" and m["versions"]["opset"] == 20
     gate = m["parity"][0]
     assert gate["passed"] and gate["top1_agreement"] == 1.0 and gate["max_abs_logit_diff"] <= 1e-3
@@ -118,16 +119,21 @@ def test_classifier_predicts_like_the_pytorch_student(bundles, tiny_run):
 
 
 def test_pixel_bundle_takes_nchw_float_pixels(bundles):
-    m = open_bundle(bundles["pixels"]).manifest["model"]
+    m = manifest_json(bundles["pixels"])["model"]
     assert m["input_format"] == "pixels" and m["uint8_input"] is False
     assert m["inputs"][0] == {"name": "image", "shape": ["batch", 3, 32, 32], "dtype": "float32", "layout": "NCHW"}
-    assert open_bundle(bundles["uint8"]).manifest["model"]["input_format"] == "uint8"
+    assert open_bundle(bundles["uint8"]).model.input_format == "uint8"
     clf = Classifier.from_bundle(bundles["pixels"], backend="onnxruntime")  # auto might pick bf16 for one of them
     img = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     x = clf.inputs([img])
     assert x.dtype == np.float32 and x.max() > 1.5  # pixel units, not normalised
     plain = Classifier.from_bundle(bundles["fp32"], backend="onnxruntime")
     np.testing.assert_allclose(clf.logits([img]), plain.logits([img]), atol=1e-3)
+
+
+def manifest_json(bundle: Path) -> dict:
+    """manifest.json as written: the file format the tests hold the bundle to."""
+    return json.loads((bundle / "manifest.json").read_text())
 
 
 def _deepstream_bundle(bundles, tmp_path, monkeypatch, profiles=((1, 4, 8),), precision="fp16"):
@@ -153,7 +159,7 @@ def test_deepstream_config_matches_the_manifest(bundles, tmp_path, monkeypatch):
             "--threshold", "20")  # writing the config needs no TensorRT
     assert r.returncode == 0, r.stderr
     config_path = tmp_path / "ds" / "config_infer_pets_ds.txt"
-    manifest = open_bundle(bundle).manifest
+    manifest = manifest_json(bundle)
     [engine] = manifest["engines"]
     parser = configparser.ConfigParser()
     parser.read(config_path)
@@ -190,7 +196,7 @@ def test_deepstream_refuses_what_nvinfer_cannot_run(bundles, tmp_path, monkeypat
 
 
 def test_uint8_bundle_takes_nhwc_uint8(bundles):
-    m = open_bundle(bundles["uint8"]).manifest["model"]
+    m = manifest_json(bundles["uint8"])["model"]
     assert m["inputs"][0] == {"name": "image", "shape": ["batch", 32, 32, 3], "dtype": "uint8", "layout": "NHWC"}
     assert m["outputs"] == [{"name": "embeddings", "shape": ["batch", 128], "dtype": "float32"}]
     clf = Classifier.from_bundle(bundles["uint8"])
@@ -217,7 +223,7 @@ def test_embeddings_head_swaps_class_lists_without_rebuilding(bundles):
 
 
 def test_fp16_graph_keeps_layernorm_softmax_and_head_in_fp32(bundles):
-    m = open_bundle(bundles["fp16"]).manifest
+    m = manifest_json(bundles["fp16"])
     gate = m["parity"][0]
     assert m["model"]["precision"] == "fp16" and gate["passed"] and gate["min_cosine"] >= 0.999
     proto = onnx.load(str(bundles["fp16"] / "model.onnx"))
@@ -236,7 +242,7 @@ def _value_types(proto) -> dict[str, int]:
 
 
 def test_int8_bundle_is_qdq_and_passes_its_gate(bundles):
-    m = open_bundle(bundles["int8"]).manifest
+    m = manifest_json(bundles["int8"])
     gate = m["parity"][0]
     assert m["model"]["precision"] == "int8" and gate["passed"]
     assert gate["top1_agreement"] >= 0.99 and gate["min_cosine"] >= 0.99 and gate["cosine_of"] == "embeddings"
@@ -255,7 +261,7 @@ def test_failed_gate_writes_nothing_and_force_marks_the_bundle_invalid(tiny_run,
         export_run(tiny_run, out, ExportOptions(parity_images=4))
     assert not out.exists() and not list(tmp_path.iterdir())
     manifest = export_run(tiny_run, out, ExportOptions(parity_images=4, force=True))
-    assert manifest["valid"] is False and not manifest["parity"][0]["passed"]
+    assert manifest.valid is False and not manifest.parity[0].passed
     with pytest.raises(PkdError, match="failed its parity gate"):
         Classifier.from_bundle(out)
     assert Classifier.from_bundle(out, allow_invalid=True).predict([np.zeros((32, 32, 3), np.uint8)])
@@ -269,7 +275,7 @@ def test_existing_bundle_is_not_overwritten_unless_asked(tiny_run, tmp_path):
         export_run(tiny_run, out, ExportOptions(parity_images=2, head="both"))
     assert (out / "manifest.json").read_bytes() == before
     m = export_run(tiny_run, out, ExportOptions(parity_images=2, head="both", overwrite=True))
-    assert m["model"]["head"] == "both" and [p.name for p in tmp_path.iterdir()] == ["b"]
+    assert m.model.head == "both" and [p.name for p in tmp_path.iterdir()] == ["b"]
 
 
 def test_tampered_or_incomplete_bundle_is_refused(bundles, tmp_path):
@@ -378,8 +384,8 @@ def test_vit_b16_student_exports_with_parity(tmp_path):
                            "ViT-L-14", "a photo of a {}.", 100.0)
     vectors.save(run)
     m = export_run(run, tmp_path / "b", ExportOptions(parity_images=3, head="both"))
-    assert m["valid"] and m["parity"][0]["image_source"] == "generated"
-    assert m["model"]["inputs"][0]["shape"] == ["batch", 3, 224, 224]
+    assert m.valid and m.parity[0].extra["image_source"] == "generated"
+    assert m.model.inputs[0].shape == ["batch", 3, 224, 224]
     ort = OnnxRuntimeBackend(tmp_path / "b" / "model.onnx", providers="cpu")
     for batch in (1, 3):
         x = torch.randn(batch, 3, 224, 224)
@@ -432,8 +438,8 @@ def test_export_with_tensorrt_builds_gates_and_records_the_plan(tiny_run, tmp_pa
     fake = _fake_tensorrt(monkeypatch, tmp_path, version)
     out = tmp_path / "b"
     trt = TrtBuildOptions(precision=precision, profiles=[(1, 1, 1), (1, 4, 8)])
-    m = export_run(tiny_run, out, ExportOptions(precision=precision, trt=trt, parity_images=6,
-                                                calibration_images=8))
+    export_run(tiny_run, out, ExportOptions(precision=precision, trt=trt, parity_images=6, calibration_images=8))
+    m = manifest_json(out)
     assert m["valid"] and m["model"]["precision"] == "fp32"  # model.onnx stays the FP32 master
     [engine] = m["engines"]
     assert engine["onnx"] == graph and engine["tensorrt"] == version and engine["precision"] == precision
@@ -491,7 +497,7 @@ def test_adding_a_plan_to_an_existing_bundle_on_the_target(bundles, tmp_path, mo
     fake = _fake_tensorrt(monkeypatch, tmp_path, "11.4.0")
     record = add_engine(bundle, ExportOptions(precision="fp32", trt=TrtBuildOptions(precision="fp32"),
                                               parity_images=4))
-    m = open_bundle(bundle).manifest
+    m = manifest_json(bundle)
     assert m["engines"] == [record] and m["valid"]
     assert m["parity"][-1]["reference"] == "onnxruntime-cpu fp32" and m["parity"][-1]["passed"]
     assert fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED is not None
@@ -509,7 +515,7 @@ def test_a_second_device_builds_from_the_bundles_recorded_graph(tiny_run, tmp_pa
     out = tmp_path / "b"
     options = ExportOptions(precision="int8", trt=TrtBuildOptions(precision="int8"), parity_images=4,
                             calibration_images=8)
-    first = export_run(tiny_run, out, options)["engines"][0]
+    first = export_run(tiny_run, out, options).engines[0].to_dict()
     _fake_tensorrt(monkeypatch, tmp_path, "11.5.0")  # another TensorRT 11 release on the target
 
     def no_new_graph(*args, **kwargs):
@@ -517,7 +523,7 @@ def test_a_second_device_builds_from_the_bundles_recorded_graph(tiny_run, tmp_pa
 
     monkeypatch.setattr(bundle_module, "quantize_for_tensorrt", no_new_graph)
     second = add_engine(out, options)
-    m = open_bundle(out).manifest
+    m = manifest_json(out)
     assert [e["tensorrt"] for e in m["engines"]] == ["11.4.0", "11.5.0"] and m["valid"]
     assert second["onnx"] == first["onnx"] == "model.int8-fp16.onnx" and second["onnx_sha256"] == first["onnx_sha256"]
     assert second["conversion"] == first["conversion"]
@@ -614,7 +620,7 @@ def test_gate_counts_flips_between_near_ties_apart():
 def test_slim_export_keeps_parity(tiny_run, tmp_path):
     # needs onnxslim: the [slim] extra, part of [dev]
     m = export_run(tiny_run, tmp_path / "b", ExportOptions(slim=True, parity_images=4))
-    assert m["valid"] and m["model"]["slim_nodes_removed"] > 0
+    assert m.valid and m.model.slim_nodes_removed > 0
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -675,7 +681,7 @@ def test_triton_entry_serves_the_tensorrt_plan(tiny_run, tmp_path, monkeypatch):
     folder = write_repository(tmp_path / "b", tmp_path / "repo", backend="tensorrt", max_batch=64)
     config = (folder / "config.pbtxt").read_text()
     assert 'platform: "tensorrt_plan"' in config and "max_batch_size: 8" in config  # the plan's largest profile
-    assert (folder / "1" / "model.plan").read_bytes() == (tmp_path / "b" / m["engines"][0]["file"]).read_bytes()
+    assert (folder / "1" / "model.plan").read_bytes() == (tmp_path / "b" / m.engines[0].file).read_bytes()
     assert 'profile: [ "0" ]' in config
 
 
@@ -690,8 +696,8 @@ def test_triton_lists_every_profile_and_refuses_gaps(bundles, tmp_path):
     manifest = open_bundle(bundle).manifest
     (bundle / "engines").mkdir()
     (bundle / "engines" / "a.plan").write_bytes(b"plan")
-    manifest["engines"] = [{"file": "engines/a.plan", "profiles": [[1, 1, 1], [1, 8, 32]], "tensorrt": "10.3.0",
-                            "compute_capability": "8.7", "gpu": "Orin", "precision": "fp16"}]
+    manifest.engines = [EngineEntry(file="engines/a.plan", profiles=[[1, 1, 1], [1, 8, 32]], tensorrt="10.3.0",
+                                    compute_capability="8.7", gpu="Orin", precision="fp16")]
     write_manifest(bundle, manifest)
     folder = write_repository(bundle, tmp_path / "repo", backend="tensorrt")
     config = (folder / "config.pbtxt").read_text()

@@ -107,7 +107,7 @@ def master(tiny_run, tmp_path_factory) -> tuple[Path, list[str], np.ndarray]:
 
     out = tmp_path_factory.mktemp("modelopt") / "bundle"
     export_run(tiny_run, out, ExportOptions(parity_images=2))
-    keep = open_bundle(out).model["fp32_nodes"]
+    keep = open_bundle(out).model.fp32_nodes
     images = np.random.default_rng(2).standard_normal((16, 3, 32, 32)).astype(np.float32)
     return out / "model.onnx", keep, images
 

@@ -324,13 +324,14 @@ def test_cli_on_the_real_bindings_without_a_gpu(generation, bundle, tmp_path):
     from PIL import Image
 
     from promptkd_edge.export.bundle import write_manifest
+    from promptkd_edge.formats.manifest import EngineEntry
     from promptkd_edge.runtime.bundle import open_bundle
 
     manifest = open_bundle(copy).manifest
     (copy / "engines").mkdir()
     (copy / "engines" / "model.plan").write_bytes(b"plan")
-    manifest["engines"] = [{"file": "engines/model.plan", "tensorrt": gen.version, "compute_capability": "8.7",
-                            "gpu": "Orin", "precision": "fp16", "profiles": [[1, 4, 8]], "parity_passed": True}]
+    manifest.engines = [EngineEntry(file="engines/model.plan", tensorrt=gen.version, compute_capability="8.7",
+                                    gpu="Orin", precision="fp16", profiles=[[1, 4, 8]], parity_passed=True)]
     write_manifest(copy, manifest)
     image = tmp_path / "photo.png"
     Image.new("RGB", (40, 30), (200, 30, 30)).save(image)

@@ -109,10 +109,10 @@ def test_text_encoder_equals_pkd_classes(text_bundle):
 
     run, bundle = text_bundle
     manifest = open_bundle(bundle).manifest
-    entry = manifest["text_encoder"]
-    (fp32,) = [g for g in entry["parity"] if g["precision"] == "fp32"]
-    assert fp32["passed"] and fp32["max_abs_diff"] <= 1e-4 and fp32["names"] == len(NAMES)
-    assert entry["prompted"] == (load_teacher(ClassVectors.load(run).teacher).prompted)
+    entry = manifest.text_encoder
+    (fp32,) = [g for g in entry.parity if g.precision == "fp32"]
+    assert fp32.passed and fp32.extra["max_abs_diff"] <= 1e-4 and fp32.extra["names"] == len(NAMES)
+    assert entry.extra["prompted"] == (load_teacher(ClassVectors.load(run).teacher).prompted)
     teacher = load_teacher(ClassVectors.load(run).teacher)
     template = ClassVectors.load(run).template if not teacher.prompted else DEFAULT_TEMPLATE
     want = compute_class_vectors(teacher, NEW, template).vectors.numpy()
@@ -120,13 +120,13 @@ def test_text_encoder_equals_pkd_classes(text_bundle):
     got, notes = encoder.encode(NEW)
     assert np.abs(got - want).max() <= 1e-4 and not notes
     # the runtime cuts a batch after its longest text; the whole context gives the same vectors (causal mask)
-    assert entry["tokenizer"]["cut_after_longest_end"] is True
+    assert entry.tokenizer["cut_after_longest_end"] is True
     full = encoder.tokenizer(encoder.sentences(NEW))
     assert encoder._cut(full).shape[1] < full.shape[1]
     whole = encoder.backend.run(full)["text_embeddings"]
     assert np.abs(whole - got).max() <= 1e-5
     # the files are in the manifest: a changed merges file is refused like any other
-    assert "text/merges.txt.gz" in manifest["files"] and "text/encoder.onnx" in manifest["files"]
+    assert "text/merges.txt.gz" in manifest.files and "text/encoder.onnx" in manifest.files
 
 
 def test_with_class_names_classifies_against_the_teachers_vectors(text_bundle):

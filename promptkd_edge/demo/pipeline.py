@@ -132,10 +132,10 @@ def run_demo(out: str | Path, *, size: DemoSize | None = None, seed: int = 0, wo
         progress.note(f"pkd export: the student as an {precision.upper()} ONNX bundle, gated for parity")
         manifest = export_run(run_dir, out / f"bundle-{precision}", ExportOptions(precision=precision,
                               overwrite=True), progress)
-        gate = manifest["parity"][0]
-        report.bundles[precision] = {"path": str(out / f"bundle-{precision}"), "valid": manifest["valid"],
-                                     **{k: gate[k] for k in ("images", "top1_agreement", "max_abs_logit_diff",
-                                                             "min_cosine")}}
+        gate = manifest.parity[0]
+        report.bundles[precision] = {"path": str(out / f"bundle-{precision}"), "valid": manifest.valid,
+                                     "images": gate.images, "top1_agreement": gate.top1_agreement,
+                                     "max_abs_logit_diff": gate.max_abs_logit_diff, "min_cosine": gate.min_cosine}
     report.seconds["pkd export (fp32, int8)"] = time.perf_counter() - t
 
     t = time.perf_counter()

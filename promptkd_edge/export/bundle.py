@@ -30,9 +30,18 @@ from promptkd_edge.export.precision import (
     quantize_int8,
     to_fp16,
 )
-from promptkd_edge.runtime.bundle import BUNDLE_FORMAT, MANIFEST_FILE, is_bundle, open_bundle, read_classes
+from promptkd_edge.formats.manifest import (
+    MANIFEST_FILE,
+    EngineEntry,
+    Manifest,
+    ModelEntry,
+    ParityEntry,
+    TensorInfo,
+    TextEncoderEntry,
+)
+from promptkd_edge.runtime.bundle import is_bundle, open_bundle, read_classes, read_manifest
 from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from promptkd_edge.runtime.preprocess import INPUT_FORMATS, PreprocessSpec, input_format_of, prepare
+from promptkd_edge.runtime.preprocess import INPUT_FORMATS, PreprocessSpec, prepare
 from promptkd_edge.utils.files import process_alive, read_json, remove_stale_work, sha256_file, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress
 
@@ -118,7 +127,7 @@ def _torch_reference(student, vectors, arrays: np.ndarray, batch: int, progress:
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: ExportOptions,
-               progress: Progress | None = None) -> dict[str, Any]:
+               progress: Progress | None = None) -> Manifest:
     """Export a distillation run into the bundle folder `out`; returns the manifest."""
     from promptkd_edge.models.class_vectors import ClassVectors
     from promptkd_edge.models.student import load_student
@@ -162,19 +171,19 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
         if teacher is not None:
             from promptkd_edge.export.text_encoder import export_text_encoder
 
-            manifest["text_encoder"] = export_text_encoder(teacher, vectors.names, vectors.template, tmp,
-                                                           opset=options.opset, progress=progress)
+            manifest.text_encoder = TextEncoderEntry.from_dict(export_text_encoder(
+                teacher, vectors.names, vectors.template, tmp, opset=options.opset, progress=progress))
             write_manifest(tmp, manifest)
         if options.trt is not None:
             add_engine(tmp, options, progress=progress, images=images, reference=reference, manifest=manifest)
-        manifest = read_json(tmp / MANIFEST_FILE)
-        if not manifest["valid"] and not options.force:
-            raise PkdError(f"parity gate failed ({'; '.join(_failures(manifest))}); no bundle written "
+        manifest = read_manifest(tmp)
+        if not manifest.valid and not options.force:
+            raise PkdError(f"parity gate failed ({'; '.join(manifest.failures())}); no bundle written "
                            "(--force keeps it, marked invalid)")
         _move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return read_json(out / MANIFEST_FILE)
+    return read_manifest(out)
 
 
 BUNDLE_WORK_FILES = ("model.onnx", "model.fp32-master.onnx", "manifest.json", "preprocess.json", "classes.json",
@@ -223,7 +232,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images: gate.ImageSet,
                  onnx_precision: str, options: ExportOptions, progress: Progress
-                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                 ) -> tuple[Manifest, dict[str, np.ndarray]]:
     """Write model.onnx and its companions into `tmp`, gate it; returns (manifest, the PyTorch reference)."""
     import onnx
 
@@ -278,40 +287,39 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     shutil.copy2(run.student, tmp / "student.safetensors")
     inputs, outputs = io_description(onnx.load(str(fp32_path), load_external_data=False))
     inputs[0]["layout"] = "NHWC" if fmt == "uint8" else "NCHW"
-    model = {"file": "model.onnx", "precision": onnx_precision, "head": options.head, "input_format": fmt,
-             "uint8_input": fmt == "uint8", "inputs": inputs, "outputs": outputs,
-             "num_classes": len(vectors.names), "embedding_dim": vectors.dim, "logit_scale": vectors.logit_scale,
-             "fp32_nodes": keep, "conversion": conversion, "slim_nodes_removed": slimmed}
-    manifest = {
-        "format": BUNDLE_FORMAT, "valid": figures["passed"],
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"run": str(run.path.resolve()), "student_spec": student.config.spec,
-                   "teacher": vectors.teacher, "student_sha256": sha256_file(run.student)},
-        "versions": _versions(options.opset), "model": model, "preprocess": "preprocess.json",
-        "parity": [figures], "engines": [],
-    }
+    model = ModelEntry(file="model.onnx", precision=onnx_precision, head=options.head, input_format=fmt,
+                       inputs=[TensorInfo.from_dict(t) for t in inputs],
+                       outputs=[TensorInfo.from_dict(t) for t in outputs], num_classes=len(vectors.names),
+                       embedding_dim=vectors.dim, logit_scale=vectors.logit_scale, fp32_nodes=keep,
+                       conversion=conversion, slim_nodes_removed=slimmed)
+    manifest = Manifest(
+        model=model, valid=figures["passed"],
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        source={"run": str(run.path.resolve()), "student_spec": student.config.spec,
+                "teacher": vectors.teacher, "student_sha256": sha256_file(run.student)},
+        versions=_versions(options.opset), parity=[ParityEntry.from_dict(figures)])
     write_manifest(tmp, manifest)
     return manifest, reference
 
 
-def _gate_bf16(bundle: Path, manifest: dict[str, Any], images: gate.ImageSet, reference: dict[str, np.ndarray],
+def _gate_bf16(bundle: Path, manifest: Manifest, images: gate.ImageSet, reference: dict[str, np.ndarray],
                vectors, spec: PreprocessSpec, options: ExportOptions, progress: Progress) -> None:
     """Gate OpenVINO bf16 on the new graph against the PyTorch student under the bundle's own thresholds (bf16's
     for an FP32 graph, INT8's for an INT8 graph); record it in the manifest."""
-    from promptkd_edge.export.cpu_gate import gate_bf16, record
+    from promptkd_edge.export.cpu_gate import gate_bf16
 
     required = options.precision == "bf16"
     offer = " (offered: the runtime uses bf16 where it passes; --precision bf16 requires it)"
     progress.note("parity gate: OpenVINO bf16 on this CPU" + ("" if required else offer))
-    model = manifest["model"]
-    inputs = prepare(images.parity, spec, input_format=input_format_of(model))
-    figures = gate_bf16(bundle / model["file"], model["head"], inputs, reference, vectors.vectors.numpy(),
+    model = manifest.model
+    inputs = prepare(images.parity, spec, input_format=model.input_format)
+    figures = gate_bf16(bundle / model.file, model.head, inputs, reference, vectors.vectors.numpy(),
                         vectors.logit_scale, images.source, "pytorch", batch=options.batch_size, required=required,
-                        progress=progress, thresholds="int8" if model["precision"] == "int8" else "bf16")
+                        progress=progress, thresholds="int8" if model.precision == "int8" else "bf16")
     if not figures["passed"] and not required:
         progress.note(f"OpenVINO bf16 failed its gate ({'; '.join(figures['failures'])}): recorded as failed, so "
                       "the runtime computes this bundle in f32")
-    record(manifest, figures)
+    manifest.record_parity(ParityEntry.from_dict(figures))
     write_manifest(bundle, manifest)
 
 
@@ -325,25 +333,15 @@ def _embeddings_inside(path: Path, head: str) -> dict[str, str] | None:
     return {"embeddings": tensor} if tensor else None
 
 
-def write_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
-    """Record the sha256 of every file in the bundle, then write manifest.json last (atomically)."""
-    files = {}
-    for path in sorted(bundle.rglob("*")):
-        rel = path.relative_to(bundle).as_posix()
-        if path.is_file() and rel != MANIFEST_FILE and not path.name.startswith("."):
-            files[rel] = sha256_file(path)
-    manifest = {**manifest, "files": files}
-    # an optional entry (a faster precision offered at export) that failed only means the runtime does not use it
-    manifest["valid"] = not _failures(manifest)
-    write_json(bundle / MANIFEST_FILE, manifest)
-
-
-def _failures(manifest: dict[str, Any]) -> list[str]:
-    """The failures of required gates: the model's (not an optional offer), the text encoder's FP32 one."""
-    text = [g for g in (manifest.get("text_encoder") or {}).get("parity", []) if g["precision"] == "fp32"]
-    return ([f"{p['target']} {p['precision']}: {f}" for p in manifest.get("parity", []) if p.get("required", True)
-             for f in p["failures"]]
-            + [f"text encoder {g['precision']}: {f}" for g in text for f in g["failures"]])
+def write_manifest(bundle: Path, manifest: Manifest) -> None:
+    """Record the sha256 of every file in the bundle and whether its required gates passed (an optional entry, a
+    faster precision offered at export, that failed only means the runtime does not use it), then write
+    manifest.json last (atomically)."""
+    manifest.files = {path.relative_to(bundle).as_posix(): sha256_file(path) for path in sorted(bundle.rglob("*"))
+                      if path.is_file() and path.relative_to(bundle).as_posix() != MANIFEST_FILE
+                      and not path.name.startswith(".")}
+    manifest.valid = not manifest.failures()
+    write_json(bundle / MANIFEST_FILE, manifest.to_dict())
 
 
 def _text_teacher(vectors):
@@ -357,7 +355,7 @@ def _text_teacher(vectors):
 
 def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progress: Progress | None = None,
                images: gate.ImageSet | None = None, reference: dict[str, np.ndarray] | None = None,
-               manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+               manifest: Manifest | None = None) -> dict[str, Any]:
     """Build a TensorRT engine for a bundle on this machine, gate it for parity, record it in the manifest.
 
     Used by `pkd export RUN --trt` (reference = the PyTorch student) and by `pkd export BUNDLE --trt` on the
@@ -373,9 +371,9 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     if manifest is None:
         bundle = open_bundle(bundle_dir)
         manifest = bundle.manifest
-    model = manifest["model"]
-    if model["precision"] != "fp32":
-        raise PkdError(f"TensorRT engines are built from an FP32 model.onnx; this bundle's is {model['precision']}: "
+    model = manifest.model
+    if model.precision != "fp32":
+        raise PkdError(f"TensorRT engines are built from an FP32 model.onnx; this bundle's is {model.precision}: "
                        "export it again without --precision (or with --trt)")
     _, api, _ = check_can_build()
     spec = PreprocessSpec.load(bundle_dir / "preprocess.json")
@@ -383,10 +381,10 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     if images is None:
         calibration = options.calibration_images if precision in ("int8", "fp8") else 0
         images = gate.collect_images(options.data, options.parity_images, calibration, spec.size, options.seed)
-    fmt = input_format_of(model)
+    fmt = model.input_format
     master = bundle_dir / "model.onnx"
     if reference is None:
-        cpu = OnnxRuntimeBackend(master, providers="cpu", extra_outputs=_embeddings_inside(master, model["head"]))
+        cpu = OnnxRuntimeBackend(master, providers="cpu", extra_outputs=_embeddings_inside(master, model.head))
         reference = _run_backend(cpu, prepare(images.parity, spec, input_format=fmt), options.batch_size, progress,
                                  "parity: ONNX Runtime fp32 (reference)")
         cpu.close()
@@ -394,7 +392,7 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     else:
         target_ref = "pytorch"
 
-    keep = model.get("fp32_nodes", [])
+    keep = model.fp32_nodes
     _clean_leftovers(bundle_dir, r"\.engine-(\d+)", progress)
     stage = bundle_dir / f".engine-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
@@ -429,16 +427,15 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
             target = bundle_dir / path.relative_to(stage)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
-        manifest["engines"] = [e for e in manifest.get("engines", []) if e["file"] != record["file"]] + [record]
-        manifest["parity"] = [p for p in manifest.get("parity", []) if p.get("engine") != record["file"]]
-        manifest["parity"].append({**figures, "engine": record["file"]})
+        manifest.record_engine(EngineEntry.from_dict(record))
+        manifest.record_parity(ParityEntry.from_dict({**figures, "engine": record["file"]}))
         write_manifest(bundle_dir, manifest)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return record
 
 
-def _engine_graph(bundle_dir: Path, stage: Path, manifest: dict[str, Any], precision: str, api: int,
+def _engine_graph(bundle_dir: Path, stage: Path, manifest: Manifest, precision: str, api: int,
                   keep: list[str], images: gate.ImageSet, spec: PreprocessSpec, fmt: str, options: ExportOptions,
                   progress: Progress) -> tuple[Path, str, dict[str, Any]]:
     """(path, name in the bundle, how it was made) of the graph TensorRT builds from: the FP32 master (TRT 10 sets
@@ -450,9 +447,9 @@ def _engine_graph(bundle_dir: Path, stage: Path, manifest: dict[str, Any], preci
         return master, "model.onnx", {}
     name = engine_graph_name(precision, api)
     existing = bundle_dir / name
-    if existing.is_file() and manifest.get("files", {}).get(name) == sha256_file(existing):
+    if existing.is_file() and manifest.files.get(name) == sha256_file(existing):
         progress.note(f"using the bundle's {name}")
-        made = [e.get("conversion", {}) for e in manifest.get("engines", []) if e.get("onnx") == name]
+        made = [e.extra.get("conversion", {}) for e in manifest.engines if e.onnx == name]
         return existing, name, made[0] if made else {}
     dst = stage / name
     calib = prepare(images.calibration, spec, input_format=fmt) if images.calibration else None

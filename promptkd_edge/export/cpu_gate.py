@@ -22,9 +22,10 @@ import numpy as np
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity as gate
+from promptkd_edge.formats.manifest import ParityEntry
 from promptkd_edge.runtime.bundle import open_bundle, read_classes
 from promptkd_edge.runtime.cpu import cpu_info
-from promptkd_edge.runtime.preprocess import PreprocessSpec, input_format_of, prepare
+from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 RUNTIME = "openvino-bf16"
@@ -80,34 +81,28 @@ def add_bf16_gate(bundle_dir: str | os.PathLike, *, data: str | None = None, par
     if reason:
         raise PkdError(f"cannot gate bf16 here: {reason}")
     manifest = open_bundle(bundle_dir).manifest
-    model = manifest["model"]
-    if model["precision"] not in BF16_GRAPHS:
+    model = manifest.model
+    if model.precision not in BF16_GRAPHS:
         raise PkdError(f"OpenVINO computes an FP32 or INT8 model.onnx in bf16; this bundle's is "
-                       f"{model['precision']}: export the run again with --precision bf16")
+                       f"{model.precision}: export the run again with --precision bf16")
     spec = PreprocessSpec.load(bundle_dir / "preprocess.json")
     images = gate.collect_images(data, parity_images, 0, spec.size, seed)
-    inputs = prepare(images.parity, spec, input_format=input_format_of(model))
-    master = bundle_dir / model["file"]
-    cpu = OnnxRuntimeBackend(master, providers="cpu", precision=model["precision"],
-                             extra_outputs=_embeddings_inside(master, model["head"]))
+    inputs = prepare(images.parity, spec, input_format=model.input_format)
+    master = bundle_dir / model.file
+    cpu = OnnxRuntimeBackend(master, providers="cpu", precision=model.precision,
+                             extra_outputs=_embeddings_inside(master, model.head))
     try:
         reference = _run_backend(cpu, inputs, batch_size, progress,
-                                 f"parity: ONNX Runtime {model['precision']} (reference)")
+                                 f"parity: ONNX Runtime {model.precision} (reference)")
     finally:
         cpu.close()
     _, vectors, scale = read_classes(bundle_dir)
-    figures = gate_bf16(master, model["head"], inputs, reference, vectors, scale, images.source,
-                        f"onnxruntime-cpu {model['precision']}", batch=batch_size, required=False,
+    figures = gate_bf16(master, model.head, inputs, reference, vectors, scale, images.source,
+                        f"onnxruntime-cpu {model.precision}", batch=batch_size, required=False,
                         progress=progress)
     if not figures["passed"] and not force:
         raise PkdError(f"OpenVINO bf16 failed the parity gate ({'; '.join(figures['failures'])}); not recorded "
                        "(--force records it as failed; the runtime never picks a failed precision)")
-    record(manifest, figures)
+    manifest.record_parity(ParityEntry.from_dict(figures))
     write_manifest(bundle_dir, manifest)
     return figures
-
-
-def record(manifest: dict[str, Any], figures: dict[str, Any]) -> None:
-    """Put `figures` into the manifest's parity list, replacing an earlier entry for the same runtime variant."""
-    manifest["parity"] = [p for p in manifest.get("parity", []) if p.get("runtime") != figures["runtime"]]
-    manifest["parity"].append(figures)

@@ -20,11 +20,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.manifest import EngineEntry, Manifest
 from promptkd_edge.runtime.bundle import open_bundle
-from promptkd_edge.runtime.preprocess import input_format_of
 from promptkd_edge.utils.files import atomic_path, write_text
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2, "fp8": 2}  # nvinfer: 0 FP32, 1 INT8, 2 FP16 (no FP8 mode)
@@ -43,17 +42,17 @@ def batch_size_for(profiles: list[list[int]], requested: int | None) -> int:
     return min(requested or hi, hi)
 
 
-def config_text(manifest: dict[str, Any], record: dict[str, Any], plan_name: str, batch_size: int, *,
+def config_text(manifest: Manifest, record: EngineEntry, plan_name: str, batch_size: int, *,
                 resize_mode: str, mode: str, threshold: float, gpu_id: int = 0, unique_id: int = 1) -> str:
     """The nvinfer [property] group for a bundle's plan. nvinfer scales the whole frame or object to the network
     size (keeping the aspect ratio with symmetric padding for `longest`); it has no centre crop."""
-    model = manifest["model"]
-    channels, height, width = model["inputs"][0]["shape"][1:]
+    model = manifest.model
+    channels, height, width = model.inputs[0].shape[1:]
     aspect = ASPECT[resize_mode]
     lines = [
         "# gst-nvinfer configuration written by `pkd export BUNDLE --deepstream` (promptkd-edge)",
-        f"# bundle: {manifest.get('source', {}).get('student_spec', '?')} student, {model['num_classes']} classes;"
-        f" plan {record['file']} ({record['precision']}, TensorRT {record['tensorrt']}, {record['gpu']})",
+        f"# bundle: {manifest.source.get('student_spec', '?')} student, {model.num_classes} classes;"
+        f" plan {record.file} ({record.precision}, TensorRT {record.tensorrt}, {record.gpu})",
         "# The graph does /255 and CLIP's per-channel mean/std itself: nvinfer's normalisation is identity.",
         "# classifier-threshold is on the logits (logit scale x cosine), not on a probability.",
         "[property]",
@@ -64,7 +63,7 @@ def config_text(manifest: dict[str, Any], record: dict[str, Any], plan_name: str
         f"batch-size={batch_size}",
         "network-type=1",
         f"process-mode={PROCESS_MODES[mode]}",
-        f"network-mode={NETWORK_MODES[record['precision']]}",
+        f"network-mode={NETWORK_MODES[record.precision]}",
         "model-color-format=0",
         "net-scale-factor=1.0",
         "offsets=0.0;0.0;0.0",
@@ -89,29 +88,29 @@ def write_config(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, *, e
         raise PkdError(f"unknown DeepStream mode '{mode}'; choose primary or secondary")
     bundle = open_bundle(bundle_dir)
     model = bundle.model
-    fmt = input_format_of(model)
+    fmt = model.input_format
     if fmt != "pixels":
         raise PkdError(f"nvinfer hands the engine float NCHW pixels scaled by one factor for all channels, so CLIP's "
                        f"per-channel normalisation must be in the graph; this bundle's input is {fmt}: export the "
                        "run again with --pixel-input, then build its plan with --trt")
-    if "logits" not in [o["name"] for o in model["outputs"]]:
+    if "logits" not in model.output_names:
         raise PkdError("nvinfer's classifier reads a logits output; this bundle outputs embeddings only "
                        "(export with --head logits or both)")
     names = bundle.class_names
     bad = [n for n in names if ";" in n or "\n" in n]
     if bad:
         raise PkdError(f"nvinfer's classifier labels are ';'-separated; rename the class {bad[0]!r}")
-    engines = [e for e in bundle.engines if engine in (None, e["file"]) and e.get("parity_passed", True)]
+    engines = [e for e in bundle.engines if engine in (None, e.file) and e.parity_passed]
     if len(engines) != 1:
-        have = ", ".join(e["file"] for e in bundle.engines) or "none"
+        have = ", ".join(e.file for e in bundle.engines) or "none"
         raise PkdError(f"choose one TensorRT plan of {bundle.path} (it has: {have}); plans are built with "
                        "`pkd export BUNDLE --trt` on the DeepStream machine")
     record = engines[0]
-    batch = batch_size_for(record["profiles"], max_batch)
+    batch = batch_size_for(record.profiles, max_batch)
     out = Path(out_dir)
-    plan_name = Path(record["file"]).name
+    plan_name = Path(record.file).name
     with atomic_path(out / plan_name) as tmp:
-        shutil.copyfile(bundle.path / record["file"], tmp)
+        shutil.copyfile(bundle.path / record.file, tmp)
     write_text(out / "labels.txt", ";".join(names) + "\n")
     config = out / f"config_infer_{bundle.path.name.replace('-', '_')}.txt"
     write_text(config, config_text(bundle.manifest, record, plan_name, batch,

@@ -18,33 +18,33 @@ import shutil
 from pathlib import Path
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.manifest import ModelEntry, TensorInfo
 from promptkd_edge.runtime.bundle import open_bundle
 from promptkd_edge.utils.files import atomic_path, write_text
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8"}
 
 
-def _tensor(entry: dict, kind: str, labels: bool = False) -> str:
-    dims = entry["shape"][1:]
+def _tensor(entry: TensorInfo, kind: str, labels: bool = False) -> str:
+    dims = entry.shape[1:]
     if any(not isinstance(d, int) for d in dims):
-        raise PkdError(f"{kind} {entry['name']} has a dynamic dimension besides the batch: {entry['shape']}")
-    if entry["dtype"] not in TRITON_TYPES:
-        raise PkdError(f"{kind} {entry['name']} has dtype {entry['dtype']}, which Triton's config cannot name here")
-    lines = [f'    name: "{entry["name"]}"', f"    data_type: {TRITON_TYPES[entry['dtype']]}",
+        raise PkdError(f"{kind} {entry.name} has a dynamic dimension besides the batch: {entry.shape}")
+    if entry.dtype not in TRITON_TYPES:
+        raise PkdError(f"{kind} {entry.name} has dtype {entry.dtype}, which Triton's config cannot name here")
+    lines = [f'    name: "{entry.name}"', f"    data_type: {TRITON_TYPES[entry.dtype]}",
              f"    dims: [ {', '.join(str(d) for d in dims)} ]"]
     if labels:
         lines.append('    label_filename: "labels.txt"')
     return "  {\n" + "\n".join(lines) + "\n  }"
 
 
-def config_pbtxt(manifest: dict, name: str, platform: str, max_batch: int, gpu: bool,
+def config_pbtxt(model: ModelEntry, name: str, platform: str, max_batch: int, gpu: bool,
                  profiles: int = 0) -> str:
     """The config.pbtxt text for a bundle's model (protobuf text format, Triton's ModelConfig); `profiles` > 0
     lists a plan's optimization profiles 0..profiles-1 in the instance group."""
-    model = manifest["model"]
     preferred = [b for b in (4, 8, 16, 32) if b <= max_batch] or [max_batch]
-    inputs = ",\n".join(_tensor(i, "input") for i in model["inputs"])
-    outputs = ",\n".join(_tensor(o, "output", labels=o["name"] == "logits") for o in model["outputs"])
+    inputs = ",\n".join(_tensor(i, "input") for i in model.inputs)
+    outputs = ",\n".join(_tensor(o, "output", labels=o.name == "logits") for o in model.outputs)
     indexes = ", ".join('"' + str(i) + '"' for i in range(profiles))  # ModelInstanceGroup.profile: strings
     listed = f"\n    profile: [ {indexes} ]" if profiles else ""
     return (f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch}\n'
@@ -88,15 +88,15 @@ def write_repository(bundle_dir: str | os.PathLike, repo: str | os.PathLike, *, 
         source, target, platform = bundle.model_path, "model.onnx", "onnxruntime_onnx"
         limit = max_batch or 32
     elif backend == "tensorrt":
-        engines = [e for e in bundle.engines if engine in (None, e["file"])]
+        engines = [e for e in bundle.engines if engine in (None, e.file)]
         if len(engines) != 1:
-            have = ", ".join(e["file"] for e in bundle.engines) or "none"
+            have = ", ".join(e.file for e in bundle.engines) or "none"
             raise PkdError(f"choose one TensorRT plan of {bundle.path} (it has: {have}); plans are built with "
                            "`pkd export BUNDLE --trt` on the serving machine")
         record = engines[0]
-        source, target, platform = bundle.path / record["file"], "model.plan", "tensorrt_plan"
-        limit = plan_batch_limit(record["profiles"], max_batch)
-        profiles = len(record["profiles"])
+        source, target, platform = bundle.path / record.file, "model.plan", "tensorrt_plan"
+        limit = plan_batch_limit(record.profiles, max_batch)
+        profiles = len(record.profiles)
         gpu = True
     else:
         raise PkdError(f"unknown Triton backend '{backend}'; choose onnxruntime or tensorrt")
@@ -106,5 +106,5 @@ def write_repository(bundle_dir: str | os.PathLike, repo: str | os.PathLike, *, 
     with atomic_path(folder / "1" / target) as tmp:
         shutil.copyfile(source, tmp)
     write_text(folder / "labels.txt", "\n".join(bundle.class_names) + "\n")
-    write_text(folder / "config.pbtxt", config_pbtxt(bundle.manifest, name, platform, limit, gpu, profiles))
+    write_text(folder / "config.pbtxt", config_pbtxt(bundle.model, name, platform, limit, gpu, profiles))
     return folder

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.manifest import TensorInfo
 from promptkd_edge.runtime.cpu import cpu_fingerprint, cpu_info
 from promptkd_edge.utils.files import read_json, user_cache_dir, write_json
 
@@ -53,21 +54,20 @@ class Choice:
                 "cached": self.cached, "skipped": self.skipped}
 
 
-def probe_input(model: dict[str, Any], batch: int) -> np.ndarray:
-    """A model-ready batch of the bundle's input format (values do not change the speed)."""
-    spec = model["inputs"][0]
-    shape = [batch, *spec["shape"][1:]]
+def probe_input(spec: TensorInfo, batch: int) -> np.ndarray:
+    """A model-ready batch for the graph input `spec` (values do not change the speed)."""
+    shape = [batch, *spec.shape[1:]]
     rng = np.random.default_rng(0)
-    if spec["dtype"] == "uint8":
+    if spec.dtype == "uint8":
         return rng.integers(0, 256, shape, dtype=np.uint8)
-    return rng.standard_normal(shape).astype(spec["dtype"])
+    return rng.standard_normal(shape).astype(spec.dtype)
 
 
-def measure(backend: Any, model: dict[str, Any]) -> dict[str, float]:
+def measure(backend: Any, spec: TensorInfo) -> dict[str, float]:
     """ms per image at each PROBE_BATCHES size: the median of a few calls after an untimed one."""
     out = {}
     for batch in PROBE_BATCHES:
-        x = probe_input(model, batch)
+        x = probe_input(spec, batch)
         backend.run(x)
         times = []
         for _ in range(PROBE_CALLS[batch]):
@@ -106,7 +106,7 @@ def _write_cache(key: str, entry: dict[str, Any]) -> None:
         pass
 
 
-def choose(options: list[Option], model: dict[str, Any], *, model_sha256: str, threads: int | None,
+def choose(options: list[Option], spec: TensorInfo, *, model_sha256: str, threads: int | None,
            versions: dict[str, str | None],
            measure_fn: Callable[[Any, dict[str, Any]], dict[str, float]] | None = None,
            use_cache: bool = True) -> tuple[Any, Choice]:
@@ -136,7 +136,7 @@ def choose(options: list[Option], model: dict[str, Any], *, model_sha256: str, t
         except PkdError as e:
             skipped[option.name] = str(e)
             continue
-        timings[option.name] = {k: round(v, 3) for k, v in measure_fn(backend, model).items()}
+        timings[option.name] = {k: round(v, 3) for k, v in measure_fn(backend, spec).items()}
         if best is None or score(timings[option.name]) < score(timings[picked]):
             if best is not None:
                 best.close()

@@ -13,10 +13,8 @@ from typing import Any
 import numpy as np
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.manifest import MANIFEST_FILE, EngineEntry, Manifest, ModelEntry
 from promptkd_edge.utils.files import read_json, sha256_file
-
-BUNDLE_FORMAT = "promptkd-edge/bundle"
-MANIFEST_FILE = "manifest.json"
 
 
 @dataclass
@@ -24,32 +22,27 @@ class Bundle:
     """A checked bundle: its folder, manifest, class names and (when shipped) class vectors as numpy."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     class_names: list[str]
     class_vectors: np.ndarray | None  # [C, D] float32
     logit_scale: float
     preprocess: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def model(self) -> dict[str, Any]:
-        return self.manifest["model"]
+    def model(self) -> ModelEntry:
+        return self.manifest.model
 
     @property
     def model_path(self) -> Path:
-        return self.path / self.model["file"]
+        return self.path / self.model.file
 
     @property
     def valid(self) -> bool:
-        return bool(self.manifest.get("valid", False))
+        return self.manifest.valid
 
     @property
-    def engines(self) -> list[dict[str, Any]]:
-        return list(self.manifest.get("engines", []))
-
-
-def passed_gates(manifest: dict[str, Any]) -> set[str]:
-    """The runtime variants (e.g. "openvino-bf16") that a passing parity entry of the manifest vouches for."""
-    return {p["runtime"] for p in manifest.get("parity", []) if p.get("runtime") and p.get("passed")}
+    def engines(self) -> list[EngineEntry]:
+        return list(self.manifest.engines)
 
 
 def is_bundle(path: str | os.PathLike) -> bool:
@@ -72,16 +65,23 @@ def open_bundle(path: str | os.PathLike, *, allow_invalid: bool = False) -> Bund
     root = Path(path)
     if not root.is_dir():
         raise PkdError(f"bundle not found: {root}")
-    manifest = read_json(root / MANIFEST_FILE, "bundle manifest")
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise PkdError(f"{root / MANIFEST_FILE} is not a promptkd-edge bundle manifest")
-    verify_files(root, manifest.get("files", {}))
-    if not manifest.get("valid", False) and not allow_invalid:
+    manifest = read_manifest(root)
+    verify_files(root, manifest.files)
+    if not manifest.valid and not allow_invalid:
         raise PkdError(f"bundle {root} failed its parity gate at export (kept with --force); "
                        "re-export it, or accept it explicitly (allow_invalid=True / --allow-invalid)")
     names, vectors, scale = read_classes(root)
     preprocess = read_json(root / "preprocess.json", "preprocess description")
     return Bundle(root, manifest, names, vectors, scale, preprocess)
+
+
+def read_manifest(root: Path) -> Manifest:
+    """The bundle's manifest.json as typed records (files not yet checked: see `open_bundle`)."""
+    path = root / MANIFEST_FILE
+    try:
+        return Manifest.from_dict(read_json(path, "bundle manifest"))
+    except PkdError as e:
+        raise PkdError(f"{path}: {e}") from None
 
 
 def read_classes(root: Path) -> tuple[list[str], np.ndarray | None, float]:

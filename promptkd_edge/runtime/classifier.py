@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.runtime.bundle import Bundle, open_bundle, passed_gates
-from promptkd_edge.runtime.preprocess import PreprocessSpec, input_format_of, prepare
+from promptkd_edge.runtime.bundle import Bundle, open_bundle
+from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 PRECISIONS = ("fp32", "bf16")  # what `precision=` may force on OpenVINO
@@ -118,7 +118,7 @@ class Classifier:
             from promptkd_edge.runtime.openvino_backend import OpenVinoBackend
 
             chosen = precision or ("bf16" if _bf16_gated(bundle) else "fp32")
-            if chosen == "bf16" and "openvino-bf16" not in passed_gates(bundle.manifest):
+            if chosen == "bf16" and "openvino-bf16" not in bundle.manifest.passed_gates():
                 notes.append("bf16 forced: this bundle has no passing bf16 parity gate (add one with "
                              f"`pkd export {bundle.path} --precision bf16`)")
             return cls(bundle, OpenVinoBackend(bundle.model_path, precision=chosen, threads=threads, hint=hint),
@@ -127,7 +127,7 @@ class Classifier:
 
         def ort(chosen_providers: str | list[str]) -> OnnxRuntimeBackend:
             return OnnxRuntimeBackend(bundle.model_path, providers=chosen_providers, threads=threads,
-                                      precision=bundle.model["precision"])
+                                      precision=bundle.model.precision)
 
         if backend == "onnxruntime" or providers != "auto" or (not probe and precision is None):
             return cls(bundle, ort(providers), notes)
@@ -141,7 +141,7 @@ class Classifier:
         from promptkd_edge.runtime.auto import choose
 
         options = _cpu_options(bundle, threads, precision, hint, ort)
-        loaded, choice = choose(options, bundle.model, model_sha256=bundle.manifest["files"][bundle.model["file"]],
+        loaded, choice = choose(options, bundle.model.inputs[0], model_sha256=bundle.manifest.files[bundle.model.file],
                                 threads=threads, versions={**_versions(), "openvino hint": hint})
         return cls(bundle, loaded, notes, choice)
 
@@ -151,7 +151,7 @@ class Classifier:
 
     @property
     def input_format(self) -> str:
-        return input_format_of(self.bundle.model)
+        return self.bundle.model.input_format
 
     def inputs(self, images: Sequence[Any]) -> np.ndarray:
         """Model-ready batch for `images` (paths, PIL images, uint8 HxWx3 arrays)."""
@@ -159,13 +159,13 @@ class Classifier:
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """The backend on a model-ready batch, after checking its shape and dtype against the manifest."""
-        spec = self.bundle.model["inputs"][0]
-        expected = [d for d in spec["shape"][1:]]
-        if batch.ndim != len(spec["shape"]) or list(batch.shape[1:]) != expected or len(batch) == 0:
+        spec = self.bundle.model.inputs[0]
+        expected = list(spec.shape[1:])
+        if batch.ndim != len(spec.shape) or list(batch.shape[1:]) != expected or len(batch) == 0:
             raise PkdError(f"input of shape {list(batch.shape)}; this model takes [batch, "
-                           f"{', '.join(str(d) for d in expected)}] {spec['dtype']} ({spec.get('layout', '')})")
-        if batch.dtype != np.dtype(spec["dtype"]):
-            raise PkdError(f"input of dtype {batch.dtype}; this model takes {spec['dtype']}")
+                           f"{', '.join(str(d) for d in expected)}] {spec.dtype} ({spec.layout or ''})")
+        if batch.dtype != np.dtype(spec.dtype):
+            raise PkdError(f"input of dtype {batch.dtype}; this model takes {spec.dtype}")
         return self.backend.run(batch)
 
     def _batch(self, batch_size: int) -> int:
@@ -187,7 +187,7 @@ class Classifier:
     def embed(self, images: Sequence[Any], batch_size: int = 16) -> np.ndarray:
         """Unit-length image features [N, D] in the teacher's space (bundles exported with --head embeddings
         or both)."""
-        if "embeddings" not in [o["name"] for o in self.bundle.model["outputs"]]:
+        if "embeddings" not in self.bundle.model.output_names:
             raise PkdError("this bundle outputs logits only; export it with --head embeddings or --head both "
                            "to get embeddings")
         chunks = _chunks(images, self._batch(batch_size))
@@ -200,13 +200,13 @@ class Classifier:
     def with_classes(self, names: Sequence[str], vectors: np.ndarray, logit_scale: float | None = None
                      ) -> Classifier:
         """The same model with another class list (bundles with --head embeddings or both): W [C, D], unit rows."""
-        if "embeddings" not in [o["name"] for o in self.bundle.model["outputs"]]:
+        if "embeddings" not in self.bundle.model.output_names:
             raise PkdError("the class vectors of this bundle are inside its graph; export with --head embeddings "
                            "(or both) to swap class lists at run time")
         vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(names) or vectors.shape[1] != self.bundle.model["embedding_dim"]:
+        if vectors.ndim != 2 or len(vectors) != len(names) or vectors.shape[1] != self.bundle.model.embedding_dim:
             raise PkdError(f"class vectors of shape {list(vectors.shape)} do not fit {len(names)} names and "
-                           f"dimension {self.bundle.model['embedding_dim']}")
+                           f"dimension {self.bundle.model.embedding_dim}")
         other = Classifier(self.bundle, self.backend, self.notes, self.choice)
         other.class_names, other._vectors, other._own_classes = list(names), vectors, False
         other._scale = self._scale if logit_scale is None else float(logit_scale)
@@ -262,7 +262,7 @@ def _bf16_gated(bundle: Bundle) -> bool:
     """The bundle's bf16 gate passed and this CPU computes bf16 natively."""
     from promptkd_edge.runtime.openvino_backend import has_bf16
 
-    return "openvino-bf16" in passed_gates(bundle.manifest) and has_bf16()
+    return "openvino-bf16" in bundle.manifest.passed_gates() and has_bf16()
 
 
 def _cpu_options(bundle: Bundle, threads: int | None, precision: str | None, hint: str, ort) -> list:
@@ -272,7 +272,7 @@ def _cpu_options(bundle: Bundle, threads: int | None, precision: str | None, hin
     from promptkd_edge.runtime.auto import Option
     from promptkd_edge.runtime.openvino_backend import OpenVinoBackend, openvino_version
 
-    graph = bundle.model["precision"]
+    graph = bundle.model.precision
     options = [Option("onnxruntime", lambda: ort("cpu"), f"{graph} gate")]
     if openvino_version() is None or graph not in ("fp32", "int8"):
         return options
@@ -301,7 +301,7 @@ def _tensorrt(bundle: Bundle, device_id: int):
         import_tensorrt,
     )
 
-    engines = [e for e in bundle.engines if e.get("parity_passed", True)]
+    engines = [e.to_dict() for e in bundle.engines if e.parity_passed]
     if not engines:
         raise PkdError(f"bundle {bundle.path} holds no TensorRT plan; build one with `pkd export {bundle.path} --trt`")
     trt = import_tensorrt()

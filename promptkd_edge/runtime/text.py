@@ -27,20 +27,20 @@ class TextEncoder:
 
     def __init__(self, bundle: Bundle, backend: str = "onnxruntime", *, providers: str | list[str] = "cpu",
                  threads: int | None = None):
-        entry = bundle.manifest.get("text_encoder")
-        if not entry:
+        entry = bundle.manifest.text_encoder
+        if entry is None:
             raise PkdError(f"bundle {bundle.path} has no text encoder: export it with --head embeddings (or both) "
                            "--text-encoder to name classes on the device")
-        spec = entry["tokenizer"]
+        spec = entry.tokenizer
         self.tokenizer = ClipTokenizer.load(bundle.path / spec["merges"], special_tokens=spec["special_tokens"],
                                             context_length=spec["context_length"], clean=spec["clean"])
-        self.sentence = entry["sentence"]
+        self.sentence = entry.sentence
         self.cut_after_longest_end = bool(spec.get("cut_after_longest_end", False))
-        passed = {g["precision"] for g in entry.get("parity", []) if g.get("passed")}
+        passed = entry.passed()
         if "fp32" not in passed:
             raise PkdError(f"the text encoder of {bundle.path} failed its parity gate at export")
-        self.output = entry["output"]
-        file = entry["files"]["fp32"]
+        self.output = entry.output
+        file = entry.files["fp32"]
         if backend == "openvino":
             from promptkd_edge.runtime.openvino_backend import OpenVinoBackend
 
@@ -51,7 +51,7 @@ class TextEncoder:
             self.backend = OnnxRuntimeBackend(bundle.path / file, providers=providers, threads=threads)
             if self.backend.device == "cuda" and "fp16" in passed:  # FP16 on a GPU, where its gate passed
                 self.backend.close()
-                file = entry["files"]["fp16"]
+                file = entry.files["fp16"]
                 self.backend = OnnxRuntimeBackend(bundle.path / file, providers=providers, threads=threads,
                                                   precision="fp16")
         self.description = f"{self.backend.description}, {file}"

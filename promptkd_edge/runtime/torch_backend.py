@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from promptkd_edge.formats.manifest import ModelEntry
 
 
 class TorchBackend:
@@ -18,23 +19,22 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, bundle_dir: str | Path, model: dict[str, Any], *, device: str = "auto",
+    def __init__(self, bundle_dir: str | Path, model: ModelEntry, *, device: str = "auto",
                  allow_pickle: bool = False):
         import torch
 
         from promptkd_edge.export.fold import FoldedStudent
         from promptkd_edge.models.class_vectors import ClassVectors
         from promptkd_edge.models.student import load_student
-        from promptkd_edge.runtime.preprocess import input_format_of
 
         bundle_dir = Path(bundle_dir)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         student = load_student(bundle_dir / "student.safetensors", allow_pickle=allow_pickle)
-        vectors = ClassVectors.load(bundle_dir) if model["head"] != "embeddings" else None
-        self.model = FoldedStudent(student, vectors, model["head"], input_format_of(model)).to(self.device).eval()
-        self.input_name = model["inputs"][0]["name"]
+        vectors = ClassVectors.load(bundle_dir) if model.head != "embeddings" else None
+        self.model = FoldedStudent(student, vectors, model.head, model.input_format).to(self.device).eval()
+        self.input_name = model.inputs[0].name
         self.output_names = self.model.output_names
         self._lock = threading.Lock()
 

@@ -1,0 +1,227 @@
+"""A bundle's manifest.json (export/BUNDLE.md) as typed records, read and written only here.
+
+`Manifest.from_dict` / `to_dict` are the boundary: export/ builds the records and writes them, runtime/ reads them,
+and code in between uses attributes, not string keys. A key that a record does not name (a figure of a parity
+entry, a field written by a newer promptkd-edge) is kept in the record's `extra` and written back unchanged.
+Torch-free and numpy-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.preprocess import input_format_of
+
+BUNDLE_FORMAT = "promptkd-edge/bundle"
+MANIFEST_FILE = "manifest.json"
+
+R = TypeVar("R", bound="Record")
+
+
+class Record:
+    """A JSON object as a dataclass: named keys become fields, the others stay in `extra`, in both directions."""
+
+    extra: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls: type[R], d: dict[str, Any], what: str = "") -> R:
+        if not isinstance(d, dict):
+            raise PkdError(f"manifest {what or cls.__name__} must be a JSON object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}  # type: ignore[arg-type]
+        missing = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                   if f.name in names and f.name not in d
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise PkdError(f"manifest {what or cls.__name__} lacks {', '.join(repr(m) for m in missing)}")
+        return cls(**{k: v for k, v in d.items() if k in names},  # type: ignore[call-arg]
+                   extra={k: v for k, v in d.items() if k not in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}  # type: ignore[arg-type]
+        return {**out, **self.extra}
+
+
+@dataclass
+class TensorInfo(Record):
+    """One graph input or output: name, shape (ints and symbolic names), dtype, layout (inputs)."""
+
+    name: str
+    shape: list[Any]
+    dtype: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> str | None:
+        return self.extra.get("layout")
+
+
+@dataclass
+class ModelEntry(Record):
+    """`model`: the ONNX graph every backend runs (or builds plans from)."""
+
+    file: str
+    precision: str
+    head: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    num_classes: int
+    embedding_dim: int
+    logit_scale: float
+    input_format: str = "normalized"
+    fp32_nodes: list[str] = field(default_factory=list)
+    conversion: dict[str, Any] = field(default_factory=dict)
+    slim_nodes_removed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], what: str = "model") -> ModelEntry:
+        d = {**d, "input_format": input_format_of(d)}  # bundles written before input_format have uint8_input
+        d.pop("uint8_input", None)
+        entry = super().from_dict(d, what)
+        entry.inputs = [TensorInfo.from_dict(t, "model input") for t in entry.inputs]  # type: ignore[arg-type]
+        entry.outputs = [TensorInfo.from_dict(t, "model output") for t in entry.outputs]  # type: ignore[arg-type]
+        return entry
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["inputs"] = [t.to_dict() for t in self.inputs]
+        out["outputs"] = [t.to_dict() for t in self.outputs]
+        out["uint8_input"] = self.input_format == "uint8"  # kept for readers of older bundles
+        return out
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+@dataclass
+class ParityEntry(Record):
+    """One parity gate (export/parity.py): what ran (`target`, `precision`; a runtime variant or a plan), the
+    figures the thresholds apply to, the verdict. Further figures (near-tie flips, mean |delta|, ...) are in
+    `extra`; the text encoder's gates have `max_abs_diff` and `names` there instead of images and logits."""
+
+    target: str
+    precision: str
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    images: int | None = None
+    top1_agreement: float | None = None
+    max_abs_logit_diff: float | None = None
+    min_cosine: float | None = None
+    required: bool | None = None  # False: an offer made at export; a failure only means the runtime doesn't use it
+    runtime: str | None = None  # a way of computing model.onnx that this entry vouches for, e.g. "openvino-bf16"
+    engine: str | None = None  # the plan this entry gates
+    reference: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_required(self) -> bool:
+        return self.required is not False
+
+    def to_dict(self) -> dict[str, Any]:  # optional keys only where set, as the writers always did
+        optional = {f.name for f in dataclasses.fields(self) if f.default is None}
+        return {k: v for k, v in super().to_dict().items() if v is not None or k not in optional}
+
+
+@dataclass
+class EngineEntry(Record):
+    """One TensorRT plan: the GPU and TensorRT it was built for and how (export/tensorrt_build.py writes it)."""
+
+    file: str
+    precision: str
+    tensorrt: str | None = None
+    compute_capability: str | None = None
+    gpu: str | None = None
+    profiles: list[list[int]] = field(default_factory=list)
+    onnx: str | None = None
+    parity_passed: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TextEncoderEntry(Record):
+    """`text_encoder`: the teacher's text tower and CLIP's tokenizer, for class names given on the device."""
+
+    files: dict[str, str]
+    output: str
+    sentence: str
+    tokenizer: dict[str, Any]
+    parity: list[ParityEntry] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], what: str = "text_encoder") -> TextEncoderEntry:
+        entry = super().from_dict(d, what)
+        entry.parity = [ParityEntry.from_dict(p, "text_encoder parity entry") for p in entry.parity]  # type: ignore[arg-type]
+        return entry
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "parity": [p.to_dict() for p in self.parity]}
+
+    def passed(self) -> set[str]:
+        """The precisions ("fp32", "fp16") whose gate passed."""
+        return {p.precision for p in self.parity if p.passed}
+
+
+@dataclass
+class Manifest(Record):
+    """manifest.json: what the bundle is, where it came from, and every parity gate it passed or failed."""
+
+    model: ModelEntry
+    format: str = BUNDLE_FORMAT
+    valid: bool = False
+    created: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+    preprocess: str = "preprocess.json"
+    parity: list[ParityEntry] = field(default_factory=list)
+    engines: list[EngineEntry] = field(default_factory=list)
+    text_encoder: TextEncoderEntry | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], what: str = "manifest") -> Manifest:
+        if not isinstance(d, dict) or d.get("format") != BUNDLE_FORMAT:
+            raise PkdError("not a promptkd-edge bundle manifest")
+        if not isinstance(d.get("model"), dict):
+            raise PkdError("the bundle manifest has no model entry")
+        m = super().from_dict(d, what)
+        m.model = ModelEntry.from_dict(d["model"])
+        m.parity = [ParityEntry.from_dict(p, "parity entry") for p in d.get("parity") or []]
+        m.engines = [EngineEntry.from_dict(e, "engine entry") for e in d.get("engines") or []]
+        m.text_encoder = TextEncoderEntry.from_dict(d["text_encoder"]) if d.get("text_encoder") else None
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"format": self.format, "valid": self.valid, "created": self.created, "source": self.source,
+               "versions": self.versions, "model": self.model.to_dict(), "preprocess": self.preprocess,
+               "parity": [p.to_dict() for p in self.parity], "engines": [e.to_dict() for e in self.engines]}
+        if self.text_encoder is not None:
+            out["text_encoder"] = self.text_encoder.to_dict()
+        return {**out, "files": self.files, **self.extra}
+
+    def passed_gates(self) -> set[str]:
+        """The runtime variants (e.g. "openvino-bf16") that a passing parity entry vouches for."""
+        return {p.runtime for p in self.parity if p.runtime and p.passed}
+
+    def failures(self) -> list[str]:
+        """The failures of required gates: the model's (not an optional offer), the text encoder's FP32 one."""
+        text = [g for g in self.text_encoder.parity if g.precision == "fp32"] if self.text_encoder else []
+        return ([f"{p.target} {p.precision}: {f}" for p in self.parity if p.is_required for f in p.failures]
+                + [f"text encoder {g.precision}: {f}" for g in text for f in g.failures])
+
+    def record_parity(self, entry: ParityEntry) -> None:
+        """Add a gate, replacing an earlier one for the same runtime variant or plan."""
+        self.parity = [p for p in self.parity
+                       if not ((entry.runtime and p.runtime == entry.runtime)
+                               or (entry.engine and p.engine == entry.engine))]
+        self.parity.append(entry)
+
+    def record_engine(self, engine: EngineEntry) -> None:
+        """Add a plan, replacing an earlier one with the same file."""
+        self.engines = [e for e in self.engines if e.file != engine.file] + [engine]
