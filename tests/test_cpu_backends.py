@@ -435,17 +435,18 @@ def test_smoothing_leaves_the_function_unchanged(tiny_run):
 
 
 def test_bundle_flops_are_counted_from_its_graph(cpu_bundles, tiny_run):
-    """A bundle's GFLOP/image (for the FLOP ceilings) from its ONNX graph equals the ViT formula plus the small
-    projector and head, for the FP32 and the INT8 QDQ graph alike."""
-    from promptkd_edge.bench.targets import onnx_gflops, vit_gflops
+    """A bundle's GFLOP/image (for the FLOP ceilings) from its ONNX graph equals torch's FLOP counter on the same
+    folded student (prompts, projector and head included), for the FP32 and the INT8 QDQ graph alike."""
+    from promptkd_edge.bench.flops import onnx_gflops, torch_gflops
+    from promptkd_edge.export.fold import FoldedStudent
     from promptkd_edge.models import load_student
+    from promptkd_edge.models.class_vectors import ClassVectors
 
     student = load_student(tiny_run / "student.safetensors")
-    tower = vit_gflops(student.tower.visual, student.config.prompt_tokens)
+    folded = FoldedStudent(student, ClassVectors.load(tiny_run), "logits")
     fp32, int8 = (onnx_gflops(cpu_bundles[k] / "model.onnx") for k in ("fp32", "int8"))
     assert fp32 == pytest.approx(int8, rel=1e-6)
-    head = 2 * sum(p.numel() for p in student.projector.parameters() if p.ndim == 2) / 1e9
-    assert fp32 == pytest.approx(tower + head, rel=0.05)
+    assert fp32 == pytest.approx(torch_gflops(folded, (3, *student.preprocess.size)), rel=0.05)
 
 
 ALT_STACK_CHECK = """

@@ -121,14 +121,19 @@ def test_teacher_cache_holds_the_teachers_features_and_is_reused(tmp_path, monke
         torch.testing.assert_close(torch.from_numpy(features[index, view].astype(np.float32)), expected,
                                    atol=2e-3, rtol=0)
 
-    import promptkd_edge.train.distill as distill_module
+    import promptkd_edge.train.distill_setup as setup
 
     loads = []
-    real_load = distill_module.load_clip
-    monkeypatch.setattr(distill_module, "load_clip", lambda spec, **kw: loads.append(spec) or real_load(spec, **kw))
+    real_clip, real_teacher = setup.load_clip, setup.load_teacher
+    monkeypatch.setattr(setup, "load_clip", lambda spec, **kw: loads.append(spec) or real_clip(spec, **kw))
+    monkeypatch.setattr(setup, "load_teacher", lambda spec, **kw: loads.append(f"teacher {spec}")
+                        or real_teacher(spec, **kw))
     again = distill(tiny_config(tmp_path, teacher_cache=2, class_vectors=str(tmp_path / "a")), tmp_path / "b")
     assert again.teacher_cache == result.teacher_cache
     assert loads == [STUDENT]  # cache and class vectors reused: the teacher is never loaded
+    loads.clear()
+    distill(tiny_config(tmp_path, class_vectors=str(tmp_path / "a"), epochs=1, warmup_epochs=0), tmp_path / "d")
+    assert loads == [STUDENT, f"teacher {TEACHER}"]  # without the cache the teacher runs every step
     write_images(Path(cfg.data) / "more", 1, seed=9)  # the listing changed: a new cache
     third = distill(tiny_config(tmp_path, teacher_cache=2), tmp_path / "c")
     assert third.teacher_cache != result.teacher_cache

@@ -158,7 +158,13 @@ def test_teacher_run_trains_prompts_only_and_feeds_distill(fewshot, tmp_path):
     assert {"teacher.safetensors", "classes.json", "class_vectors.safetensors", "config.json", "metrics.jsonl",
             "loss.png", "summary.json"} <= {p.name for p in run.iterdir()}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {"ce", "scl_text", "scl_image", "scl_logits"} <= set(rows[0])
+    assert [r["step"] for r in rows] == list(range(1, 10)) and [r["epoch"] for r in rows] == [0] * 3 + [1] * 3 + [2] * 3
+    assert all(list(r) == ["step", "epoch", "lr", "loss", "ce", "scl_text", "scl_image", "scl_logits", "seconds"]
+               for r in rows)
+    for r in rows:  # the total is the sum of its parts, each step its own
+        assert r["loss"] == pytest.approx(r["ce"] + r["scl_text"] + r["scl_image"] + r["scl_logits"], rel=1e-5)
+    assert len({r["loss"] for r in rows}) == 9 and rows[-1]["loss"] == result.final_loss
+    assert 0 <= result.train_top1 <= 1
     teacher = load_teacher(str(run))
     assert teacher.prompted and teacher.spec == str(run.resolve())
     torch.manual_seed(1)  # tune_teacher seeds before creating the (random-weight) base model
@@ -379,3 +385,34 @@ def test_fp16_teacher_scales_the_loss(fewshot, tmp_path, monkeypatch):
     scalers.clear()
     tune(fewshot, tmp_path / "fp32", precision="fp32")
     assert not scalers[0].is_enabled()  # fp32 (and bf16) train unscaled
+
+
+def test_teacher_metrics_are_read_once_per_log_interval(fewshot, tmp_path, monkeypatch):
+    """Losses stay on the device between log intervals; every step still gets its metrics line."""
+    import promptkd_edge.train.teacher as stage1
+
+    class Recording:
+        def __init__(self):
+            self.updates = []
+
+        def note(self, message):
+            pass
+
+        def task(self, description, total):
+            return lambda completed=None, **info: self.updates.append((description, completed, info))
+
+        def done(self):
+            pass
+
+    monkeypatch.setattr(stage1, "LOG_EVERY", 2)
+    progress = Recording()
+    cfg = TeacherTuneConfig(teacher=TEACHER, data=str(fewshot), shots=4, classes="base", vision_depth=3, text_depth=2,
+                            epochs=2, batch_size=4, workers=0, device="cpu", text_chunk=2, random_init=True)
+    result = tune_teacher(cfg, tmp_path / "t", progress=progress)
+    assert [(d, n) for d, n, _ in progress.updates] == [("teacher epoch 1/2", 2), ("teacher epoch 1/2", 3),
+                                                        ("teacher epoch 2/2", 2), ("teacher epoch 2/2", 3)]
+    rows = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    shown = [info["loss"] for _, _, info in progress.updates]
+    assert shown == [rows[i]["loss"] for i in (1, 2, 4, 5)] and shown[-1] == result.final_loss
+    assert progress.updates[-1][2]["acc"] == result.train_top1

@@ -253,7 +253,7 @@ class AutoRunner(_AppBackendRunner):
             raise Unavailable(str(e)) from None
         self._backend = clf.backend
         self.name = "auto"
-        graph, computes = clf.bundle.model["precision"], getattr(clf.backend, "precision", None)
+        graph, computes = clf.bundle.model.precision, getattr(clf.backend, "precision", None)
         # the INT8 graph on OpenVINO bf16 is INT8 + bf16 (as the openvino-cpu-int8-bf16 row); else what it computes in
         self.precision = (f"{graph}-{computes}" if graph == "int8" and computes == "bf16" else
                           graph if graph == "int8" else computes or graph)

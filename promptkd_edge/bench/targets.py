@@ -18,7 +18,7 @@ import numpy as np
 
 from promptkd_edge.bench.flops import onnx_gflops, torch_gflops
 from promptkd_edge.errors import PkdError
-from promptkd_edge.runtime.preprocess import PreprocessSpec, input_format_of
+from promptkd_edge.runtime.preprocess import PreprocessSpec
 
 
 class Unavailable(Exception):  # noqa: N818 - reads as `raise Unavailable(reason)`
@@ -37,7 +37,7 @@ class BenchModel:
     build_torch: Callable[[], Any]  # -> nn.Module, model-ready batch (see input_format) -> logits
     input_format: str = "normalized"  # runtime.preprocess.INPUT_FORMATS
     bundle: Path | None = None  # the bundle folder its TensorRT plans live in
-    engines: list[dict] = field(default_factory=list)  # the bundle's plan records (manifest "engines")
+    engines: list[dict] = field(default_factory=list)  # the bundle's plan records, as the TensorRT backend reads them
     fixed_onnx: dict[str, Path] = field(default_factory=dict)  # precision -> ONNX shipped with the target
     params_m: float | None = None
     gflops_per_image: float | None = None
@@ -208,7 +208,7 @@ def student_from_bundle(path: Path) -> BenchModel:
 
     bundle = open_bundle(path, allow_invalid=True)
     model = bundle.model
-    if model["head"] == "embeddings":
+    if model.head == "embeddings":
         raise PkdError(f"{path} outputs embeddings only; bench a bundle with a logits head (or the run)")
     holder: dict[str, Any] = {}
 
@@ -222,15 +222,16 @@ def student_from_bundle(path: Path) -> BenchModel:
                 student = load_student(bundle.path / "student.safetensors")
             except PkdError as e:
                 raise Unavailable(f"the torch form of this bundle needs its base weights: {e}") from None
-            holder["m"] = FoldedStudent(student, ClassVectors.load(bundle.path), "logits", input_format_of(model))
+            holder["m"] = FoldedStudent(student, ClassVectors.load(bundle.path), "logits", model.input_format)
         return holder["m"]
 
-    spec = bundle.manifest.get("source", {}).get("student_spec", "?")
-    fixed = {model["precision"]: bundle.model_path}
-    return BenchModel("student", f"bundle {path.name}: {spec}, {model['precision']} model.onnx, "
-                      f"{model['num_classes']} classes", _arch(spec) if spec != "?" else "?",
-                      PreprocessSpec.from_dict(bundle.preprocess), int(model["num_classes"]), build,
-                      input_format=input_format_of(model), bundle=bundle.path, engines=bundle.engines,
+    spec = bundle.manifest.source.get("student_spec", "?")
+    fixed = {model.precision: bundle.model_path}
+    return BenchModel("student", f"bundle {path.name}: {spec}, {model.precision} model.onnx, "
+                      f"{model.num_classes} classes", _arch(spec) if spec != "?" else "?",
+                      PreprocessSpec.from_dict(bundle.preprocess), model.num_classes, build,
+                      input_format=model.input_format, bundle=bundle.path,
+                      engines=[e.to_dict() for e in bundle.engines],
                       fixed_onnx=fixed, gflops_per_image=onnx_gflops(bundle.model_path))
 
 

@@ -137,7 +137,7 @@ def bench(
     import time
 
     from promptkd_edge.bench.backends import parse_backends
-    from promptkd_edge.bench.harness import run_bench
+    from promptkd_edge.bench.harness import measure
     from promptkd_edge.bench.report import terminal_table, write_all
     from promptkd_edge.runtime.bundle import is_bundle
 
@@ -150,19 +150,19 @@ def bench(
     if compare_teacher or not is_bundle(Path(target).expanduser()):  # a bundle alone runs on the core install
         require("bench", "train")
     progress = make_progress(not as_json)
-    report = run_bench(cfg, progress)
+    report = measure(cfg, progress)
     progress.done()
     written = write_all(report, out or Path(f"bench-{Path(target).name}-{time.strftime('%Y%m%d-%H%M%S')}"))
     if as_json:
-        print_json(report)
+        print_json(report.to_dict())
         return
     for mode in ("compute", "end_to_end"):
-        if any(r["mode"] == mode for r in report["results"]):
+        if any(r.mode == mode for r in report.results):
             console().print(terminal_table(report, mode))
-    for c in report["comparisons"]:
+    for c in report.comparisons:
         console().print(f"student speed-up over the teacher, {c['backend']} batch {c['batch']} ({c['mode']}): "
                         f"[bold]{c['speedup']:.2f}x[/]")
-    for u in report["unavailable"]:
+    for u in report.unavailable:
         err().print(f"[yellow]not run[/] {u['model']} {u['backend']}: {shown(u['reason'])}", highlight=False)
     console().print(f"report: {', '.join(shown(p) for p in written.values())}")
     if "png" not in written:

@@ -23,6 +23,7 @@ from promptkd_edge.cli.common import (
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export.bundle import ExportOptions
 from promptkd_edge.export.tensorrt_build import TrtBuildOptions
+from promptkd_edge.formats.manifest import Manifest
 from promptkd_edge.utils.text import shown
 
 _E = defaults(ExportOptions)
@@ -150,13 +151,13 @@ def export(
         manifest, where = export_run(source, out, options, progress=progress), out
     progress.done()
     if as_json:
-        print_json(manifest)
+        print_json(manifest.to_dict())
         return
     console().print(_parity_table(manifest))
-    state = "[green]valid[/]" if manifest["valid"] else "[bold red]INVALID (kept with --force)[/]"
-    console().print(f"bundle {shown(where)}: {state}; model {shown(manifest['model']['file'])} "
-                    f"({manifest['model']['precision']}, head {manifest['model']['head']})"
-                    + "".join(f"; engine {shown(e['file'])}" for e in manifest["engines"]))
+    state = "[green]valid[/]" if manifest.valid else "[bold red]INVALID (kept with --force)[/]"
+    console().print(f"bundle {shown(where)}: {state}; model {shown(manifest.model.file)} "
+                    f"({manifest.model.precision}, head {manifest.model.head})"
+                    + "".join(f"; engine {shown(e.file)}" for e in manifest.engines))
 
 
 def _add_to_bundle(source: Path, options: ExportOptions, *, out: Path | None, triton: Path | None,
@@ -216,18 +217,18 @@ def _trt_options(profiles: list[str] | None, workspace_gib: float, opt_level: in
                            timing_cache=timing_cache)
 
 
-def _parity_table(manifest: dict):
+def _parity_table(manifest: Manifest):
     """The bundle's parity gates, one row per target and precision."""
     from rich.table import Table
 
     table = Table(title="parity gate (exported model vs PyTorch student)")
     for col in ("target", "precision", "images", "top-1 agreement", "max |d logit|", "min cosine", "result"):
         table.add_column(col, justify="left" if col in ("target", "precision", "result") else "right", overflow="fold")
-    for p in manifest["parity"]:
-        result = "[green]pass[/]" if p["passed"] else "[red]FAIL[/] " + "; ".join(p["failures"])
-        ties = f" ({p['near_tie_flips']} near-tie flips)" if p.get("near_tie_flips") else ""
-        table.add_row(shown(p["target"]), p["precision"], str(p["images"]), f"{100 * p['top1_agreement']:.2f} %{ties}",
-                      f"{p['max_abs_logit_diff']:.2e}", f"{p['min_cosine']:.6f}", result)
+    for p in manifest.parity:
+        result = "[green]pass[/]" if p.passed else "[red]FAIL[/] " + "; ".join(p.failures)
+        ties = f" ({p.extra['near_tie_flips']} near-tie flips)" if p.extra.get("near_tie_flips") else ""
+        table.add_row(shown(p.target), p.precision, str(p.images), f"{100 * p.top1_agreement:.2f} %{ties}",
+                      f"{p.max_abs_logit_diff:.2e}", f"{p.min_cosine:.6f}", result)
     return table
 
 

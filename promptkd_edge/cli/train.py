@@ -194,9 +194,9 @@ def eval_(
     """Top-1 accuracy of a run's student (and teacher) on a labeled ImageFolder, and their agreement."""
     require("eval", "train")
     from promptkd_edge.eval.accuracy import base_novel_note, evaluate_run
-    from promptkd_edge.train.distributed import resolve_device
+    from promptkd_edge.utils.devices import resolve_device
 
-    result = evaluate_run(run, data, with_teacher=teacher, device=str(resolve_device(device)),
+    result = evaluate_run(run, data, with_teacher=teacher, device=resolve_device(device),
                           batch_size=batch_size, workers=workers, allow_pickle=allow_pickle,
                           progress=make_progress(not as_json))
     if as_json:
@@ -342,7 +342,7 @@ def classes(
     require("classes", "train")
     from promptkd_edge.models.class_vectors import CLASSES_FILE, class_vectors_for_run
     from promptkd_edge.runtime.names import read_class_names
-    from promptkd_edge.train.distributed import resolve_device
+    from promptkd_edge.utils.devices import resolve_device
 
     class_names = read_class_names(names)
     if (out / CLASSES_FILE).exists():

@@ -28,11 +28,11 @@ class Runtime:
         return self.world_size > 1
 
 
-def resolve_device(name: str) -> torch.device:
-    """torch.device of `promptkd_edge.utils.devices.resolve_device` (where --device is checked for every command)."""
-    from promptkd_edge.utils.devices import resolve_device as resolve
+def torch_device(name: str) -> torch.device:
+    """The torch.device for `--device NAME`, resolved and checked by `promptkd_edge.utils.devices.resolve_device`."""
+    from promptkd_edge.utils.devices import resolve_device
 
-    return torch.device(resolve(name))
+    return torch.device(resolve_device(name))
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -56,7 +56,7 @@ def init_runtime(device_name: str = "auto") -> Runtime:
     """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU); else a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name)
+    device = torch_device(device_name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
     if device.type == "cuda":

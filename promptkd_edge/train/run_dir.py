@@ -26,11 +26,13 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
 
     def check_new(self, resumable: bool = True) -> None:
+        """Refuse a folder that holds anything: a new run starts in a new or empty folder."""
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             hint = f"pass --resume {self.path} to continue it, or choose" if resumable else "choose"
             raise PkdError(f"{self.path} already exists and is not empty; {hint} another --out")
 
     def check_existing(self) -> None:
+        """Refuse to resume a folder that holds no run."""
         if not self.config.is_file():
             raise PkdError(f"{self.path} is not a distillation run (no config.json)")
 
@@ -56,8 +58,15 @@ class MetricsLog:
     def close(self) -> None:
         self._file.close()
 
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl, or none when it is not there."""
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -73,13 +82,22 @@ def plot_loss(metrics_path: Path, out: Path, title: str = "pkd distill") -> None
     rows = [r for r in read_metrics(metrics_path) if "loss" in r]
     if not rows:
         return
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    try:  # pyplot keeps every open figure: close it even when drawing or saving fails
+        _draw(fig, ax, rows, title)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
+def _draw(fig: Any, ax: Any, rows: list[dict[str, Any]], title: str) -> None:
     steps = [r["step"] for r in rows]
     loss = [r["loss"] for r in rows]
-    smooth, ema, alpha = [], loss[0], min(1.0, 20 / max(len(loss), 1))
+    smooth, ema, alpha = [], loss[0], min(1.0, 20 / max(len(loss), 1))  # an EMA over about 1/20 of the run
     for v in loss:
         ema = (1 - alpha) * ema + alpha * v
         smooth.append(ema)
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     ax.plot(steps, loss, color="tab:blue", alpha=0.25, linewidth=0.8, label="loss")
     ax.plot(steps, smooth, color="tab:blue", linewidth=2, label="loss (smoothed)")
     ax.set_xlabel("step")
@@ -95,6 +113,3 @@ def plot_loss(metrics_path: Path, out: Path, title: str = "pkd distill") -> None
     ax.set_title(visible(title))  # a run named with control characters has no glyphs for them
     fig.legend(loc="upper right", bbox_to_anchor=(0.88, 0.88))
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)

@@ -1,4 +1,4 @@
-"""Learning rate: scaled with the global batch, a constant warm-up, then a cosine.
+"""The optimizer and its learning rate: scaled with the global batch, a constant warm-up, then a cosine.
 
 `epoch` (the default) is the official code's schedule (Dassl's ConstantWarmupScheduler around CosineAnnealingLR,
 stepped once per epoch): epochs 0..W-1 at the warm-up lr, then epoch e >= W at lr * 0.5 * (1 + cos(pi * (e - W) /
@@ -9,6 +9,7 @@ reaches 0 at the last step.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -81,3 +82,24 @@ def advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before",
                                 category=UserWarning)
         scheduler.step()
+
+
+
+@dataclass
+class Optimization:
+    """What steps the trained parameters: the optimizer, its lr schedule and the GradScaler (a no-op unless fp16)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    lr: float  # the base lr
+
+    def step(self, loss: torch.Tensor) -> float:
+        """Backward through `loss`, one optimizer step, then the schedule's; returns the lr the step used."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.optimizer.param_groups[0]["lr"]
+        advance(self.scheduler)
+        return lr

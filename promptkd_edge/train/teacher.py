@@ -9,11 +9,12 @@ prompt aggregation over epochs -> teacher.safetensors and class vectors for all 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,13 @@ from promptkd_edge.models.openclip import load_clip
 from promptkd_edge.models.teacher import TEACHER_FILE, Teacher, TeacherConfig, class_prompt, save_teacher
 from promptkd_edge.runtime.names import read_class_names
 from promptkd_edge.train.config import TeacherTuneConfig
-from promptkd_edge.train.distributed import autocast_dtype, resolve_device, resolve_precision
+from promptkd_edge.train.distributed import autocast_dtype, resolve_precision, torch_device
 from promptkd_edge.train.promptsrc import PromptAverage, consistency_losses, gpa_weights, text_target_templates
 from promptkd_edge.train.run_dir import MetricsLog, RunDir, plot_loss
-from promptkd_edge.train.schedule import advance, optimizer_and_schedule, scaled_lr
+from promptkd_edge.train.schedule import Optimization, optimizer_and_schedule, scaled_lr
+from promptkd_edge.train.step_log import StepLog
 from promptkd_edge.utils.files import sha256_file, write_json
-from promptkd_edge.utils.progress import NullProgress, Progress
+from promptkd_edge.utils.progress import NullProgress, Progress, Update
 
 
 @dataclass
@@ -112,7 +114,7 @@ def tune_teacher(cfg: TeacherTuneConfig, out: str | Path, *, progress: Progress 
     """Prompt-tune `cfg.teacher` on few-shot labeled images and write a teacher run directory `out`."""
     cfg = cfg.validate()
     progress = progress or NullProgress()
-    device = resolve_device(cfg.device)
+    device = torch_device(cfg.device)
     amp = autocast_dtype(resolve_precision(cfg.precision, device))
     with _new_run(out) as run:
         return _tune(cfg, run, device, amp, progress)
@@ -132,97 +134,134 @@ def _new_run(out: str | Path) -> Iterator[RunDir]:
         raise
 
 
+# Steps whose metrics are read off the device together (`pkd distill` has --log-every; stage I is short).
+LOG_EVERY = 10
+
+
+@dataclass
+class FewShotData:
+    """Seeded augmented views of the K shots per class; the label follows the image actually read."""
+
+    views: PairedViews
+    labels: torch.Tensor
+    batch_size: int
+    seed: int
+    workers: int
+    pin_memory: bool
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.labels) // self.batch_size)
+
+    def loader(self, epoch: int) -> DataLoader:
+        """The batches of `epoch`, in the seeded order of that epoch."""
+        sampler = EpochSampler(len(self.labels), seed=self.seed, epoch=epoch)
+        return DataLoader(self.views, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
+                          collate_fn=collate_skipping_bad, pin_memory=self.pin_memory,
+                          drop_last=len(self.labels) >= self.batch_size)
+
+
+@dataclass
+class TuneState:
+    """Where the loop is: steps done, the metrics not yet written and this epoch's accuracy counts."""
+
+    log: StepLog
+    bad: BadImages
+    started: float = field(default_factory=time.perf_counter)
+    step: int = 0
+    last_loss: float = float("nan")
+    correct: torch.Tensor | int = 0  # right answers this epoch, on the device until read with the losses
+    seen: int = 0
+
+    def accuracy(self) -> float:
+        return int(self.correct) / max(self.seen, 1)
+
+    def report(self, update: Update, position: int) -> None:
+        """Write the buffered steps' metrics (one device sync) and show the last loss and the accuracy."""
+        self.last_loss = self.log.flush(time.perf_counter() - self.started)["loss"]
+        update(position, loss=self.last_loss, acc=self.accuracy())
+
+
 def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.dtype | None,
           progress: Progress) -> TeacherResult:
+    """The recipe of the module docstring, step by step."""
     # 1. Classes (their order is the class id) and K shots of each training class.
-    labeled = LabeledImages.scan(cfg.data)
-    names = read_class_names(cfg.class_names) if cfg.class_names else labeled.classes
-    labeled = labeled.relabel(names)
-    train_ids = list(range(base_classes(len(names)) if cfg.classes == "base" else len(names)))
-    train_names = [names[i] for i in train_ids]
-    if cfg.classes == "base" and not cfg.class_names:
-        progress.note(base_novel_note(names))
-    samples = few_shot(labeled, train_ids, cfg.shots, cfg.seed)
+    names, train_names, samples = _classes_and_shots(cfg, progress)
     run.path.mkdir(parents=True, exist_ok=True)
 
     # 2. The frozen teacher with prompts in both towers; the same weights without prompts give the targets.
-    progress.note(f"loading teacher {cfg.teacher}")
-    torch.manual_seed(cfg.seed)
-    clip = load_clip(cfg.teacher, device=device, allow_pickle=cfg.allow_pickle)
-    config = TeacherConfig(spec=cfg.teacher, vision_tokens=cfg.vision_tokens, vision_depth=cfg.vision_depth,
-                           text_tokens=cfg.text_tokens, text_depth=cfg.text_depth, text_prefix=cfg.text_init,
-                           init_seed=cfg.seed,
-                           weights_sha256=sha256_file(clip.weights_file) if clip.weights_file else None)
-    teacher = Teacher(clip, config, source=str(run.path.resolve())).to(device)
+    teacher = _prompted_teacher(cfg, run, device, progress)
     zs_text = frozen_text_targets(teacher, train_names, text_target_templates(cfg.text_targets)) \
         if cfg.self_consistency else None
     checkpointing = 0 < cfg.text_chunk < len(train_names)
+    step_losses = functools.partial(teacher_losses, teacher, names=train_names, zs_text=zs_text,
+                                    text_chunk=cfg.text_chunk, checkpointing=checkpointing,
+                                    text_weight=cfg.text_loss_weight, image_weight=cfg.image_loss_weight)
 
     # 3. Data: seeded augmented views of the few-shot images; labels follow the image actually read.
-    paths = [p for p, _ in samples]
-    labels = torch.tensor([label for _, label in samples])
-    views = PairedViews(paths, {"image": clip.preprocess}, cfg.seed, (cfg.crop_scale_min, 1.0))
-    steps_per_epoch = max(1, len(paths) // cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
+    views = PairedViews([p for p, _ in samples], {"image": teacher.clip.preprocess}, cfg.seed,
+                        (cfg.crop_scale_min, 1.0))
+    data = FewShotData(views, torch.tensor([label for _, label in samples]), cfg.batch_size, cfg.seed, cfg.workers,
+                       device.type == "cuda")
 
     # 4. SGD over the prompts only, warm-up then cosine, and the Gaussian prompt average over epochs.
-    params = [teacher.vision.prompts, teacher.text.prompts]
-    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.optimizer, cfg.batch_size)
-    optimizer, scheduler = optimizer_and_schedule(
-        params, optimizer=cfg.optimizer, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        total_steps=total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch, warmup_lr=cfg.warmup_lr,
-        steps_per_epoch=steps_per_epoch, schedule=cfg.schedule)
+    optim = _optimization(cfg, teacher, data.steps_per_epoch, amp, device)
     average = PromptAverage(gpa_weights(cfg.epochs, cfg.gpa_mean, cfg.gpa_std)) if cfg.gpa else None
-    # fp16 gradients underflow without loss scaling (bf16 and fp32 need none)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     write_json(run.config, {"kind": "promptkd-edge/teacher-run", "config": cfg.to_dict(),
-                            "resolved": {"lr": lr, "classes": names, "train_classes": train_names,
-                                         "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                                         "text_checkpointing": checkpointing, "teacher": config.__dict__},
+                            "resolved": {"lr": optim.lr, "classes": names, "train_classes": train_names,
+                                         "steps_per_epoch": data.steps_per_epoch,
+                                         "total_steps": cfg.epochs * data.steps_per_epoch,
+                                         "text_checkpointing": checkpointing, "teacher": teacher.config.__dict__},
                             "versions": {"promptkd_edge": __version__, "torch": torch.__version__}})
 
     # 5. The loop.
-    metrics = MetricsLog(run.metrics)
-    bad = BadImages(len(paths), 0.5)
-    step, t0, loss_value, correct, seen = 0, time.perf_counter(), float("nan"), 0, 0
-    for epoch in range(cfg.epochs):
-        sampler = EpochSampler(len(paths), seed=cfg.seed, epoch=epoch)
-        loader = DataLoader(views, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            collate_fn=collate_skipping_bad, pin_memory=device.type == "cuda",
-                            drop_last=len(paths) >= cfg.batch_size)
-        teacher.train()
-        update = progress.task(f"teacher epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
-        correct = seen = 0
-        for i, batch in enumerate(loader):
-            bad.add(batch["bad"])
-            if not batch["size"]:
-                continue
-            x = batch["image"].to(device, non_blocking=True)
-            y = labels[batch["index"]].to(device)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                losses, logits = teacher_losses(teacher, x, y, train_names, zs_text, cfg.text_chunk, checkpointing,
-                                                cfg.text_loss_weight, cfg.image_loss_weight)
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            lr_now = optimizer.param_groups[0]["lr"]
-            scaler.step(optimizer)
-            scaler.update()
-            advance(scheduler)
-            step += 1
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            loss_value = loss.item()
-            metrics.write({"step": step, "epoch": epoch, "lr": lr_now, "loss": loss_value,
-                           **{k: v.item() for k, v in losses.items()}, "seconds": round(time.perf_counter() - t0, 3)})
-            update(i + 1, loss=loss_value, acc=correct / max(seen, 1))
-        if average is not None:
-            average.add(epoch, {"vision": teacher.vision.prompts, "text": teacher.text.prompts})
-        metrics.flush()
-        plot_loss(run.metrics, run.plot, title=f"pkd teacher: {run.path.name}")
-    metrics.close()
+    with MetricsLog(run.metrics) as metrics:
+        state = TuneState(StepLog(metrics), BadImages(len(samples), 0.5))
+        for epoch in range(cfg.epochs):
+            _train_one_epoch(cfg, epoch, teacher, step_losses, data, optim, state, progress, device, amp)
+            if average is not None:
+                average.add(epoch, {"vision": teacher.vision.prompts, "text": teacher.text.prompts})
+            metrics.flush()
+            plot_loss(run.metrics, run.plot, title=f"pkd teacher: {run.path.name}")
 
     # 6. Gaussian prompt aggregation, then the teacher file and class vectors for every class.
+    return _finish(run, teacher, average, names, train_names, cfg.shots, state, progress)
+
+
+def _train_one_epoch(cfg: TeacherTuneConfig, epoch: int, teacher: Teacher,
+                     step_losses: Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]], data: FewShotData,
+                     optim: Optimization, state: TuneState, progress: Progress, device: torch.device,
+                     amp: torch.dtype | None) -> None:
+    """One epoch over the few-shot views: CE (+ self-consistency) per batch, a step, metrics every LOG_EVERY."""
+    loader = data.loader(epoch)
+    teacher.train()
+    update = progress.task(f"teacher epoch {epoch + 1}/{cfg.epochs}", data.steps_per_epoch)
+    state.correct = state.seen = 0
+    position = 0
+    for i, batch in enumerate(loader):
+        state.bad.add(batch["bad"])
+        if not batch["size"]:
+            continue
+        x = batch["image"].to(device, non_blocking=True)
+        y = data.labels[batch["index"]].to(device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            losses, logits = step_losses(x, y)
+        loss = sum(losses.values())
+        lr = optim.step(loss)
+        state.step += 1
+        state.correct = state.correct + (logits.argmax(1) == y).sum()
+        state.seen += len(y)
+        state.log.add({"step": state.step, "epoch": epoch, "lr": lr}, {"loss": loss, **losses})
+        position = i + 1
+        if len(state.log) >= LOG_EVERY:
+            state.report(update, position)
+    if len(state.log):
+        state.report(update, position)
+
+
+def _finish(run: RunDir, teacher: Teacher, average: PromptAverage | None, names: list[str], train_names: list[str],
+            shots: int, state: TuneState, progress: Progress) -> TeacherResult:
+    """The aggregated prompts into teacher.safetensors, class vectors for all classes, summary.json."""
     if average is not None:
         with torch.no_grad():
             teacher.vision.prompts.copy_(average.value()["vision"])
@@ -230,13 +269,51 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
     save_teacher(teacher, run.path / TEACHER_FILE)
     teacher.eval()
     compute_class_vectors(teacher, names).save(run.path)
-    result = TeacherResult(run_dir=run.path, train_classes=len(train_names), all_classes=len(names), shots=cfg.shots,
-                           steps=step, seconds=time.perf_counter() - t0, final_loss=loss_value,
-                           train_top1=correct / max(seen, 1), bad_images=len(bad.found),
-                           bad_images_file=write_bad_images(run.path / "bad_images.txt", bad))
+    result = TeacherResult(run_dir=run.path, train_classes=len(train_names), all_classes=len(names), shots=shots,
+                           steps=state.step, seconds=time.perf_counter() - state.started, final_loss=state.last_loss,
+                           train_top1=state.accuracy(), bad_images=len(state.bad.found),
+                           bad_images_file=write_bad_images(run.path / "bad_images.txt", state.bad))
     write_json(run.summary, {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()})
     progress.done()
     return result
+
+
+def _classes_and_shots(cfg: TeacherTuneConfig, progress: Progress
+                       ) -> tuple[list[str], list[str], list[tuple[Path, int]]]:
+    """All class names (their order is the class id), the training classes' names and K shots of each."""
+    labeled = LabeledImages.scan(cfg.data)
+    names = read_class_names(cfg.class_names) if cfg.class_names else labeled.classes
+    labeled = labeled.relabel(names)
+    train_ids = list(range(base_classes(len(names)) if cfg.classes == "base" else len(names)))
+    if cfg.classes == "base" and not cfg.class_names:
+        progress.note(base_novel_note(names))
+    return names, [names[i] for i in train_ids], few_shot(labeled, train_ids, cfg.shots, cfg.seed)
+
+
+def _prompted_teacher(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, progress: Progress) -> Teacher:
+    """The frozen CLIP with fresh IVLP prompts in both towers."""
+    progress.note(f"loading teacher {cfg.teacher}")
+    torch.manual_seed(cfg.seed)
+    clip = load_clip(cfg.teacher, device=device, allow_pickle=cfg.allow_pickle)
+    config = TeacherConfig(spec=cfg.teacher, vision_tokens=cfg.vision_tokens, vision_depth=cfg.vision_depth,
+                           text_tokens=cfg.text_tokens, text_depth=cfg.text_depth, text_prefix=cfg.text_init,
+                           init_seed=cfg.seed,
+                           weights_sha256=sha256_file(clip.weights_file) if clip.weights_file else None)
+    return Teacher(clip, config, source=str(run.path.resolve())).to(device)
+
+
+def _optimization(cfg: TeacherTuneConfig, teacher: Teacher, steps_per_epoch: int, amp: torch.dtype | None,
+                  device: torch.device) -> Optimization:
+    """SGD (or AdamW) over the two prompt tensors, warm-up then cosine; loss scaling under fp16."""
+    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.optimizer, cfg.batch_size)
+    optimizer, scheduler = optimizer_and_schedule(
+        [teacher.vision.prompts, teacher.text.prompts], optimizer=cfg.optimizer, lr=lr, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=cfg.warmup_epochs * steps_per_epoch, warmup_lr=cfg.warmup_lr, steps_per_epoch=steps_per_epoch,
+        schedule=cfg.schedule)
+    # fp16 gradients underflow without loss scaling (bf16 and fp32 need none)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    return Optimization(optimizer, scheduler, scaler, lr)
 
 
 def import_official_teacher(checkpoint: str | Path, base: str, names: list[str], out: str | Path, *,
@@ -246,7 +323,7 @@ def import_official_teacher(checkpoint: str | Path, base: str, names: list[str],
     from promptkd_edge.models.official import convert_official
 
     with _new_run(out) as run:
-        dev = resolve_device(device)
+        dev = torch_device(device)
         clip = load_clip(base, device=dev, allow_pickle=allow_pickle)
         config, prompts = convert_official(checkpoint, base, clip.model, text_prefix=text_prefix,
                                            allow_pickle=allow_pickle)

@@ -31,6 +31,7 @@ CACHE_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
+    """Where caches go without --cache-dir: teacher-features/ in promptkd-edge's cache folder ($PKD_CACHE_DIR)."""
     return user_cache_dir() / "teacher-features"
 
 
@@ -48,6 +49,7 @@ def listing_digest(paths: list[Path]) -> str:
 
 def cache_key(*, listing: str, teacher: dict[str, Any], preprocess: Preprocess, views: int, seed: int,
               crop_scale: tuple[float, float]) -> str:
+    """The identity of a cache: everything that changes the features in it."""
     blob = json.dumps({"format": CACHE_FORMAT, "listing": listing, "teacher": teacher,
                        "preprocess": preprocess.to_dict(), "views": views, "seed": seed,
                        "crop_scale": list(crop_scale)}, sort_keys=True)
@@ -71,6 +73,7 @@ class TeacherFeatureCache:
 
 
 def open_cache(folder: Path) -> TeacherFeatureCache | None:
+    """The published cache in `folder` (memory-mapped), or None when there is none."""
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         return None
@@ -101,8 +104,37 @@ def build_or_open(rt: Runtime, *, paths: list[Path], key: str, cache_dir: Path, 
         np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16, shape=(n, views, dim)).flush()
     tmp = Path(broadcast_object(rt, str(tmp)))
     barrier(rt)
-    features = np.load(tmp / "features.npy", mmap_mode="r+")
+    try:  # a failed build (unreadable images, an interrupt) leaves no half-written folder behind
+        bad = _compute_features(rt, tmp / "features.npy", paths, views=views, preprocess=preprocess, seed=seed,
+                                crop_scale=crop_scale, encode=encode, batch_size=batch_size, workers=workers,
+                                max_bad_fraction=max_bad_fraction, autocast=autocast, on_progress=on_progress)
+        bad_paths = set().union(*gather_objects(rt, bad.paths))
+        barrier(rt)
+        if rt.is_main:
+            index_of = {str(p): i for i, p in enumerate(paths)}
+            write_json(tmp / "meta.json", {
+                "format": CACHE_FORMAT, "key": key, "images": n, "views": views, "dim": dim,
+                "bad_indices": sorted(index_of[p] for p in bad_paths),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            if not folder.exists():  # else another run published the same key meanwhile: keep theirs
+                os.replace(tmp, folder)
+    finally:
+        if rt.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+    barrier(rt)
+    cache = open_cache(folder)
+    if cache is None:
+        raise PkdError(f"teacher-feature cache {folder} was not written (is {cache_dir} shared by all ranks?)")
+    return cache, True
 
+
+def _compute_features(rt: Runtime, file: Path, paths: list[Path], *, views: int, preprocess: Preprocess, seed: int,
+                      crop_scale: tuple[float, float], encode: Callable[[], Callable[[torch.Tensor], torch.Tensor]],
+                      batch_size: int, workers: int, max_bad_fraction: float, autocast: torch.dtype | None,
+                      on_progress: Callable[[int, int], None] | None) -> BadImages:
+    """Encode this rank's share of the (image, view) jobs into the memory-mapped `file`; its unreadable images."""
+    n = len(paths)
+    features = np.load(file, mmap_mode="r+")
     jobs = [(i, k) for i in range(n) for k in range(views)][rt.rank::rt.world_size]
     dataset = PairedViews(paths, {"teacher": preprocess}, seed, crop_scale, fallback=False)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=jobs, num_workers=workers,
@@ -110,30 +142,18 @@ def build_or_open(rt: Runtime, *, paths: list[Path], key: str, cache_dir: Path, 
     encoder = encode()
     bad = BadImages(n, max_bad_fraction)
     done = 0
-    for batch in loader:
-        bad.add(batch["bad"])
-        if batch["size"]:
-            with torch.autocast(rt.device.type, dtype=autocast, enabled=autocast is not None):
-                feats = encoder(batch["teacher"].to(rt.device, non_blocking=True))
-            features[batch["index"].numpy(), batch["view"].numpy()] = feats.float().cpu().numpy().astype(np.float16)
-        done += batch["size"] + len(batch["bad"])
-        if on_progress:
-            on_progress(done, len(jobs))
-    features.flush()
-    del features
-    bad_paths = set().union(*gather_objects(rt, bad.paths))
-    barrier(rt)
-    if rt.is_main:
-        index_of = {str(p): i for i, p in enumerate(paths)}
-        write_json(tmp / "meta.json", {
-            "format": CACHE_FORMAT, "key": key, "images": n, "views": views, "dim": dim,
-            "bad_indices": sorted(index_of[p] for p in bad_paths), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        if folder.exists():  # another run published the same key meanwhile: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    barrier(rt)
-    cache = open_cache(folder)
-    if cache is None:
-        raise PkdError(f"teacher-feature cache {folder} was not written (is {cache_dir} shared by all ranks?)")
-    return cache, True
+    try:
+        for batch in loader:
+            bad.add(batch["bad"])
+            if batch["size"]:
+                with torch.autocast(rt.device.type, dtype=autocast, enabled=autocast is not None):
+                    feats = encoder(batch["teacher"].to(rt.device, non_blocking=True))
+                rows = feats.float().cpu().numpy().astype(np.float16)
+                features[batch["index"].numpy(), batch["view"].numpy()] = rows
+            done += batch["size"] + len(batch["bad"])
+            if on_progress:
+                on_progress(done, len(jobs))
+        features.flush()
+    finally:
+        del features  # unmap the file
+    return bad
