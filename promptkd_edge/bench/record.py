@@ -7,12 +7,12 @@ this version does not know are kept. Targets, models, settings and the other lis
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.record import JsonRecord
 
 SCHEMA = "promptkd-edge/bench"
 SCHEMA_VERSION = 1
@@ -131,21 +131,8 @@ def validate_report(report: Any) -> None:
 # ---------------------------------------------------------------------------------------------------- records
 
 
-def _split(data: Mapping[str, Any], cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the values of cls's fields, the other keys) of a JSON object."""
-    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-    return {k: v for k, v in data.items() if k in names}, {k: v for k, v in data.items() if k not in names}
-
-
-def _as_dict(record: Any, omit_if_none: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A record's JSON object: its fields in order (those in `omit_if_none` left out when None), then `extra`."""
-    out = {f.name: getattr(record, f.name) for f in dataclasses.fields(record) if f.name != "extra"
-           and not (f.name in omit_if_none and getattr(record, f.name) is None)}
-    return {**out, **record.extra}
-
-
 @dataclass
-class ResultRow:
+class ResultRow(JsonRecord):
     """One timed (model, backend, batch, mode): latencies in ms, throughput, memory, power."""
 
     model: str
@@ -169,17 +156,11 @@ class ResultRow:
     gpu_process_mib: float | None = None  # NVML: this process's GPU memory (any library's); absent when unknown
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ResultRow:
-        known, extra = _split(data, cls)
-        return cls(**known, extra=extra)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _as_dict(self, omit_if_none=("gpu_process_mib",))
+    OMIT_IF_NONE = ("gpu_process_mib",)
 
 
 @dataclass
-class Environment:
+class Environment(JsonRecord):
     """Where the benchmark ran (bench/environment.py describes it); `gpu` and `jetson` are JSON objects or None."""
 
     cpu: str | None = None
@@ -193,17 +174,11 @@ class Environment:
     platform: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Environment:
-        known, extra = _split(data, cls)
-        return cls(**known, extra=extra)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _as_dict(self, omit_if_none=("cpu_flags",))
+    OMIT_IF_NONE = ("cpu_flags",)
 
 
 @dataclass
-class BenchReport:
+class BenchReport(JsonRecord):
     """A whole `pkd bench` report. `limits`, `backends` (what really ran, per row label) and `text_encoder` are
     optional: None leaves them out of the JSON."""
 
@@ -223,19 +198,21 @@ class BenchReport:
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
+    OMIT_IF_NONE = ("limits", "backends", "text_encoder")
+
     @classmethod
-    def from_dict(cls, data: Any) -> BenchReport:
+    def from_dict(cls, data: Any, what: str = "bench report") -> BenchReport:
         """The record of a report's JSON form; a one-line PkdError (validate_report) when it is not one."""
         validate_report(data)
-        known, extra = _split(data, cls)
-        known["environment"] = Environment.from_dict(known["environment"])
-        known["results"] = [ResultRow.from_dict(r) for r in known["results"]]
-        return cls(**known, extra=extra)
+        report = super().from_dict(data, what)
+        report.environment = Environment.from_dict(data["environment"], "bench report environment")
+        report.results = [ResultRow.from_dict(r, "bench report result") for r in data["results"]]
+        return report
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, keys in the order `pkd bench` has always written them."""
         head = {"schema": self.schema, "schema_version": self.schema_version}
-        body = _as_dict(self, omit_if_none=("limits", "backends", "text_encoder"))
+        body = super().to_dict()
         body.pop("schema")
         body.pop("schema_version")
         body["environment"] = self.environment.to_dict()

@@ -128,6 +128,7 @@ def export(
 ) -> None:
     """Fold the student (prompts, projector, class vectors) into one ONNX graph, gate it, ship it as a bundle."""
     from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.export.extend import extend_bundle
     from promptkd_edge.runtime.bundle import is_bundle, open_bundle
 
     if uint8_input and pixel_input:
@@ -138,8 +139,8 @@ def export(
                             trt=trt).validate()
     progress = make_progress(not as_json)
     if is_bundle(source):
-        _add_to_bundle(source, options, out=out, triton=triton, triton_backend=triton_backend, deepstream=deepstream,
-                       deepstream_mode=deepstream_mode, threshold=threshold, max_batch=max_batch, progress=progress)
+        extend_bundle(source, options, out=out, triton=triton, triton_backend=triton_backend, deepstream=deepstream,
+                      deepstream_mode=deepstream_mode, threshold=threshold, max_batch=max_batch, progress=progress)
         manifest, where = open_bundle(source).manifest, source
     else:
         if triton is not None or deepstream is not None:
@@ -158,48 +159,6 @@ def export(
     console().print(f"bundle {shown(where)}: {state}; model {shown(manifest.model.file)} "
                     f"({manifest.model.precision}, head {manifest.model.head})"
                     + "".join(f"; engine {shown(e.file)}" for e in manifest.engines))
-
-
-def _add_to_bundle(source: Path, options: ExportOptions, *, out: Path | None, triton: Path | None,
-                   triton_backend: str, deepstream: Path | None, deepstream_mode: str, threshold: float,
-                   max_batch: int | None, progress) -> None:
-    """`pkd export BUNDLE`: add a TensorRT plan, the bf16 gate, a Triton entry and/or a DeepStream config."""
-    from promptkd_edge.export.bundle import add_engine
-
-    trt = options.trt is not None
-    if options.text_encoder:
-        raise PkdError("--text-encoder is exported from the run: pkd export RUN --out NEW --head both "
-                       "--text-encoder")
-    if trt:
-        import importlib.util
-
-        if importlib.util.find_spec("onnx") is None:
-            raise PkdError("`pkd export BUNDLE --trt` reads the bundle's graph with onnx: pip install "
-                           "'promptkd-edge[trt]' (on JetPack: 'promptkd-edge[jetson]')")
-    add_bf16 = options.precision == "bf16" and not trt
-    if not trt and not add_bf16 and triton is None and deepstream is None:
-        raise PkdError(f"{source} is a bundle; export a run to make a new one, or pass --trt to add a "
-                       "TensorRT plan to it, --precision bf16 to gate bf16 on this CPU, or --triton REPO, or "
-                       "--deepstream DIR")
-    if out is not None:
-        raise PkdError("--out is for new bundles; with a bundle as SOURCE the plan is added to it")
-    if trt:
-        add_engine(source, options, progress=progress)
-    if add_bf16:
-        from promptkd_edge.export.cpu_gate import add_bf16_gate
-
-        add_bf16_gate(source, data=options.data, parity_images=options.parity_images, force=options.force,
-                      progress=progress)
-    if triton is not None:
-        from promptkd_edge.export.triton import write_repository
-
-        folder = write_repository(source, triton, backend=triton_backend, max_batch=max_batch)
-        progress.note(f"Triton model repository entry: {folder}")
-    if deepstream is not None:
-        from promptkd_edge.export.deepstream import write_config
-
-        config = write_config(source, deepstream, max_batch=max_batch, mode=deepstream_mode, threshold=threshold)
-        progress.note(f"DeepStream nvinfer config: {config} (config-file-path of gst-nvinfer)")
 
 
 def _trt_options(profiles: list[str] | None, workspace_gib: float, opt_level: int,

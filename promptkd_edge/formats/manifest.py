@@ -2,50 +2,24 @@
 
 `Manifest.from_dict` / `to_dict` are the boundary: export/ builds the records and writes them, runtime/ reads them,
 and code in between uses attributes, not string keys. A key that a record does not name (a figure of a parity
-entry, a field written by a newer promptkd-edge) is kept in the record's `extra` and written back unchanged.
-Torch-free and numpy-free.
+entry, a field written by a newer promptkd-edge) is kept in the record's `extra` and written back unchanged
+(formats/record.py). Torch-free and numpy-free.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.formats.preprocess import input_format_of
+from promptkd_edge.formats.record import JsonRecord
 
 BUNDLE_FORMAT = "promptkd-edge/bundle"
 MANIFEST_FILE = "manifest.json"
 
-R = TypeVar("R", bound="Record")
-
-
-class Record:
-    """A JSON object as a dataclass: named keys become fields, the others stay in `extra`, in both directions."""
-
-    extra: dict[str, Any]
-
-    @classmethod
-    def from_dict(cls: type[R], d: dict[str, Any], what: str = "") -> R:
-        if not isinstance(d, dict):
-            raise PkdError(f"manifest {what or cls.__name__} must be a JSON object, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}  # type: ignore[arg-type]
-        missing = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-                   if f.name in names and f.name not in d
-                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        if missing:
-            raise PkdError(f"manifest {what or cls.__name__} lacks {', '.join(repr(m) for m in missing)}")
-        return cls(**{k: v for k, v in d.items() if k in names},  # type: ignore[call-arg]
-                   extra={k: v for k, v in d.items() if k not in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}  # type: ignore[arg-type]
-        return {**out, **self.extra}
-
-
 @dataclass
-class TensorInfo(Record):
+class TensorInfo(JsonRecord):
     """One graph input or output: name, shape (ints and symbolic names), dtype, layout (inputs)."""
 
     name: str
@@ -59,7 +33,7 @@ class TensorInfo(Record):
 
 
 @dataclass
-class ModelEntry(Record):
+class ModelEntry(JsonRecord):
     """`model`: the ONNX graph every backend runs (or builds plans from)."""
 
     file: str
@@ -77,12 +51,14 @@ class ModelEntry(Record):
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], what: str = "model") -> ModelEntry:
+    def from_dict(cls, d: dict[str, Any], what: str = "manifest model") -> ModelEntry:
+        if not isinstance(d, dict):
+            raise PkdError("the bundle manifest has no model entry")
         d = {**d, "input_format": input_format_of(d)}  # bundles written before input_format have uint8_input
         d.pop("uint8_input", None)
         entry = super().from_dict(d, what)
-        entry.inputs = [TensorInfo.from_dict(t, "model input") for t in entry.inputs]  # type: ignore[arg-type]
-        entry.outputs = [TensorInfo.from_dict(t, "model output") for t in entry.outputs]  # type: ignore[arg-type]
+        entry.inputs = [TensorInfo.from_dict(t, "manifest model input") for t in entry.inputs]  # type: ignore[arg-type]
+        entry.outputs = [TensorInfo.from_dict(t, "manifest model output") for t in entry.outputs]  # type: ignore[arg-type]
         return entry
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,7 +74,7 @@ class ModelEntry(Record):
 
 
 @dataclass
-class ParityEntry(Record):
+class ParityEntry(JsonRecord):
     """One parity gate (export/parity.py): what ran (`target`, `precision`; a runtime variant or a plan), the
     figures the thresholds apply to, the verdict. Further figures (near-tie flips, mean |delta|, ...) are in
     `extra`; the text encoder's gates have `max_abs_diff` and `names` there instead of images and logits."""
@@ -118,17 +94,16 @@ class ParityEntry(Record):
     reference: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    OMIT_IF_NONE = ("images", "top1_agreement", "max_abs_logit_diff", "min_cosine", "required", "runtime", "engine",
+                    "reference")
+
     @property
     def is_required(self) -> bool:
         return self.required is not False
 
-    def to_dict(self) -> dict[str, Any]:  # optional keys only where set, as the writers always did
-        optional = {f.name for f in dataclasses.fields(self) if f.default is None}
-        return {k: v for k, v in super().to_dict().items() if v is not None or k not in optional}
-
 
 @dataclass
-class EngineEntry(Record):
+class EngineEntry(JsonRecord):
     """One TensorRT plan: the GPU and TensorRT it was built for and how (export/tensorrt_build.py writes it)."""
 
     file: str
@@ -143,7 +118,7 @@ class EngineEntry(Record):
 
 
 @dataclass
-class TextEncoderEntry(Record):
+class TextEncoderEntry(JsonRecord):
     """`text_encoder`: the teacher's text tower and CLIP's tokenizer, for class names given on the device."""
 
     files: dict[str, str]
@@ -154,9 +129,10 @@ class TextEncoderEntry(Record):
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], what: str = "text_encoder") -> TextEncoderEntry:
+    def from_dict(cls, d: dict[str, Any], what: str = "manifest text_encoder") -> TextEncoderEntry:
         entry = super().from_dict(d, what)
-        entry.parity = [ParityEntry.from_dict(p, "text_encoder parity entry") for p in entry.parity]  # type: ignore[arg-type]
+        entry.parity = [ParityEntry.from_dict(p, "manifest text_encoder parity entry")  # type: ignore[arg-type]
+                        for p in entry.parity]
         return entry
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,7 +144,7 @@ class TextEncoderEntry(Record):
 
 
 @dataclass
-class Manifest(Record):
+class Manifest(JsonRecord):
     """manifest.json: what the bundle is, where it came from, and every parity gate it passed or failed."""
 
     model: ModelEntry
@@ -188,12 +164,10 @@ class Manifest(Record):
     def from_dict(cls, d: dict[str, Any], what: str = "manifest") -> Manifest:
         if not isinstance(d, dict) or d.get("format") != BUNDLE_FORMAT:
             raise PkdError("not a promptkd-edge bundle manifest")
-        if not isinstance(d.get("model"), dict):
-            raise PkdError("the bundle manifest has no model entry")
         m = super().from_dict(d, what)
         m.model = ModelEntry.from_dict(d["model"])
-        m.parity = [ParityEntry.from_dict(p, "parity entry") for p in d.get("parity") or []]
-        m.engines = [EngineEntry.from_dict(e, "engine entry") for e in d.get("engines") or []]
+        m.parity = [ParityEntry.from_dict(p, "manifest parity entry") for p in d.get("parity") or []]
+        m.engines = [EngineEntry.from_dict(e, "manifest engine entry") for e in d.get("engines") or []]
         m.text_encoder = TextEncoderEntry.from_dict(d["text_encoder"]) if d.get("text_encoder") else None
         return m
 

@@ -1,0 +1,50 @@
+"""`pkd export BUNDLE`: what is added to a bundle that exists, on the machine that will run it."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from promptkd_edge.errors import PkdError
+from promptkd_edge.export.bundle import ExportOptions, add_engine
+from promptkd_edge.utils.progress import NullProgress, Progress
+
+
+def extend_bundle(source: Path, options: ExportOptions, *, out: Path | None = None, triton: Path | None = None,
+                  triton_backend: str = "onnxruntime", deepstream: Path | None = None,
+                  deepstream_mode: str = "primary", threshold: float = 0.0, max_batch: int | None = None,
+                  progress: Progress | None = None) -> None:
+    """`pkd export BUNDLE`: add a TensorRT plan (options.trt), the bf16 gate (options.precision "bf16"), a Triton
+    model repository entry and/or a DeepStream config to the bundle `source`."""
+    progress = progress or NullProgress()
+    trt = options.trt is not None
+    if options.text_encoder:
+        raise PkdError("--text-encoder is exported from the run: pkd export RUN --out NEW --head both "
+                       "--text-encoder")
+    if trt and importlib.util.find_spec("onnx") is None:
+        raise PkdError("`pkd export BUNDLE --trt` reads the bundle's graph with onnx: pip install "
+                       "'promptkd-edge[trt]' (on JetPack: 'promptkd-edge[jetson]')")
+    add_bf16 = options.precision == "bf16" and not trt
+    if not trt and not add_bf16 and triton is None and deepstream is None:
+        raise PkdError(f"{source} is a bundle; export a run to make a new one, or pass --trt to add a "
+                       "TensorRT plan to it, --precision bf16 to gate bf16 on this CPU, or --triton REPO, or "
+                       "--deepstream DIR")
+    if out is not None:
+        raise PkdError("--out is for new bundles; with a bundle as SOURCE the plan is added to it")
+    if trt:
+        add_engine(source, options, progress=progress)
+    if add_bf16:
+        from promptkd_edge.export.cpu_gate import add_bf16_gate
+
+        add_bf16_gate(source, data=options.data, parity_images=options.parity_images, force=options.force,
+                      progress=progress)
+    if triton is not None:
+        from promptkd_edge.export.triton import write_repository
+
+        folder = write_repository(source, triton, backend=triton_backend, max_batch=max_batch)
+        progress.note(f"Triton model repository entry: {folder}")
+    if deepstream is not None:
+        from promptkd_edge.export.deepstream import write_config
+
+        config = write_config(source, deepstream, max_batch=max_batch, mode=deepstream_mode, threshold=threshold)
+        progress.note(f"DeepStream nvinfer config: {config} (config-file-path of gst-nvinfer)")
