@@ -194,8 +194,9 @@ def test_dependencies_by_role():
     assert {_name(r) for r in project["dependencies"]} == CORE
     extras = {k: {_name(r) for r in v} for k, v in project["optional-dependencies"].items()}
     assert {"torch", "torchvision", "open_clip_torch", "matplotlib"} <= extras["train"]
-    assert {"onnx", "onnxscript"} <= extras["export"] and extras["gpu"] == {"onnxruntime-gpu"}
-    assert {"cuda-python", "onnx"} <= extras["jetson"] and "tensorrt-cu12" in extras["trt"]
+    assert {"onnx", "onnxscript"} <= extras["export"] and extras["gpu"] == {"onnxruntime-gpu", "nvidia-ml-py"}
+    assert {"cuda-python", "onnx"} <= extras["jetson"] and {"tensorrt-cu12", "nvidia-ml-py"} <= extras["trt"]
+    assert "nvidia-ml-py" not in extras["jetson"]  # Jetson has no NVML: tegrastats measures power there
     assert project["license"] == "Apache-2.0" and project["dynamic"] == ["version"]
     assert (REPO / "LICENSE").read_text().lstrip().startswith("Apache License")
     constraints = [line for line in (REPO / "constraints.txt").read_text().splitlines()

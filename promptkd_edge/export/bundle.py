@@ -275,12 +275,14 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     model_inputs = prepare(images.parity, spec, input_format=fmt) if fmt != "normalized" else float_inputs
     backend = OnnxRuntimeBackend(fp32_path, providers="cpu", precision=onnx_precision,
                                  extra_outputs=_embeddings_inside(fp32_path, options.head))
-    candidate = gate.with_logits(_run_backend(backend, model_inputs, options.batch_size, progress,
-                                              f"parity: ONNX Runtime {onnx_precision}"),
-                                 vectors.vectors.numpy(), vectors.logit_scale)
+    try:
+        got = _run_backend(backend, model_inputs, options.batch_size, progress,
+                           f"parity: ONNX Runtime {onnx_precision}")
+    finally:
+        backend.close()
+    candidate = gate.with_logits(got, vectors.vectors.numpy(), vectors.logit_scale)
     figures = gate.compare(reference, candidate, onnx_precision, "onnxruntime-cpu", images.source)
     figures["calibration_overlap"] = images.overlap
-    backend.close()
 
     vectors.save(tmp)
     write_json(tmp / "preprocess.json", spec.to_dict())
@@ -385,9 +387,11 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     master = bundle_dir / "model.onnx"
     if reference is None:
         cpu = OnnxRuntimeBackend(master, providers="cpu", extra_outputs=_embeddings_inside(master, model.head))
-        reference = _run_backend(cpu, prepare(images.parity, spec, input_format=fmt), options.batch_size, progress,
-                                 "parity: ONNX Runtime fp32 (reference)")
-        cpu.close()
+        try:
+            reference = _run_backend(cpu, prepare(images.parity, spec, input_format=fmt), options.batch_size,
+                                     progress, "parity: ONNX Runtime fp32 (reference)")
+        finally:
+            cpu.close()
         target_ref = "onnxruntime-cpu fp32"
     else:
         target_ref = "pytorch"
