@@ -18,18 +18,18 @@ from promptkd_edge.formats.record import JsonRecord
 BUNDLE_FORMAT = "promptkd-edge/bundle"
 MANIFEST_FILE = "manifest.json"
 
+
 @dataclass
 class TensorInfo(JsonRecord):
-    """One graph input or output: name, shape (ints and symbolic names), dtype, layout (inputs)."""
+    """One graph input or output: name, shape (ints and symbolic names), dtype, and for the input its layout."""
 
     name: str
     shape: list[Any]
     dtype: str
+    layout: str | None = None  # "NCHW" or "NHWC"
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def layout(self) -> str | None:
-        return self.extra.get("layout")
+    OMIT_IF_NONE = ("layout",)
 
 
 @dataclass
