@@ -207,6 +207,7 @@ class PowerSampler:
         if self._source is None:
             self._stack.close()
             return self
+        self.readings = self._source.readings  # live while the block runs (sampled sources append to it)
         try:
             self._source.start()
         except OSError as e:
