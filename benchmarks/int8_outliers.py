@@ -24,12 +24,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import RESULTS, write_report  # noqa: E402
-from export_cpu import SIZES  # noqa: E402
+from export_cpu import SIZES, make_run  # noqa: E402
 
 from promptkd_edge.export.bundle import ExportOptions, export_run  # noqa: E402
-from promptkd_edge.models.class_vectors import ClassVectors  # noqa: E402
 from promptkd_edge.models.openclip import ModelSpec, load_clip, register_tiny_configs  # noqa: E402
-from promptkd_edge.models.student import StudentConfig, build_student, save_student  # noqa: E402
 from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 
 CHANNELS = (7, 300, 555)
@@ -52,14 +50,7 @@ def planted_run(root: Path, arch: str, teacher_dim: int, depth: int, factor: flo
     root.mkdir(parents=True, exist_ok=True)
     weights = root / "base.safetensors"
     save_file({k: v.contiguous() for k, v in clip.model.state_dict().items()}, str(weights))
-    spec = f"{arch}:{weights}"
-    config = StudentConfig(spec=spec, teacher_dim=teacher_dim, prompt_tokens=4, prompt_depth=depth, init_seed=0)
-    torch.manual_seed(0)
-    student = build_student(load_clip(ModelSpec.parse(spec)), config).eval()
-    save_student(student, root / "student.safetensors")
-    ClassVectors([f"class{i}" for i in range(100)],
-                 torch.nn.functional.normalize(torch.randn(100, teacher_dim), dim=-1), "ViT-L-14",
-                 "a photo of a {}.", 100.0).save(root)
+    make_run(root, f"{arch}:{weights}", teacher_dim, depth)
 
 
 def speed(path: Path, size: tuple[int, int], threads: int | None) -> dict[str, float]:

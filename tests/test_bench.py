@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from conftest import STUDENT, TEACHER, pkd
 
@@ -13,7 +12,7 @@ from promptkd_edge.bench.flops import torch_gflops
 from promptkd_edge.bench.harness import BenchConfig, comparisons, limits, run_bench
 from promptkd_edge.bench.record import ResultRow
 from promptkd_edge.bench.report import validate_report
-from promptkd_edge.bench.timing import Timing, percentile, time_calls
+from promptkd_edge.bench.timing import Timing, time_calls
 from promptkd_edge.errors import PkdError
 
 CPU_BACKENDS = "torch-eager-fp32,onnxruntime-cpu-fp32,onnxruntime-cpu-int8,torch-eager-bf16,onnxruntime-cuda-fp32," \
@@ -21,18 +20,13 @@ CPU_BACKENDS = "torch-eager-fp32,onnxruntime-cpu-fp32,onnxruntime-cpu-int8,torch
 
 
 def test_percentiles_on_known_samples():
-    samples = [float(v) for v in range(1, 101)]  # 1..100
-    assert percentile(samples, 50) == pytest.approx(50.5)
-    assert percentile(samples, 90) == pytest.approx(90.1)
-    assert percentile(samples, 99) == pytest.approx(99.01)
-    assert percentile([3.0, 1.0, 2.0], 0) == 1.0 and percentile([3.0, 1.0, 2.0], 100) == 3.0
-    rng = np.random.default_rng(0).exponential(5.0, 37).tolist()
-    for q in (10, 50, 90, 99):
-        assert percentile(rng, q) == pytest.approx(float(np.percentile(rng, q)))
+    t = Timing(batch=1, samples_ms=[float(v) for v in range(100, 0, -1)])  # 1..100, in any order
+    assert t.p50 == pytest.approx(50.5) and t.p90 == pytest.approx(90.1) and t.p99 == pytest.approx(99.01)
+    assert t.to_dict()["min_ms"] == 1.0 and t.mean == pytest.approx(50.5)
     t = Timing(batch=8, samples_ms=[10.0, 20.0, 30.0, 40.0])
     assert t.p50 == 25.0 and t.images_per_s == pytest.approx(8 * 1000 / 25.0)
     with pytest.raises(ValueError):
-        percentile([], 50)
+        Timing(batch=1, samples_ms=[])
 
 
 def test_time_calls_warms_up_and_times_with_the_clock_it_is_given():

@@ -132,7 +132,8 @@ def time_text_encoder(bundle: str, names: int, threads: int | None, device: str)
     from promptkd_edge.runtime.text import TextEncoder
 
     b = open_bundle(bundle, allow_invalid=True)
-    if b.manifest.text_encoder is None:
+    entry = b.manifest.text_encoder
+    if entry is None:
         raise PkdError(f"{bundle} has no text encoder (pkd export RUN --head both --text-encoder)")
     listing = [f"object {i} of kind {i % 97}" for i in range(names)]
     on_gpu = device.startswith("cuda")
@@ -151,7 +152,6 @@ def time_text_encoder(bundle: str, names: int, threads: int | None, device: str)
             encoder.close()
         rows.append({"backend": encoder.description, "names": names, "seconds": round(seconds, 4),
                      "names_per_s": round(names / seconds, 1)})
-    entry = b.manifest.text_encoder
     size = sum((b.path / f).stat().st_size for f in entry.files.values())
     return {"parameters": entry.extra.get("parameters"), "files_mb": round(size / 2**20, 1), "rows": rows}
 

@@ -27,7 +27,7 @@ from promptkd_edge.train import teacher_cache
 from promptkd_edge.train.config import DistillConfig
 from promptkd_edge.train.distributed import Runtime, barrier
 from promptkd_edge.train.run_dir import RunDir
-from promptkd_edge.train.schedule import Optimization, optimizer_and_schedule, scaled_lr
+from promptkd_edge.train.schedule import Optimization
 from promptkd_edge.utils.files import read_json, sha256_file, write_json
 from promptkd_edge.utils.progress import Progress
 from promptkd_edge.utils.versions import distribution_version
@@ -136,15 +136,14 @@ class TrainData:
     cfg: DistillConfig
     rt: Runtime
     preprocess: dict[str, Preprocess]  # "student" and, unless the teacher's features are cached, "teacher"
-    shards: bool
     size: int  # images per epoch, all processes
     steps_per_epoch: int
-    views: PairedViews | None = field(default=None, repr=False)  # of a folder or file list (None: shards)
+    views: PairedViews | None = field(default=None, repr=False)  # of a folder or file list; None: WebDataset shards
 
     def batches(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
         """The batches of `epoch` after the first `skip` (a mid-epoch checkpoint had used them)."""
         batches = iter(self._loader(epoch, skip))
-        if self.shards:  # a stream cannot seek: re-read the batches a mid-epoch checkpoint had already used
+        if self.views is None:  # shards, a stream: re-read the batches a mid-epoch checkpoint had used
             for _ in range(skip):
                 next(batches, None)
         return batches
@@ -171,21 +170,15 @@ def setup_data(cfg: DistillConfig, rt: Runtime, inputs: Inputs, preprocess: dict
         raise PkdError(f"{size} images make no full batch of {cfg.batch_size} per process; "
                        "lower --batch-size or add images")
     views = None if inputs.shards else PairedViews(inputs.paths, preprocess, cfg.seed, (cfg.crop_scale_min, 1.0))
-    return TrainData(cfg, rt, preprocess, inputs.shards, size, steps_per_epoch, views)
+    return TrainData(cfg, rt, preprocess, size, steps_per_epoch, views)
 
 
 def setup_optimization(cfg: DistillConfig, rt: Runtime, student: Student, steps_per_epoch: int,
                        precision: str) -> Optimization:
     """SGD (or AdamW) over the trainable parameters, warm-up then cosine, lr scaled with the global batch."""
-    global_batch = cfg.batch_size * rt.world_size
-    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.optimizer, global_batch)
-    optimizer, scheduler = optimizer_and_schedule(
-        student.trainable_parameters(), optimizer=cfg.optimizer, lr=lr, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, total_steps=cfg.epochs * steps_per_epoch,
-        warmup_steps=cfg.warmup_epochs * steps_per_epoch, warmup_lr=cfg.warmup_lr, steps_per_epoch=steps_per_epoch,
-        schedule=cfg.schedule)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    return Optimization(optimizer, scheduler, scaler, lr)
+    return Optimization.create(student.trainable_parameters(), cfg, steps_per_epoch=steps_per_epoch,
+                               global_batch=cfg.batch_size * rt.world_size,
+                               scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"))
 
 
 def check_resumable(cfg: DistillConfig, run: RunDir) -> None:

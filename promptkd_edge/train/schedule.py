@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from promptkd_edge.train.config import DistillConfig, TeacherTuneConfig
 
 REFERENCE_BATCH = 8
 BASE_LR = {"sgd": 0.005, "adamw": 2.5e-4}
@@ -84,7 +88,6 @@ def advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
         scheduler.step()
 
 
-
 @dataclass
 class Optimization:
     """What steps the trained parameters: the optimizer, its lr schedule and the GradScaler (a no-op unless fp16)."""
@@ -93,6 +96,19 @@ class Optimization:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     lr: float  # the base lr
+
+    @classmethod
+    def create(cls, params: list[torch.nn.Parameter], cfg: DistillConfig | TeacherTuneConfig, *,
+               steps_per_epoch: int, global_batch: int,
+               scaler: torch.amp.GradScaler) -> Optimization:
+        """The optimizer and warm-up + cosine schedule a training config (DistillConfig, TeacherTuneConfig) asks
+        for over `params`; its lr, else the optimizer's default scaled with the global batch."""
+        lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.optimizer, global_batch)
+        optimizer, scheduler = optimizer_and_schedule(
+            params, optimizer=cfg.optimizer, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            total_steps=cfg.epochs * steps_per_epoch, warmup_steps=cfg.warmup_epochs * steps_per_epoch,
+            warmup_lr=cfg.warmup_lr, steps_per_epoch=steps_per_epoch, schedule=cfg.schedule)
+        return cls(optimizer, scheduler, scaler, lr)
 
     def step(self, loss: torch.Tensor) -> float:
         """Backward through `loss`, one optimizer step, then the schedule's; returns the lr the step used."""

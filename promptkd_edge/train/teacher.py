@@ -36,7 +36,7 @@ from promptkd_edge.train.config import TeacherTuneConfig
 from promptkd_edge.train.distributed import autocast_dtype, resolve_precision, torch_device
 from promptkd_edge.train.promptsrc import PromptAverage, consistency_losses, gpa_weights, text_target_templates
 from promptkd_edge.train.run_dir import MetricsLog, RunDir, plot_loss
-from promptkd_edge.train.schedule import Optimization, optimizer_and_schedule, scaled_lr
+from promptkd_edge.train.schedule import Optimization
 from promptkd_edge.train.step_log import StepLog
 from promptkd_edge.utils.files import sha256_file, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress, Update
@@ -305,15 +305,10 @@ def _prompted_teacher(cfg: TeacherTuneConfig, run: RunDir, device: torch.device,
 def _optimization(cfg: TeacherTuneConfig, teacher: Teacher, steps_per_epoch: int, amp: torch.dtype | None,
                   device: torch.device) -> Optimization:
     """SGD (or AdamW) over the two prompt tensors, warm-up then cosine; loss scaling under fp16."""
-    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.optimizer, cfg.batch_size)
-    optimizer, scheduler = optimizer_and_schedule(
-        [teacher.vision.prompts, teacher.text.prompts], optimizer=cfg.optimizer, lr=lr, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, total_steps=cfg.epochs * steps_per_epoch,
-        warmup_steps=cfg.warmup_epochs * steps_per_epoch, warmup_lr=cfg.warmup_lr, steps_per_epoch=steps_per_epoch,
-        schedule=cfg.schedule)
     # fp16 gradients underflow without loss scaling (bf16 and fp32 need none)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    return Optimization(optimizer, scheduler, scaler, lr)
+    return Optimization.create([teacher.vision.prompts, teacher.text.prompts], cfg, steps_per_epoch=steps_per_epoch,
+                               global_batch=cfg.batch_size,
+                               scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16))
 
 
 def import_official_teacher(checkpoint: str | Path, base: str, names: list[str], out: str | Path, *,
