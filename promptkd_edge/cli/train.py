@@ -57,7 +57,13 @@ def distill(
                                       rich_help_panel=DATA)] = _D.data,
     out: Annotated[Path | None, typer.Option("--out", help="New run directory.", rich_help_panel=DATA)] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory from its last "
-                                                "checkpoint (same config).", rich_help_panel=DATA)] = None,
+                                                "checkpoint (same config; --workers, --device, --compile, "
+                                                "--log-every, --cache-dir, --max-bad-fraction may change).",
+                                                rich_help_panel=DATA)] = None,
+    from_checkpoint: Annotated[str | None, typer.Option(
+        "--from-checkpoint", help="With --resume: continue from this checkpoint (a folder name under "
+        "RUN/checkpoints, e.g. step-00000400) instead of the latest, e.g. when the latest is damaged.",
+        rich_help_panel=DATA)] = None,
     teacher: Annotated[str, typer.Option(help="Teacher: ARCH, ARCH:TAG or ARCH:/path/to/weights.",
                                          rich_help_panel=MODELS)] = _D.teacher,
     classes: Annotated[str | None, typer.Option(help="Class names: a text file (one per line) or an ImageFolder "
@@ -133,7 +139,8 @@ def distill(
 
     cfg, run_dir = _distill_config(ctx, out, resume)
     progress = make_progress(not as_json or sys.stderr.isatty())
-    result = run_distill(cfg, run_dir, resume=resume is not None, progress=progress)
+    result = run_distill(cfg, run_dir, resume=resume is not None, from_checkpoint=from_checkpoint,
+                         progress=progress)
     if not is_main_rank():
         return
     if as_json:
@@ -241,7 +248,10 @@ def teacher(
                                       "from.")] = _T.data,
     class_names: Annotated[str | None, typer.Option(help="Class names file fixing the class order (class ids); "
                                                     "default: the sorted sub-folders of --data.")] = _T.class_names,
-    shots: Annotated[int, typer.Option(help="Labeled images per class.")] = _T.shots,
+    shots: Annotated[int, typer.Option(help="Labeled images per class (an unreadable one is replaced by another "
+                                       "image of its class).")] = _T.shots,
+    max_bad_fraction: Annotated[float, typer.Option(help="Abort when more than this fraction of the images read "
+                                                    "for the shots is unreadable.")] = _T.max_bad_fraction,
     classes: Annotated[str, typer.Option(help="base: tune on the first ceil(N/2) classes (base-to-novel); "
                                          "all.")] = _T.classes,
     vision_tokens: Annotated[int, typer.Option(help="Visual prompt tokens per layer.",
@@ -315,6 +325,12 @@ def teacher(
     if summary.get("bad_images"):
         err().print(f"{summary['bad_images']} unreadable images skipped (listed in "
                     f"{shown(Path(summary['run_dir']) / summary['bad_images_file'])})")
+    if summary.get("short_classes"):
+        short = summary["short_classes"]
+        err().print(f"shots per class: {summary['shots_min']} to {summary['shots_max']} of the {summary['shots']} "
+                    f"asked; {len(short)} classes have fewer readable images: "
+                    + ", ".join(f"{shown(n)} {k}" for n, k in list(short.items())[:5])
+                    + (", ..." if len(short) > 5 else ""))
 
 
 # ---------------------------------------------------------------------------------------------------- classes

@@ -68,12 +68,25 @@ class LabeledViews(Dataset):
         return {"index": i, "label": label, "views": [t(img) for t in self.transforms], "bad": []}
 
 
+BAD_IMAGES_ADVICE = "fix or remove them, or raise --max-bad-fraction"
+
+
+class TooManyBadImages(PkdError):
+    """More images are unreadable than the limit allows. `finding` is the message without its advice, for a
+    caller that knows better what can be done (a resumed run cannot drop images); `bad` holds them all."""
+
+    def __init__(self, finding: str, advice: str, bad: BadImages):
+        super().__init__(f"{finding}; {advice}")
+        self.finding, self.bad = finding, bad
+
+
 class BadImages:
     """The unreadable images (path -> reason); past `max_fraction` of the data set it aborts with the first
-    offenders. `write` lists them all (path TAB reason), for the run directory's bad_images.txt."""
+    offenders (TooManyBadImages, its message ending in `advice`). `write` lists them all (path TAB reason), for the
+    run directory's bad_images.txt."""
 
-    def __init__(self, total: int, max_fraction: float, known: list | None = None):
-        self.total, self.max_fraction = total, max_fraction
+    def __init__(self, total: int, max_fraction: float, known: list | None = None, advice: str = BAD_IMAGES_ADVICE):
+        self.total, self.max_fraction, self.advice = total, max_fraction, advice
         self.found: dict[str, str] = {}
         self.add(list(known or ()), check=False)
 
@@ -89,19 +102,32 @@ class BadImages:
         for item in items:
             path, why = (item, "unreadable") if isinstance(item, str) else (str(item[0]), str(item[1]))
             self.found.setdefault(path, why)
-        if check and len(self.found) > self.max_fraction * self.total:
+        if check:
+            self.check()
+
+    def drop_readable(self) -> list[str]:
+        """Forget the images that read fine now (fixed since they were found); their paths."""
+        fixed = [p for p in sorted(self.found) if read_rgb(p)[0] is not None]
+        for p in fixed:
+            del self.found[p]
+        return fixed
+
+    def check(self) -> None:
+        """Raise TooManyBadImages when more than `max_fraction` of `total` are unreadable."""
+        if len(self.found) > self.max_fraction * self.total:
             examples = ", ".join(sorted(self.found)[:3])
-            raise PkdError(f"{len(self.found)} of {self.total} images are unreadable (more than "
-                           f"{self.max_fraction:.1%}; e.g. {examples}); fix or remove them, or raise "
-                           "--max-bad-fraction")
+            raise TooManyBadImages(f"{len(self.found)} of {self.total} images are unreadable (more than "
+                                   f"{self.max_fraction:.1%}; e.g. {examples})", self.advice, self)
 
 
 def write_bad_images(path: Path, bad: BadImages) -> str | None:
     """Write `bad` as `path<TAB>reason` lines into `path` (a run's bad_images.txt; a tab, newline or carriage
-    return inside a name is written as \\t, \\n, \\r); the file's name, or None (and no file) if there are none."""
+    return inside a name is written as \\t, \\n, \\r); the file's name, or None (and no file: one from an earlier
+    session of a resumed run is removed) if there are none."""
     from promptkd_edge.utils.files import write_text
 
     if not bad.found:
+        path.unlink(missing_ok=True)
         return None
 
     def field(text: str) -> str:  # one line per image, whatever the name holds

@@ -9,8 +9,13 @@ from typing import Any
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.templates import DEFAULT_TEMPLATE
 
-# What may change when a run is resumed: nothing that changes the numbers.
-RESUMABLE_CHANGES = frozenset({"workers", "log_every", "cache_dir", "compile", "device", "random_init"})
+# What may change when a run is resumed: nothing that changes the numbers. max_bad_fraction only decides whether
+# a run stops (an unreadable image is replaced by the same readable neighbour whatever the limit), so a run that
+# stopped at the limit can be resumed past it.
+RESUMABLE_CHANGES = frozenset({"workers", "log_every", "cache_dir", "compile", "device", "random_init",
+                               "max_bad_fraction"})
+MAX_BAD_FRACTION = 0.01  # the default limit of unreadable images, both stages'
+BAD_FRACTION_CHECK = "--max-bad-fraction must be in [0, 1)"
 
 
 def _warmup_check(warmup_epochs: int, epochs: int) -> tuple[bool, str]:
@@ -65,7 +70,7 @@ class DistillConfig:
     batch_size: int = 8  # per process
     workers: int = 4
     crop_scale_min: float = 0.08
-    max_bad_fraction: float = 0.01
+    max_bad_fraction: float = MAX_BAD_FRACTION
     shard_epoch_size: int = 0  # images per epoch for WebDataset shards (their count is unknown up front)
     # loss
     temperature: float = 1.0
@@ -111,7 +116,7 @@ class DistillConfig:
             (self.batch_size >= 2, "--batch-size must be >= 2 (the projector has BatchNorm)"),
             (self.workers >= 0, "--workers must be >= 0"),
             (0 < self.crop_scale_min <= 1, "--crop-scale-min must be in (0, 1]"),
-            (0 <= self.max_bad_fraction < 1, "--max-bad-fraction must be in [0, 1)"),
+            (0 <= self.max_bad_fraction < 1, BAD_FRACTION_CHECK),
             (self.temperature > 0, "--temperature must be > 0"),
             (self.kd_norm in KD_NORMS, f"--kd-norm must be one of {', '.join(KD_NORMS)}"),
             (self.kd_weight > 0, "--kd-weight must be > 0"),
@@ -174,6 +179,7 @@ class TeacherTuneConfig:
     data: str = ""  # labeled ImageFolder
     class_names: str | None = None  # a names file fixing the class order (default: sorted sub-folders)
     shots: int = 16
+    max_bad_fraction: float = MAX_BAD_FRACTION  # of the images read for the shots
     classes: str = "base"  # train on the base half (first ceil(N/2) classes) or on all
     vision_tokens: int = 4
     vision_depth: int = 9
@@ -213,6 +219,7 @@ class TeacherTuneConfig:
         checks = [
             (bool(self.data), "no training data: pass --data LABELED_IMAGEFOLDER"),
             (self.shots >= 1, "--shots must be >= 1"),
+            (0 <= self.max_bad_fraction < 1, BAD_FRACTION_CHECK),
             (self.classes in ("base", "all"), "--classes must be base or all"),
             (self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),

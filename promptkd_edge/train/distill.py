@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -19,11 +20,11 @@ from typing import Any
 
 import torch
 
-from promptkd_edge.data.datasets import BadImages, write_bad_images
+from promptkd_edge.data.datasets import BadImages, TooManyBadImages, write_bad_images
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.class_vectors import ClassVectors
 from promptkd_edge.models.student import Student, save_student
-from promptkd_edge.train.checkpoint import TrainingState, load_latest, save_checkpoint
+from promptkd_edge.train.checkpoint import TrainingState, has_checkpoint, load_latest, save_checkpoint
 from promptkd_edge.train.config import DistillConfig
 from promptkd_edge.train.distill_setup import (
     LazyTeacher,
@@ -121,25 +122,59 @@ class Models:
     amp: torch.dtype | None  # the autocast dtype; None in fp32
 
 
-def distill(cfg: DistillConfig, out: str | Path, *, resume: bool = False, progress: Progress | None = None,
+def distill(cfg: DistillConfig, out: str | Path, *, resume: bool = False, from_checkpoint: str | None = None,
+            progress: Progress | None = None,
             on_checkpoint: Callable[[TrainingState], None] | None = None) -> DistillResult:
-    """Run (or, with `resume`, continue) a distillation into the run directory `out`."""
+    """Run (or, with `resume`, continue) a distillation into the run directory `out`; `from_checkpoint` names the
+    checkpoint to continue from when not the latest (one before a damaged latest)."""
     cfg = cfg.validate().with_absolute_paths()
+    if from_checkpoint and not resume:
+        raise PkdError("--from-checkpoint continues an existing run: pass it with --resume RUN")
     rt = init_runtime(cfg.device)
     run = RunDir(out)
-    fresh = not resume and not run.path.exists()
+    existed = run.path.is_dir()
+    fresh = not resume and (not run.path.exists() or (existed and not any(run.path.iterdir())))
     try:
-        return _distill(cfg, run, resume, rt, progress or NullProgress(), on_checkpoint)
-    except PkdError:
+        return _distill(cfg, run, resume, from_checkpoint, rt, progress or NullProgress(), on_checkpoint)
+    except PkdError as e:
+        if isinstance(e, TooManyBadImages) and has_checkpoint(run.checkpoints):
+            raise PkdError(_bad_images_advice(run, rt, e)) from None
         if fresh and rt.is_main and not run.checkpoints.exists():  # failed before training: leave nothing behind
-            shutil.rmtree(run.path, ignore_errors=True)
+            _remove_new_run(run, existed)
         raise
     finally:
         shutdown(rt)
 
 
-def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progress: Progress,
-             on_checkpoint: Callable[[TrainingState], None] | None) -> DistillResult:
+def _remove_new_run(run: RunDir, existed: bool) -> None:
+    """Remove what a new run wrote: the folder, or its contents when the folder was there (empty) before."""
+    if not existed:
+        shutil.rmtree(run.path, ignore_errors=True)
+        return
+    for child in run.path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _bad_images_advice(run: RunDir, rt: Runtime, e: TooManyBadImages) -> str:
+    """The abort of a run that has a checkpoint, with what a resume accepts: the same image list (views are a
+    function of the seed and the image's index), fixed images, a higher --max-bad-fraction. Lists the unreadable
+    images found so far in RUN/bad_images.txt."""
+    listed = run.path / "bad_images.txt"
+    if rt.is_main:
+        write_bad_images(listed, e.bad)
+    found = len(e.bad.found) / max(e.bad.total, 1)
+    limit = next((f for f in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 0.9) if f > found), 0.99)
+    command = f"pkd distill --resume {shlex.quote(str(run.path))}"
+    return (f"{e.finding}; all found so far are listed in {listed}. Fix them (same paths) and run `{command}`, "
+            f"or resume past them with a higher limit: `{command} --max-bad-fraction {limit}`; removing them "
+            "changes the image list, which only a new run (--out) accepts")
+
+
+def _distill(cfg: DistillConfig, run: RunDir, resume: bool, from_checkpoint: str | None, rt: Runtime,
+             progress: Progress, on_checkpoint: Callable[[TrainingState], None] | None) -> DistillResult:
     """The recipe of the module docstring, step by step."""
     precision = resolve_precision(cfg.precision, rt.device)
     amp = autocast_dtype(precision)
@@ -172,13 +207,17 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime, progres
         write_config(run, cfg, _resolved(cfg, rt, precision, data, optim, student, class_vectors), resume)
 
     # 5. Resume: every tensor of the training state, then the same data order from the same step.
-    checkpoint = _resume(cfg, run, rt, student, optim, progress) if resume else None
+    checkpoint = _resume(cfg, run, rt, student, optim, progress, from_checkpoint) if resume else None
     models = _models(cfg, rt, student, class_vectors, teacher, cache, amp)
 
     # 6. The loop: an epoch, then a checkpoint.
     resume_step = (checkpoint.step if checkpoint else 0) if resume else None  # metrics past it are dropped
     with (MetricsLog(run.metrics, resume_step) if rt.is_main else contextlib.nullcontext()) as metrics:
         state = TrainState.begin(checkpoint, BadImages(data.size, cfg.max_bad_fraction), StepLog(metrics))
+        fixed = state.bad.drop_readable()
+        if fixed:
+            progress.note(f"{len(fixed)} images unreadable before this resume read fine now and are used from here "
+                          f"on (e.g. {fixed[0]})")
         save = functools.partial(_save, cfg, run, rt, student, optim, metrics, on_checkpoint)
         while state.epoch < cfg.epochs:
             train_one_epoch(cfg, models, optim, data, state, progress, save)
@@ -273,6 +312,9 @@ def _open_run_dir(cfg: DistillConfig, run: RunDir, resume: bool, rt: Runtime) ->
     """A new run needs an empty folder; a resumed one, a run with the same config."""
     if resume:
         run.check_existing()
+        if not has_checkpoint(run.checkpoints):
+            raise PkdError(f"{run.path} has no checkpoint to resume from (it was stopped before its first "
+                           "checkpoint); start it again with --out: another folder, or this one after deleting it")
         check_resumable(cfg, run)
     elif rt.is_main:
         run.check_new()
@@ -292,12 +334,15 @@ def _resolved(cfg: DistillConfig, rt: Runtime, precision: str, data: TrainData, 
 
 
 def _resume(cfg: DistillConfig, run: RunDir, rt: Runtime, student: Student, optim: Optimization,
-            progress: Progress) -> TrainingState | None:
-    """Load the latest checkpoint's tensors into the student, optimizer, schedule and scaler; None when the run
-    has none yet."""
-    checkpoint = load_latest(run.checkpoints)
-    if checkpoint is None:
-        return None
+            progress: Progress, name: str | None) -> TrainingState:
+    """Load the latest checkpoint's (or checkpoint `name`'s) tensors, checked against their sha256, into the
+    student, optimizer, schedule and scaler."""
+    checkpoint = load_latest(run.checkpoints, name)
+    if checkpoint is None:  # _open_run_dir refused a run without one
+        raise PkdError(f"{run.path} has no checkpoint to resume from")
+    if not checkpoint.verified:
+        progress.note(f"checkpoint {checkpoint.name} has no checksums (written by an earlier promptkd-edge): "
+                      "resuming from it unverified")
     student.load_trained_state({k: v.to(rt.device) for k, v in checkpoint.student.items()}, "checkpoint")
     optim.optimizer.load_state_dict(checkpoint.optimizer)
     optim.scheduler.load_state_dict(checkpoint.scheduler)
@@ -306,7 +351,8 @@ def _resume(cfg: DistillConfig, run: RunDir, rt: Runtime, student: Student, opti
     if checkpoint.epoch >= cfg.epochs:
         progress.note(f"{run.path} has already finished its {cfg.epochs} epochs")
     else:
-        progress.note(f"resuming {run.path} at epoch {checkpoint.epoch + 1}, step {checkpoint.step}")
+        progress.note(f"resuming {run.path} at epoch {checkpoint.epoch + 1}, step {checkpoint.step} "
+                      f"({checkpoint.name})")
     return checkpoint
 
 

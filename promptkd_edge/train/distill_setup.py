@@ -196,8 +196,10 @@ def write_config(run: RunDir, cfg: DistillConfig, resolved: dict[str, Any], resu
         previous = read_json(run.config, "run config").get("resolved", {})
         for key in ("global_batch", "images", "steps_per_epoch"):
             if key in previous and previous[key] != resolved[key]:
-                raise PkdError(f"cannot resume {run.path}: {key} was {previous[key]}, now {resolved[key]} "
-                               "(same data and number of processes needed)")
+                hint = ("images were added or removed since the run started: put the image list back as it was, "
+                        "or start a new run with --out") if key == "images" else \
+                    "a resumed run needs the same data and number of processes"
+                raise PkdError(f"cannot resume {run.path}: {key} was {previous[key]}, now {resolved[key]}; {hint}")
     write_json(run.config, {
         "kind": "promptkd-edge/distill-run", "config": cfg.to_dict(), "resolved": resolved,
         "versions": {"promptkd_edge": __version__, "torch": torch.__version__, "python": platform.python_version(),

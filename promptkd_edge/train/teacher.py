@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from promptkd_edge import __version__
 from promptkd_edge.data.datasets import BadImages, PairedViews, collate_skipping_bad, write_bad_images
+from promptkd_edge.data.decode import read_rgb
 from promptkd_edge.data.listing import LabeledImages
 from promptkd_edge.data.sampling import EpochSampler
 from promptkd_edge.errors import PkdError
@@ -47,13 +48,16 @@ class TeacherResult:
     run_dir: Path
     train_classes: int
     all_classes: int
-    shots: int
+    shots: int  # asked per class (--shots)
     steps: int
     seconds: float
     final_loss: float
     train_top1: float  # on the few-shot images, last epoch, with the augmentation
     bad_images: int = 0
     bad_images_file: str | None = None  # bad_images.txt in the run directory: path TAB reason per line
+    shots_min: int = 0  # readable shots the classes trained on: fewest and most
+    shots_max: int = 0
+    short_classes: dict[str, int] = field(default_factory=dict)  # classes with fewer readable images than --shots
 
 
 def base_classes(n: int) -> int:
@@ -61,21 +65,55 @@ def base_classes(n: int) -> int:
     return math.ceil(n / 2)
 
 
-def few_shot(labeled: LabeledImages, classes: list[int], shots: int, seed: int) -> list[tuple[Path, int]]:
-    """`shots` images of each class in `classes` (seeded), relabelled 0..len(classes)-1."""
+@dataclass
+class Shots:
+    """The few-shot images, relabelled 0..len(classes)-1, and the unreadable images met while drawing them."""
+
+    samples: list[tuple[Path, int]]
+    per_class: list[int]  # readable shots of each training class, in label order
+    bad: BadImages  # over the images read for the draw
+
+
+def few_shot(labeled: LabeledImages, classes: list[int], shots: int, seed: int, max_bad_fraction: float) -> Shots:
+    """`shots` readable images of each class in `classes` (seeded), relabelled 0..len(classes)-1.
+
+    An unreadable image is never trained on: it is replaced by another image of the same class (drawn with a
+    per-class seed, so the other classes' draws stay the same), and a class with fewer readable images keeps what
+    it has. Past `max_bad_fraction` of the images read, the draw stops (TooManyBadImages)."""
     by_class: dict[int, list[Path]] = {c: [] for c in classes}
     for path, label in labeled.samples:
         if label in by_class:
             by_class[label].append(path)
     rng = np.random.default_rng(seed)
-    chosen = []
+    chosen: list[tuple[Path, int]] = []
+    per_class: list[int] = []
+    bad: list[tuple[str, str]] = []
+    read = 0
     for new_label, c in enumerate(classes):
         paths = by_class[c]
         if len(paths) < shots:
             raise PkdError(f"class '{labeled.classes[c]}' has {len(paths)} images in {labeled.root}, fewer than "
                            f"--shots {shots}")
-        chosen += [(paths[i], new_label) for i in sorted(rng.choice(len(paths), shots, replace=False))]
-    return chosen
+        first = sorted(rng.choice(len(paths), shots, replace=False).tolist())
+        spare = np.random.default_rng([seed, c]).permutation(sorted(set(range(len(paths))) - set(first))).tolist()
+        picked: list[int] = []
+        for i in first + spare:
+            if len(picked) == shots:
+                break
+            read += 1
+            why = read_rgb(paths[i])[1]
+            if why is None:
+                picked.append(i)
+            else:
+                bad.append((str(paths[i]), why))
+        if not picked:
+            raise PkdError(f"class '{labeled.classes[c]}' has no readable image in {labeled.root} (e.g. "
+                           f"{bad[-1][0]}: {bad[-1][1]}); fix its images")
+        chosen += [(paths[i], new_label) for i in sorted(picked)]
+        per_class.append(len(picked))
+    found = BadImages(read, max_bad_fraction, known=bad)
+    found.check()
+    return Shots(chosen, per_class, found)
 
 
 @torch.no_grad()
@@ -140,7 +178,8 @@ LOG_EVERY = 10
 
 @dataclass
 class FewShotData:
-    """Seeded augmented views of the K shots per class; the label follows the image actually read."""
+    """Seeded augmented views of the K shots per class; an image unreadable since the draw is skipped (never
+    replaced by another class's image)."""
 
     views: PairedViews
     labels: torch.Tensor
@@ -186,7 +225,8 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
           progress: Progress) -> TeacherResult:
     """The recipe of the module docstring, step by step."""
     # 1. Classes (their order is the class id) and K shots of each training class.
-    names, train_names, samples = _classes_and_shots(cfg, progress)
+    names, train_names, shots = _classes_and_shots(cfg, progress)
+    samples = shots.samples
     run.path.mkdir(parents=True, exist_ok=True)
 
     # 2. The frozen teacher with prompts in both towers; the same weights without prompts give the targets.
@@ -198,9 +238,9 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
                                     text_chunk=cfg.text_chunk, checkpointing=checkpointing,
                                     text_weight=cfg.text_loss_weight, image_weight=cfg.image_loss_weight)
 
-    # 3. Data: seeded augmented views of the few-shot images; labels follow the image actually read.
+    # 3. Data: seeded augmented views of the few-shot images (an image unreadable since the draw is skipped).
     views = PairedViews([p for p, _ in samples], {"image": teacher.clip.preprocess}, cfg.seed,
-                        (cfg.crop_scale_min, 1.0))
+                        (cfg.crop_scale_min, 1.0), fallback=False)
     data = FewShotData(views, torch.tensor([label for _, label in samples]), cfg.batch_size, cfg.seed, cfg.workers,
                        device.type == "cuda")
 
@@ -209,6 +249,7 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
     average = PromptAverage(gpa_weights(cfg.epochs, cfg.gpa_mean, cfg.gpa_std)) if cfg.gpa else None
     write_json(run.config, {"kind": "promptkd-edge/teacher-run", "config": cfg.to_dict(),
                             "resolved": {"lr": optim.lr, "classes": names, "train_classes": train_names,
+                                         "shots_per_class": shots.per_class,
                                          "steps_per_epoch": data.steps_per_epoch,
                                          "total_steps": cfg.epochs * data.steps_per_epoch,
                                          "text_checkpointing": checkpointing, "teacher": teacher.config.__dict__},
@@ -216,7 +257,7 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
 
     # 5. The loop.
     with MetricsLog(run.metrics) as metrics:
-        state = TuneState(StepLog(metrics), BadImages(len(samples), 0.5))
+        state = TuneState(StepLog(metrics), shots.bad)
         for epoch in range(cfg.epochs):
             _train_one_epoch(cfg, epoch, teacher, step_losses, data, optim, state, progress, device, amp)
             if average is not None:
@@ -225,7 +266,7 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
             plot_loss(run.metrics, run.plot, title=f"pkd teacher: {run.path.name}")
 
     # 6. Gaussian prompt aggregation, then the teacher file and class vectors for every class.
-    return _finish(run, teacher, average, names, train_names, cfg.shots, state, progress)
+    return _finish(run, teacher, average, names, train_names, cfg.shots, shots.per_class, state, progress)
 
 
 def _train_one_epoch(cfg: TeacherTuneConfig, epoch: int, teacher: Teacher,
@@ -260,7 +301,7 @@ def _train_one_epoch(cfg: TeacherTuneConfig, epoch: int, teacher: Teacher,
 
 
 def _finish(run: RunDir, teacher: Teacher, average: PromptAverage | None, names: list[str], train_names: list[str],
-            shots: int, state: TuneState, progress: Progress) -> TeacherResult:
+            shots: int, per_class: list[int], state: TuneState, progress: Progress) -> TeacherResult:
     """The aggregated prompts into teacher.safetensors, class vectors for all classes, summary.json."""
     if average is not None:
         with torch.no_grad():
@@ -272,22 +313,32 @@ def _finish(run: RunDir, teacher: Teacher, average: PromptAverage | None, names:
     result = TeacherResult(run_dir=run.path, train_classes=len(train_names), all_classes=len(names), shots=shots,
                            steps=state.step, seconds=time.perf_counter() - state.started, final_loss=state.last_loss,
                            train_top1=state.accuracy(), bad_images=len(state.bad.found),
-                           bad_images_file=write_bad_images(run.path / "bad_images.txt", state.bad))
+                           bad_images_file=write_bad_images(run.path / "bad_images.txt", state.bad),
+                           shots_min=min(per_class), shots_max=max(per_class),
+                           short_classes={n: k for n, k in zip(train_names, per_class, strict=True) if k < shots})
     write_json(run.summary, {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()})
     progress.done()
     return result
 
 
-def _classes_and_shots(cfg: TeacherTuneConfig, progress: Progress
-                       ) -> tuple[list[str], list[str], list[tuple[Path, int]]]:
-    """All class names (their order is the class id), the training classes' names and K shots of each."""
+def _classes_and_shots(cfg: TeacherTuneConfig, progress: Progress) -> tuple[list[str], list[str], Shots]:
+    """All class names (their order is the class id), the training classes' names and K readable shots of each
+    (fewer where a class has fewer readable images; they are named)."""
     labeled = LabeledImages.scan(cfg.data)
     names = read_class_names(cfg.class_names) if cfg.class_names else labeled.classes
     labeled = labeled.relabel(names)
     train_ids = list(range(base_classes(len(names)) if cfg.classes == "base" else len(names)))
     if cfg.classes == "base" and not cfg.class_names:
         progress.note(base_novel_note(names))
-    return names, [names[i] for i in train_ids], few_shot(labeled, train_ids, cfg.shots, cfg.seed)
+    train_names = [names[i] for i in train_ids]
+    shots = few_shot(labeled, train_ids, cfg.shots, cfg.seed, cfg.max_bad_fraction)
+    if shots.bad.found:
+        progress.note(f"{len(shots.bad.found)} unreadable images not used as shots (e.g. {min(shots.bad.found)})")
+    short = [(n, k) for n, k in zip(train_names, shots.per_class, strict=True) if k < cfg.shots]
+    if short:
+        progress.note(f"{len(short)} classes have fewer than {cfg.shots} readable images and train on fewer shots: "
+                      + ", ".join(f"'{n}' {k}" for n, k in short[:5]) + (", ..." if len(short) > 5 else ""))
+    return names, train_names, shots
 
 
 def _prompted_teacher(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, progress: Progress) -> Teacher:
