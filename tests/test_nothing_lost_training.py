@@ -91,12 +91,17 @@ def test_an_edited_state_json_is_refused(run_copy):
 
 
 def test_a_damaged_only_checkpoint_says_to_start_again(run_copy):
+    """A run stopped after its first epoch whose one checkpoint is damaged: never trained on, whatever it holds."""
     checkpoints = run_copy / "checkpoints"
-    shutil.rmtree(checkpoints / "step-00000004")
-    flip_tensor_byte(checkpoints / "step-00000008" / "state.safetensors")
+    shutil.rmtree(checkpoints / "step-00000008")
+    (checkpoints / "latest.json").write_text(json.dumps({"checkpoint": "step-00000004"}))
+    (run_copy / "summary.json").unlink()
+    flip_tensor_byte(checkpoints / "step-00000004" / "state.safetensors")
+    before = (run_copy / "student.safetensors").read_bytes()
     message = one_line(invoke("distill", "--resume", str(run_copy)))
-    assert "does not match its recorded sha256" in message and "no earlier checkpoint is kept" in message
-    assert "--out" in message
+    assert "step-00000004/state.safetensors does not match its recorded sha256" in message
+    assert "no earlier checkpoint is kept: start the run again with --out" in message
+    assert (run_copy / "student.safetensors").read_bytes() == before and not (run_copy / "summary.json").exists()
 
 
 def test_a_checkpoint_from_before_checksums_resumes_with_a_note(run_copy):
@@ -138,6 +143,40 @@ def test_a_lost_pointer_or_a_wrong_name_says_which_checkpoints_there_are(run_cop
     assert "--from-checkpoint" in message and "--resume" in message
 
 
+def test_a_damaged_student_file_is_rewritten_from_the_checkpoint_on_resume(run_copy, finished):
+    """student.safetensors (what export and eval read) is recorded by the checkpoint written with it."""
+    from promptkd_edge.train.checkpoint import matches_checkpoint
+
+    student = run_copy / "student.safetensors"
+    assert matches_checkpoint(run_copy / "checkpoints", "step-00000008", student) is True
+    flip_tensor_byte(student)
+    assert matches_checkpoint(run_copy / "checkpoints", "step-00000008", student) is False
+    result = invoke("distill", "--resume", str(run_copy))
+    assert result.exit_code == 0, result.output
+    assert "rewritten from the checkpoint" in " ".join(result.output.split())
+    assert same_weights(student, finished.parent / "reference.safetensors")
+    assert matches_checkpoint(run_copy / "checkpoints", "step-00000008", student) is True
+
+
+def test_the_student_record_is_of_its_content_not_its_header_order(finished, tmp_path):
+    """safetensors writers may order the header differently each time: the record must not depend on it."""
+    from promptkd_edge.train.checkpoint import content_sha256
+
+    data = (finished / "student.safetensors").read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    reordered = json.dumps(dict(reversed(list(header.items()))), separators=(",", ":")).encode()
+    assert len(reordered) <= n
+    reordered += b" " * (n - len(reordered))  # the same length: the offsets stay valid
+    (tmp_path / "same.safetensors").write_bytes(data[:8] + reordered + data[8 + n:])
+    assert (tmp_path / "same.safetensors").read_bytes() != data
+    assert content_sha256(tmp_path / "same.safetensors") == content_sha256(finished / "student.safetensors")
+    changed = bytearray(data)
+    changed[-1] ^= 0x01
+    (tmp_path / "changed.safetensors").write_bytes(bytes(changed))
+    assert content_sha256(tmp_path / "changed.safetensors") != content_sha256(finished / "student.safetensors")
+
+
 def test_each_checkpoint_records_the_sha256_of_its_files(finished):
     import hashlib
 
@@ -147,6 +186,8 @@ def test_each_checkpoint_records_the_sha256_of_its_files(finished):
                         for f in ("state.safetensors", "state.json")}
         meta = json.loads((folder / "state.json").read_text())
         assert {"epoch", "step", "step_in_epoch"} <= set(meta)  # what `pkd export` reads stays
+    last = json.loads((finished / "checkpoints" / "step-00000008" / "sha256.json").read_text())["content_sha256"]
+    assert set(last) == {"student.safetensors"}
 
 
 # ---------------------------------------------------------------------------------------------- 13: teacher shots
@@ -269,7 +310,11 @@ def test_the_bad_image_abort_advice_can_be_followed_on_resume(tmp_path):
 def test_removing_images_is_refused_on_resume_with_advice_that_works(tmp_path):
     data = write_images(tmp_path / "data", 20)
     distill(tiny_config(tmp_path, data=str(data), epochs=1, warmup_epochs=0), tmp_path / "run")
-    list_images(data)[0].unlink()
+    first = list_images(data)[0]
+    first.rename(first.with_name("renamed.png"))  # the same count, another list: other views for every index
+    message = one_line(invoke("distill", "--resume", str(tmp_path / "run")))
+    assert "renamed, moved or replaced" in message and "start a new run with --out" in message
+    (first.with_name("renamed.png")).unlink()
     message = one_line(invoke("distill", "--resume", str(tmp_path / "run")))
     assert "images was 20, now 19" in message and "start a new run with --out" in message
 
@@ -286,3 +331,22 @@ def test_a_fresh_run_that_aborts_before_a_checkpoint_can_rerun_as_advised(tmp_pa
     result = distill(tiny_config(tmp_path, data=str(data), max_bad_fraction=0.3, epochs=1, warmup_epochs=0),
                      tmp_path / "run")
     assert result.bad_images == 4
+
+
+def test_a_shot_unreadable_after_the_draw_is_skipped_never_replaced(tmp_path, monkeypatch):
+    """Training never swaps in another class's image: a shot that breaks after the draw is left out of its batch."""
+    import promptkd_edge.train.teacher as stage1
+
+    data = write_images(tmp_path / "shots", 12, classes=CLASSES, seed=2)  # 4 per class: every image is a shot
+    broken = sorted((data / "bee").iterdir())[0]
+    broken.write_bytes(b"broken after the draw")
+    monkeypatch.setattr(stage1, "read_rgb", lambda path: (None, None))  # the draw sees it readable
+    labels: list[int] = []
+    real = stage1.teacher_losses
+    monkeypatch.setattr(stage1, "teacher_losses", lambda *a, **kw: labels.extend(a[2].tolist()) or real(*a, **kw))
+    result = invoke(*teacher_args(data, tmp_path / "teacher", "--max-bad-fraction", "0.5"))
+    assert result.exit_code == 0, result.output
+    assert sorted(labels) == [0] * 4 + [1] * 3 + [2] * 4  # bee's broken shot left out, no other image in its place
+    summary = json.loads((tmp_path / "teacher" / "summary.json").read_text())
+    assert summary["bad_images"] == 1
+    assert (tmp_path / "teacher" / "bad_images.txt").read_text().startswith(str(broken))

@@ -23,10 +23,11 @@ from promptkd_edge.cli.common import (
     require,
 )
 from promptkd_edge.errors import PkdError
-from promptkd_edge.train.config import DistillConfig, TeacherTuneConfig
+from promptkd_edge.train.config import RESUMABLE_CHANGES, DistillConfig, TeacherTuneConfig
 from promptkd_edge.utils.text import shown, visible
 
 _D = defaults(DistillConfig)
+_RESUMABLE = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(RESUMABLE_CHANGES))
 _T = defaults(TeacherTuneConfig)
 
 DISTILL_EXAMPLES = """
@@ -57,9 +58,8 @@ def distill(
                                       rich_help_panel=DATA)] = _D.data,
     out: Annotated[Path | None, typer.Option("--out", help="New run directory.", rich_help_panel=DATA)] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory from its last "
-                                                "checkpoint (same config; --workers, --device, --compile, "
-                                                "--log-every, --cache-dir, --max-bad-fraction may change).",
-                                                rich_help_panel=DATA)] = None,
+                                                "checkpoint (same config; these may change: "
+                                                f"{_RESUMABLE}).", rich_help_panel=DATA)] = None,
     from_checkpoint: Annotated[str | None, typer.Option(
         "--from-checkpoint", help="With --resume: continue from this checkpoint (a folder name under "
         "RUN/checkpoints, e.g. step-00000400) instead of the latest, e.g. when the latest is damaged.",

@@ -2,7 +2,9 @@
 
 `checkpoints/step-NNNNNNNN/{state.safetensors,state.json,sha256.json}` is written in a temporary folder and renamed
 into place; `checkpoints/latest.json` then points at it (`{"checkpoint": "step-NNNNNNNN"}`). sha256.json holds the
-sha256 of the two state files and is checked on every load, so a damaged checkpoint is refused, never resumed.
+sha256 of the two state files, checked on every load, so a damaged checkpoint is refused, never resumed; and the
+content digest of the run's safetensors files written with it (student.safetensors), so a reader can tell that they
+are the checkpoint's.
 Nothing here unpickles anything.
 """
 
@@ -67,6 +69,21 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def content_sha256(path: Path) -> str:
+    """The sha256 of a safetensors file's metadata and tensors (names, dtypes, shapes, bytes), in a fixed order:
+    the same content gives the same digest whichever order a writer put the header in."""
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as f:
+        h.update(repr(sorted((f.metadata() or {}).items())).encode())
+        for key in sorted(f.keys()):
+            t = f.get_tensor(key).contiguous()
+            h.update(f"\n{key}:{t.dtype}:{tuple(t.shape)}\n".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def checkpoint_names(root: str | os.PathLike) -> list[str]:
     """The checkpoint folders under `root`, oldest first (their names sort by step)."""
     root = Path(root)
@@ -78,10 +95,12 @@ def has_checkpoint(root: str | os.PathLike) -> bool:
     return (Path(root) / LATEST).is_file() or bool(checkpoint_names(root))
 
 
-def save_checkpoint(root: str | os.PathLike, state: TrainingState, keep: int = 2) -> Path:
-    """Write `state` as a new checkpoint folder with the sha256 of its files, point latest.json at it, keep the
-    newest `keep` of those up to this step (a later one, left from before a resume from an earlier checkpoint,
-    is replaced when the run gets there)."""
+def save_checkpoint(root: str | os.PathLike, state: TrainingState, keep: int = 2,
+                    files: dict[str, Path] | None = None) -> Path:
+    """Write `state` as a new checkpoint folder with the sha256 of its files (and the content digest of `files`,
+    the run's safetensors files written with it, by name), point latest.json at it, keep the newest `keep` of
+    those up to this step (a later one, left from before a resume from an earlier checkpoint, is replaced when the
+    run gets there)."""
     from safetensors.torch import save_file
 
     root = Path(root)
@@ -97,7 +116,8 @@ def save_checkpoint(root: str | os.PathLike, state: TrainingState, keep: int = 2
             "epoch": state.epoch, "step": state.step, "step_in_epoch": state.step_in_epoch,
             "optimizer": opt_meta, "scheduler": state.scheduler, "scaler": state.scaler, "extra": state.extra,
             "checksums": SUMS})
-        write_json(tmp / SUMS, {"sha256": {f: _sha256(tmp / f) for f in STATE_FILES}})
+        write_json(tmp / SUMS, {"sha256": {f: _sha256(tmp / f) for f in STATE_FILES},
+                                "content_sha256": {n: content_sha256(p) for n, p in (files or {}).items()}})
         final = root / name
         if final.exists():  # set aside, not deleted, until the new one is in place
             shutil.rmtree(old, ignore_errors=True)
@@ -153,6 +173,20 @@ def load_latest(root: str | os.PathLike, name: str | None = None) -> TrainingSta
     except Exception as e:  # noqa: BLE001 - whatever is wrong inside, the checkpoint cannot be used
         raise PkdError(f"checkpoint {folder} is unreadable ({first_line(e, with_type=False)}); "
                        f"{_earlier_advice(root, name)}") from None
+
+
+def matches_checkpoint(root: str | os.PathLike, name: str, path: str | os.PathLike) -> bool | None:
+    """Whether the run file `path` holds what checkpoint `name` recorded under its file name (student.safetensors
+    of that step); None when the checkpoint recorded none (an earlier version's)."""
+    sums = Path(root) / name / SUMS
+    recorded = read_json(sums, "checkpoint checksums").get("content_sha256", {}).get(Path(path).name) \
+        if sums.is_file() else None
+    if recorded is None:
+        return None
+    try:
+        return content_sha256(Path(path)) == recorded
+    except Exception:  # noqa: BLE001 - missing, truncated, not safetensors: not the checkpoint's file
+        return False
 
 
 def _verify(folder: Path) -> bool:

@@ -24,13 +24,20 @@ from promptkd_edge.data.datasets import BadImages, TooManyBadImages, write_bad_i
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.class_vectors import ClassVectors
 from promptkd_edge.models.student import Student, save_student
-from promptkd_edge.train.checkpoint import TrainingState, has_checkpoint, load_latest, save_checkpoint
+from promptkd_edge.train.checkpoint import (
+    TrainingState,
+    has_checkpoint,
+    load_latest,
+    matches_checkpoint,
+    save_checkpoint,
+)
 from promptkd_edge.train.config import DistillConfig
 from promptkd_edge.train.distill_setup import (
     LazyTeacher,
     TrainData,
     check_inputs,
     check_resumable,
+    image_list_digest,
     run_class_vectors,
     setup_data,
     setup_optimization,
@@ -273,7 +280,8 @@ def kd_step_loss(cfg: DistillConfig, models: Models, batch: dict[str, Any], devi
 def _save(cfg: DistillConfig, run: RunDir, rt: Runtime, student: Student, optim: Optimization,
           metrics: MetricsLog | None, on_checkpoint: Callable[[TrainingState], None] | None,
           state: TrainState) -> None:
-    """A checkpoint of `state` (the pending metrics written first), student.safetensors and loss.png."""
+    """student.safetensors and a checkpoint of `state` that records its sha256 (the pending metrics written
+    first), then loss.png."""
     state.write_log()
     checkpoint = TrainingState(
         epoch=state.epoch, step=state.step, step_in_epoch=state.step_in_epoch, student=student.trained_state(),
@@ -281,8 +289,8 @@ def _save(cfg: DistillConfig, run: RunDir, rt: Runtime, student: Student, optim:
         scaler=optim.scaler.state_dict() if optim.scaler.is_enabled() else None, extra=state.extra())
     if metrics is not None:  # the main process
         metrics.flush()
-        save_checkpoint(run.checkpoints, checkpoint, keep=cfg.keep_checkpoints)
         save_student(student, run.student)
+        save_checkpoint(run.checkpoints, checkpoint, keep=cfg.keep_checkpoints, files={run.student.name: run.student})
         plot_loss(run.metrics, run.plot, title=f"pkd distill: {run.path.name}")
     barrier(rt)
     if on_checkpoint:
@@ -327,6 +335,7 @@ def _resolved(cfg: DistillConfig, rt: Runtime, precision: str, data: TrainData, 
     """What the config resolved to on this machine, for config.json."""
     return {"lr": optim.lr, "global_batch": cfg.batch_size * rt.world_size, "world_size": rt.world_size,
             "precision": precision, "device": rt.device.type, "images": data.size,
+            "image_list_sha256": image_list_digest(data.views.paths) if data.views else None,
             "steps_per_epoch": data.steps_per_epoch, "total_steps": cfg.epochs * data.steps_per_epoch,
             "student": student.config.__dict__,
             "trainable_parameters": sum(p.numel() for p in student.trainable_parameters()),
@@ -348,6 +357,10 @@ def _resume(cfg: DistillConfig, run: RunDir, rt: Runtime, student: Student, opti
     optim.scheduler.load_state_dict(checkpoint.scheduler)
     if checkpoint.scaler:
         optim.scaler.load_state_dict(checkpoint.scaler)
+    if rt.is_main and matches_checkpoint(run.checkpoints, checkpoint.name, run.student) is False:
+        progress.note(f"{run.student} is not the one of {checkpoint.name} (changed, or written after it): "
+                      "rewritten from the checkpoint")
+        save_student(student, run.student)
     if checkpoint.epoch >= cfg.epochs:
         progress.note(f"{run.path} has already finished its {cfg.epochs} epochs")
     else:

@@ -3,6 +3,8 @@ and the run's config.json. Each is called once, in the recipe's order; the rando
 
 from __future__ import annotations
 
+import hashlib
+import os
 import platform
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -190,15 +192,25 @@ def check_resumable(cfg: DistillConfig, run: RunDir) -> None:
         raise PkdError(f"cannot resume {run.path} with a different config: {shown}")
 
 
+def image_list_digest(paths: list[Path]) -> str:
+    """The sha256 of the image paths in order: a resume needs the same list (an image's views are a function of
+    the seed and its index), while an image fixed in place keeps it."""
+    return hashlib.sha256(b"\n".join(os.fsencode(p) for p in paths)).hexdigest()
+
+
 def write_config(run: RunDir, cfg: DistillConfig, resolved: dict[str, Any], resume: bool) -> None:
     """config.json: the config, what it resolved to and the versions; a resume must resolve to the same data."""
     if resume and run.config.is_file():
         previous = read_json(run.config, "run config").get("resolved", {})
-        for key in ("global_batch", "images", "steps_per_epoch"):
+        changed_images = ("images were added or removed since the run started: put the image list back as it was, "
+                          "or start a new run with --out")
+        for key in ("global_batch", "images", "image_list_sha256", "steps_per_epoch"):
             if key in previous and previous[key] != resolved[key]:
-                hint = ("images were added or removed since the run started: put the image list back as it was, "
-                        "or start a new run with --out") if key == "images" else \
-                    "a resumed run needs the same data and number of processes"
+                if key == "image_list_sha256":
+                    raise PkdError(f"cannot resume {run.path}: its images were renamed, moved or replaced by others "
+                                   "since the run started (same count, other paths); put them back as they were, "
+                                   "or start a new run with --out")
+                hint = changed_images if key == "images" else "a resumed run needs the same number of processes"
                 raise PkdError(f"cannot resume {run.path}: {key} was {previous[key]}, now {resolved[key]}; {hint}")
     write_json(run.config, {
         "kind": "promptkd-edge/distill-run", "config": cfg.to_dict(), "resolved": resolved,
