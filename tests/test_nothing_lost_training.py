@@ -251,7 +251,7 @@ def test_teacher_applies_the_bad_fraction_limit_and_leaves_nothing(tmp_path):
     out = tmp_path / "teacher"
     message = one_line(invoke(*teacher_args(data, out)))  # default limit 1%: 1 of 13 read is over it
     assert "1 of 13 images are unreadable (more than 1.0%" in message and "raise --max-bad-fraction" in message
-    assert not out.exists()
+    assert not out.exists() and "loading teacher" not in message  # found by the draw, before any model loads
     for p in (data / "ant").iterdir():
         p.write_bytes(b"broken")
     message = one_line(invoke(*teacher_args(data, out, "--max-bad-fraction", "0.9")))
@@ -350,3 +350,28 @@ def test_a_shot_unreadable_after_the_draw_is_skipped_never_replaced(tmp_path, mo
     summary = json.loads((tmp_path / "teacher" / "summary.json").read_text())
     assert summary["bad_images"] == 1
     assert (tmp_path / "teacher" / "bad_images.txt").read_text().startswith(str(broken))
+
+
+def test_saving_after_a_resume_from_an_earlier_checkpoint_keeps_the_good_ones(tmp_path):
+    """Resumed from step 4 past a damaged step 8: the saves that follow prune among steps up to theirs, so the
+    good checkpoints are kept and step 8 is replaced when the run gets there."""
+    import torch
+
+    from promptkd_edge.train.checkpoint import TrainingState, checkpoint_names, load_latest, save_checkpoint
+
+    def state(step: int) -> TrainingState:
+        return TrainingState(epoch=0, step=step, step_in_epoch=step, student={"w": torch.full((2,), float(step))},
+                             optimizer={"state": {}, "param_groups": []}, scheduler={}, scaler=None, extra={})
+
+    for step in (4, 8):
+        save_checkpoint(tmp_path, state(step))
+    flip_tensor_byte(tmp_path / "step-00000008" / "state.safetensors")
+    assert load_latest(tmp_path, "step-00000004").step == 4
+    for step in (5, 6):
+        save_checkpoint(tmp_path, state(step))
+    assert checkpoint_names(tmp_path) == ["step-00000005", "step-00000006", "step-00000008"]
+    assert load_latest(tmp_path).step == 6
+    save_checkpoint(tmp_path, state(8))
+    assert checkpoint_names(tmp_path) == ["step-00000006", "step-00000008"]
+    assert load_latest(tmp_path).student["w"].tolist() == [8.0, 8.0]  # the damaged one replaced, and verified
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left

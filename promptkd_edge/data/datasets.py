@@ -105,13 +105,6 @@ class BadImages:
         if check:
             self.check()
 
-    def drop_readable(self) -> list[str]:
-        """Forget the images that read fine now (fixed since they were found); their paths."""
-        fixed = [p for p in sorted(self.found) if read_rgb(p)[0] is not None]
-        for p in fixed:
-            del self.found[p]
-        return fixed
-
     def check(self) -> None:
         """Raise TooManyBadImages when more than `max_fraction` of `total` are unreadable."""
         if len(self.found) > self.max_fraction * self.total:

@@ -221,10 +221,6 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, from_checkpoint: str
     resume_step = (checkpoint.step if checkpoint else 0) if resume else None  # metrics past it are dropped
     with (MetricsLog(run.metrics, resume_step) if rt.is_main else contextlib.nullcontext()) as metrics:
         state = TrainState.begin(checkpoint, BadImages(data.size, cfg.max_bad_fraction), StepLog(metrics))
-        fixed = state.bad.drop_readable()
-        if fixed:
-            progress.note(f"{len(fixed)} images unreadable before this resume read fine now and are used from here "
-                          f"on (e.g. {fixed[0]})")
         save = functools.partial(_save, cfg, run, rt, student, optim, metrics, on_checkpoint)
         while state.epoch < cfg.epochs:
             train_one_epoch(cfg, models, optim, data, state, progress, save)
