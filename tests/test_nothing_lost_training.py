@@ -375,3 +375,21 @@ def test_saving_after_a_resume_from_an_earlier_checkpoint_keeps_the_good_ones(tm
     assert checkpoint_names(tmp_path) == ["step-00000006", "step-00000008"]
     assert load_latest(tmp_path).student["w"].tolist() == [8.0, 8.0]  # the damaged one replaced, and verified
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_an_unreadable_image_whose_name_is_not_utf8_is_listed_not_a_traceback(tmp_path):
+    """A file name that is not UTF-8 (old archives, other locales): with the teacher cache (its key hashes the
+    listing) and in bad_images.txt, one line per image."""
+    import os
+
+    data = write_images(tmp_path / "data", 15)
+    odd = Path(os.fsdecode(os.fsencode(str(data / "part0")) + b"/caf\xe9.png"))
+    odd.write_bytes(b"not an image")
+    result = invoke("distill", "--random-init", "--teacher", TEACHER, "--student", "pkd-tiny-student",
+                    "--classes", str(tiny_config(tmp_path).classes), "--data", str(data), "--epochs", "1",
+                    "--warmup-epochs", "0", "--batch-size", "4", "--workers", "0", "--prompt-depth", "3",
+                    "--device", "cpu", "--teacher-cache", "1", "--cache-dir", str(tmp_path / "cache"),
+                    "--max-bad-fraction", "0.1", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "run" / "bad_images.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == [f"{data / 'part0'}/caf\\xe9.png\tnot an image file PIL can read"]

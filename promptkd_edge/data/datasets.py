@@ -115,8 +115,8 @@ class BadImages:
 
 def write_bad_images(path: Path, bad: BadImages) -> str | None:
     """Write `bad` as `path<TAB>reason` lines into `path` (a run's bad_images.txt; a tab, newline or carriage
-    return inside a name is written as \\t, \\n, \\r); the file's name, or None (and no file: one from an earlier
-    session of a resumed run is removed) if there are none."""
+    return inside a name is written as \\t, \\n, \\r, a byte of a name that is not UTF-8 as \\xNN); the file's
+    name, or None (and no file: one from an earlier session of a resumed run is removed) if there are none."""
     from promptkd_edge.utils.files import write_text
 
     if not bad.found:
@@ -124,6 +124,7 @@ def write_bad_images(path: Path, bad: BadImages) -> str | None:
         return None
 
     def field(text: str) -> str:  # one line per image, whatever the name holds
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
     write_text(path, "".join(f"{field(p)}\t{field(why)}\n" for p, why in bad.records()))

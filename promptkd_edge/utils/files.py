@@ -91,7 +91,7 @@ def _sha256_of(path: str, size: int, mtime_ns: int, chunk: int) -> str:
 
 
 def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()  # file names need not be UTF-8
 
 
 def write_tagged_safetensors(path: str | os.PathLike, tensors: dict[str, Any], file_format: str,
