@@ -174,7 +174,8 @@ def _bad_images_advice(run: RunDir, rt: Runtime, e: TooManyBadImages) -> str:
         write_bad_images(listed, e.bad)
     found = len(e.bad.found) / max(e.bad.total, 1)
     limit = next((f for f in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 0.9) if f > found), 0.99)
-    command = f"pkd distill --resume {shlex.quote(str(run.path))}"
+    launcher = "torchrun <the same options> -m promptkd_edge distill" if rt.distributed else "pkd distill"
+    command = f"{launcher} --resume {shlex.quote(str(run.path))}"
     return (f"{e.finding}; all found so far are listed in {listed}. Fix them (same paths) and run `{command}`, "
             f"or resume past them with a higher limit: `{command} --max-bad-fraction {limit}`; removing them "
             "changes the image list, which only a new run (--out) accepts")
