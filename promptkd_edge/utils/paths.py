@@ -56,7 +56,7 @@ def file_problem(path: str | os.PathLike) -> str | None:
         return None if os.access(path, os.R_OK) else "is not readable (permission denied)"
     if kind == MISSING:
         return "file not found"
-    if kind.startswith("not "):
+    if kind.startswith(("not ", "a symlink loop", "a broken symlink")):
         return f"is {kind}"
     return f"is {kind}, not a file"
 
@@ -80,7 +80,8 @@ def check_folder(path: str | os.PathLike, what: str) -> Path:
     if kind == MISSING:
         raise PkdError(f"{what} not found: {path}")
     if kind != FOLDER:
-        raise PkdError(f"{what} {path} is {kind}" + ("" if kind.startswith("not ") else ", not a folder"))
+        plain = kind.startswith(("not ", "a symlink loop", "a broken symlink"))
+        raise PkdError(f"{what} {path} is {kind}" + ("" if plain else ", not a folder"))
     if not os.access(path, os.R_OK | os.X_OK):
         raise PkdError(f"{what} {path} is not readable (permission denied)")
     return path
