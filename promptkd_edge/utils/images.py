@@ -41,10 +41,14 @@ def rgb_image(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode in SIXTEEN_BIT or (mode == "I" and img.format == "PNG"):
-        a = np.asarray(img).astype(np.int64)
+        a = np.asarray(img)
         if mode == "I" and (a.min() < 0 or a.max() > 65535):
             raise UnreadableImage(f"16-bit PNG with values outside 0..65535 ({a.min()}..{a.max()})")
-        return _gray(((a * 255 + 32767) // 65535).astype(np.uint8))
+        a = a.astype(np.uint32)  # 65535 * 255 fits; rounded to nearest below
+        a *= 255
+        a += 32767
+        a //= 65535
+        return _gray(a.astype(np.uint8))
     if mode == "F":
         a = np.asarray(img, dtype=np.float32)
         if not np.isfinite(a).all():
