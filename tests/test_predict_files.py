@@ -1,5 +1,5 @@
 """runtime/files.py (what `pkd predict` calls): image files from paths and folders, predicted in batches, unreadable
-files in a folder skipped with the reason, in order; torch-free."""
+files (named or in a folder) skipped with the reason, in order; torch-free."""
 
 from __future__ import annotations
 
@@ -33,8 +33,7 @@ def test_image_files_walks_folders_and_marks_named_files(tmp_path):
     assert [f.path.relative_to(folder).as_posix() for f in files[1:]] == [
         "part0/img000.png", "part0/img002.png", "part1/img001.png", "part1/img003.png"]
     assert not any(f.named for f in files[1:])
-    with pytest.raises(PkdError, match="image not found: .*nope.png"):
-        image_files([folder, tmp_path / "nope.png"])
+    assert image_files([folder, tmp_path / "nope.png"])[-1] == ImageFile(tmp_path / "nope.png", named=True)
     (tmp_path / "empty").mkdir()
     with pytest.raises(PkdError, match="no images under .*empty"):
         image_files([tmp_path / "empty"])
@@ -61,11 +60,13 @@ def test_predict_files_in_order_with_unreadable_files_skipped(clf, tmp_path):
     assert isinstance(got[0], FileResult) and len(got[0].prediction.labels) == 2
 
 
-def test_an_unreadable_file_named_explicitly_is_an_error(clf, tmp_path):
+def test_an_unreadable_file_named_explicitly_is_skipped_as_in_a_folder(clf, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"GIF89a nope")
-    with pytest.raises(PkdError, match="cannot read image .*broken.png"):
-        list(predict_files(clf, image_files([broken])))
+    results = list(predict_files(clf, image_files([broken, tmp_path / "nope.png"])))
+    assert [r.prediction for r in results] == [None, None]
+    assert results[0].skipped.startswith(f"cannot read image {broken}: ")
+    assert results[1].skipped == f"image not found: {tmp_path / 'nope.png'}"
 
 
 def test_runtime_files_imports_no_torch():

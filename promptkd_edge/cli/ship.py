@@ -193,6 +193,8 @@ def _parity_table(manifest: Manifest):
 
 # ---------------------------------------------------------------------------------------------------- predict
 
+SKIPPED_EXIT_CODE = 3  # `pkd predict`: predictions written, some images skipped (2: an error, nothing predicted)
+
 PREDICT_EXAMPLES = """
 [bold]Examples[/bold]
 
@@ -211,7 +213,10 @@ PREDICT_EXAMPLES = """
 @errors_to_exit
 def predict(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `pkd export`.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders (walked recursively).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders (walked recursively). An image that "
+                                                 "cannot be read, named here or found in a folder, is skipped and "
+                                                 "named on stderr (under `skipped` with --json); the exit code is "
+                                                 "then 3, and 2 when no image could be read.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per image.")] = 5,
     backend: Annotated[str, typer.Option(help="auto (a TensorRT plan for this GPU, else the fastest gated option "
                                          "measured on this CPU, cached), onnxruntime, openvino, tensorrt or "
@@ -248,16 +253,21 @@ def predict(
         results.append(result)
         update(done)
     rows = [r.to_dict() for r in results if r.prediction is not None]
-    skipped = [f"{r.path}: {r.skipped}" for r in results if r.prediction is None]
+    skipped = [r for r in results if r.prediction is None]
+    if not rows:
+        raise PkdError(f"none of the {len(results)} images could be read ({skipped[0].skipped}"
+                       + (f"; {len(skipped) - 1} more" if len(skipped) > 1 else "") + ")")
     if as_json:
         print_json({"bundle": str(bundle), "backend": clf.description,
                     "backend_choice": clf.choice.to_dict() if clf.choice is not None else None,
-                    "predictions": rows, "skipped": skipped})
-        return
-    console().print(_predictions_table(f"{shown(bundle)} on {shown(clf.description)}", rows, top_k,
-                                       len(clf.class_names)))
-    for line in skipped:
-        err().print(f"[yellow]skipped[/] {shown(line)}", highlight=False)
+                    "predictions": rows, "skipped": [{"image": str(r.path), "reason": r.skipped} for r in skipped]})
+    else:
+        console().print(_predictions_table(f"{shown(bundle)} on {shown(clf.description)}", rows, top_k,
+                                           len(clf.class_names)))
+    for r in skipped:
+        err().print(f"[yellow]skipped[/] {shown(r.skipped)}", highlight=False)
+    if skipped:
+        raise typer.Exit(SKIPPED_EXIT_CODE)
 
 
 def _predictions_table(title: str, rows: list[dict], top_k: int, classes: int):

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from promptkd_edge.data.decode import read_rgb
-from promptkd_edge.data.views import eval_transform, render_view, sample_crop, view_rng
+from promptkd_edge.data.views import eval_view, render_view, sample_crop, view_rng
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.openclip import Preprocess
 
@@ -54,8 +54,7 @@ class LabeledViews(Dataset):
     """Item i -> (one test-time view per preprocess, label) or {'bad': [(path, reason)]}."""
 
     def __init__(self, samples: list[tuple[Path, int]], preprocesses: list[Preprocess]):
-        self.samples = samples
-        self.transforms = [eval_transform(p) for p in preprocesses]
+        self.samples, self.preprocesses = samples, preprocesses
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -65,7 +64,7 @@ class LabeledViews(Dataset):
         img, why = read_rgb(path)
         if img is None:
             return {"bad": [(str(path), why)]}
-        return {"index": i, "label": label, "views": [t(img) for t in self.transforms], "bad": []}
+        return {"index": i, "label": label, "views": [eval_view(img, p) for p in self.preprocesses], "bad": []}
 
 
 BAD_IMAGES_ADVICE = "fix or remove them, or raise --max-bad-fraction"

@@ -16,6 +16,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from promptkd_edge.models.openclip import Preprocess
+from promptkd_edge.utils.images import resize_crop
 
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -78,8 +79,15 @@ def render_view(img: Image.Image, crop: Crop, pre: Preprocess) -> torch.Tensor:
     return to_model_tensor(out, pre)
 
 
+def eval_view(img: Image.Image, pre: Preprocess) -> torch.Tensor:
+    """The test-time view of an RGB image: open_clip's eval transform (equal to `eval_transform`, the same code the
+    runtime runs), with the resize bounded by the output size, so a 1 x 1,000,000 image costs no more than a crop."""
+    return to_model_tensor(Image.fromarray(resize_crop(img, pre.size, pre.resize_mode, pre.interpolation)), pre)
+
+
 def eval_transform(pre: Preprocess):
-    """open_clip's own test-time transform for `pre` (resize by its resize_mode, centre-crop, normalise)."""
+    """open_clip's own test-time transform for `pre` (resize by its resize_mode, centre-crop, normalise): the
+    reference `eval_view` and the runtime are tested against. It resizes the whole image first: unbounded."""
     from open_clip import image_transform
 
     return image_transform(pre.size, is_train=False, mean=pre.mean, std=pre.std,

@@ -35,11 +35,13 @@ class EvalResult:
     agreement: dict[str, float] = field(default_factory=dict)  # "a vs b" -> fraction of equal all-class top-1
     bad_images: list[tuple[str, str]] = field(default_factory=list)  # (path, why it is unreadable)
     class_names: list[str] = field(default_factory=list)  # the run's class list: base = its first half
+    skipped_links: int = 0  # symlink loops / duplicate links the folder scan skipped (each real image scored once)
 
     def to_dict(self) -> dict:
         return {"images": self.images, "classes": self.classes, "base_classes": math.ceil(self.classes / 2),
                 "top1": self.top1, "base": self.base, "novel": self.novel, "hm": self.hm,
                 "agreement": self.agreement, "bad_images": len(self.bad_images),
+                "skipped_links": self.skipped_links,
                 "base_class_names": self.class_names[:math.ceil(self.classes / 2)],
                 "unreadable": [{"path": p, "reason": why} for p, why in self.bad_images]}
 
@@ -119,6 +121,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, with_teacher: bool = 
     pairs = [("student", "teacher")] if len(models) == 2 else []
     result = accuracy_report(labels, logits, len(vectors.names), bad, pairs)
     result.class_names = list(vectors.names)
+    result.skipped_links = labeled.skipped_links
     return result
 
 
@@ -126,7 +129,7 @@ def base_novel_note(names: list[str]) -> str:
     """Which classes are base (the first half of the class list, as the paper's protocol), and a warning when the
     list is in sorted folder-name order, which is not the label order of some benchmark splits."""
     nb = math.ceil(len(names) / 2)
-    shown = ", ".join(names[:3]) + (", ..." if nb > 3 else "")
+    shown = ", ".join(names[:min(nb, 3)]) + (", ..." if nb > 3 else "")
     note = f"base = the first {nb} classes of the class list ({shown}), novel = the other {len(names) - nb}"
     if names == sorted(names):
         note += ("; the list is in sorted folder-name order, and a benchmark split that orders its classes by label "

@@ -20,6 +20,7 @@ import torch
 from promptkd_edge.errors import PkdError, first_line
 from promptkd_edge.formats.preprocess import PreprocessSpec as Preprocess  # one description, torch-free
 from promptkd_edge.models.spec import SCHEMAS, WEIGHT_SUFFIXES, ModelSpec  # noqa: F401 - part of this module's API
+from promptkd_edge.utils.paths import check_file
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 log = logging.getLogger(__name__)
@@ -148,10 +149,7 @@ def weights_file_for(spec: ModelSpec | str) -> str | None:
     if spec.arch.startswith(SCHEMAS) or not spec.pretrained:
         return None
     if spec.is_file:
-        path = Path(spec.pretrained).expanduser()
-        if not path.is_file():
-            raise PkdError(f"weights file not found: {path}")
-        return str(path)
+        return str(check_file(Path(spec.pretrained).expanduser(), "weights file"))
     register_tiny_configs()
     _check_arch(spec.arch)
     return _resolve_tag(spec.arch, spec.pretrained)[0]
@@ -172,9 +170,7 @@ def read_weights(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[d
     real unpickling and are only opened with `allow_pickle=True`. OpenAI's extra entries (input_resolution,
     context_length, vocab_size) are dropped, as open_clip does.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise PkdError(f"weights file not found: {path}")
+    path = check_file(Path(path), "weights file")
     if path.stat().st_size == 0:
         raise PkdError(f"weights file {path} is empty (0 bytes): an interrupted download or copy?")
     try:

@@ -1,5 +1,7 @@
-"""Classify image files with a `Classifier`: folders walked, files decoded and predicted in batches, unreadable
-images found in a folder skipped with the reason. Torch-free, as the rest of the runtime.
+"""Classify image files with a `Classifier`: folders walked, files decoded and predicted in batches. One rule for
+every image, named or found in a folder: one that cannot be read (missing, a FIFO, a folder, not an image,
+truncated) is skipped with the reason, never opened when it is not a regular file. Torch-free, as the rest of the
+runtime.
 
     files = image_files(["photos/", "cat.jpg"])
     for r in predict_files(Classifier.from_bundle("bundle/"), files, top_k=3):
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from promptkd_edge.data.listing import IMAGE_EXTENSIONS, list_images
 from promptkd_edge.errors import PkdError
 from promptkd_edge.runtime.preprocess import to_rgb
+from promptkd_edge.utils.paths import FOLDER, describe
 
 if TYPE_CHECKING:
     from promptkd_edge.runtime.classifier import Classifier, Prediction
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ImageFile:
-    """An image path; `named`: given by name (unreadable is an error), not found in a folder (skipped)."""
+    """An image path; `named`: given by name rather than found in a folder (both are skipped alike if unreadable)."""
 
     path: Path
     named: bool
@@ -46,16 +49,15 @@ class FileResult:
 
 
 def image_files(items: Iterable[str | os.PathLike]) -> list[ImageFile]:
-    """Files as given and the images under folders (recursive), in order; a missing path or no image at all is an
-    error."""
+    """Paths as given and the images under folders (recursive; symlink loops skipped, see `list_images`), in order.
+    A path that is not a folder is taken as an image whatever it is: `predict_files` skips it with the reason when it
+    cannot be read. No path at all, or a folder without images, is an error."""
     files: list[ImageFile] = []
     for item in map(Path, items):
-        if item.is_dir():
+        if describe(item) == FOLDER:
             files += [ImageFile(p, named=False) for p in list_images(item)]
-        elif item.is_file():
-            files.append(ImageFile(item, named=True))
         else:
-            raise PkdError(f"image not found: {item}")
+            files.append(ImageFile(item, named=True))
     if not files:
         raise PkdError(f"no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return files
@@ -63,8 +65,8 @@ def image_files(items: Iterable[str | os.PathLike]) -> list[ImageFile]:
 
 def predict_files(clf: Classifier, files: Sequence[ImageFile], *, top_k: int = 5, batch_size: int = 16
                   ) -> Iterator[FileResult]:
-    """One result per file, in order, `batch_size` files decoded and predicted at a time. A file found in a folder
-    that cannot be read is skipped (its result says why); one named explicitly raises PkdError."""
+    """One result per file, in order, `batch_size` files decoded and predicted at a time. A file that cannot be read,
+    named or found in a folder, is skipped: its result says why."""
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         images, skipped = [], {}
@@ -72,8 +74,6 @@ def predict_files(clf: Classifier, files: Sequence[ImageFile], *, top_k: int = 5
             try:
                 images.append(to_rgb(file.path))
             except PkdError as e:
-                if file.named:
-                    raise
                 skipped[i] = str(e)
         predictions = iter(clf.predict(images, top_k=top_k, batch_size=batch_size) if images else [])
         for i, file in enumerate(chunk):

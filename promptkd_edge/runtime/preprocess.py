@@ -1,8 +1,9 @@
 """Turn images into model input exactly as open_clip's eval transform does, with numpy and Pillow only (no torch).
 
-The reference is `promptkd_edge.data.views.eval_transform` applied to the image converted to RGB (the data path
-converts every image to RGB first, see `promptkd_edge.data.decode.open_rgb`); outputs agree to <= 1e-6. What the
-input is (PreprocessSpec, INPUT_FORMATS) is described in promptkd_edge/formats/preprocess.py; this module does it.
+The reference is open_clip's transform (`promptkd_edge.data.views.eval_transform`) applied to the image decoded to
+RGB by `promptkd_edge.utils.images` (as the data path decodes it); outputs agree to <= 1e-6, and the resize only
+touches the region the crop keeps. What the input is (PreprocessSpec, INPUT_FORMATS) is described in
+promptkd_edge/formats/preprocess.py; this module does it.
 """
 
 from __future__ import annotations
@@ -15,48 +16,54 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from promptkd_edge.errors import PkdError, first_line
+from promptkd_edge.errors import PkdError
 from promptkd_edge.formats.preprocess import (  # noqa: F401  (the runtime's API)
     INPUT_FORMATS,
     INTERPOLATIONS,
     PreprocessSpec,
     input_format_of,
 )
-
-FILTERS = {name: Image.Resampling[name.upper()] for name in INTERPOLATIONS}
+from promptkd_edge.utils.images import UnreadableImage, decode_rgb, resize_crop, rgb_image
 
 
 def to_rgb(item: Any) -> Image.Image:
-    """A path, a PIL image (any mode) or a uint8 array (HxWx3 RGB or HxW grayscale) as an RGB PIL image."""
+    """A path, a PIL image (any mode: 16-bit and float scaled by their range, see `rgb_image`) or a uint8 array
+    (HxWx3 RGB or HxW grayscale) as an 8-bit RGB PIL image."""
     if isinstance(item, str | os.PathLike):
         return _open_rgb(Path(item))
     if isinstance(item, Image.Image):
         if item.width == 0 or item.height == 0:
             raise PkdError(f"image is empty ({item.width}x{item.height})")
-        return item if item.mode == "RGB" else item.convert("RGB")
+        try:
+            return rgb_image(item)
+        except UnreadableImage as e:
+            raise PkdError(f"cannot use this PIL image: {e}") from None
     if isinstance(item, np.ndarray):
         return _array_rgb(item)
     raise PkdError(f"cannot use a {type(item).__name__} as an image; pass a path, a PIL image or a uint8 numpy array")
 
 
 def _open_rgb(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise PkdError(f"image not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise PkdError(f"cannot read image {path}: {first_line(e, with_type=False)}") from None
-    if rgb.width == 0 or rgb.height == 0:
-        raise PkdError(f"image {path} is empty")
-    return rgb
+        return decode_rgb(path)
+    except UnreadableImage as e:
+        if str(e) == "file not found":
+            raise PkdError(f"image not found: {path}") from None
+        raise PkdError(f"cannot read image {path}: {e}") from None
+
+
+_ARRAY_HINTS = {"u": "scale it to 0-255 first (16-bit data: (x / 257).round().astype(np.uint8); other bit depths "
+                     "by their own maximum)",
+                "i": "scale it to 0-255 first",
+                "f": "convert with (x * 255).round().astype(np.uint8) if it is in [0, 1]",
+                "b": "convert with x.astype(np.uint8) * 255"}
 
 
 def _array_rgb(a: np.ndarray) -> Image.Image:
+    """Arrays carry no format, so no range: only uint8 is taken (an app's uint16 may hold 10, 12 or 16 bits)."""
     if a.dtype != np.uint8:
-        raise PkdError(f"image arrays: expects uint8 (0-255) HxWx3 RGB or HxW, got {a.dtype}; "
-                       "convert with (x * 255).round().astype(np.uint8) if it is in [0, 1]")
+        hint = _ARRAY_HINTS.get(a.dtype.kind, "convert it to uint8 0-255")
+        raise PkdError(f"image arrays: expects uint8 (0-255) HxWx3 RGB or HxW, got {a.dtype}; {hint}")
     if a.ndim not in (2, 3):
         raise PkdError(f"image array must be HxWx3 (RGB) or HxW (grayscale), got shape {list(a.shape)}")
     if a.size == 0:
@@ -74,59 +81,9 @@ def _array_rgb(a: np.ndarray) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def _resize(img: Image.Image, hw: tuple[int, int], interpolation: str) -> Image.Image:
-    """torchvision's F.resize on PIL: nothing when the size is already right, else PIL's resize."""
-    if (img.height, img.width) == hw:
-        return img
-    return img.resize((hw[1], hw[0]), FILTERS[interpolation])
-
-
-def _shortest_side(h: int, w: int, size: int) -> tuple[int, int]:
-    """torchvision's output size for an int size: short side = size, long side = int(size * long / short)."""
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    return new_h, new_w
-
-
-def _keep_ratio(h: int, w: int, target: tuple[int, int], longest: float) -> tuple[int, int]:
-    """open_clip's ResizeKeepRatio.get_params (no random scale/aspect)."""
-    ratio_h, ratio_w = h / target[0], w / target[1]
-    ratio = max(ratio_h, ratio_w) * longest + min(ratio_h, ratio_w) * (1.0 - longest)
-    return round(h / ratio), round(w / ratio)
-
-
-def _center_crop_or_pad(a: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
-    """torchvision's center_crop (= open_clip's center_crop_or_pad with fill 0) on an HxWx3 array."""
-    crop_h, crop_w = crop
-    h, w = a.shape[:2]
-    if crop_w > w or crop_h > h:
-        left = (crop_w - w) // 2 if crop_w > w else 0
-        top = (crop_h - h) // 2 if crop_h > h else 0
-        right = (crop_w - w + 1) // 2 if crop_w > w else 0
-        bottom = (crop_h - h + 1) // 2 if crop_h > h else 0
-        a = np.pad(a, ((top, bottom), (left, right), (0, 0)))
-        h, w = a.shape[:2]
-        if (h, w) == (crop_h, crop_w):
-            return a
-    top = int(round((h - crop_h) / 2.0))
-    left = int(round((w - crop_w) / 2.0))
-    return a[top:top + crop_h, left:left + crop_w]
-
-
 def _resize_crop(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """open_clip's eval resize + crop: HxWx3 uint8 of exactly spec.size."""
-    target = spec.size
-    if spec.resize_mode == "squash":
-        return np.asarray(_resize(img, target, spec.interpolation))
-    if spec.resize_mode == "longest":
-        img = _resize(img, _keep_ratio(img.height, img.width, target, 1.0), spec.interpolation)
-    elif target[0] == target[1]:
-        img = _resize(img, _shortest_side(img.height, img.width, target[0]), spec.interpolation)
-    else:  # open_clip uses ResizeKeepRatio(size) here, which resamples bicubic even when bilinear is asked for
-        filt = "nearest" if spec.interpolation == "nearest" else "bicubic"
-        img = _resize(img, _keep_ratio(img.height, img.width, target, 0.0), filt)
-    return _center_crop_or_pad(np.asarray(img), target)
+    """open_clip's eval resize + crop: HxWx3 uint8 of exactly spec.size (work bounded by that size)."""
+    return resize_crop(img, spec.size, spec.resize_mode, spec.interpolation)
 
 
 def _as_list(images: Any) -> Sequence[Any]:
