@@ -6,14 +6,17 @@ the DeepStream key file are escaped and checked with the real parsers) and 17 (t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import triton_schema
 from conftest import write_images
 from typer.testing import CliRunner
 
@@ -21,6 +24,7 @@ from promptkd_edge.cli import app
 from promptkd_edge.export.bundle import ExportOptions, export_run
 from promptkd_edge.formats.manifest import TensorInfo
 from promptkd_edge.runtime import auto as auto_mod
+from promptkd_edge.runtime.bundle import open_bundle
 
 PACKAGE_ROOT = Path(auto_mod.__file__).resolve().parents[2]  # the promptkd_edge under test, for subprocesses
 runner = CliRunner()
@@ -36,6 +40,231 @@ def cli(*args: str):
 def bundle(tiny_run, module_dir) -> Path:
     export_run(tiny_run, module_dir / "pets", ExportOptions(parity_images=4))
     return module_dir / "pets"
+
+
+@pytest.fixture(scope="module")
+def other_bundle(tiny_run, module_dir) -> Path:
+    """Another model of the same run: another graph, input dtype and dims (uint8 NHWC)."""
+    export_run(tiny_run, module_dir / "pets-uint8", ExportOptions(parity_images=4, input_format="uint8"))
+    return module_dir / "pets-uint8"
+
+
+# ----------------------------------------------------------------------------- 2 and 20: the Triton entry
+
+
+TYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8"}
+
+
+def served(folder: Path, bundle: Path):
+    """Parse config.pbtxt with Triton's schema and check every field against `bundle`; returns the version folder
+    it serves (the model file and labels in it checked byte for byte)."""
+    config = triton_schema.parse_config((folder / "config.pbtxt").read_text(encoding="utf-8"))
+    b = open_bundle(bundle)
+    assert config.name == folder.name and config.platform == "onnxruntime_onnx" and config.max_batch_size == 32
+    [version] = config.version_policy.specific.versions
+    for got, want in ((config.input, b.model.inputs), (config.output, b.model.outputs)):
+        assert [(t.name, list(t.dims), t.data_type) for t in got] == [
+            (w.name, w.shape[1:], _data_type(TYPES[w.dtype])) for w in want]
+    [logits] = [o for o in config.output if o.name == "logits"]
+    labels = folder / logits.label_filename
+    assert labels.resolve().parent == (folder / str(version)).resolve()
+    assert labels.read_text(encoding="utf-8").splitlines() == b.class_names
+    assert (folder / str(version) / "model.onnx").read_bytes() == b.model_path.read_bytes()
+    return folder / str(version)
+
+
+def _data_type(name: str) -> int:
+    return triton_schema.model_config_class().DESCRIPTOR.fields_by_name["input"].message_type.fields_by_name[
+        "data_type"].enum_type.values_by_name[name].number
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every file (bytes) and folder (None) under `folder`."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")}
+
+
+def triton(*args: str):
+    return cli("export", *args)
+
+
+HOSTILE_STRINGS = ['my "quoted" bündle', "back\\slash", 'a\\"b', "new\nline", "tab\there", "cr\rret", "\x01\x7f",
+                   "emoji \U0001f408", "it's", "{ name: \"x\" }", "#not a comment", "\u202eright-to-left"]
+
+
+@pytest.mark.parametrize("text", HOSTILE_STRINGS)
+def test_config_strings_survive_tritons_parser(text):
+    """Case 20: every string written into config.pbtxt reads back unchanged through protobuf's text format into
+    Triton's ModelConfig."""
+    from promptkd_edge.export.triton import pbtxt_string
+
+    config = triton_schema.parse_config(f"name: {pbtxt_string(text)}\nplatform: {pbtxt_string(text)}\n")
+    assert config.name == text and config.platform == text
+
+
+def test_a_quoted_bundle_name_gives_a_config_triton_reads(bundle, tmp_path):
+    """Case 20: a bundle folder named `my "quoted" bündle` gives a config.pbtxt Triton parses, named as its folder."""
+    quoted = tmp_path / 'my "quoted" bündle'
+    shutil.copytree(bundle, quoted)
+    result = triton(str(quoted), "--triton", str(tmp_path / "repo"))
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "repo" / 'my "quoted" bündle'
+    served(folder, quoted)
+
+
+@pytest.mark.parametrize("name", ["", "   ", "a/b", "x..y", "..", "two\nlines", "nul\x00"])
+def test_names_triton_cannot_serve_are_refused(bundle, tmp_path, name):
+    result = triton(str(bundle), "--triton", str(tmp_path / "repo"), "--triton-name", name)
+    assert result.exit_code == 2 and "Triton cannot serve a model named" in result.output, result.output
+    assert not (tmp_path / "repo").exists() or not any(p.is_dir() for p in (tmp_path / "repo").iterdir())
+
+
+def test_a_failed_replacement_leaves_the_entry_as_it_was(bundle, other_bundle, tmp_path, monkeypatch):
+    """Case 2: replacing an entry with a full disk (ENOSPC while the new model is copied, or while the new config is
+    written) leaves every file of the old entry as it was; then a replacement that succeeds serves the new model,
+    labels and dims together, and nothing of the old version is left."""
+    import promptkd_edge.export.triton as triton_mod
+
+    repo = tmp_path / "repo"
+    assert triton(str(bundle), "--triton", str(repo), "--triton-name", "pets").exit_code == 0
+    folder = repo / "pets"
+    old_version = served(folder, bundle)
+    before = snapshot(folder)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_write_text = triton_mod.write_text
+
+    def config_fails(path, text):
+        if Path(path).name == "config.pbtxt":
+            full_disk()
+        real_write_text(path, text)
+
+    for target, fake in ((shutil, "copyfile"), (triton_mod, "write_text")):
+        with monkeypatch.context() as m:
+            m.setattr(target, fake, full_disk if fake == "copyfile" else config_fails)
+            result = triton(str(other_bundle), "--triton", str(repo), "--triton-name", "pets")
+        assert result.exit_code == 2, result.output
+        assert "No space left on device" in result.output and "left as it was" in result.output
+        assert snapshot(folder) == before, fake
+
+    result = triton(str(other_bundle), "--triton", str(repo), "--triton-name", "pets")
+    assert result.exit_code == 0, result.output
+    new_version = served(folder, other_bundle)
+    assert new_version != old_version and not old_version.exists()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["config.pbtxt", new_version.name])
+
+
+def test_an_entry_of_an_older_promptkd_edge_is_pinned_then_replaced(bundle, other_bundle, tmp_path, monkeypatch):
+    """Case 2: the layout ef20ace wrote (labels.txt beside config.pbtxt, no version policy: Triton serves the highest
+    version) is replaced the same way, and a failure leaves it byte for byte as it was."""
+    from promptkd_edge.export.triton import config_pbtxt
+
+    folder = tmp_path / "repo" / "pets"
+    (folder / "1").mkdir(parents=True)
+    b = open_bundle(bundle)
+    legacy = config_pbtxt(b.model, "pets", "onnxruntime_onnx", 32, True).replace(
+        "version_policy { specific { versions: [ 1 ] } }\n", "").replace('"1/labels.txt"', '"labels.txt"')
+    assert "version_policy" not in legacy
+    (folder / "config.pbtxt").write_text(legacy)
+    (folder / "labels.txt").write_text("\n".join(b.class_names) + "\n")
+    shutil.copyfile(b.model_path, folder / "1" / "model.onnx")
+    before = snapshot(folder)
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "copyfile", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
+        assert triton(str(other_bundle), "--triton", str(tmp_path / "repo"), "--triton-name", "pets").exit_code == 2
+    assert snapshot(folder) == before
+    result = triton(str(other_bundle), "--triton", str(tmp_path / "repo"), "--triton-name", "pets")
+    assert result.exit_code == 0, result.output
+    assert served(folder, other_bundle).name == "2" and sorted(p.name for p in folder.iterdir()) == [
+        "2", "config.pbtxt"]
+
+
+KILLER = """
+import os, sys
+from pathlib import Path
+import promptkd_edge.export.triton as t
+from promptkd_edge.export.extend import extend_bundle
+from promptkd_edge.export.bundle import ExportOptions
+
+where = sys.argv[3]
+real_write_text, real_copyfile = t.write_text, t.shutil.copyfile
+
+def write_text(path, text):
+    if where == "config" and Path(path).name == "config.pbtxt":
+        os._exit(9)  # killed: no cleanup runs
+    real_write_text(path, text)
+
+def copyfile(src, dst):
+    real_copyfile(src, dst)
+    if where == "copy":
+        os._exit(9)
+
+t.write_text = write_text
+t.shutil.copyfile = copyfile
+extend_bundle(Path(sys.argv[1]), ExportOptions(), triton=Path(sys.argv[2]), triton_name="pets")
+"""
+
+
+def test_an_export_killed_mid_way_leaves_the_old_entry_serving_and_is_cleaned_up(bundle, other_bundle, tmp_path):
+    """Case 2: kill -9 while the new version is copied, or between its rename and the config's: the old entry still
+    serves, byte for byte; the next export removes what the killed one left, says so, and switches."""
+    repo = tmp_path / "repo"
+    assert triton(str(bundle), "--triton", str(repo), "--triton-name", "pets").exit_code == 0
+    folder = repo / "pets"
+    before = snapshot(folder)
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT), "HF_HUB_OFFLINE": "1"}
+    for where in ("copy", "config"):
+        done = subprocess.run([sys.executable, "-c", KILLER, str(other_bundle), str(repo), where], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 9, done.stderr
+    left = set(snapshot(folder)) - set(before)
+    assert left and all(k.split("/")[0].startswith(".") or k.split("/")[0].isdigit() for k in left), left
+    assert {k: v for k, v in snapshot(folder).items() if k in before} == before  # nothing old touched
+    assert served(folder, bundle)  # the config still serves the old version, complete
+    result = triton(str(other_bundle), "--triton", str(repo), "--triton-name", "pets")
+    assert result.exit_code == 0, result.output
+    assert "left by an interrupted" in result.output
+    new_version = served(folder, other_bundle)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["config.pbtxt", new_version.name])
+
+
+def test_folders_we_did_not_write_are_refused_unless_overwrite(bundle, tmp_path):
+    """Case 2: a model folder another tool wrote (another platform, no config.pbtxt, files we do not write) is not
+    replaced without --overwrite; a file in the way is refused."""
+    repo = tmp_path / "repo"
+    cases = {"python": {"config.pbtxt": 'name: "python"\nbackend: "python"\n', "1/model.py": "print(1)\n"},
+             "noconfig": {"1/model.onnx": "onnx"},
+             "extra": {"README.md": "mine\n"}}
+    assert triton(str(bundle), "--triton", str(repo), "--triton-name", "extra").exit_code == 0
+    for name, files in cases.items():
+        for rel, text in files.items():
+            (repo / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (repo / name / rel).write_text(text)
+        before = snapshot(repo / name)
+        result = triton(str(bundle), "--triton", str(repo), "--triton-name", name)
+        assert result.exit_code == 2 and "is not a Triton entry written by pkd export" in result.output, name
+        assert "--overwrite" in result.output and snapshot(repo / name) == before, name
+        result = triton(str(bundle), "--triton", str(repo), "--triton-name", name, "--overwrite")
+        assert result.exit_code == 0, result.output
+        version = served(repo / name, bundle)
+        assert sorted(p.name for p in (repo / name).iterdir()) == sorted(["config.pbtxt", version.name])
+    (repo / "afile").write_text("x")
+    result = triton(str(bundle), "--triton", str(repo), "--triton-name", "afile", "--overwrite")
+    assert result.exit_code == 2 and "is a file" in result.output and (repo / "afile").read_text() == "x"
+
+
+def test_a_second_writer_of_the_same_entry_is_refused_while_the_first_holds_it(bundle, tmp_path, monkeypatch):
+    import promptkd_edge.export.triton as triton_mod
+    from promptkd_edge.utils.files import exclusive_lock
+
+    monkeypatch.setattr(triton_mod, "LOCK_TIMEOUT_S", 0.2)
+    (tmp_path / "repo").mkdir()
+    with exclusive_lock(tmp_path / "repo" / ".pets.lock", 1) as held:
+        assert held
+        result = triton(str(bundle), "--triton", str(tmp_path / "repo"), "--triton-name", "pets")
+    assert result.exit_code == 2 and "another `pkd export --triton` is writing" in result.output
+    assert not (tmp_path / "repo" / "pets").exists()
 
 
 # ------------------------------------------------------------------------------------------ 17: the choice cache

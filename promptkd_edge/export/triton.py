@@ -253,7 +253,8 @@ def _switch(folder: Path, config_for: Callable[[int], str], source: Path, target
         for version in (v for v in entry.versions if v not in served):  # renamed in, never switched to
             _remove(folder / str(version))
             note(f"removed version {version} of {folder}: never served, left by an interrupted export")
-    version = max([*entry.versions, *(entry.served or [])], default=0) + 1
+    taken = [int(c.name) for c in folder.iterdir() if c.name.isdigit()] if folder.is_dir() else []  # ours or not
+    version = max([*taken, *(entry.served or [])], default=0) + 1
     old_config = entry.config
     pinned = entry.ours and entry.config is not None
     stage = folder / f".{version}.tmp-{os.getpid()}"
