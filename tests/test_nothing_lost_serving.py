@@ -124,10 +124,10 @@ def test_a_failed_replacement_leaves_the_entry_as_it_was(bundle, other_bundle, t
     labels and dims together, and nothing of the old version is left."""
     import promptkd_edge.export.triton as triton_mod
 
-    repo = tmp_path / "repo"
-    assert triton(str(bundle), "--triton", str(repo), "--triton-name", "pets").exit_code == 0
+    repo, new = tmp_path / "repo", tmp_path / "new" / "pets"  # the same entry name from the bundles' folder names
+    shutil.copytree(other_bundle, new)
+    assert triton(str(bundle), "--triton", str(repo)).exit_code == 0
     folder = repo / "pets"
-    old_version = served(folder, bundle)
     before = snapshot(folder)
 
     def full_disk(*args, **kwargs):
@@ -143,14 +143,15 @@ def test_a_failed_replacement_leaves_the_entry_as_it_was(bundle, other_bundle, t
     for target, fake in ((shutil, "copyfile"), (triton_mod, "write_text")):
         with monkeypatch.context() as m:
             m.setattr(target, fake, full_disk if fake == "copyfile" else config_fails)
-            result = triton(str(other_bundle), "--triton", str(repo), "--triton-name", "pets")
+            result = runner.invoke(app, ["export", str(new), "--triton", str(repo)])
+        assert snapshot(folder) == before, fake
         assert result.exit_code == 2, result.output
         assert "No space left on device" in result.output and "left as it was" in result.output
-        assert snapshot(folder) == before, fake
+    old_version = served(folder, bundle)
 
-    result = triton(str(other_bundle), "--triton", str(repo), "--triton-name", "pets")
+    result = triton(str(new), "--triton", str(repo))
     assert result.exit_code == 0, result.output
-    new_version = served(folder, other_bundle)
+    new_version = served(folder, new)
     assert new_version != old_version and not old_version.exists()
     assert sorted(p.name for p in folder.iterdir()) == sorted(["config.pbtxt", new_version.name])
 
