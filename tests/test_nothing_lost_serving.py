@@ -392,3 +392,84 @@ def test_a_choice_whose_lock_stays_held_is_measured_and_not_remembered(tmp_path,
     _, choice = auto_mod.choose(options, spec, **kw)  # the lock is free: measured and remembered
     assert not choice.cached and "not remembered" not in choice.reason
     assert auto_mod.choose(options, spec, **kw)[1].cached
+
+
+# ------------------------------------------------------------------------------ 20: the DeepStream key file
+
+
+def keyfile_group(path: Path, group: str = "property") -> dict[str, str]:
+    """Every key of `group` as GLib's own GKeyFile reads it (g_key_file_get_string: what gst-nvinfer calls)."""
+    import ctypes
+    import ctypes.util
+
+    glib = ctypes.CDLL(ctypes.util.find_library("glib-2.0") or "libglib-2.0.so.0")
+    glib.g_key_file_new.restype = ctypes.c_void_p
+    glib.g_key_file_load_from_data.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int,
+                                               ctypes.POINTER(ctypes.c_void_p)]
+    glib.g_key_file_get_keys.restype = ctypes.POINTER(ctypes.c_char_p)
+    glib.g_key_file_get_keys.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_size_t),
+                                         ctypes.POINTER(ctypes.c_void_p)]
+    glib.g_key_file_get_string.restype = ctypes.c_void_p
+    glib.g_key_file_get_string.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p,
+                                           ctypes.POINTER(ctypes.c_void_p)]
+    glib.g_key_file_free.argtypes = [ctypes.c_void_p]
+    glib.g_free.argtypes = [ctypes.c_void_p]
+    keyfile, error, count = glib.g_key_file_new(), ctypes.c_void_p(), ctypes.c_size_t()
+    data = path.read_bytes()
+    try:
+        assert glib.g_key_file_load_from_data(keyfile, data, len(data), 0, ctypes.byref(error)), "not a key file"
+        keys = glib.g_key_file_get_keys(keyfile, group.encode(), ctypes.byref(count), ctypes.byref(error))
+        out = {}
+        for i in range(count.value):
+            value = glib.g_key_file_get_string(keyfile, group.encode(), keys[i], ctypes.byref(error))
+            assert value and not error, keys[i]
+            out[keys[i].decode()] = ctypes.string_at(value).decode("utf-8")
+            glib.g_free(value)
+        return out
+    finally:
+        glib.g_key_file_free(keyfile)
+
+
+@pytest.fixture(scope="module")
+def pixel_bundle(tiny_run, module_dir) -> Path:
+    export_run(tiny_run, module_dir / "pets-pixels", ExportOptions(parity_images=4, input_format="pixels"))
+    return module_dir / "pets-pixels"
+
+
+def _with_plan(pixel_bundle: Path, where: Path, plan: str, gpu: str = "Orin") -> Path:
+    """A copy of the pixel bundle with a (fake) gated plan named `plan`, from a GPU named `gpu`."""
+    from promptkd_edge.export.bundle import write_manifest
+    from promptkd_edge.formats.manifest import EngineEntry
+
+    shutil.copytree(pixel_bundle, where)
+    (where / "engines").mkdir()
+    (where / "engines" / plan).write_bytes(b"a plan " + plan.encode())
+    manifest = open_bundle(where).manifest
+    manifest.engines = [EngineEntry(file=f"engines/{plan}", profiles=[[1, 4, 8]], tensorrt="10.3.0",
+                                    compute_capability="8.7", gpu=gpu, precision="fp16")]
+    write_manifest(where, manifest)
+    return where
+
+
+@pytest.mark.parametrize("plan", [" leading space.plan", "trailing space.plan ", "back\\slash\\n.plan",
+                                  'my "quoted" bündle.plan', "semi;colon #hash=eq.plan", "tab\there.plan"])
+def test_deepstream_config_names_the_plan_gst_nvinfer_reads(pixel_bundle, tmp_path, plan):
+    """Case 20: plan and bundle names with quotes, spaces, backslashes, ';', '#' and non-ASCII reach gst-nvinfer
+    unchanged through GLib's key-file parser; text from the manifest cannot add or change a key."""
+    bundle = _with_plan(pixel_bundle, tmp_path / 'my "quoted" bündle', plan,
+                        gpu="Orin\n[property]\nmodel-engine-file=/elsewhere.plan")
+    result = cli("export", str(bundle), "--deepstream", str(tmp_path / "ds"))
+    assert result.exit_code == 0, result.output
+    [config] = (tmp_path / "ds").glob("config_infer_*.txt")
+    keys = keyfile_group(config)
+    assert keys["model-engine-file"] == plan
+    assert (config.parent / keys["model-engine-file"]).read_bytes() == (bundle / "engines" / plan).read_bytes()
+    assert (config.parent / keys["labelfile-path"]).read_text().strip().split(";") == open_bundle(bundle).class_names
+    assert keys["output-blob-names"] == "logits" and keys["network-mode"] == "2"
+
+
+def test_deepstream_refuses_a_plan_name_no_key_file_can_hold(pixel_bundle, tmp_path):
+    bundle = _with_plan(pixel_bundle, tmp_path / "b", "bell\x07.plan")
+    result = cli("export", str(bundle), "--deepstream", str(tmp_path / "ds"))
+    assert result.exit_code == 2 and "holds a control character" in result.output and "bell\\x07.plan" in result.output
+    assert not (tmp_path / "ds").exists()  # refused before anything is written
