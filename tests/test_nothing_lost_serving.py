@@ -233,26 +233,31 @@ def test_an_export_killed_mid_way_leaves_the_old_entry_serving_and_is_cleaned_up
 def test_folders_we_did_not_write_are_refused_unless_overwrite(bundle, tmp_path):
     """Case 2: a model folder another tool wrote (another platform, no config.pbtxt, files we do not write) is not
     replaced without --overwrite; a file in the way is refused."""
-    repo = tmp_path / "repo"
-    cases = {"python": {"config.pbtxt": 'name: "python"\nbackend: "python"\n', "1/model.py": "print(1)\n"},
+    cases = {"python": {"config.pbtxt": 'name: "pets"\nbackend: "python"\n', "1/model.py": "print(1)\n"},
              "noconfig": {"1/model.onnx": "onnx"},
              "extra": {"README.md": "mine\n"}}
-    assert triton(str(bundle), "--triton", str(repo), "--triton-name", "extra").exit_code == 0
-    for name, files in cases.items():
+    for case, files in cases.items():
+        repo = tmp_path / case
+        folder = repo / bundle.name  # the default entry name
+        if case == "extra":  # an entry we wrote, and a file someone added to it
+            assert triton(str(bundle), "--triton", str(repo)).exit_code == 0
         for rel, text in files.items():
-            (repo / name / rel).parent.mkdir(parents=True, exist_ok=True)
-            (repo / name / rel).write_text(text)
-        before = snapshot(repo / name)
-        result = triton(str(bundle), "--triton", str(repo), "--triton-name", name)
-        assert result.exit_code == 2 and "is not a Triton entry written by pkd export" in result.output, name
-        assert "--overwrite" in result.output and snapshot(repo / name) == before, name
-        result = triton(str(bundle), "--triton", str(repo), "--triton-name", name, "--overwrite")
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text(text)
+        before = snapshot(folder)
+        result = triton(str(bundle), "--triton", str(repo))
+        assert snapshot(folder) == before, case
+        assert result.exit_code == 2 and "is not a Triton entry written by pkd export" in result.output, case
+        assert "--overwrite" in result.output
+        result = triton(str(bundle), "--triton", str(repo), "--overwrite")
         assert result.exit_code == 0, result.output
-        version = served(repo / name, bundle)
-        assert sorted(p.name for p in (repo / name).iterdir()) == sorted(["config.pbtxt", version.name])
-    (repo / "afile").write_text("x")
-    result = triton(str(bundle), "--triton", str(repo), "--triton-name", "afile", "--overwrite")
-    assert result.exit_code == 2 and "is a file" in result.output and (repo / "afile").read_text() == "x"
+        version = served(folder, bundle)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(["config.pbtxt", version.name])
+    (tmp_path / "file").mkdir()
+    (tmp_path / "file" / bundle.name).write_text("x")
+    result = triton(str(bundle), "--triton", str(tmp_path / "file"), "--overwrite")
+    assert result.exit_code == 2 and "is a file" in result.output
+    assert (tmp_path / "file" / bundle.name).read_text() == "x"
 
 
 def test_a_second_writer_of_the_same_entry_is_refused_while_the_first_holds_it(bundle, tmp_path, monkeypatch):
@@ -457,7 +462,7 @@ def test_deepstream_config_names_the_plan_gst_nvinfer_reads(pixel_bundle, tmp_pa
     """Case 20: plan and bundle names with quotes, spaces, backslashes, ';', '#' and non-ASCII reach gst-nvinfer
     unchanged through GLib's key-file parser; text from the manifest cannot add or change a key."""
     bundle = _with_plan(pixel_bundle, tmp_path / 'my "quoted" bündle', plan,
-                        gpu="Orin\n[property]\nmodel-engine-file=/elsewhere.plan")
+                        gpu="Orin\n[property]\ncustom-lib-path=/tmp/evil.so\n#")  # nvinfer would load that library
     result = cli("export", str(bundle), "--deepstream", str(tmp_path / "ds"))
     assert result.exit_code == 0, result.output
     [config] = (tmp_path / "ds").glob("config_infer_*.txt")
@@ -465,7 +470,7 @@ def test_deepstream_config_names_the_plan_gst_nvinfer_reads(pixel_bundle, tmp_pa
     assert keys["model-engine-file"] == plan
     assert (config.parent / keys["model-engine-file"]).read_bytes() == (bundle / "engines" / plan).read_bytes()
     assert (config.parent / keys["labelfile-path"]).read_text().strip().split(";") == open_bundle(bundle).class_names
-    assert keys["output-blob-names"] == "logits" and keys["network-mode"] == "2"
+    assert keys["output-blob-names"] == "logits" and keys["network-mode"] == "2" and "custom-lib-path" not in keys
 
 
 def test_deepstream_refuses_a_plan_name_no_key_file_can_hold(pixel_bundle, tmp_path):
