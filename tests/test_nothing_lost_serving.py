@@ -478,3 +478,26 @@ def test_deepstream_refuses_a_plan_name_no_key_file_can_hold(pixel_bundle, tmp_p
     result = cli("export", str(bundle), "--deepstream", str(tmp_path / "ds"))
     assert result.exit_code == 2 and "holds a control character" in result.output and "bell\\x07.plan" in result.output
     assert not (tmp_path / "ds").exists()  # refused before anything is written
+
+
+def test_a_plan_entry_parses_with_every_profile_listed(bundle, tmp_path):
+    """Case 20: the TensorRT entry (platform, profiles as strings, dynamic batching) is a ModelConfig Triton reads."""
+    from promptkd_edge.export.bundle import write_manifest
+    from promptkd_edge.export.triton import write_repository
+    from promptkd_edge.formats.manifest import EngineEntry
+
+    b = tmp_path / 'plan "b"'
+    shutil.copytree(bundle, b)
+    (b / "engines").mkdir()
+    (b / "engines" / "a.plan").write_bytes(b"plan")
+    manifest = open_bundle(b).manifest
+    manifest.engines = [EngineEntry(file="engines/a.plan", profiles=[[1, 1, 1], [1, 8, 32]], tensorrt="10.3.0",
+                                    compute_capability="8.7", gpu="Orin", precision="fp16")]
+    write_manifest(b, manifest)
+    folder = write_repository(b, tmp_path / "repo", backend="tensorrt")
+    config = triton_schema.parse_config((folder / "config.pbtxt").read_text(encoding="utf-8"))
+    assert (config.name, config.platform, config.max_batch_size) == ('plan "b"', "tensorrt_plan", 32)
+    assert [list(g.profile) for g in config.instance_group] == [["0", "1"]]
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32]
+    [version] = config.version_policy.specific.versions
+    assert (folder / str(version) / "model.plan").read_bytes() == b"plan"
