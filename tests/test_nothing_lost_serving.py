@@ -212,22 +212,25 @@ def test_an_export_killed_mid_way_leaves_the_old_entry_serving_and_is_cleaned_up
     serves, byte for byte; the next export removes what the killed one left, says so, and switches."""
     repo = tmp_path / "repo"
     assert triton(str(bundle), "--triton", str(repo), "--triton-name", "pets").exit_code == 0
-    folder = repo / "pets"
-    before = snapshot(folder)
+    folder, current, new = repo / "pets", bundle, other_bundle
     env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT), "HF_HUB_OFFLINE": "1"}
-    for where in ("copy", "config"):
-        done = subprocess.run([sys.executable, "-c", KILLER, str(other_bundle), str(repo), where], env=env,
+    said = {"copy": "left by an interrupted `pkd export --triton`",  # the hidden version being copied
+            "config": "never served, left by an interrupted export"}  # renamed in, never switched to
+    for where, note in said.items():
+        before = snapshot(folder)
+        done = subprocess.run([sys.executable, "-c", KILLER, str(new), str(repo), where], env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 9, done.stderr
-    left = set(snapshot(folder)) - set(before)
-    assert left and all(k.split("/")[0].startswith(".") or k.split("/")[0].isdigit() for k in left), left
-    assert {k: v for k, v in snapshot(folder).items() if k in before} == before  # nothing old touched
-    assert served(folder, bundle)  # the config still serves the old version, complete
-    result = triton(str(other_bundle), "--triton", str(repo), "--triton-name", "pets")
-    assert result.exit_code == 0, result.output
-    assert "left by an interrupted" in result.output
-    new_version = served(folder, other_bundle)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["config.pbtxt", new_version.name])
+        left = set(snapshot(folder)) - set(before)
+        assert left and all(k.split("/")[0].startswith(".") or k.split("/")[0].isdigit() for k in left), left
+        assert {k: v for k, v in snapshot(folder).items() if k in before} == before  # nothing old touched
+        served(folder, current)  # the config still serves the old version, complete
+        result = triton(str(new), "--triton", str(repo), "--triton-name", "pets")
+        assert result.exit_code == 0, result.output
+        assert note in " ".join(result.output.split()), where  # the progress lines may wrap
+        version = served(folder, new)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(["config.pbtxt", version.name])
+        current, new = new, current
 
 
 def test_folders_we_did_not_write_are_refused_unless_overwrite(bundle, tmp_path):
