@@ -250,9 +250,9 @@ def _switch(folder: Path, config_for: Callable[[int], str], source: Path, target
         note(f"removed {path}, left by an interrupted `pkd export --triton`")
     served = entry.served if entry.served is not None else entry.versions[-1:]
     if entry.ours:
-        for version in (v for v in entry.versions if v not in served):  # renamed in, never switched to
-            _remove(folder / str(version))
-            note(f"removed version {version} of {folder}: never served, left by an interrupted export")
+        for orphan in (v for v in entry.versions if v not in served):  # renamed in, never switched to
+            _remove(folder / str(orphan))
+            note(f"removed version {orphan} of {folder}: never served, left by an interrupted export")
     taken = [int(c.name) for c in folder.iterdir() if c.name.isdigit()] if folder.is_dir() else []  # ours or not
     version = max([*taken, *(entry.served or [])], default=0) + 1
     old_config = entry.config
@@ -288,6 +288,11 @@ def _switch(folder: Path, config_for: Callable[[int], str], source: Path, target
                 shutil.rmtree(folder, ignore_errors=True)
     for child in folder.iterdir():  # after the switch: the version served before, a replaced entry's files
         if child.name not in (CONFIG, str(version)):
-            _remove(child)
+            try:
+                _remove(child)
+            except OSError as e:  # the new version serves; this only costs disk
+                note(f"{folder} serves version {version}, but {child} could not be removed ({e.strerror}): "
+                     "remove it by hand")
+                continue
             if not entry.ours:
                 note(f"removed {child} of the replaced entry (--overwrite)")
