@@ -656,14 +656,14 @@ def test_triton_repository_entry_from_a_bundle(bundles, tmp_path):
     assert 'name: "embeddings"\n    data_type: TYPE_FP32\n    dims: [ 128 ]' in config
     assert "preferred_batch_size: [ 4, 8, 16 ]" in config and "KIND_GPU" in config
     assert (folder / "1" / "model.onnx").read_bytes() == (bundles["uint8"] / "model.onnx").read_bytes()
-    assert (folder / "labels.txt").read_text().splitlines() == open_bundle(bundles["uint8"]).class_names
+    assert (folder / "1" / "labels.txt").read_text().splitlines() == open_bundle(bundles["uint8"]).class_names
 
     from promptkd_edge.export.triton import write_repository
 
     folder = write_repository(bundles["fp32"], repo, name="pets", gpu=False)
     config = (folder / "config.pbtxt").read_text()
     assert 'output [\n  {\n    name: "logits"\n    data_type: TYPE_FP32\n    dims: [ 3 ]\n    label_filename: ' \
-           '"labels.txt"' in config and "KIND_CPU" in config
+           '"1/labels.txt"' in config and "KIND_CPU" in config
     with pytest.raises(PkdError, match="it has: none"):
         write_repository(bundles["fp32"], repo, backend="tensorrt")
     r = pkd("export", str(tmp_path / "nope"), "--triton", str(repo))

@@ -110,6 +110,8 @@ def export(
                                                 "this Triton model repository.")] = None,
     triton_backend: Annotated[str, typer.Option(help="Triton entry serves model.onnx (onnxruntime) or the bundle's "
                                                 "plan (tensorrt).")] = "onnxruntime",
+    triton_name: Annotated[str | None, typer.Option(help="Triton model name and folder (default: the bundle folder's "
+                                                    "name, '-' as '_').")] = None,
     deepstream: Annotated[Path | None, typer.Option("--deepstream", help="With a bundle as SOURCE: write a "
                                                     "DeepStream nvinfer config, labels and the plan into this "
                                                     "folder (a --pixel-input bundle).")] = None,
@@ -122,8 +124,8 @@ def export(
                                                   "profile's max).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Keep a bundle that fails the parity gate, marked "
                                         "invalid.")] = _E.force,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at --out.")
-                         ] = _E.overwrite,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at --out (with "
+                                            "--triton: a model folder pkd did not write).")] = _E.overwrite,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
     """Fold the student (prompts, projector, class vectors) into one ONNX graph, gate it, ship it as a bundle."""
@@ -139,8 +141,9 @@ def export(
                             trt=trt).validate()
     progress = make_progress(not as_json)
     if is_bundle(source):
-        extend_bundle(source, options, out=out, triton=triton, triton_backend=triton_backend, deepstream=deepstream,
-                      deepstream_mode=deepstream_mode, threshold=threshold, max_batch=max_batch, progress=progress)
+        extend_bundle(source, options, out=out, triton=triton, triton_backend=triton_backend, triton_name=triton_name,
+                      deepstream=deepstream, deepstream_mode=deepstream_mode, threshold=threshold, max_batch=max_batch,
+                      progress=progress)
         manifest, where = open_bundle(source).manifest, source
     else:
         if triton is not None or deepstream is not None:

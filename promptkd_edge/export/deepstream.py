@@ -13,6 +13,11 @@ normalisation is set to identity (`net-scale-factor=1`, `offsets=0;0;0`).
 nvinfer's classifier parser takes the largest value of the output layer and attaches its label when it exceeds
 `classifier-threshold`. The layer is `logits` (logit scale x cosine, 100 x for CLIP), so the threshold is in those
 units: 0 labels every input, 25 needs a cosine of 0.25 at scale 100.
+
+The config is a GLib key file (GKeyFile), which gst-nvinfer reads with g_key_file_get_string: a value runs to the
+end of its line, leading blanks dropped, backslash escapes (`\\\\`, `\\s`, `\\n`, `\\t`, `\\r`) decoded. File names go
+in through `keyfile_value`, which writes those escapes (quotes, spaces, ';' and non-ASCII need none); text from the
+manifest in comments is kept on its line with control characters made visible.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from promptkd_edge.errors import PkdError
 from promptkd_edge.formats.manifest import EngineEntry, Manifest
 from promptkd_edge.runtime.bundle import open_bundle
 from promptkd_edge.utils.files import atomic_path, write_text
+from promptkd_edge.utils.text import visible
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2, "fp8": 2}  # nvinfer: 0 FP32, 1 INT8, 2 FP16 (no FP8 mode)
 PROCESS_MODES = {"primary": 1, "secondary": 2}  # whole frames, or the objects an upstream detector found
@@ -42,6 +48,19 @@ def batch_size_for(profiles: list[list[int]], requested: int | None) -> int:
     return min(requested or hi, hi)
 
 
+def keyfile_value(text: str, what: str) -> str:
+    """`text` as a GKeyFile string value (g_key_file_get_string reads it back unchanged); a PkdError for what a key
+    file cannot hold (control characters other than newline, tab and carriage return; text that is not UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PkdError(f"{what} '{visible(text)}' is not UTF-8, as nvinfer's config file must be: rename it") from None
+    if any((ord(c) < 0x20 and c not in "\n\t\r") or 0x7F <= ord(c) < 0xA0 for c in text):
+        raise PkdError(f"{what} '{visible(text)}' holds a control character nvinfer's config cannot hold: rename it")
+    escaped = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    return "\\s" + escaped[1:] if escaped.startswith(" ") else escaped
+
+
 def config_text(manifest: Manifest, record: EngineEntry, plan_name: str, batch_size: int, *,
                 resize_mode: str, mode: str, threshold: float, gpu_id: int = 0, unique_id: int = 1) -> str:
     """The nvinfer [property] group for a bundle's plan. nvinfer scales the whole frame or object to the network
@@ -51,14 +70,14 @@ def config_text(manifest: Manifest, record: EngineEntry, plan_name: str, batch_s
     aspect = ASPECT[resize_mode]
     lines = [
         "# gst-nvinfer configuration written by `pkd export BUNDLE --deepstream` (promptkd-edge)",
-        f"# bundle: {manifest.source.get('student_spec', '?')} student, {model.num_classes} classes;"
-        f" plan {record.file} ({record.precision}, TensorRT {record.tensorrt}, {record.gpu})",
+        visible(f"# bundle: {manifest.source.get('student_spec', '?')} student, {model.num_classes} classes;"
+                f" plan {record.file} ({record.precision}, TensorRT {record.tensorrt}, {record.gpu})"),
         "# The graph does /255 and CLIP's per-channel mean/std itself: nvinfer's normalisation is identity.",
         "# classifier-threshold is on the logits (logit scale x cosine), not on a probability.",
         "[property]",
         f"gpu-id={gpu_id}",
         f"gie-unique-id={unique_id}",
-        f"model-engine-file={plan_name}",
+        f"model-engine-file={keyfile_value(plan_name, 'the plan file name')}",
         "labelfile-path=labels.txt",
         f"batch-size={batch_size}",
         "network-type=1",
@@ -109,11 +128,12 @@ def write_config(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, *, e
     batch = batch_size_for(record.profiles, max_batch)
     out = Path(out_dir)
     plan_name = Path(record.file).name
+    text = config_text(bundle.manifest, record, plan_name, batch,
+                       resize_mode=bundle.preprocess.get("resize_mode", "shortest"), mode=mode, threshold=threshold,
+                       gpu_id=gpu_id)  # refuse what the key file cannot say before anything is written
     with atomic_path(out / plan_name) as tmp:
         shutil.copyfile(bundle.path / record.file, tmp)
     write_text(out / "labels.txt", ";".join(names) + "\n")
     config = out / f"config_infer_{bundle.path.name.replace('-', '_')}.txt"
-    write_text(config, config_text(bundle.manifest, record, plan_name, batch,
-                                   resize_mode=bundle.preprocess.get("resize_mode", "shortest"), mode=mode,
-                                   threshold=threshold, gpu_id=gpu_id))
+    write_text(config, text)
     return config

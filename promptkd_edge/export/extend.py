@@ -11,7 +11,7 @@ from promptkd_edge.utils.progress import NullProgress, Progress
 
 
 def extend_bundle(source: Path, options: ExportOptions, *, out: Path | None = None, triton: Path | None = None,
-                  triton_backend: str = "onnxruntime", deepstream: Path | None = None,
+                  triton_backend: str = "onnxruntime", triton_name: str | None = None, deepstream: Path | None = None,
                   deepstream_mode: str = "primary", threshold: float = 0.0, max_batch: int | None = None,
                   progress: Progress | None = None) -> None:
     """`pkd export BUNDLE`: add a TensorRT plan (options.trt), the bf16 gate (options.precision "bf16"), a Triton
@@ -41,7 +41,8 @@ def extend_bundle(source: Path, options: ExportOptions, *, out: Path | None = No
     if triton is not None:
         from promptkd_edge.export.triton import write_repository
 
-        folder = write_repository(source, triton, backend=triton_backend, max_batch=max_batch)
+        folder = write_repository(source, triton, name=triton_name, backend=triton_backend, max_batch=max_batch,
+                                  overwrite=options.overwrite, note=progress.note)
         progress.note(f"Triton model repository entry: {folder}")
     if deepstream is not None:
         from promptkd_edge.export.deepstream import write_config

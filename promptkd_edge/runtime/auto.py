@@ -6,6 +6,11 @@ first load each option is loaded and timed on a few batches of 1 and 8; the one 
 (batch 1 plus batch 8) wins. The choice is cached in the user cache (`backend-choice.json`), keyed by the graph's
 sha256, the CPU (model and flags), the library versions and the thread count, so later loads build only the
 winner. Every choice says what it picked and why.
+
+The cache is only a hint: an entry of any other shape (hand-edited, written by another version) counts as missing
+and is measured and written again. Measuring holds an exclusive lock (`backend-choice.json.lock`), so two first
+runs on one machine never time their options under each other's load: the second waits, then finds the first's
+entry. One that waits longer than LOCK_TIMEOUT_S measures anyway and does not record what it measured.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import numpy as np
 from promptkd_edge.errors import PkdError
 from promptkd_edge.formats.manifest import TensorInfo
 from promptkd_edge.runtime.cpu import cpu_fingerprint, cpu_info
-from promptkd_edge.utils.files import read_json, user_cache_dir, write_json
+from promptkd_edge.utils.files import exclusive_lock, read_json, user_cache_dir, write_json
 
 CACHE_FILE = "backend-choice.json"
+LOCK_TIMEOUT_S = 300.0  # how long a first run waits for another process's measurement before measuring alone
 PROBE_BATCHES = (1, 8)
 PROBE_CALLS = {1: 3, 8: 2}  # timed calls per batch size, after one untimed call each
 
@@ -96,11 +102,41 @@ def _read_cache() -> dict[str, Any]:
         return {}
 
 
-def _write_cache(key: str, entry: dict[str, Any]) -> None:
-    """Remember a choice; a cache that cannot be written (read-only home on a device) only costs a new probe."""
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _usable(entry: Any, names: dict[str, Option]) -> bool:
+    """Whether a cache entry has the shape `_record` writes and names one of these options."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("reason"), str):
+        return False
+    timings, skipped = entry.get("timings", {}), entry.get("skipped", {})
+    return (isinstance(entry.get("picked"), str) and entry["picked"] in names
+            and isinstance(timings, dict) and all(isinstance(t, dict) and all(map(_is_number, t.values()))
+                                                  for t in timings.values())
+            and isinstance(skipped, dict) and all(isinstance(v, str) for v in skipped.values()))
+
+
+def _cached(key: str, names: dict[str, Option]) -> tuple[Any, Choice] | None:
+    """The remembered choice for `key`, loaded; None when there is none, it is unusable, or it no longer loads."""
+    entry = _read_cache().get(key)
+    if not _usable(entry, names):
+        return None
+    try:
+        backend = names[entry["picked"]].load()
+    except PkdError:
+        return None  # it loaded when measured; measure again
+    return backend, Choice(entry["picked"], entry["reason"], entry.get("timings", {}), True, entry.get("skipped", {}))
+
+
+def _record(key: str, choice: Choice) -> None:
+    """Remember a choice (the whole cache rewritten atomically); a cache that cannot be written (read-only home on a
+    device) only costs a new probe."""
     try:
         cache = _read_cache()
-        cache[key] = entry
+        cache[key] = {"picked": choice.picked, "reason": choice.reason, "timings": choice.timings,
+                      "skipped": choice.skipped, "cpu": cpu_info()["model"],
+                      "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json(user_cache_dir() / CACHE_FILE, cache)
     except (PkdError, OSError):
         pass
@@ -117,18 +153,29 @@ def choose(options: list[Option], spec: TensorInfo, *, model_sha256: str, thread
         raise PkdError("no backend can run this bundle here")
     if len(options) == 1:
         return options[0].load(), Choice(options[0].name, "the only gated option on this CPU")
+    if not use_cache:
+        return _measure(options, spec, threads, measure_fn)
     key = cache_key(model_sha256, options, threads, versions)
     by_name = {o.name: o for o in options}
-    if use_cache:
-        entry = _read_cache().get(key)
-        if entry and entry.get("picked") in by_name:
-            try:
-                backend = by_name[entry["picked"]].load()
-            except PkdError:
-                pass  # it loaded when measured; measure again
-            else:
-                return backend, Choice(entry["picked"], entry["reason"], entry.get("timings", {}), True,
-                                       entry.get("skipped", {}))
+    hit = _cached(key, by_name)
+    if hit is not None:
+        return hit
+    lock = user_cache_dir() / (CACHE_FILE + ".lock")
+    with exclusive_lock(lock, LOCK_TIMEOUT_S) as locked:
+        hit = _cached(key, by_name) if locked else None  # another process may have measured while we waited
+        if hit is not None:
+            return hit
+        best, choice = _measure(options, spec, threads, measure_fn)
+        if locked:
+            _record(key, choice)
+        else:
+            choice.reason += f" (not remembered: {lock} stayed locked by another measurement or cannot be made)"
+    return best, choice
+
+
+def _measure(options: list[Option], spec: TensorInfo, threads: int | None,
+             measure_fn: Callable[[Any, dict[str, Any]], dict[str, float]]) -> tuple[Any, Choice]:
+    """Load and time each option; keep the fastest loaded, release the others."""
     best, picked, timings, skipped = None, "", {}, {}
     for option in options:  # one option loaded at a time besides the fastest so far: peak memory of two
         try:
@@ -149,8 +196,4 @@ def choose(options: list[Option], spec: TensorInfo, *, model_sha256: str, thread
               "ms/image at batch " + "/".join(str(b) for b in PROBE_BATCHES) + ": "
               + ", ".join(f"{n} {'/'.join(f'{v:.3g}' for v in t.values())}"
                           for n, t in sorted(timings.items(), key=lambda kv: score(kv[1]))))
-    choice = Choice(picked, reason, timings, False, skipped)
-    if use_cache:
-        _write_cache(key, {"picked": picked, "reason": reason, "timings": timings, "skipped": skipped,
-                           "cpu": cpu_info()["model"], "measured": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return best, choice
+    return best, Choice(picked, reason, timings, False, skipped)

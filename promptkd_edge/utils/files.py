@@ -9,6 +9,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,38 @@ def user_cache_dir() -> Path:
     base = os.environ.get("PKD_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"),
                                                            "promptkd-edge")
     return Path(base).expanduser()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, timeout: float) -> Iterator[bool]:
+    """Hold an exclusive lock on the file `path` (created if missing) for the block: yields True once it is held,
+    False when another process held it for `timeout` seconds or the file cannot be made (read-only folder). The
+    lock is flock(2): released by the kernel when the holder exits, even on kill -9, and honoured across hosts on
+    NFSv4 and local filesystems. Where there is no flock (Windows) nothing is locked and True is yielded."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield True
+        return
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield False
+        return
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    held = False
+                    break
+                time.sleep(0.05)
+        yield held
+    finally:
+        os.close(fd)  # releases the lock
