@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.runtime.names import validate_class_names
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
@@ -63,6 +64,7 @@ class LabeledImages:
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise PkdError(f"{root} has no class sub-folders (expected ROOT/<class name>/<images>)")
+        validate_class_names(classes, str(root))  # folder names are class names: one line each, told apart
         samples = [(p, i) for i, c in enumerate(classes) for p in _walk_images(root / c)]
         if not samples:
             raise PkdError(f"no images in the class folders of {root}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from promptkd_edge.errors import PkdError
 from promptkd_edge.formats.manifest import ModelEntry, TensorInfo
 from promptkd_edge.runtime.bundle import open_bundle
+from promptkd_edge.runtime.names import labels_text
 from promptkd_edge.utils.files import atomic_path, write_text
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8"}
@@ -105,6 +106,6 @@ def write_repository(bundle_dir: str | os.PathLike, repo: str | os.PathLike, *, 
         (folder / "1" / stale).unlink(missing_ok=True)
     with atomic_path(folder / "1" / target) as tmp:
         shutil.copyfile(source, tmp)
-    write_text(folder / "labels.txt", "\n".join(bundle.class_names) + "\n")
+    write_text(folder / "labels.txt", labels_text(bundle.class_names, f"bundle {bundle.path}"))
     write_text(folder / "config.pbtxt", config_pbtxt(bundle.model, name, platform, limit, gpu, profiles))
     return folder
