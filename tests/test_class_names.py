@@ -171,6 +171,8 @@ def test_names_the_tokenizer_reads_alike_are_refused_naming_both(text_bundle, tm
     run, bundle = text_bundle
     assert same_tokens(a, b)  # the reference: they would get the very same class vector
     (tmp_path / "names.txt").write_text(f"owl\n{a}\n{b}\n", encoding="utf-8")
+    with pytest.raises(PkdError, match="same text to CLIP's tokenizer"):  # where the list is read, before any model
+        read_class_names(tmp_path / "names.txt")
     line = error_line(cli("classes", run, "--names", tmp_path / "names.txt", "--out", tmp_path / "vectors"))
     assert "classes 2" in line and "and 3" in line and "same text to CLIP's tokenizer" in line
     shown = (repr, repr) if repr(a) != repr(b) else (ascii, ascii)
@@ -178,8 +180,11 @@ def test_names_the_tokenizer_reads_alike_are_refused_naming_both(text_bundle, tm
     assert not (tmp_path / "vectors").exists()
     line = error_line(cli("predict", bundle, run.parent / "imgs", "--classes", f"owl,{a},{b}"))
     assert "same text to CLIP's tokenizer" in line
+    clf = Classifier.from_bundle(bundle, backend="onnxruntime")
     with pytest.raises(PkdError, match="same text to CLIP's tokenizer"):
-        Classifier.from_bundle(bundle, backend="onnxruntime").with_class_names([a, b])
+        clf.with_class_names([a, b])
+    with pytest.raises(PkdError, match="same text to CLIP's tokenizer"):  # vectors given: the labels still clash
+        clf.with_classes([a, b], np.eye(2, clf.bundle.model.embedding_dim, dtype=np.float32))
 
 
 def test_outer_whitespace_in_folder_names_and_api_lists(text_bundle, tmp_path):
