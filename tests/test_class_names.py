@@ -155,6 +155,21 @@ def test_label_writers_check_an_old_bundle_again(text_bundle, tmp_path):
     assert labels.read_text(encoding="utf-8").splitlines() == NAMES
 
 
+def test_an_older_runs_class_list_is_checked_where_it_is_read(text_bundle, tmp_path):
+    run, _ = text_bundle
+    old = tmp_path / "old-run"
+    shutil.copytree(run, old)
+    meta = json.loads((old / "classes.json").read_text(encoding="utf-8"))
+    meta["names"] = ["red\tsquare", *meta["names"][1:]]
+    (old / "classes.json").write_text(json.dumps(meta), encoding="utf-8")
+    (tmp_path / "names.txt").write_text("owl\nbat\n", encoding="utf-8")
+    for args in (("classes", old, "--names", tmp_path / "names.txt", "--out", tmp_path / "vectors"),
+                 ("export", old, "--out", tmp_path / "bundle")):
+        line = error_line(cli(*args))
+        assert f"{old / 'classes.json'}: class 1 'red\\tsquare'" in line, args
+    assert not (tmp_path / "vectors").exists() and not (tmp_path / "bundle").exists()
+
+
 # ------------------------------------------------------------------ 5: names CLIP's tokenizer reads alike
 
 

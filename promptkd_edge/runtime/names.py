@@ -46,8 +46,8 @@ def check_labels(names: Sequence[str], source: str) -> None:
         ch = _line_breaker(name)
         if ch is not None:
             raise PkdError(f"{source}: class {i + 1} {name!r} holds {ch!r}, a line break or control character; "
-                           "class names must be one line of plain text (labels.txt and DeepStream's label file are "
-                           "one name per line): rename it")
+                           "class names must be one line of plain text (Triton's labels.txt is one name per line, "
+                           "DeepStream's label file one line): rename it")
 
 
 def labels_text(names: Sequence[str], source: str, separator: str = "\n") -> str:
