@@ -83,6 +83,7 @@ class ClassVectors:
             raise PkdError(f"{vectors_path} was modified after {directory / CLASSES_FILE} was written "
                            "(sha256 mismatch)")
         vectors = load_file(str(vectors_path))["class_vectors"].float()
+        validate_class_names(meta["names"], str(directory / CLASSES_FILE))  # an older run's list: say which file
         return cls(list(meta["names"]), vectors, meta["teacher"], meta["template"], float(meta["logit_scale"]))
 
 
