@@ -179,9 +179,10 @@ def test_predict_with_classes_on_the_command_line(text_bundle, tmp_path):
     out = json.loads(r.stdout)
     assert {label for row in out["predictions"] for label in row["labels"]} == {"red fox", "polar bear"}
     (tmp_path / "names.txt").write_text("fox\nbear\nowl\n")
-    r = pkd("predict", str(bundle), str(tmp_path / "imgs"), "--classes", str(tmp_path / "names.txt"), "--json",
-            "--backend", "onnxruntime")
+    r = pkd("predict", str(bundle), str(tmp_path / "imgs"), "--classes", f"@{tmp_path / 'names.txt'}", "--json",
+            "--backend", "onnxruntime", "--top-k", "3")
     assert r.returncode == 0, r.stderr
+    assert {label for row in json.loads(r.stdout)["predictions"] for label in row["labels"]} == {"fox", "bear", "owl"}
     r = pkd("predict", str(bundle), str(tmp_path / "imgs"), "--classes", "fox,,bear")
     assert r.returncode == 2 and "class 2 has an empty name" in r.stderr and "Traceback" not in r.stderr
 

@@ -208,7 +208,7 @@ PREDICT_EXAMPLES = """
 
   # other classes, named here (a bundle exported with --text-encoder computes their vectors on this device)
   pkd predict bundles/pets photos/ --classes "red fox, polar bear, snow owl"
-  pkd predict bundles/pets photos/ --classes new_classes.txt
+  pkd predict bundles/pets photos/ --classes @new_classes.txt
 """
 
 
@@ -228,8 +228,9 @@ def predict(
                                                   "only where the bundle's bf16 gate passed).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all usable).")] = None,
     classes: Annotated[str | None, typer.Option("--classes", help="Classify into these classes instead of the "
-                                                "bundle's: comma-separated names, or a class-list file (one per "
-                                                "line). Needs a bundle exported with --text-encoder.")] = None,
+                                                "bundle's: comma-separated names, or @FILE for a class-list file "
+                                                "(one per line) and @FOLDER for an ImageFolder's sub-folders. Needs "
+                                                "a bundle exported with --text-encoder.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
     allow_invalid: Annotated[bool, typer.Option(help="Load a bundle that failed its parity gate.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print predictions as JSON on stdout.")] = False,
@@ -245,7 +246,9 @@ def predict(
     if classes is not None:
         from promptkd_edge.runtime.names import class_names_argument
 
-        clf = clf.with_class_names(class_names_argument(classes))
+        names, notes = class_names_argument(classes)
+        clf = clf.with_class_names(names)
+        clf.notes += notes
     for note in clf.notes:
         err().print(f"[yellow]note:[/] {shown(note)}", highlight=False)
     if clf.choice is not None and not clf.choice.cached and not as_json:

@@ -365,7 +365,10 @@ def classes(
         raise PkdError(f"{out} already holds {CLASSES_FILE}; choose another --out")
     vectors = class_vectors_for_run(run, class_names, device=resolve_device(device), allow_pickle=allow_pickle)
     vectors.save(out)
+    for note in vectors.notes:  # names cut to fit the text context
+        err().print(f"[yellow]note:[/] {shown(note)}", highlight=False)
     if as_json:
-        print_json({"out": str(out), "classes": len(class_names), "teacher": vectors.teacher, "dim": vectors.dim})
+        print_json({"out": str(out), "classes": len(class_names), "teacher": vectors.teacher, "dim": vectors.dim,
+                    "notes": vectors.notes})
     else:
         console().print(f"{len(class_names)} class vectors from {shown(vectors.teacher)} written to {shown(out)}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.runtime.names import validate_class_names
 from promptkd_edge.utils.paths import FILE, FOLDER, MISSING, check_file, check_folder, describe
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class LabeledImages:
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise PkdError(f"{root} has no class sub-folders (expected ROOT/<class name>/<images>)")
+        validate_class_names(classes, str(root))  # folder names are class names: one line each, told apart
         samples, skipped = [], 0
         folders = {_key(os.stat(f)) for f in [root, *(root / c for c in classes)]}  # no class walks into another
         for i, c in enumerate(classes):

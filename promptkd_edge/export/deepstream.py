@@ -29,6 +29,7 @@ from pathlib import Path
 from promptkd_edge.errors import PkdError
 from promptkd_edge.formats.manifest import EngineEntry, Manifest
 from promptkd_edge.runtime.bundle import open_bundle
+from promptkd_edge.runtime.names import check_labels, labels_text
 from promptkd_edge.utils.files import atomic_path, write_text
 from promptkd_edge.utils.text import visible
 
@@ -116,9 +117,10 @@ def write_config(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, *, e
         raise PkdError("nvinfer's classifier reads a logits output; this bundle outputs embeddings only "
                        "(export with --head logits or both)")
     names = bundle.class_names
-    bad = [n for n in names if ";" in n or "\n" in n]
+    check_labels(names, f"bundle {bundle.path}")
+    bad = [n for n in names if ";" in n]
     if bad:
-        raise PkdError(f"nvinfer's classifier labels are ';'-separated; rename the class {bad[0]!r}")
+        raise PkdError(f"nvinfer's classifier labels are ';'-separated on one line; rename the class {bad[0]!r}")
     engines = [e for e in bundle.engines if engine in (None, e.file) and e.parity_passed]
     if len(engines) != 1:
         have = ", ".join(e.file for e in bundle.engines) or "none"
@@ -133,7 +135,7 @@ def write_config(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, *, e
                        gpu_id=gpu_id)  # refuse what the key file cannot say before anything is written
     with atomic_path(out / plan_name) as tmp:
         shutil.copyfile(bundle.path / record.file, tmp)
-    write_text(out / "labels.txt", ";".join(names) + "\n")
+    write_text(out / "labels.txt", labels_text(names, f"bundle {bundle.path}", ";"))
     config = out / f"config_infer_{bundle.path.name.replace('-', '_')}.txt"
     write_text(config, text)
     return config

@@ -47,6 +47,7 @@ from pathlib import Path
 from promptkd_edge.errors import PkdError
 from promptkd_edge.formats.manifest import ModelEntry, TensorInfo
 from promptkd_edge.runtime.bundle import open_bundle
+from promptkd_edge.runtime.names import labels_text
 from promptkd_edge.utils.files import atomic_path, exclusive_lock, write_bytes, write_text
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8"}
@@ -78,11 +79,6 @@ def check_model_name(name: str) -> str:
         raise PkdError(f"Triton cannot serve a model named {name!r}: the name {problem}; choose one with "
                        "--triton-name")
     return name
-
-
-def labels_text(names: list[str]) -> str:
-    """labels.txt: one class name a line, in class-id order (Triton's classification extension)."""
-    return "\n".join(names) + "\n"
 
 
 def _tensor(entry: TensorInfo, kind: str, labels: str | None = None) -> str:
@@ -166,6 +162,7 @@ def write_repository(bundle_dir: str | os.PathLike, repo: str | os.PathLike, *, 
     else:
         raise PkdError(f"unknown Triton backend '{backend}'; choose onnxruntime or tensorrt")
     config_pbtxt(bundle.model, name, platform, limit, gpu, profiles)  # refuse what it cannot say before any write
+    labels = labels_text(bundle.class_names, f"bundle {bundle.path}")  # one name a line: refused before any write
     if folder.exists() and not folder.is_dir():
         raise PkdError(f"{folder} is a file, not a Triton model folder: move it away or choose another --triton-name")
     lock = folder.parent / f".{name}.lock"
@@ -176,7 +173,7 @@ def write_repository(bundle_dir: str | os.PathLike, repo: str | os.PathLike, *, 
                 raise PkdError(f"cannot lock {lock}: another `pkd export --triton` is writing {folder}, or "
                                f"{folder.parent} is read-only")
             _switch(folder, lambda version: config_pbtxt(bundle.model, name, platform, limit, gpu, profiles, version),
-                    source, target, labels_text(bundle.class_names), overwrite, note or (lambda _: None))
+                    source, target, labels, overwrite, note or (lambda _: None))
     except OSError as e:
         code = errno.errorcode.get(e.errno or 0, "")
         raise PkdError(f"cannot write the Triton entry {folder}: {e.strerror or e} ({code or type(e).__name__} on "

@@ -7,14 +7,21 @@ logit scale, the tensor file's sha256). Training, evaluation and export all read
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.models.teacher import DEFAULT_TEMPLATE, Teacher, load_teacher, require_weights, teacher_run_file
-from promptkd_edge.runtime.names import validate_class_names
+from promptkd_edge.models.teacher import (
+    DEFAULT_TEMPLATE,
+    Teacher,
+    class_prompt,
+    load_teacher,
+    require_weights,
+    teacher_run_file,
+)
+from promptkd_edge.runtime.names import cut_note, validate_class_names
 from promptkd_edge.utils.files import atomic_path, read_json, sha256_file, write_json
 
 VECTORS_FILE = "class_vectors.safetensors"
@@ -28,6 +35,7 @@ class ClassVectors:
     teacher: str
     template: str
     logit_scale: float
+    notes: list[str] = field(default_factory=list, compare=False)  # computing them noted (names cut); not stored
 
     def __post_init__(self) -> None:
         validate_class_names(self.names, "class list")
@@ -45,7 +53,8 @@ class ClassVectors:
         return self.logit_scale * features @ w.t()
 
     def to(self, device: str | torch.device) -> ClassVectors:
-        return ClassVectors(self.names, self.vectors.to(device), self.teacher, self.template, self.logit_scale)
+        return ClassVectors(self.names, self.vectors.to(device), self.teacher, self.template, self.logit_scale,
+                            self.notes)
 
     def save(self, directory: str | os.PathLike) -> None:
         from safetensors.torch import save_file
@@ -74,18 +83,36 @@ class ClassVectors:
             raise PkdError(f"{vectors_path} was modified after {directory / CLASSES_FILE} was written "
                            "(sha256 mismatch)")
         vectors = load_file(str(vectors_path))["class_vectors"].float()
+        validate_class_names(meta["names"], str(directory / CLASSES_FILE))  # an older run's list: say which file
         return cls(list(meta["names"]), vectors, meta["teacher"], meta["template"], float(meta["logit_scale"]))
 
 
 def compute_class_vectors(teacher: Teacher, names: list[str], template: str = DEFAULT_TEMPLATE) -> ClassVectors:
     """W = normalised teacher text features: `template` filled with each class name (zero-shot teacher) or the
-    learned context followed by the name (prompted teacher)."""
+    learned context followed by the name (prompted teacher). Two names whose sentences the teacher's tokenizer
+    reads as the same tokens (after its cleaning and the cut to its context) are refused; names cut are in
+    `notes`."""
     validate_class_names(names, "class list")
     if not teacher.prompted and "{}" not in template:
         raise PkdError(f"template {template!r} has no '{{}}' where the class name goes")
+    keys, cut, context = sentence_tokens(teacher, names, template)
+    validate_class_names(names, "class list", keys=keys, cut=cut)
     vectors = teacher.class_text_features(names, template).float().cpu()
     return ClassVectors(names, vectors, teacher.spec, teacher.template if teacher.prompted else template,
-                        teacher.logit_scale)
+                        teacher.logit_scale, [cut_note(names[i], context) for i in cut])
+
+
+def sentence_tokens(teacher: Teacher, names: list[str], template: str) -> tuple[list[bytes], list[int], int]:
+    """(the token ids of each name's sentence as the teacher's tokenizer makes them, cut to its context, one bytes
+    key a name; the indices of the names that were cut; the context length)."""
+    tokenizer = teacher.clip.tokenizer()
+    sentences = teacher.text.sentences(names) if teacher.prompted else [class_prompt(template, n) for n in names]
+    rows = tokenizer(sentences)
+    context = int(rows.shape[1])
+    # one position more: a sentence that reaches it did not fit; "" shows the padding value at that position
+    longer = tokenizer([*sentences, ""], context_length=context + 1)
+    cut = [i for i in range(len(names)) if longer[i, -1] != longer[-1, -1]]
+    return [row.numpy().tobytes() for row in rows], cut, context
 
 
 def class_vectors_for_run(run: str | os.PathLike, names: list[str], *, device: str | torch.device = "cpu",

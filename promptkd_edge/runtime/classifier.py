@@ -200,6 +200,10 @@ class Classifier:
     def with_classes(self, names: Sequence[str], vectors: np.ndarray, logit_scale: float | None = None
                      ) -> Classifier:
         """The same model with another class list (bundles with --head embeddings or both): W [C, D], unit rows."""
+        from promptkd_edge.runtime.names import name_list, validate_class_names
+
+        names = name_list(names, "class names")
+        validate_class_names(names, "class names")
         if "embeddings" not in self.bundle.model.output_names:
             raise PkdError("the class vectors of this bundle are inside its graph; export with --head embeddings "
                            "(or both) to swap class lists at run time")
@@ -208,17 +212,18 @@ class Classifier:
             raise PkdError(f"class vectors of shape {list(vectors.shape)} do not fit {len(names)} names and "
                            f"dimension {self.bundle.model.embedding_dim}")
         other = Classifier(self.bundle, self.backend, self.notes, self.choice)
-        other.class_names, other._vectors, other._own_classes = list(names), vectors, False
+        other.class_names, other._vectors, other._own_classes = names, vectors, False
         other._scale = self._scale if logit_scale is None else float(logit_scale)
         return other
 
     def with_class_names(self, names: Sequence[str]) -> Classifier:
         """The same model classifying into `names`, their class vectors computed here by the bundle's text encoder
         (`pkd export --text-encoder`) in the sentence the run's vectors came from. Names cut to fit the text
-        context are listed in `notes`."""
-        from promptkd_edge.runtime.names import validate_class_names
+        context are listed in `notes`. `names` is a list (a string is refused, not read one class a character);
+        names the text encoder cannot tell apart are refused."""
+        from promptkd_edge.runtime.names import name_list, validate_class_names
 
-        names = list(names)
+        names = name_list(names, "class names")
         validate_class_names(names, "class names")
         if self._text is None:
             import onnxruntime

@@ -4,7 +4,8 @@
 
 Each name goes into the sentence the run's class vectors came from (the template, or the prompted teacher's learned
 context), is tokenized with the bundle's tokenizer and encoded by `text/encoder.onnx` on ONNX Runtime or OpenVINO
-(FP16 on a GPU provider where its gate passed). A name longer than the context is cut, with a note.
+(FP16 on a GPU provider where its gate passed). A name longer than the context is cut, with a note; two names
+that give the same tokens are refused.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.runtime.bundle import Bundle
-from promptkd_edge.runtime.names import validate_class_names
+from promptkd_edge.runtime.names import check_labels, cut_note, name_list, validate_class_names
 from promptkd_edge.runtime.tokenizer import ClipTokenizer, cut_after_longest
 
 BATCH = 64
@@ -61,11 +62,12 @@ class TextEncoder:
 
     def encode(self, names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         """(W [len(names), D] float32 with unit rows, notes: the names cut to fit the context)."""
-        names = list(names)
-        validate_class_names(names, "class names")
+        names = name_list(names, "class names")
+        check_labels(names, "class names")
         tokens, cut = self.tokenizer.tokenize(self.sentences(names))
-        notes = [f"class name '{names[i]}' is longer than the text encoder's {self.tokenizer.context_length}-token "
-                 "context: cut" for i in cut]
+        # two names the encoder reads as the same tokens (after cleaning and the cut) would get the same vector
+        validate_class_names(names, "class names", keys=[row.tobytes() for row in tokens], cut=cut)
+        notes = [cut_note(names[i], self.tokenizer.context_length) for i in cut]
         parts = [self.backend.run(self._cut(tokens[i:i + BATCH]))[self.output] for i in range(0, len(tokens), BATCH)]
         vectors = np.concatenate(parts).astype(np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), notes

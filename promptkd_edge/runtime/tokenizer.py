@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import html
 import os
+import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,8 @@ from promptkd_edge.errors import PkdError
 
 WORD_END = "</w>"
 CLEANERS = ("lower", "whitespace")
+# open_clip's split of cleaned text into words, numbers and punctuation runs (whitespace only separates)
+WORDS = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
 
 
 @lru_cache(maxsize=1)
@@ -49,6 +52,30 @@ def _imports():
     return ftfy, regex
 
 
+def clean_text(text: str, clean: str = "lower") -> str:
+    """Text as open_clip cleans it before splitting: ftfy's fix_text, HTML entities unescaped twice, runs of
+    whitespace made one space, lower case (clean="lower")."""
+    ftfy, _ = _imports()
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    text = " ".join(text.split())
+    return text.lower() if clean == "lower" else text
+
+
+def text_key(text: str) -> tuple[str, ...]:
+    """What CLIP's tokenizer (clean="lower") makes of `text` before the context cut, without its vocabulary.
+
+    With ftfy and regex (the [text] extra; open_clip brings them): the words, numbers and punctuation runs of the
+    cleaned text. Two texts then have the same key exactly when they have the same token ids (a word's byte-pair
+    tokens are a function of the word and spell it back), but for the special tokens' own text. Without them (a
+    core install): NFKC, casefold and runs of whitespace as one space, a stand-in that catches case, Unicode forms
+    and spacing, not HTML entities or spacing around punctuation (and casefold is a little stricter than lower)."""
+    try:
+        _, regex = _imports()
+    except PkdError:
+        return (" ".join(unicodedata.normalize("NFKC", text).casefold().split()),)
+    return tuple(regex.findall(WORDS, clean_text(text)))
+
+
 class ClipTokenizer:
     """Token ids [N, context_length] (int64) of texts, exactly as open_clip's tokenizer for CLIP models."""
 
@@ -58,8 +85,7 @@ class ClipTokenizer:
             raise PkdError(f"unknown text cleaning '{clean}'; this tokenizer knows {', '.join(CLEANERS)}")
         if len(special_tokens) < 2:
             raise PkdError("a CLIP tokenizer needs at least the start and end tokens")
-        ftfy, regex = _imports()
-        self._fix_text = ftfy.fix_text
+        _, regex = _imports()
         symbols = list(byte_symbols().values())
         vocab = symbols + [s + WORD_END for s in symbols] + ["".join(m) for m in merges] + list(special_tokens)
         self.ids = {token: i for i, token in enumerate(vocab)}
@@ -68,8 +94,7 @@ class ClipTokenizer:
         self.start_id, self.end_id = self.ids[special_tokens[0]], self.ids[special_tokens[1]]
         self.context_length, self.clean = int(context_length), clean
         specials = "|".join(regex.escape(t) for t in special_tokens)
-        self._split = regex.compile(specials + r"|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
-                                    regex.IGNORECASE)
+        self._split = regex.compile(specials + "|" + WORDS, regex.IGNORECASE)
         self._words: dict[str, list[int]] = {}
 
     @classmethod
@@ -85,9 +110,7 @@ class ClipTokenizer:
         return cls(merges, special_tokens, context_length, clean)
 
     def cleaned(self, text: str) -> str:
-        text = html.unescape(html.unescape(self._fix_text(text))).strip()
-        text = " ".join(text.split())
-        return text.lower() if self.clean == "lower" else text
+        return clean_text(text, self.clean)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without start/end tokens and not cut."""
