@@ -27,13 +27,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except Exception as e:
+            code = native_errno(e)
+            if code is None:
+                raise
+            raise OSError(code, os.strerror(code), str(path)) from e
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def native_errno(e: BaseException) -> int | None:
+    """The errno a writer in native code (safetensors' Rust) reports only in its message, as `(os error 28)`."""
+    if isinstance(e, OSError):
+        return None
+    match = re.search(r"\(os error (\d+)\)", str(e))
+    return int(match.group(1)) if match else None
 
 
 def _umask() -> int:
