@@ -153,7 +153,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
         raise PkdError(f"{run.path} is not a distillation run (no student.safetensors)")
     _check_out(out, options.overwrite, run.path)
     state = run_state(run)
-    if not state["complete"] and not options.allow_incomplete:
+    if state["complete"] is False and not options.allow_incomplete:
         raise PkdError(f"{run.path} did not finish (no summary.json): its student is {describe_state(state)}; resume it "
                        f"with `pkd distill --resume {run.path}`, or pass --allow-incomplete to export it as it is")
     progress.note(f"exporting the student of {describe_state(state)}")
@@ -234,7 +234,10 @@ def _run_data(config_path: Path) -> str | None:
 def run_state(run) -> dict[str, Any]:
     """Which training state a run's student.safetensors is (train/distill.py writes it right after each checkpoint
     and summary.json when the last epoch is done): `complete`, and `epoch` (epochs done), `step`, `step_in_epoch`,
-    `epochs` (planned) and `checkpoint` where known. Recorded in the manifest's `source`."""
+    `epochs` (planned) and `checkpoint` where known. Recorded in the manifest's `source`. A folder without
+    config.json (which `pkd distill` writes before its first step) was not trained by it: `complete` is None."""
+    if not run.config.is_file() and not run.summary.is_file():
+        return {"complete": None}
     config = _read_or_empty(run.config, "run config").get("config", {})
     epochs = config.get("epochs") if isinstance(config, dict) else None
     if run.summary.is_file():
@@ -255,6 +258,8 @@ def _read_or_empty(path: Path, what: str) -> dict[str, Any]:
 def describe_state(state: dict[str, Any]) -> str:
     """One phrase for `run_state`'s record, e.g. "checkpoint step-00000012 (epoch 1 of 2 done + 3 steps, step 12)"."""
     of = f" of {state['epochs']}" if state.get("epochs") is not None else ""
+    if state["complete"] is None:
+        return "a student not trained by `pkd distill` (no config.json: its training state is not recorded)"
     if state["complete"]:
         return f"the finished run ({state.get('epoch')}{of} epochs, step {state.get('step')})"
     if state.get("checkpoint") is None:
