@@ -154,8 +154,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
     _check_out(out, options.overwrite, run.path)
     state = run_state(run)
     if state["complete"] is False and not options.allow_incomplete:
-        raise PkdError(f"{run.path} did not finish (no summary.json): its student is {describe_state(state)}; resume it "
-                       f"with `pkd distill --resume {run.path}`, or pass --allow-incomplete to export it as it is")
+        raise PkdError(f"{run.path} did not finish (no summary.json): its student is {describe_state(state)}; "
+                       f"resume it with `pkd distill --resume {run.path}`, or pass --allow-incomplete to export it "
+                       "as it is")
     progress.note(f"exporting the student of {describe_state(state)}")
     if options.trt is not None:
         from promptkd_edge.export.tensorrt_build import check_can_build
