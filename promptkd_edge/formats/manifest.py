@@ -21,7 +21,7 @@ from promptkd_edge.formats.record import JsonRecord
 
 BUNDLE_FORMAT = "promptkd-edge/bundle"
 MANIFEST_FILE = "manifest.json"
-TOKENIZER_KEYS = {"merges": str, "special_tokens": dict, "context_length": int, "clean": str}  # runtime/text.py's
+TOKENIZER_KEYS = {"merges": str, "special_tokens": list, "context_length": int, "clean": str}  # runtime/text.py's
 
 R = TypeVar("R", bound="ManifestRecord")
 
