@@ -241,7 +241,11 @@ def remove_stale_work(folder: Path, pattern: str, markers: tuple[str, ...] = (),
         match = re.fullmatch(pattern, path.name)
         if not match or not path.is_dir() or path.is_symlink() or (keep and keep(match)):
             continue
-        content = [p.name for p in path.iterdir() if p.name != OWNER_FILE]
+        try:
+            content = [p.name for p in path.iterdir() if p.name != OWNER_FILE]
+        except OSError as e:  # another user's, say
+            left.append((path, f"it cannot be read ({e.strerror})"))
+            continue
         if markers and content and not any(m in content for m in markers):
             continue  # not one of ours
         why = why_in_use(path)
