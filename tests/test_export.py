@@ -715,11 +715,18 @@ def test_triton_lists_every_profile_and_refuses_gaps(bundles, tmp_path):
 
 
 def test_work_folders_of_killed_exports_are_removed(tiny_run, tmp_path):
-    """An export killed mid-way (kill -9, power loss) leaves `.NAME.tmp-PID`; the next export removes it when that
-    process is gone, and says so. Live processes' folders and unrelated folders stay."""
+    """An export killed mid-way (kill -9, power loss) leaves `.NAME.tmp-PID` with its owner record; the next export
+    removes it when that process is gone, and says so. Live processes' folders and unrelated folders stay."""
     import subprocess
 
+    from promptkd_edge.utils.files import claim
     from promptkd_edge.utils.progress import LineProgress
+
+    def left_by(folder: Path, pid: int) -> Path:  # the owner record the killed process wrote first
+        claim(folder)
+        record = json.loads((folder / ".pkd-owner.json").read_text())
+        (folder / ".pkd-owner.json").write_text(json.dumps({**record, "pid": pid}))
+        return folder
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -728,8 +735,9 @@ def test_work_folders_of_killed_exports_are_removed(tiny_run, tmp_path):
         stale = tmp_path / f".old-bundle.tmp-{dead.pid}"
         (stale / "engines").mkdir(parents=True)
         (stale / "model.onnx").write_bytes(b"\0" * 3 * 2**20)  # what a killed export leaves
-        busy = tmp_path / f".other.tmp-{alive.pid}"
-        busy.mkdir()
+        left_by(stale, dead.pid)
+        busy = left_by(tmp_path / f".other.tmp-{alive.pid}", alive.pid)
+        busy.mkdir(exist_ok=True)
         (busy / "model.onnx").write_bytes(b"partial")
         mine = tmp_path / f".notes.tmp-{dead.pid}"  # not an export's (no bundle files): not ours to delete
         mine.mkdir()
@@ -740,6 +748,7 @@ def test_work_folders_of_killed_exports_are_removed(tiny_run, tmp_path):
         for folder in (replaced, only_copy):
             folder.mkdir()
             (folder / "manifest.json").write_text("{}")
+            left_by(folder, dead.pid)
         log = io.StringIO()
         export_run(tiny_run, tmp_path / "b", ExportOptions(parity_images=2), LineProgress(stream=log))
         assert not stale.exists() and not replaced.exists()
@@ -750,6 +759,7 @@ def test_work_folders_of_killed_exports_are_removed(tiny_run, tmp_path):
         # the same inside a bundle: a TensorRT staging folder of a killed `pkd export BUNDLE --trt`
         staging = tmp_path / "b" / f".engine-{dead.pid}"
         (staging / "engines").mkdir(parents=True)
+        left_by(staging, dead.pid)
         from promptkd_edge.export.bundle import _clean_leftovers
 
         _clean_leftovers(tmp_path / "b", r"\.engine-(\d+)", LineProgress(stream=log))

@@ -4,6 +4,7 @@ the one-line hint for a missing extra, consoles, progress, JSON output, and defa
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import os
@@ -64,8 +65,41 @@ def errors_to_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err().print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+        except Exception as e:  # noqa: BLE001 - a file system's error becomes one line, anything else is re-raised
+            line = os_error_line(e)
+            if line is None or _state["debug"]:
+                raise
+            err().print(f"[bold red]error:[/] {shown(line)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+# What a user's file system or path causes (not a bug): a read-only mount, a full disk or quota, no permission, a
+# name too long, a file where a folder is expected (or the reverse), a link loop, a missing folder on the way.
+WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+USER_ERRNOS = WRITE_ERRNOS | {errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR,
+                              errno.EEXIST, errno.ELOOP, errno.ENOENT, errno.ENOTEMPTY, errno.EXDEV, errno.ETXTBSY}
+
+
+def os_error_line(e: BaseException) -> str | None:
+    """One line for an OSError a user's path or file system causes and that names its file, e.g. `cannot write
+    out/model.onnx: No space left on device (ENOSPC)`, or for a native writer's error that reports a full disk or a
+    read-only file system only in its message (safetensors); None for anything else (a bug: keep the traceback)."""
+    from promptkd_edge.errors import first_line
+    from promptkd_edge.utils.files import native_errno
+
+    code = native_errno(e)
+    if code in WRITE_ERRNOS:
+        return f"cannot write a file: {os.strerror(code)} ({errno.errorcode[code]}): {first_line(e, with_type=False)}"
+    if not isinstance(e, OSError) or e.errno not in USER_ERRNOS or e.filename is None:
+        return None
+    if e.errno in WRITE_ERRNOS:  # a copy names its source first: the destination is what could not be written
+        verb, where = "write", os.fsdecode(e.filename2 if e.filename2 is not None else e.filename)
+    else:
+        verb = "use"
+        where = os.fsdecode(e.filename) + (f" -> {os.fsdecode(e.filename2)}" if e.filename2 is not None else "")
+    return f"cannot {verb} {where}: {e.strerror or os.strerror(e.errno)} ({errno.errorcode[e.errno]})"
 
 
 def require(command: str, *extras: str) -> None:

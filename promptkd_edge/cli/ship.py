@@ -124,12 +124,16 @@ def export(
                                                   "profile's max).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Keep a bundle that fails the parity gate, marked "
                                         "invalid.")] = _E.force,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at --out (with "
-                                            "--triton: a model folder pkd did not write).")] = _E.overwrite,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at --out (only a "
+                                            "bundle, and only one holding nothing else); with --triton: a model "
+                                            "folder pkd did not write.")] = _E.overwrite,
+    allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="Export a run that did not finish "
+                                                   "(its latest checkpoint's student; the manifest's source says "
+                                                   "which).")] = _E.allow_incomplete,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
     """Fold the student (prompts, projector, class vectors) into one ONNX graph, gate it, ship it as a bundle."""
-    from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.export.bundle import describe_state, export_run
     from promptkd_edge.export.extend import extend_bundle
     from promptkd_edge.runtime.bundle import is_bundle, open_bundle
 
@@ -162,6 +166,8 @@ def export(
     console().print(f"bundle {shown(where)}: {state}; model {shown(manifest.model.file)} "
                     f"({manifest.model.precision}, head {manifest.model.head})"
                     + "".join(f"; engine {shown(e.file)}" for e in manifest.engines))
+    if manifest.source.get("complete") is False:
+        console().print(f"[yellow]exported from {shown(describe_state(manifest.source))}[/]", soft_wrap=True)
 
 
 def _trt_options(profiles: list[str] | None, workspace_gib: float, opt_level: int,

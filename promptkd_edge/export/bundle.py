@@ -8,6 +8,7 @@ nothing behind (or, with `force`, a bundle whose manifest says `"valid": false`)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -42,7 +43,18 @@ from promptkd_edge.formats.manifest import (
 from promptkd_edge.runtime.bundle import is_bundle, open_bundle, read_classes, read_manifest
 from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from promptkd_edge.runtime.preprocess import INPUT_FORMATS, PreprocessSpec, prepare
-from promptkd_edge.utils.files import process_alive, read_json, remove_stale_work, sha256_file, write_json
+from promptkd_edge.utils.files import (
+    claim,
+    destination,
+    exchange,
+    process_alive,
+    read_json,
+    release,
+    remove_stale_work,
+    sha256_file,
+    work_folder,
+    write_json,
+)
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
@@ -69,6 +81,7 @@ class ExportOptions:
     batch_size: int = 16
     force: bool = False
     overwrite: bool = False
+    allow_incomplete: bool = False  # export a run that did not finish (its latest checkpoint's student)
     trt: Any = None  # promptkd_edge.export.tensorrt_build.TrtBuildOptions
     text_encoder: bool = False  # the teacher's text tower + tokenizer, for class names given on the device
     seed: int = 0
@@ -135,10 +148,16 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
 
     progress = progress or NullProgress()
     options.validate()
-    run, out = RunDir(run_dir), Path(out)
+    run, out = RunDir(run_dir), destination(out, "--out")
     if not run.student.is_file():
         raise PkdError(f"{run.path} is not a distillation run (no student.safetensors)")
-    _check_out(out, options.overwrite)
+    _check_out(out, options.overwrite, run.path)
+    state = run_state(run)
+    if state["complete"] is False and not options.allow_incomplete:
+        raise PkdError(f"{run.path} did not finish (no summary.json): its student is {describe_state(state)}; "
+                       f"resume it with `pkd distill --resume {run.path}`, or pass --allow-incomplete to export it "
+                       "as it is")
+    progress.note(f"exporting the student of {describe_state(state)}")
     if options.trt is not None:
         from promptkd_edge.export.tensorrt_build import check_can_build
 
@@ -160,12 +179,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
     progress.note(f"parity images: {len(images.parity)} ({images.source})")
 
     _clean_leftovers(out.parent, r"\.(.+)\.(tmp|old)-(\d+)", progress)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with work_folder(out.parent / f".{out.name}.tmp-{os.getpid()}") as tmp:
         manifest, reference = _export_into(tmp, run, student, vectors, spec, images, onnx_precision, options,
-                                           progress)
+                                           progress, state)
         if onnx_precision in BF16_GRAPHS and not no_bf16:  # required with --precision bf16, else an offer
             _gate_bf16(tmp, manifest, images, reference, vectors, spec, options, progress)
         if teacher is not None:
@@ -180,9 +196,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
         if not manifest.valid and not options.force:
             raise PkdError(f"parity gate failed ({'; '.join(manifest.failures())}); no bundle written "
                            "(--force keeps it, marked invalid)")
+        _check_out(out, options.overwrite, run.path)  # again: minutes have passed
         _move_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return read_manifest(out)
 
 
@@ -192,13 +207,17 @@ BUNDLE_WORK_FILES = ("model.onnx", "model.fp32-master.onnx", "manifest.json", "p
 
 def _clean_leftovers(folder: Path, pattern: str, progress: Progress) -> None:
     """An export killed mid-way leaves its hidden work folder (up to the model's size: 350 MB for ViT-B-16); remove
-    those whose process is gone, and say so. A bundle moved aside by --overwrite (`.NAME.old-PID`) stays while
+    those whose process is provably gone (utils/files.py `why_in_use`: on shared storage another host's may be
+    running), say so, and name those left alone. A bundle moved aside by --overwrite (`.NAME.old-PID`) stays while
     NAME is missing: the kill came between the two renames and it may be the only copy."""
     def keep(match: re.Match[str]) -> bool:
         return match.groups()[-2:-1] == ("old",) and not (folder / match.group(1)).exists()
 
-    for path, size in remove_stale_work(folder, pattern, BUNDLE_WORK_FILES, keep):
+    removed, left = remove_stale_work(folder, pattern, BUNDLE_WORK_FILES, keep)
+    for path, size in removed:
         progress.note(f"removed {path} ({size / 2**20:.1f} MB), left by an interrupted export")
+    for path, why in left:
+        progress.note(f"left {path} alone: {why}; remove it yourself once no export uses it")
     for path in folder.iterdir() if folder.is_dir() else ():
         match = re.fullmatch(pattern, path.name)
         if match and keep(match) and not process_alive(int(match.group(3))):
@@ -213,25 +232,99 @@ def _run_data(config_path: Path) -> str | None:
         return None
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+def run_state(run) -> dict[str, Any]:
+    """Which training state a run's student.safetensors is (train/distill.py writes it right after each checkpoint
+    and summary.json when the last epoch is done): `complete`, and `epoch` (epochs done), `step`, `step_in_epoch`,
+    `epochs` (planned) and `checkpoint` where known. Recorded in the manifest's `source`. A folder without
+    config.json (which `pkd distill` writes before its first step) was not trained by it: `complete` is None."""
+    if not run.config.is_file() and not run.summary.is_file():
+        return {"complete": None}
+    config = _read_or_empty(run.config, "run config").get("config", {})
+    epochs = config.get("epochs") if isinstance(config, dict) else None
+    if run.summary.is_file():
+        summary = read_json(run.summary, "run summary")
+        return {"complete": True, "epoch": summary.get("epochs"), "step": summary.get("steps"), "epochs": epochs}
+    state: dict[str, Any] = {"complete": False, "epochs": epochs, "checkpoint": None}
+    latest = _read_or_empty(run.checkpoints / "latest.json", "checkpoint pointer").get("checkpoint")
+    if isinstance(latest, str) and latest and "/" not in latest and latest not in (".", ".."):
+        meta = _read_or_empty(run.checkpoints / latest / "state.json", "checkpoint")
+        state.update(checkpoint=latest, **{k: meta.get(k) for k in ("epoch", "step", "step_in_epoch")})
+    return state
+
+
+def _read_or_empty(path: Path, what: str) -> dict[str, Any]:
+    return read_json(path, what) if path.is_file() else {}
+
+
+def describe_state(state: dict[str, Any]) -> str:
+    """One phrase for `run_state`'s record, e.g. "checkpoint step-00000012 (epoch 1 of 2 done + 3 steps, step 12)"."""
+    of = f" of {state['epochs']}" if state.get("epochs") is not None else ""
+    if state["complete"] is None:
+        return "a student not trained by `pkd distill` (no config.json: its training state is not recorded)"
+    if state["complete"]:
+        return f"the finished run ({state.get('epoch')}{of} epochs, step {state.get('step')})"
+    if state.get("checkpoint") is None:
+        return "an unfinished run with no readable checkpoint (which training step it is cannot be told)"
+    more = f" + {state['step_in_epoch']} steps" if state.get("step_in_epoch") else ""
+    return (f"checkpoint {state['checkpoint']} of an unfinished run (epoch {state.get('epoch')}{of} done{more}, "
+            f"step {state.get('step')})")
+
+
+def _check_out(out: Path, overwrite: bool, run: Path) -> None:
+    """`out` (resolved) may be new, an empty folder or, with `overwrite`, a bundle holding nothing else; never the
+    run exported, a folder inside it or one holding it."""
+    src = run.resolve()
+    if out == src or src in out.parents or out in src.parents:
+        where = "is" if out == src else "is inside" if src in out.parents else "holds"
+        raise PkdError(f"--out {out} {where} the run being exported ({src}); choose a folder outside it")
+    if not os.path.lexists(out):
+        return
+    if not out.is_dir():
+        raise PkdError(f"--out {out} exists and is not a folder; choose another --out (--overwrite replaces only "
+                       "a bundle)")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
         what = "a bundle" if is_bundle(out) else "not empty"
         raise PkdError(f"{out} already exists and is {what}; choose another --out or pass --overwrite")
+    try:
+        manifest = read_manifest(out)
+    except PkdError as e:
+        why = "it has no manifest.json" if not (out / MANIFEST_FILE).is_file() else str(e)
+        raise PkdError(f"--overwrite replaces only a bundle, and {out} is not one ({why}); choose another "
+                       "--out") from None
+    known = {MANIFEST_FILE, *manifest.files}
+    foreign = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                     if p.is_file() and p.relative_to(out).as_posix() not in known
+                     and not any(part.startswith(".") or part == "ort-trt-cache" for part in p.relative_to(out).parts))
+    if foreign:
+        shown_names = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise PkdError(f"{out} is a bundle but also holds files that are not part of it ({shown_names}), which "
+                       "--overwrite would delete; move them out or choose another --out")
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished bundle onto `out`; an existing one is moved aside first and removed only after."""
-    old = None
-    if out.exists():
+    """Put the finished bundle `tmp` at `out`: a bundle there is swapped with it in one atomic step where the file
+    system can (else moved aside first, so a kill between the renames leaves it as `.NAME.old-PID`), then removed."""
+    release(tmp)
+    if not (os.path.lexists(out) and any(out.iterdir())):
+        os.replace(tmp, out)  # new, or an empty folder
+        return
+    if exchange(tmp, out):
+        old = tmp
+        with contextlib.suppress(OSError):  # a full disk: without its record the old one is named, not removed
+            claim(old)
+    else:
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            claim(old)
+        os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images: gate.ImageSet,
-                 onnx_precision: str, options: ExportOptions, progress: Progress
+                 onnx_precision: str, options: ExportOptions, progress: Progress, state: dict[str, Any]
                  ) -> tuple[Manifest, dict[str, np.ndarray]]:
     """Write model.onnx and its companions into `tmp`, gate it; returns (manifest, the PyTorch reference)."""
     import onnx
@@ -298,7 +391,7 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
         model=model, valid=figures["passed"],
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         source={"run": str(run.path.resolve()), "student_spec": student.config.spec,
-                "teacher": vectors.teacher, "student_sha256": sha256_file(run.student)},
+                "teacher": vectors.teacher, "student_sha256": sha256_file(run.student), **state},
         versions=_versions(options.opset), parity=[ParityEntry.from_dict(figures)])
     write_manifest(tmp, manifest)
     return manifest, reference
@@ -398,10 +491,8 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
 
     keep = model.fp32_nodes
     _clean_leftovers(bundle_dir, r"\.engine-(\d+)", progress)
-    stage = bundle_dir / f".engine-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    (stage / "engines").mkdir(parents=True)
-    try:
+    with work_folder(bundle_dir / f".engine-{os.getpid()}") as stage:
+        (stage / "engines").mkdir()
         src, ref, conversion = _engine_graph(bundle_dir, stage, manifest, precision, api, keep, images, spec, fmt,
                                              options, progress)
         opts = dataclasses.replace(options.trt, precision=precision, keep_fp32_nodes=keep)
@@ -427,6 +518,7 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
         if not figures["passed"] and not options.force:
             raise PkdError(f"the TensorRT engine failed the parity gate ({'; '.join(figures['failures'])}); "
                            "it was not added (--force keeps it, marked invalid)")
+        release(stage)
         for path in sorted(p for p in stage.rglob("*") if p.is_file()):
             target = bundle_dir / path.relative_to(stage)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -434,8 +526,6 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
         manifest.record_engine(EngineEntry.from_dict(record))
         manifest.record_parity(ParityEntry.from_dict({**figures, "engine": record["file"]}))
         write_manifest(bundle_dir, manifest)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return record
 
 

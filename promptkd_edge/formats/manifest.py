@@ -8,8 +8,12 @@ entry, a field written by a newer promptkd-edge) is kept in the record's `extra`
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.formats.preprocess import input_format_of
@@ -17,10 +21,70 @@ from promptkd_edge.formats.record import JsonRecord
 
 BUNDLE_FORMAT = "promptkd-edge/bundle"
 MANIFEST_FILE = "manifest.json"
+TOKENIZER_KEYS = {"merges": str, "special_tokens": list, "context_length": int, "clean": str}  # runtime/text.py's
+
+R = TypeVar("R", bound="ManifestRecord")
+
+
+class ManifestRecord(JsonRecord):
+    """A JsonRecord whose fields are checked against their types when read: a manifest written by a broken tool
+    or edited by hand is one line naming the key, not a KeyError or TypeError where it is used."""
+
+    @classmethod
+    def from_dict(cls: type[R], data: Mapping[str, Any], what: str = "") -> R:
+        record = super().from_dict(data, what)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(record):  # type: ignore[arg-type]
+            value = getattr(record, f.name)
+            if f.name != "extra" and not _has_type(value, hints[f.name]):
+                raise PkdError(f"{what or cls.__name__} has {f.name!r} = {_short(value)}, which is not "
+                               f"{_type_name(hints[f.name])}")
+        return record
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether JSON `value` fits the annotation `hint` (records are still JSON objects here; the elements of a
+    list or dict of plain types are checked too)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value if args[0] in (str, int, float))
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) and (args[1] not in (str, int, float)
+                                                                       or _has_type(v, args[1]))
+                                               for k, v in value.items())
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type) and issubclass(hint, JsonRecord):
+        return True  # its own from_dict checks it
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+             dict: "an object", type(None): "null"}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is dict and typing.get_args(hint)[1] in (str, int, float):
+        return f"an object of {_type_name(typing.get_args(hint)[1]).split(' ', 1)[1]}s"
+    origin = typing.get_origin(hint) or hint
+    return names.get(origin, "an object")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
-class TensorInfo(JsonRecord):
+class TensorInfo(ManifestRecord):
     """One graph input or output: name, shape (ints and symbolic names), dtype, and for the input its layout."""
 
     name: str
@@ -33,7 +97,7 @@ class TensorInfo(JsonRecord):
 
 
 @dataclass
-class ModelEntry(JsonRecord):
+class ModelEntry(ManifestRecord):
     """`model`: the ONNX graph every backend runs (or builds plans from)."""
 
     file: str
@@ -74,7 +138,7 @@ class ModelEntry(JsonRecord):
 
 
 @dataclass
-class ParityEntry(JsonRecord):
+class ParityEntry(ManifestRecord):
     """One parity gate (export/parity.py): what ran (`target`, `precision`; a runtime variant or a plan), the
     figures the thresholds apply to, the verdict. Further figures (near-tie flips, mean |delta|, ...) are in
     `extra`; the text encoder's gates have `max_abs_diff` and `names` there instead of images and logits."""
@@ -103,7 +167,7 @@ class ParityEntry(JsonRecord):
 
 
 @dataclass
-class EngineEntry(JsonRecord):
+class EngineEntry(ManifestRecord):
     """One TensorRT plan: the GPU and TensorRT it was built for and how (export/tensorrt_build.py writes it)."""
 
     file: str
@@ -118,7 +182,7 @@ class EngineEntry(JsonRecord):
 
 
 @dataclass
-class TextEncoderEntry(JsonRecord):
+class TextEncoderEntry(ManifestRecord):
     """`text_encoder`: the teacher's text tower and CLIP's tokenizer, for class names given on the device."""
 
     files: dict[str, str]
@@ -131,6 +195,11 @@ class TextEncoderEntry(JsonRecord):
     @classmethod
     def from_dict(cls, d: dict[str, Any], what: str = "manifest text_encoder") -> TextEncoderEntry:
         entry = super().from_dict(d, what)
+        for key, kind in TOKENIZER_KEYS.items():
+            if not isinstance(entry.tokenizer.get(key), kind):
+                raise PkdError(f"{what} tokenizer lacks {key!r} or it is not {_type_name(kind)}")
+        if "fp32" not in entry.files:
+            raise PkdError(f"{what} files lack 'fp32'")
         entry.parity = [ParityEntry.from_dict(p, "manifest text_encoder parity entry")  # type: ignore[arg-type]
                         for p in entry.parity]
         return entry
@@ -144,7 +213,7 @@ class TextEncoderEntry(JsonRecord):
 
 
 @dataclass
-class Manifest(JsonRecord):
+class Manifest(ManifestRecord):
     """manifest.json: what the bundle is, where it came from, and every parity gate it passed or failed."""
 
     model: ModelEntry
@@ -164,6 +233,8 @@ class Manifest(JsonRecord):
     def from_dict(cls, d: dict[str, Any], what: str = "manifest") -> Manifest:
         if not isinstance(d, dict) or d.get("format") != BUNDLE_FORMAT:
             raise PkdError("not a promptkd-edge bundle manifest")
+        if "files" not in d:  # the sha256 of every file: without it nothing could be verified
+            raise PkdError(f"{what} lacks 'files'")
         m = super().from_dict(d, what)
         m.model = ModelEntry.from_dict(d["model"])
         m.parity = [ParityEntry.from_dict(p, "manifest parity entry") for p in d.get("parity") or []]

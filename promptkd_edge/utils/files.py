@@ -28,13 +28,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except Exception as e:
+            code = native_errno(e)
+            if code is None:
+                raise
+            raise OSError(code, os.strerror(code), str(path)) from e
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def native_errno(e: BaseException) -> int | None:
+    """The errno a writer in native code (safetensors' Rust) reports only in its message, as `(os error 28)`."""
+    if isinstance(e, OSError):
+        return None
+    match = re.search(r"\(os error (\d+)\)", str(e))
+    return int(match.group(1)) if match else None
 
 
 def _umask() -> int:
@@ -133,26 +147,148 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+OWNER_FILE = ".pkd-owner.json"  # in a work folder: which process on which machine (and boot) is using it
+
+
+def this_machine() -> dict[str, Any]:
+    """This process as an owner record names it: pid, host name and boot id (None where the OS has none)."""
+    import socket
+
+    try:
+        boot_id: str | None = Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        boot_id = None
+    return {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": boot_id}
+
+
+def claim(folder: Path) -> None:
+    """Write the owner record of this process into `folder`, so a cleanup elsewhere knows it is in use."""
+    write_json(folder / OWNER_FILE, this_machine())
+
+
+@contextlib.contextmanager
+def work_folder(path: Path) -> Iterator[Path]:
+    """A new hidden work folder `path` (any leftover of it removed first) whose first file is this process's owner
+    record, held under an advisory lock while in use (a belt: flock is not reliable on NFS, the record is the rule);
+    removed on exit unless it was renamed away. Call `release(path)` before renaming it into place."""
+    import fcntl
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    claim(path)
+    lock = os.open(path / OWNER_FILE, os.O_RDONLY)
+    with contextlib.suppress(OSError):  # no locks on this file system: the owner record alone says who uses it
+        fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    try:
+        yield path
+    finally:
+        os.close(lock)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def release(folder: Path) -> None:
+    """Remove `folder`'s owner record (before it is renamed into place as a finished product)."""
+    (folder / OWNER_FILE).unlink(missing_ok=True)
+
+
+def why_in_use(folder: Path) -> str | None:
+    """None when the process that made work folder `folder` is provably gone: its owner record names this host and
+    either another boot (the machine restarted since) or this boot and a pid that is not running. Otherwise why it
+    must be left alone (another host's, or no record: made by an older promptkd-edge or still being set up)."""
+    import fcntl
+
+    try:
+        owner = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
+        pid, host, boot = int(owner["pid"]), str(owner["host"]), owner.get("boot_id")
+    except (OSError, ValueError, TypeError, KeyError):
+        return "it has no owner record (an older promptkd-edge made it, or its process is starting)"
+    try:
+        fd = os.open(folder / OWNER_FILE, os.O_RDONLY)
+    except OSError:
+        return "its owner record cannot be opened"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return f"process {pid} on {host} holds its lock"
+    except OSError:
+        pass  # no locks here: the record decides
+    finally:
+        os.close(fd)
+    here = this_machine()
+    if host != here["host"]:
+        return f"process {pid} on host {host} made it and may still be using it"
+    if boot and here["boot_id"] and boot != here["boot_id"]:
+        return None  # this machine restarted since: that process is gone
+    if bool(boot) != bool(here["boot_id"]):
+        return f"process {pid} made it on {host}, and whether in this boot cannot be told"
+    return f"process {pid} is still running" if process_alive(pid) else None
+
+
 def remove_stale_work(folder: Path, pattern: str, markers: tuple[str, ...] = (),
-                      keep: Callable[[re.Match[str]], bool] | None = None) -> list[tuple[Path, int]]:
-    """Remove the work folders in `folder` whose name matches `pattern` (a regex whose last group is the pid of the
-    process that made it) when that process is gone (killed mid-way: power loss, kill -9), the folder is empty or
-    holds one of the `markers` files, and `keep(match)` is not true; returns (path, bytes) of each one removed."""
+                      keep: Callable[[re.Match[str]], bool] | None = None
+                      ) -> tuple[list[tuple[Path, int]], list[tuple[Path, str]]]:
+    """Remove the work folders in `folder` whose name matches `pattern` when the process that made them is provably
+    gone (killed mid-way: power loss, kill -9; see `why_in_use`), the folder holds only its owner record or one of
+    the `markers` files, and `keep(match)` is not true. Returns ((path, bytes) of each one removed, (path, why) of
+    each matching one left alone because it may be in use)."""
     import shutil
 
     removed: list[tuple[Path, int]] = []
+    left: list[tuple[Path, str]] = []
     if not folder.is_dir():
-        return removed
-    for path in folder.iterdir():
+        return removed, left
+    for path in sorted(folder.iterdir()):
         match = re.fullmatch(pattern, path.name)
-        if not match or not path.is_dir() or process_alive(int(match.groups()[-1])) or (keep and keep(match)):
+        if not match or not path.is_dir() or path.is_symlink() or (keep and keep(match)):
             continue
-        if markers and any(path.iterdir()) and not any((path / m).exists() for m in markers):
+        try:
+            content = [p.name for p in path.iterdir() if p.name != OWNER_FILE]
+        except OSError as e:  # another user's, say
+            left.append((path, f"it cannot be read ({e.strerror})"))
+            continue
+        if markers and content and not any(m in content for m in markers):
+            continue  # not one of ours
+        why = why_in_use(path)
+        if why is not None:
+            left.append((path, why))
             continue
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         shutil.rmtree(path, ignore_errors=True)
         removed.append((path, size))
-    return removed
+    return removed, left
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the two existing paths `a` and `b` in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where
+    the system or file system cannot (the caller then renames in two steps)."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def destination(path: str | os.PathLike, option: str) -> Path:
+    """The resolved path of an output folder that is written beside itself and renamed into place: refused when it
+    is the current folder, a folder holding it, or the root (`--out .`, `..`, `/`), which cannot be replaced."""
+    resolved = Path(path).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved.name == "":
+        what = "the root folder" if resolved.name == "" else "the current folder" if resolved == cwd \
+            else "a folder holding the current folder"
+        raise PkdError(f"{option} {path} is {what} ({resolved}); give the output a folder of its own, e.g. "
+                       f"{option} {Path(path) / 'bundle'}")
+    return resolved
 
 
 def user_cache_dir() -> Path:
