@@ -261,7 +261,31 @@ def test_an_unfinished_run_is_refused_unless_asked_and_says_what_was_exported(ki
     assert source["complete"] is False and source["checkpoint"] == latest
     assert (source["epoch"], source["step"], source["step_in_epoch"]) == (state["epoch"], state["step"],
                                                                          state["step_in_epoch"])
-    assert source["step"] == 3 and source["epochs"] == 2
+    assert source["step"] == 3 and source["epochs"] == 2 and source["student_matches_checkpoint"] is True
+
+
+def test_a_student_written_after_the_last_checkpoint_is_not_recorded_as_it(killed_run, tmp_path):
+    """distill writes student.safetensors, then its checkpoint: a kill between leaves a newer student, which must
+    not be recorded as the checkpoint's step."""
+    from safetensors.torch import load_file, save_file
+
+    run = Path(shutil.copytree(killed_run, tmp_path / "run"))
+    tensors = load_file(str(run / "student.safetensors"))
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = tensors[name] + 0.01  # one more optimizer step's worth of change
+    save_file(tensors, str(run / "student.safetensors"), metadata=_metadata(killed_run / "student.safetensors"))
+    result = cli("export", run, "--out", tmp_path / "b", "--parity-images", "2", "--allow-incomplete")
+    assert result.exit_code == 0, result.output
+    assert "is not its latest checkpoint" in result.output.replace("\n", " ")
+    source = json.loads((tmp_path / "b" / "manifest.json").read_text())["source"]
+    assert source["complete"] is False and source["student_matches_checkpoint"] is False
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
 
 
 def test_a_finished_run_records_its_last_step(bundle, tiny_run):

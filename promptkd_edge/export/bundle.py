@@ -247,8 +247,12 @@ def run_state(run) -> dict[str, Any]:
     state: dict[str, Any] = {"complete": False, "epochs": epochs, "checkpoint": None}
     latest = _read_or_empty(run.checkpoints / "latest.json", "checkpoint pointer").get("checkpoint")
     if isinstance(latest, str) and latest and "/" not in latest and latest not in (".", ".."):
+        from promptkd_edge.train.checkpoint import matches_checkpoint
+
         meta = _read_or_empty(run.checkpoints / latest / "state.json", "checkpoint")
         state.update(checkpoint=latest, **{k: meta.get(k) for k in ("epoch", "step", "step_in_epoch")})
+        # distill writes student.safetensors, then its checkpoint: a kill between leaves a newer student
+        state["student_matches_checkpoint"] = matches_checkpoint(run.checkpoints, latest, run.student)
     return state
 
 
@@ -265,6 +269,9 @@ def describe_state(state: dict[str, Any]) -> str:
         return f"the finished run ({state.get('epoch')}{of} epochs, step {state.get('step')})"
     if state.get("checkpoint") is None:
         return "an unfinished run with no readable checkpoint (which training step it is cannot be told)"
+    if state.get("student_matches_checkpoint") is False:
+        return (f"an unfinished run whose student.safetensors is not its latest checkpoint {state['checkpoint']} "
+                "(the run was stopped between writing the two: which training step it holds is not recorded)")
     more = f" + {state['step_in_epoch']} steps" if state.get("step_in_epoch") else ""
     return (f"checkpoint {state['checkpoint']} of an unfinished run (epoch {state.get('epoch')}{of} done{more}, "
             f"step {state.get('step')})")
