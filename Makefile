@@ -19,10 +19,12 @@ demo: $(STAMP)
 
 # The TensorRT tests run against the REAL TensorRT 10.3 and 11.4 Python bindings (fetched once from PyPI, with stub
 # libraries built by the C compiler) and the ModelOpt tests against the real ModelOpt in its own venv; both are
-# prepared once under .cache/test (tests/real_tensorrt.py, tests/modelopt_venv.py).
+# prepared once under .cache/test (tests/real_tensorrt.py, tests/modelopt_venv.py); Triton's own ModelConfig schema,
+# which the tests parse every written config.pbtxt with, comes from the tritonclient wheel (tests/triton_schema.py).
 test: $(STAMP)
 	$(BIN)/python tests/real_tensorrt.py
 	$(BIN)/python tests/modelopt_venv.py
+	$(BIN)/python tests/triton_schema.py
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 	$(BIN)/ruff check promptkd_edge tests benchmarks
 
