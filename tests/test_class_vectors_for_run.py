@@ -43,7 +43,9 @@ def test_a_zero_shot_run_keeps_its_template_so_its_own_names_give_back_its_vecto
     assert again.template == "itap of a {}." and again.teacher == stored.teacher
     assert torch.equal(again.vectors, stored.vectors)
     more = class_vectors_for_run(run, [*NAMES, "purple dots"])
-    assert more.names[-1] == "purple dots" and torch.equal(more.vectors[:3], stored.vectors)
+    assert more.names[-1] == "purple dots"
+    # a batch of 4 names runs other BLAS blocking than one of 3: equal to float rounding, not bit for bit
+    torch.testing.assert_close(more.vectors[:3], stored.vectors, rtol=0, atol=1e-6)
 
 
 def test_a_prompted_teacher_uses_its_learned_context_from_its_run_or_a_run_distilled_from_it(teachers, tmp_path):

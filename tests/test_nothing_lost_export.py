@@ -321,6 +321,8 @@ def rename_first_class(b: Path, manifest: dict) -> None:
     (lambda b, m: m["model"].update(file="other.onnx"), "manifest.json does not list other.onnx"),
     (lambda b, m: m["model"].update(file="../bundle/model.onnx"), "names '../bundle/model.onnx', a path outside"),
     (lambda b, m: m["files"].update({"/etc/hostname": "0" * 64}), "names '/etc/hostname', a path outside"),
+    (lambda b, m: m["files"].update({"engines\\..\\..\\x": "0" * 64}), "a path outside"),
+    (lambda b, m: m["files"].update({"C:/x": "0" * 64}), "names 'C:/x', a path outside"),
     (lambda b, m: m.pop("files"), "manifest.json: manifest lacks 'files'"),
     (lambda b, m: m["model"].pop("file"), "manifest.json: manifest model lacks 'file'"),
     (lambda b, m: m["model"].update(num_classes="3"), "manifest model has 'num_classes' = '3', which is not an"),
@@ -400,23 +402,55 @@ def test_destinations_that_cannot_be_written_are_one_line_for_every_command(run_
     distill = ["distill", "--teacher", cfg.teacher, "--student", cfg.student, "--classes", cfg.classes, "--data",
                cfg.data, "--epochs", "2", "--batch-size", "4", "--workers", "0", "--prompt-depth", "3",
                "--device", "cpu", "--random-init", "--cache-dir", cfg.cache_dir]
-    for args, target in (
-            ([*distill, "--out", blocker / "run"], "run"),
-            (["export", run_copy, "--out", blocker / "b", "--parity-images", "2"], "b"),
-            (["export", bundle, "--triton", blocker / "repo"], "repo"),
+    for args, fragments in (
+            ([*distill, "--out", blocker / "run"], (f"cannot use {blocker}", "run", "Not a directory (ENOTDIR)")),
+            (["export", run_copy, "--out", blocker / "b", "--parity-images", "2"],
+             (f"cannot use {blocker}", "b", "Not a directory (ENOTDIR)")),
+            (["export", bundle, "--triton", blocker / "repo"],
+             (f"cannot write the Triton entry {blocker / 'repo'}", "Not a directory (ENOTDIR on")),
     ):
-        one_line_error(cli(*args), f"cannot use {blocker}", target, "Not a directory (ENOTDIR)")
+        one_line_error(cli(*args), *fragments)
     assert blocker.read_text() == "x"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits (chmod 0o500); the ENOTDIR and "
-                                               "monkeypatched ENOSPC tests cover the rule there")
-def test_a_read_only_folder_is_one_line(run_copy, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        one_line_error(cli("export", run_copy, "--out", ro / "b", "--parity-images", "2"),
-                       f"cannot use {ro}", "Permission denied (EACCES)")
-    finally:
-        ro.chmod(0o700)
+def _can_mount() -> bool:
+    """Whether this process may mount a tmpfs in a private mount namespace (root in CI and on these machines)."""
+    import shutil as sh
+
+    if os.geteuid() != 0 or sh.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                          capture_output=True).returncode == 0
+
+
+def _pkd_on_tmpfs(folder: Path, options: str, *args) -> subprocess.CompletedProcess:
+    """`pkd ARGS` in a private mount namespace where `folder` is a fresh tmpfs mounted with `options` (nothing leaks
+    out of the namespace, the mount goes with the process)."""
+    script = 'mount -t tmpfs -o "$1" tmpfs "$2" && shift 2 && exec "$@"'
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", options, str(folder), sys.executable, "-m",
+                           "promptkd_edge", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(("options", "message"), [("ro", "Read-only file system (EROFS)"),
+                                                  ("size=96k", "No space left on device (ENOSPC)")])
+def test_a_read_only_or_full_file_system_is_one_line(run_copy, tmp_path, options, message):
+    """A real read-only mount and a real full disk (a 96 kB tmpfs: the bundle's model does not fit) as root; the
+    permission bits of a chmod 0o500 folder otherwise."""
+    out = tmp_path / "mnt"
+    out.mkdir()
+    if _can_mount():
+        done = _pkd_on_tmpfs(out, options, "export", run_copy, "--out", out / "b", "--parity-images", "2")
+        text = done.stdout + done.stderr
+        assert done.returncode == 2 and "Traceback" not in text, text
+        line = [ln for ln in text.splitlines() if ln.startswith("error:")]
+        assert len(line) == 1 and message in line[0] and str(out) in line[0], text
+        assert not any(out.iterdir())  # the namespace's tmpfs is gone with it: nothing was written here
+    elif os.geteuid() != 0 and options == "ro":
+        out.chmod(0o500)
+        try:
+            one_line_error(cli("export", run_copy, "--out", out / "b", "--parity-images", "2"),
+                           f"cannot use {out}", "Permission denied (EACCES)")
+        finally:
+            out.chmod(0o700)
+    else:
+        pytest.skip("needs root's tmpfs mounts (ro, full) or, for ro, a user whom permission bits stop")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import warnings
@@ -12,6 +13,7 @@ import torch
 
 from promptkd_edge.errors import PkdError, first_line
 from promptkd_edge.export.graph import DEFAULT_OPSET, INPUT_NAME, MAX_ONNX_BYTES, MIN_OPSET
+from promptkd_edge.utils.files import disk_error
 
 
 def example_input(model: torch.nn.Module, size: tuple[int, int], batch: int = 2) -> torch.Tensor:
@@ -54,6 +56,9 @@ def export_module(model: torch.nn.Module, path: str | os.PathLike, example: torc
                               output_names=output_names, dynamic_shapes=(dims,),
                               opset_version=opset, external_data=False, verbose=False)
         except Exception as e:  # the exporter's errors are long; keep their first line, with the log on --debug
+            code = disk_error(e)
+            if code is not None:  # a full or read-only disk, not the exporter's fault: say where and what
+                raise PkdError(f"cannot write {path}: {os.strerror(code)} ({errno.errorcode[code]})") from e
             raise PkdError(f"ONNX export failed: {first_line(e, with_type=False)}") from e
     size_bytes = path.stat().st_size
     if size_bytes >= MAX_ONNX_BYTES:

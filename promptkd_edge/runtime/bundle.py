@@ -6,8 +6,9 @@ Imports no torch: numpy, safetensors' numpy reader and the standard library only
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -57,9 +58,9 @@ def is_bundle(path: str | os.PathLike) -> bool:
 
 def inside(root: Path, name: str) -> Path:
     """`root / name` for a file name read from a bundle's manifest or classes.json; refused when it could lead out of
-    the bundle (absolute, `..`, empty)."""
-    parts = PurePosixPath(name).parts
-    if not name or "\\" in name or PurePosixPath(name).is_absolute() or ".." in parts or Path(name).is_absolute():
+    the bundle (absolute or with a drive on any system, a `..` between '/' or '\\' separators, empty)."""
+    parts = re.split(r"[\\/]", name)  # `..` between either separator: the bundle may be read on Windows too
+    if not name or ".." in parts or PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor:
         raise PkdError(f"bundle {root}: manifest.json names {name!r}, a path outside the bundle; {ALTERED}")
     return root / name
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -49,6 +50,22 @@ def native_errno(e: BaseException) -> int | None:
         return None
     match = re.search(r"\(os error (\d+)\)", str(e))
     return int(match.group(1)) if match else None
+
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG)  # the destination cannot take the file
+
+
+def disk_error(e: BaseException) -> int | None:
+    """The errno of a full or read-only destination anywhere in `e`'s chain (a library that wraps the OSError it
+    got, as torch.onnx does, or native code that reports it only in its message), else None."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = e.errno if isinstance(e, OSError) else native_errno(e)
+        if code in DISK_ERRNOS:
+            return code
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _umask() -> int:
