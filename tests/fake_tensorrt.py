@@ -36,6 +36,12 @@ TIMING_MAGIC = b"FAKETC:"
 VERSIONS = {major: version for major, (_, version) in real_tensorrt.WHEELS.items()}  # what the fakes come from
 
 
+def plan_header(plan: bytes) -> dict:
+    """What a fake plan records of its build: TensorRT version, the builder config's final flags, profiles, ..."""
+    assert plan.startswith(PLAN_MAGIC), "not a fake plan"
+    return json.loads(plan[len(PLAN_MAGIC):].split(b"\n", 1)[0])
+
+
 @cache
 def real_surface(major: int) -> dict:
     """The real API surface of TensorRT `major` (10 or 11), prepared on first use."""
@@ -241,7 +247,39 @@ OP_LAYERS = {
     "Unsqueeze": ["SHUFFLE"], "ReduceL2": ["REDUCE", "UNARY"], "ReduceMean": ["REDUCE"], "ReduceSum": ["REDUCE"],
     "ReduceMax": ["REDUCE"], "ReduceMin": ["REDUCE"],
 }
-QDQ_TYPES = {"INT8", "FLOAT8E4M3FN", "INT4"}  # what TensorRT's Q/DQ take (onnx-tensorrt docs/operators.md)
+# What TensorRT's Q/DQ take (onnx-tensorrt docs/operators.md; FP4 in the parser of 11)
+QDQ_TYPES = {10: {"INT8", "FLOAT8E4M3FN", "INT4"}, 11: {"INT8", "FLOAT8E4M3FN", "INT4", "FLOAT4E2M1"}}
+
+
+def qdq_refusal(node, inits: dict, quantized: dict[str, str | None], major: int) -> str | None:
+    """What onnx-tensorrt's QuantDequantLinearHelper (onnxOpImporters.cpp) refuses in a Q/DQ node, None if nothing;
+    records a QuantizeLinear's output type in `quantized`. The type is the zero point's, else `output_dtype`, else
+    INT8 (not ONNX's UINT8). The 10.3 parser refuses a UINT8 zero point, 11's reads it as INT8 (a warning; only its
+    DLA flag keeps UINT8); both refuse `output_dtype` unlike the zero point's type and a DequantizeLinear of UINT8."""
+    from onnx import TensorProto
+
+    name = TensorProto.DataType.Name
+    allowed = QDQ_TYPES[major]
+    if node.op_type == "DequantizeLinear":
+        data = node.input[0]
+        dtype = quantized.get(data) or (name(inits[data].data_type) if data in inits else None)
+        if dtype is not None and dtype not in allowed:
+            return f"Assertion failed: ... DequantizeLinear input must be of type INT8, FP8 or INT4, not {dtype}"
+        return None
+    wanted = next((name(a.i) for a in node.attribute if a.name == "output_dtype"), None)
+    zp = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    dtype = wanted or "INT8"
+    if zp is not None:
+        dtype = name(inits[zp].data_type) if zp in inits else None
+        if wanted and dtype and wanted != dtype:
+            return f"Mismatch between attribute output_dtype {wanted} and zero-point data type {dtype}."
+        if dtype == "UINT8" and major == 10:
+            return "Found invalid input type of UINT8"
+        dtype = "INT8" if dtype == "UINT8" else dtype
+    if dtype is not None and dtype not in allowed:
+        return f"TensorRT only allows FP8, INT8, INT4 and FP4 quantization. The specified quantization type is {dtype}."
+    quantized[node.output[0]] = dtype
+    return None
 
 
 def make_fake_trt(version: str | int = 10) -> types.ModuleType:
@@ -400,6 +438,7 @@ def make_fake_trt(version: str | int = 10) -> types.ModuleType:
             proto = onnx.load(model)
             graph = proto.graph
             inits = {t.name: t for t in graph.initializer}
+            quantized: dict[str, str | None] = {}
             counter = 0
             for index, node in enumerate(graph.node):
                 kinds = OP_LAYERS.get(node.op_type)
@@ -408,13 +447,11 @@ def make_fake_trt(version: str | int = 10) -> types.ModuleType:
                     self._errors.append(ParserError._make(index, name, node.op_type,
                                                           f"No importer registered for op: {node.op_type}"))
                     return False
-                if node.op_type == "DequantizeLinear" and node.input[0] in inits:
-                    dtype = onnx.TensorProto.DataType.Name(inits[node.input[0]].data_type)
-                    if dtype not in QDQ_TYPES:
-                        self._errors.append(ParserError._make(
-                            index, name, node.op_type, "Assertion failed: ... DequantizeLinear input must be of "
-                            f"type INT8, FP8 or INT4, not {dtype}"))
-                        return False
+                qdq = node.op_type in ("QuantizeLinear", "DequantizeLinear")
+                refused = qdq_refusal(node, inits, quantized, major) if qdq else None
+                if refused:
+                    self._errors.append(ParserError._make(index, name, node.op_type, refused))
+                    return False
                 for k, kind in enumerate(kinds):
                     layer_name = name if k == 0 else f"{name}_{counter}"
                     counter += k > 0
@@ -474,7 +511,9 @@ def make_fake_trt(version: str | int = 10) -> types.ModuleType:
 
     class IBuilderConfig(Checked):
         def __init__(self):
-            self._flags: set[str] = set()
+            # TF32 is the one flag a new config has set (NvInfer.h 10.3 and 11.1, BuilderFlag::kTF32: "Enabled by
+            # default"); no other flag is documented as on by default
+            self._flags: set[str] = {"TF32"}
             self._profiles: list = []
             self._pools: dict[str, int] = {}
             self._timing_cache = None
@@ -495,6 +534,10 @@ def make_fake_trt(version: str | int = 10) -> types.ModuleType:
         def set_flag(self, flag) -> None:
             record("set_flag", flag.name)
             self._flags.add(flag.name)
+
+        def clear_flag(self, flag) -> None:
+            record("clear_flag", flag.name)
+            self._flags.discard(flag.name)
 
         def get_flag(self, flag) -> bool:
             return flag.name in self._flags
@@ -823,4 +866,4 @@ def _write(ptr: int, value: np.ndarray) -> None:
 
 
 __all__ = ["FAKE_CLASSES", "FAKE_CUDART_FUNCTIONS", "FakeEnum", "PLAN_MAGIC", "VERSIONS", "accepts", "check_call",
-           "make_fake_cudart", "make_fake_trt", "real_member", "real_surface"]
+           "make_fake_cudart", "make_fake_trt", "plan_header", "qdq_refusal", "real_member", "real_surface"]

@@ -106,6 +106,9 @@ def export(
     opt_level: Annotated[int, typer.Option(help="TensorRT builder optimization level 0-5.")] = _B.opt_level,
     timing_cache: Annotated[Path | None, typer.Option(help="Persistent TensorRT timing cache file (read and "
                                                       "updated).")] = _B.timing_cache,
+    trt_tf32: Annotated[bool, typer.Option("--trt-tf32", help="Let TensorRT run FP32 layers in TF32 (off by "
+                                           "default): faster on Ampere+ and Orin, but it trades FP32 accuracy and "
+                                           "an fp32 plan may then fail its parity gate.")] = _B.tf32,
     triton: Annotated[Path | None, typer.Option("--triton", help="With a bundle as SOURCE: write its entry into "
                                                 "this Triton model repository.")] = None,
     triton_backend: Annotated[str, typer.Option(help="Triton entry serves model.onnx (onnxruntime) or the bundle's "
@@ -140,7 +143,7 @@ def export(
     if uint8_input and pixel_input:
         raise PkdError("--uint8-input and --pixel-input are two input formats; choose one")
     input_format = "uint8" if uint8_input else "pixels" if pixel_input else "normalized"
-    trt = _trt_options(trt_profile, workspace_gib, opt_level, timing_cache) if build_trt else None
+    trt = _trt_options(trt_profile, workspace_gib, opt_level, timing_cache, trt_tf32) if build_trt else None
     options = ExportOptions(**config_values(ExportOptions, ctx.params), input_format=input_format,
                             trt=trt).validate()
     progress = make_progress(not as_json)
@@ -171,7 +174,7 @@ def export(
 
 
 def _trt_options(profiles: list[str] | None, workspace_gib: float, opt_level: int,
-                 timing_cache: Path | None) -> TrtBuildOptions:
+                 timing_cache: Path | None, tf32: bool) -> TrtBuildOptions:
     """TensorRT build options from --trt-profile MIN,OPT,MAX (repeatable) and the builder flags."""
     parsed = []
     for text in profiles or ["1,8,32"]:
@@ -182,7 +185,7 @@ def _trt_options(profiles: list[str] | None, workspace_gib: float, opt_level: in
         if len(parsed[-1]) != 3:
             raise PkdError(f"--trt-profile '{text}' is not MIN,OPT,MAX (e.g. 1,8,32)")
     return TrtBuildOptions(precision="fp32", profiles=parsed, workspace_gib=workspace_gib, opt_level=opt_level,
-                           timing_cache=timing_cache)
+                           timing_cache=timing_cache, tf32=tf32)
 
 
 def _parity_table(manifest: Manifest):

@@ -62,7 +62,8 @@ def default_engine_cache_dir() -> Path:
 
 @dataclass
 class TrtBuildOptions:
-    """How to build: precision, batch profiles (min, opt, max), workspace, optimization level, caches."""
+    """How to build: precision, batch profiles (min, opt, max), workspace, optimization level, caches, and TF32
+    (off unless asked for: TensorRT would otherwise run FP32 inner products on 10-bit mantissas)."""
 
     precision: str = "fp16"
     profiles: list[tuple[int, int, int]] = field(default_factory=lambda: [(1, 8, 32)])
@@ -71,6 +72,7 @@ class TrtBuildOptions:
     timing_cache: Path | None = None
     engine_cache_dir: Path | None = field(default_factory=default_engine_cache_dir)  # None: no engine cache
     keep_fp32_nodes: list[str] = field(default_factory=list)
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -95,6 +97,8 @@ class TrtBuildOptions:
         self.timing_cache = Path(self.timing_cache) if self.timing_cache else None
         self.engine_cache_dir = Path(self.engine_cache_dir) if self.engine_cache_dir else None
         self.keep_fp32_nodes = [str(n) for n in self.keep_fp32_nodes]
+        if not isinstance(self.tf32, bool):
+            raise PkdError(f"TensorRT tf32 is true or false, not {self.tf32!r}")
 
 
 def graph_precision(onnx_path: str | os.PathLike) -> dict[str, bool]:
@@ -139,11 +143,31 @@ def _check_graph_precision(onnx_path: Path, precision: str, api: int) -> None:
 # supported as network input or output").
 QDQ_TYPES = {10: ("INT8", "FLOAT8E4M3FN", "INT4"), 11: ("INT8", "FLOAT8E4M3FN", "INT4", "FLOAT4E2M1")}
 SCALE_TYPES = ("FLOAT", "FLOAT16", "BFLOAT16")
+WHY_REFUSED = {"INT32": "a quantized bias: quantize without biases for TensorRT",
+               "UINT8": "TensorRT quantizes to signed types only: quantize to symmetric int8"}
+
+
+def tensorrt_quantize_type(node, types: dict[str, int]) -> int:
+    """The type TensorRT's ONNX parser gives a QuantizeLinear's output: its zero point's type, else its
+    `output_dtype` (opset 21), else INT8, not the ONNX spec's UINT8 (onnx-tensorrt onnxOpImporters.cpp,
+    QuantDequantLinearHelper, 10.x and 11: "ONNX default is UINT8, TRT will default to INT8"). UNDEFINED (0) when
+    the zero point's type is not known."""
+    from onnx import TensorProto
+
+    if len(node.input) > 2 and node.input[2]:
+        return types.get(node.input[2], TensorProto.UNDEFINED)
+    return _output_dtype(node) or TensorProto.INT8
+
+
+def _output_dtype(node) -> int:
+    """A QuantizeLinear's `output_dtype` attribute (opset 21), 0 (UNDEFINED) without one."""
+    return next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
 
 
 def check_tensorrt_qdq(onnx_path: str | os.PathLike, api: int) -> int:
     """Refuse a graph whose Q/DQ nodes TensorRT `api` cannot parse (e.g. ONNX Runtime's INT32-quantized biases, uint8
-    activations, non-zero zero points) with one line naming the first such node; returns the number of Q/DQ nodes."""
+    zero points, non-zero zero points) with one line naming the first such node; returns the number of Q/DQ nodes.
+    Types are the parser's: a QuantizeLinear without a zero point quantizes to INT8 (tensorrt_quantize_type)."""
     import onnx
     from onnx import numpy_helper
 
@@ -158,10 +182,9 @@ def check_tensorrt_qdq(onnx_path: str | os.PathLike, api: int) -> int:
     inits = {t.name: t for t in graph.initializer}
     types = {t.name: t.data_type for t in graph.initializer}
     types.update({v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)})
-    for node in graph.node:  # Q outputs take the zero point's type (uint8 without one)
-        if node.op_type == "QuantizeLinear" and not types.get(node.output[0]):
-            zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-            types[node.output[0]] = zp.data_type if zp is not None else onnx.TensorProto.UINT8
+    for node in graph.node:  # what TensorRT quantizes to, whatever ONNX's shape inference says (uint8)
+        if node.op_type == "QuantizeLinear":
+            types[node.output[0]] = tensorrt_quantize_type(node, types)
     allowed = QDQ_TYPES[10 if api < 11 else 11]
     count = 0
     for node in graph.node:
@@ -172,9 +195,13 @@ def check_tensorrt_qdq(onnx_path: str | os.PathLike, api: int) -> int:
         dtype = onnx.TensorProto.DataType.Name(types.get(quantized, onnx.TensorProto.UNDEFINED))
         where = f"{path.name}: {node.op_type} {node.name or quantized!r}"
         if dtype not in allowed and dtype != "UNDEFINED":  # a type inference cannot tell is left to the parser
-            what = " (a quantized bias: quantize without biases for TensorRT)" if dtype == "INT32" else ""
+            what = f" ({WHY_REFUSED[dtype]})" if dtype in WHY_REFUSED else ""
             raise PkdError(f"{where} carries {dtype}{what}; TensorRT {api} quantizes only to "
                            f"{', '.join(allowed)}")
+        wanted = _output_dtype(node) if node.op_type == "QuantizeLinear" else 0
+        if wanted and dtype != "UNDEFINED" and wanted != types[quantized]:  # only with a zero point
+            raise PkdError(f"{where} has output_dtype {onnx.TensorProto.DataType.Name(wanted)} but a {dtype} zero "
+                           "point; TensorRT's parser refuses the mismatch: make them the same type")
         scale = inits.get(node.input[1]) if len(node.input) > 1 else None
         if scale is not None and onnx.TensorProto.DataType.Name(scale.data_type) not in SCALE_TYPES:
             raise PkdError(f"{where} has a {onnx.TensorProto.DataType.Name(scale.data_type)} scale; TensorRT "
@@ -185,13 +212,16 @@ def check_tensorrt_qdq(onnx_path: str | os.PathLike, api: int) -> int:
     return count
 
 
-def engine_cache_key(onnx_sha256: str, version: str, sm: str, input_name: str, input_dims: tuple[int, ...],
-                     options: TrtBuildOptions) -> str:
-    """sha256 over everything that makes a plan differ."""
-    key = {"onnx": onnx_sha256, "tensorrt": version, "sm": sm, "precision": options.precision,
-           "profiles": [list(p) for p in options.profiles], "workspace_gib": float(options.workspace_gib),
-           "opt_level": options.opt_level, "input": [input_name, list(input_dims)],
-           "keep_fp32_nodes": sorted(options.keep_fp32_nodes)}
+def engine_cache_key(onnx_sha256: str, version: str, gpu: dict[str, str], input_name: str,
+                     input_dims: tuple[int, ...], options: TrtBuildOptions) -> str:
+    """sha256 over everything that makes a plan differ: the graph, the TensorRT release, the GPU (its model, not only
+    its SM: TensorRT times tactics on the device and warns when a plan runs on another model), the options, TF32 and
+    the layer types this module pins to FP32."""
+    key = {"onnx": onnx_sha256, "tensorrt": version, "gpu": gpu["name"], "sm": gpu["sm"],
+           "precision": options.precision, "profiles": [list(p) for p in options.profiles],
+           "workspace_gib": float(options.workspace_gib), "opt_level": options.opt_level,
+           "input": [input_name, list(input_dims)], "keep_fp32_nodes": sorted(options.keep_fp32_nodes),
+           "tf32": options.tf32, "fp32_layer_types": list(FP32_LAYER_TYPES)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -276,6 +306,7 @@ def _build_plan(trt, api: int, onnx_path: Path, *, input_name: str, input_dims: 
     _check_input(network, onnx_path.name, input_name, input_dims)
 
     config = builder.create_builder_config()
+    _set_tf32(trt, config, options.tf32)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
     config.builder_optimization_level = options.opt_level
     pinned: list[str] = []
@@ -303,6 +334,17 @@ def _build_plan(trt, api: int, onnx_path: Path, *, input_name: str, input_dims: 
     if options.timing_cache:
         write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan), pinned
+
+
+def _set_tf32(trt, config, tf32: bool) -> None:
+    """TensorRT enables TF32 by default (NvInfer.h 10.3 and 11.1, BuilderFlag::kTF32: "Enabled by default"): FP32
+    inner products on Ampere+/Orin then round their inputs to 10-bit mantissas, beyond the FP32 gate's 1e-3 at logit
+    scale 100. Cleared unless asked for, in every build: FP16/INT8 builds keep FP32 layers (pinned on TensorRT 10,
+    the graph's FP32 islands on 11) for exactly that accuracy. trtexec's --noTF32 does the same (sampleEngines.cpp)."""
+    if tf32:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
 
 
 def _use_timing_cache(config, cache_file: Path | None, log: ProgressLog) -> None:
@@ -344,6 +386,8 @@ def _trtexec_script(*, onnx_arg: str, plan_arg: str, input_name: str, input_dims
                  f"--maxShapes={input_name}:{_shape((hi, *input_dims))}"]
     args += [f"--memPoolSize=workspace:{round(options.workspace_gib * 1024)}M",
              f"--builderOptimizationLevel={options.opt_level}"]
+    if not options.tf32:
+        args.append("--noTF32")  # trtexec enables TF32 otherwise (sampleOptions.cpp, 10.x and 11.x)
     if options.timing_cache:
         args.append(f"--timingCacheFile={options.timing_cache.resolve()}")
     unnamed = [n for n in pinned if "," in n]  # trtexec splits its layer lists on commas
@@ -397,7 +441,7 @@ def build_engine(onnx_path: Path, plan_dir: Path, *, input_name: str, input_dims
     stem = f"model-{precision}-sm{gpu['sm']}-trt{version}"
     plan_path = plan_dir / f"{stem}.plan"
     script_path = plan_dir / f"{stem}.trtexec.sh"
-    key = engine_cache_key(onnx_sha, version, gpu["sm"], input_name, input_dims, options)
+    key = engine_cache_key(onnx_sha, version, gpu, input_name, input_dims, options)
     cache_dir = options.engine_cache_dir
     cached_plan = cache_dir / f"{key}.plan" if cache_dir else None
     cached_meta = cache_dir / f"{key}.json" if cache_dir else None
@@ -418,8 +462,8 @@ def build_engine(onnx_path: Path, plan_dir: Path, *, input_name: str, input_dims
         write_bytes(plan_path, plan)
         if cache_dir:
             try:
-                write_text(cached_meta, json.dumps({"fp32_layers": pinned, "tensorrt": version,
-                                                    "onnx_sha256": onnx_sha}) + "\n")
+                write_text(cached_meta, json.dumps({"fp32_layers": pinned, "tensorrt": version, "gpu": gpu["name"],
+                                                    "tf32": options.tf32, "onnx_sha256": onnx_sha}) + "\n")
                 write_bytes(cached_plan, plan)
             except OSError as e:
                 log(f"warning: cannot store the engine in the cache {cache_dir}: {first_line(e, with_type=False)}")
@@ -434,7 +478,7 @@ def build_engine(onnx_path: Path, plan_dir: Path, *, input_name: str, input_dims
             "onnx_sha256": onnx_sha, "tensorrt": version, "api": api, "gpu": gpu["name"],
             "compute_capability": gpu["compute_capability"], "precision": precision,
             "profiles": [list(p) for p in options.profiles], "workspace_gib": float(options.workspace_gib),
-            "builder_optimization_level": options.opt_level, "build_seconds": round(seconds, 3),
+            "builder_optimization_level": options.opt_level, "tf32": options.tf32, "build_seconds": round(seconds, 3),
             "cache_hit": cache_hit, "fp32_layers": len(pinned), "trtexec": f"{plan_dir.name}/{script_path.name}"}
 
 
