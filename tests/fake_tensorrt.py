@@ -719,8 +719,8 @@ def make_fake_trt(version: str | int = 10) -> types.ModuleType:
                 return self._run(shapes, addresses, rt, stream.device)
 
             rt.enqueue(stream, work, set(addresses.values()))
-            if stream.handle == 0:  # TensorRT synchronizes the default stream itself
-                rt.cudaStreamSynchronize(0)
+            if stream.handle == 0:  # "additional cudaDeviceSynchronize() calls by TensorRT" (enqueueV3)
+                rt.synchronize_device(stream.device)
             return True
 
         def _run(self, shapes: dict, addresses: dict, rt, device: int = 0):
@@ -887,6 +887,13 @@ def make_fake_cudart(devices: int = 1, name: str = "Orin", capability: tuple[int
                 flush(legacy[stream.device])
             stream.queue.append((work, set(uses)))
 
+    def synchronize_device(device: int):
+        """What cudaDeviceSynchronize does: every stream of `device` runs its queued work."""
+        with lock:
+            for stream in [legacy[device], *(s for s in rt.streams if s.device == device)]:
+                flush(stream)
+            return rt.sticky
+
     def in_use(base: int, size: int) -> bool:
         """Whether work still queued on a stream uses memory in [base, base + size)."""
         return any(base <= p < base + size for s in [*rt.streams, *legacy.values()] for _, uses in s.queue
@@ -1014,8 +1021,9 @@ def make_fake_cudart(devices: int = 1, name: str = "Orin", capability: tuple[int
                cudaMemcpyAsync, cudaStreamCreate, cudaStreamSynchronize, cudaStreamDestroy, cudaSetDevice,
                cudaDriverGetVersion, cudaRuntimeGetVersion, cudaGetErrorName):
         setattr(rt, fn.__name__, fn)
-    rt.inside, rt.device_of, rt.stream_of, rt.enqueue, rt.current_device = inside, device_of, stream_of, enqueue, \
-        current_device
+    # helpers of the fakes (not cuda-python names)
+    rt.inside, rt.device_of, rt.stream_of, rt.current_device = inside, device_of, stream_of, current_device
+    rt.enqueue, rt.synchronize_device = enqueue, synchronize_device
     rt.called = lambda call: [c for c in rt.calls if c[0] == call]
     return rt
 
@@ -1039,5 +1047,5 @@ def _copy(dst: int, src: int, count: int) -> None:
     ctypes.memmove(dst, src, count)
 
 
-__all__ = ["FAKE_CLASSES", "FAKE_CUDART_FUNCTIONS", "FakeEnum", "PLAN_MAGIC", "VERSIONS", "accepts", "check_call",
-           "make_fake_cudart", "make_fake_trt", "real_member", "real_surface"]
+__all__ = ["DEFAULT_STREAM_WARNING", "FAKE_CLASSES", "FAKE_CUDART_FUNCTIONS", "FakeEnum", "FakeStream", "PLAN_MAGIC",
+           "VERSIONS", "accepts", "check_call", "make_fake_cudart", "make_fake_trt", "real_member", "real_surface"]
