@@ -5,7 +5,9 @@ the same generation (tests/real_tensorrt.py reads TensorRT 10.3 and 11.4 through
 add only what the real ones cannot do on a machine without a GPU: the parser reads the ONNX file (one layer per
 node, extra layers named `<node>_<n>` as onnx-tensorrt does, Q/DQ types TensorRT rejects refused), a plan embeds
 the ONNX and the engine runs it with onnx.reference, reading and writing the "device" buffers the fake cudart
-allocated (real host memory).
+allocated (real host memory). The fake CUDA runtime and execution context model behaviour (see their comments):
+per-thread current devices, memory and streams tagged with their device, copies and launches queued on their
+stream until it is synchronized, and what TensorRT refuses.
 
 Every fake object is held against the real API while the code under test uses it: a public attribute that the real
 class of that generation does not have raises AttributeError (as pybind11 does), property writes need a real
@@ -223,7 +225,8 @@ class FakeControls:
         self.no_gpu = False  # Builder/Runtime raise "factory function returned nullptr" (no usable CUDA device)
         self.fail_build = False  # build_serialized_network returns None
         self.fail_profile_switch = False  # set_optimization_profile_async raises as the binding does on failure
-        self.cudart = None  # a fake cudart: the engine then checks its I/O addresses are big enough allocations
+        self.cudart = None  # a fake cudart: the engine's launches are queued on its streams and checked
+        self.log: list[tuple[str, str]] = []  # (severity, message) TensorRT's logger would get from the runtime
         self.lock = threading.Lock()
 
     def record(self, *call: Any) -> None:
@@ -617,9 +620,21 @@ def make_fake_trt(version: str | int = 10) -> types.ModuleType:
     Builder = cls("Builder", Builder)
 
     # ------------------------------------------------------------------------------------------ runtime
+    # Behaviour from NvInferRuntime.h (10.3 and 11.1) IExecutionContext: setOptimizationProfileAsync must precede
+    # setInputShape, which must precede enqueueV3; a shape must agree with the network's static dimensions and lie
+    # in the active profile (else an error is logged and false returned); before enqueueV3 every I/O tensor needs a
+    # non-null, 256-byte aligned address; enqueueV3 only queues the kernels on the stream, and modifying or releasing
+    # the tensors' memory before the stream is synchronized is undefined behaviour; not synchronizing the profile
+    # switch's stream with the enqueue stream is undefined behaviour (refused here); the default stream gets a
+    # warning and extra synchronizations. An engine's memory lives on the device that was current when it was
+    # deserialized: its kernels fault on another device's memory (peer access is never enabled).
+    def log(severity: str, message: str) -> None:
+        with ctl.lock:
+            ctl.log.append((severity, message))
+
     class ICudaEngine(Checked):
-        def __init__(self, header: dict, onnx_bytes: bytes):
-            self._header, self._onnx = header, onnx_bytes
+        def __init__(self, header: dict, onnx_bytes: bytes, device: int):
+            self._header, self._onnx, self._device = header, onnx_bytes, device
             self._io = [(n, E.DataType[d], tuple(s), E.TensorIOMode.INPUT) for n, d, s in header["inputs"]]
             self._io += [(n, E.DataType[d], tuple(s), E.TensorIOMode.OUTPUT) for n, d, s in header["outputs"]]
 
@@ -627,7 +642,7 @@ def make_fake_trt(version: str | int = 10) -> types.ModuleType:
         num_optimization_profiles = property(lambda self: len(self._header["profiles"]))
 
         def _find(self, name: str):
-            return next(t for t in self._io if t[0] == name)
+            return next((t for t in self._io if t[0] == name), None)
 
         def get_tensor_name(self, index: int) -> str:
             return self._io[index][0]
@@ -653,57 +668,129 @@ def make_fake_trt(version: str | int = 10) -> types.ModuleType:
     class IExecutionContext(Checked):
         def __init__(self, engine):
             self._engine = engine
-            self._profile = 0
+            self._profile = 0  # a new context is assigned optimization profile 0
             self._shapes: dict[str, tuple[int, ...]] = {}
             self._addresses: dict[str, int] = {}
+            self._queued: dict[int, int] = {}  # stream handle -> launches not yet run
 
         active_optimization_profile = property(lambda self: self._profile)
 
+        def _inputs(self) -> list[str]:
+            return [t[0] for t in self._engine._io if t[3] == E.TensorIOMode.INPUT]
+
         def set_optimization_profile_async(self, profile_index: int, stream_handle: int) -> bool:
             record("set_optimization_profile_async", profile_index, stream_handle)
-            if ctl.fail_profile_switch or not 0 <= profile_index < self._engine.num_optimization_profiles:
+            busy = [s for s, n in self._queued.items() if n and s != int(stream_handle)]
+            if busy:  # undefined behaviour in TensorRT: refused, so that a test sees it
+                log("ERROR", f"setOptimizationProfileAsync on stream {int(stream_handle)} while enqueued work on "
+                             f"stream(s) {busy} is not synchronized with it")
+            if busy or ctl.fail_profile_switch or not 0 <= profile_index < self._engine.num_optimization_profiles:
                 raise RuntimeError("Error in set optimization profile async.")  # pyCore.cpp: never returns False
             self._profile = profile_index
+            self._shapes.clear()  # input shapes are set after the profile
             return True
 
         def set_input_shape(self, name: str, shape) -> bool:
             record("set_input_shape", name, tuple(shape))
+            if name not in self._inputs():
+                log("ERROR", f"IExecutionContext::setInputShape: Error Code 3: API Usage Error ({name} is not an "
+                             "input tensor)")
+                return False
+            static = self._engine._find(name)[2]
             lo, _opt, hi = self._engine._header["profiles"][self._profile][name]
+            if len(shape) != len(static) or any(d >= 0 and d != s for d, s in zip(static, shape, strict=True)):
+                log("ERROR", f"IExecutionContext::setInputShape: Error Code 3: API Usage Error (Static dimension "
+                             f"mismatch while setting input shape for {name}. Set dimensions are {list(shape)}. "
+                             f"Expected dimensions are {list(static)}.)")
+                return False
             if not all(a <= s <= c for a, s, c in zip(lo, shape, hi, strict=True)):
-                return False  # TensorRT logs an error and returns False outside the active profile
+                log("ERROR", f"IExecutionContext::setInputShape: Error Code 3: API Usage Error (Parameter check "
+                             f"failed: {name} shape {list(shape)} is outside optimization profile {self._profile} "
+                             f"[{list(lo)}, {list(hi)}])")
+                return False
             self._shapes[name] = tuple(shape)
             return True
 
         def get_tensor_shape(self, name: str):
-            batch = next(iter(self._shapes.values()))[0]
-            return tuple(batch if d < 0 else d for d in self._engine._find(name)[2])
+            found = self._engine._find(name)
+            if found is None:
+                return (-1,)
+            if name in self._shapes:
+                return self._shapes[name]
+            batch = next(iter(self._shapes.values()))[0] if len(self._shapes) == len(self._inputs()) else -1
+            return tuple(batch if d < 0 and found[3] == E.TensorIOMode.OUTPUT else d for d in found[2])
 
         def set_tensor_address(self, name: str, memory: int) -> bool:
             record("set_tensor_address", name, memory)
+            if self._engine._find(name) is None:
+                return False
             self._addresses[name] = int(memory)
             return True
 
+        def _refuse_enqueue(self) -> str | None:
+            missing = [n for n in self._inputs() if n not in self._shapes]
+            if missing:
+                return f"input shape(s) not set for {missing} (set them after the optimization profile)"
+            for name, *_ in self._engine._io:
+                if not self._addresses.get(name):
+                    return f"Address is not set for {'input' if name in self._inputs() else 'output'} tensor {name}"
+                if self._addresses[name] % 256:
+                    return f"the address of tensor {name} is not 256-byte aligned"
+            return None
+
         def execute_async_v3(self, stream_handle: int) -> bool:
+            record("execute_async_v3", stream_handle)
+            why = self._refuse_enqueue()
+            if why:
+                log("ERROR", f"IExecutionContext::enqueueV3: Error Code 3: API Usage Error ({why}.)")
+                return False
+            rt = ctl.cudart
+            if rt is None:  # no fake CUDA runtime: run at once
+                self._run(dict(self._shapes), dict(self._addresses), None)
+                return True
+            stream = rt.stream_of(stream_handle)
+            if stream is None:
+                log("ERROR", "IExecutionContext::enqueueV3: Error Code 1: Cuda Runtime (invalid resource handle)")
+                return False
+            if stream.handle == 0:
+                log("WARNING", DEFAULT_STREAM_WARNING)
+            shapes, addresses, handle = dict(self._shapes), dict(self._addresses), stream.handle
+            self._queued[handle] = self._queued.get(handle, 0) + 1
+
+            def work():
+                self._queued[handle] -= 1
+                return self._run(shapes, addresses, rt, stream.device)
+
+            rt.enqueue(stream, work, set(addresses.values()))
+            if stream.handle == 0:  # "additional cudaDeviceSynchronize() calls by TensorRT" (enqueueV3)
+                rt.synchronize_device(stream.device)
+            return True
+
+        def _run(self, shapes: dict, addresses: dict, rt, device: int = 0):
+            """The queued kernels: None, or the CUDA error they end with."""
             from onnx.reference import ReferenceEvaluator
 
-            record("execute_async_v3", stream_handle)
-            rt = ctl.cudart
-            feeds = {}
-            for name, dtype, _shape, mode in self._engine._io:
-                if mode == E.TensorIOMode.INPUT:
-                    nbytes = int(np.prod(self._shapes[name])) * np.dtype(numpy_of(dtype)).itemsize
-                    if rt is not None:
-                        assert rt.inside(self._addresses[name], nbytes, device=True), f"{name}: not device memory"
-                    feeds[name] = _read(self._addresses[name], self._shapes[name], numpy_of(dtype))
+            io = {name: (numpy_of(dtype), mode) for name, dtype, _shape, mode in self._engine._io}
+            shapes = {**shapes, **{n: self._output_shape(n, shapes) for n, (_, m) in io.items()
+                                   if m == E.TensorIOMode.OUTPUT}}
+            if rt is not None:
+                for name, (dtype, _mode) in io.items():
+                    nbytes = int(np.prod(shapes[name])) * np.dtype(dtype).itemsize
+                    if device != self._engine._device or rt.device_of(addresses[name], nbytes) != device:
+                        return rt.cudaError_t.cudaErrorIllegalAddress  # another device's memory, or past its end
+            feeds = {n: _read(addresses[n], shapes[n], dtype) for n, (dtype, m) in io.items()
+                     if m == E.TensorIOMode.INPUT}
             results = ReferenceEvaluator(self._engine._onnx).run(None, feeds)
-            outputs = [t for t in self._engine._io if t[3] == E.TensorIOMode.OUTPUT]
-            for (name, dtype, _shape, _mode), value in zip(outputs, results, strict=True):
-                value = np.ascontiguousarray(value, dtype=numpy_of(dtype))
-                assert value.shape == self.get_tensor_shape(name)
-                if rt is not None:
-                    assert rt.inside(self._addresses[name], value.nbytes, device=True), f"{name}: buffer too small"
-                _write(self._addresses[name], value)
-            return True
+            outputs = [n for n, (_, m) in io.items() if m == E.TensorIOMode.OUTPUT]
+            for name, value in zip(outputs, results, strict=True):
+                value = np.ascontiguousarray(value, dtype=io[name][0])
+                assert value.shape == shapes[name], (name, value.shape, shapes[name])
+                _write(addresses[name], value)
+            return None
+
+        def _output_shape(self, name: str, shapes: dict) -> tuple[int, ...]:
+            batch = next(iter(shapes.values()))[0]
+            return tuple(batch if d < 0 else d for d in self._engine._find(name)[2])
 
     IExecutionContext = cls("IExecutionContext", IExecutionContext)
 
@@ -722,7 +809,8 @@ def make_fake_trt(version: str | int = 10) -> types.ModuleType:
             header = json.loads(header_line)
             if header["version"] != api["version"]:
                 return None
-            return ICudaEngine._make(header, onnx_bytes)
+            device = ctl.cudart.current_device() if ctl.cudart is not None else 0
+            return ICudaEngine._make(header, onnx_bytes, device)
 
     Runtime = cls("Runtime", Runtime)
 
@@ -743,87 +831,228 @@ FAKE_CLASSES = ("Logger", "ILogger", "ParserError", "ITensor", "ILayer", "INetwo
 
 
 # ---------------------------------------------------------------- fake cuda-python runtime (cuda.bindings.runtime)
+# What it models, from the CUDA runtime's own documentation (the docstrings of cuda.bindings.runtime, and "API
+# synchronization behavior" of the CUDA runtime API reference):
+# - cudaSetDevice: "Sets device as the current device for the calling host thread" (a per-thread current device,
+#   0 until set); memory from cudaMalloc is "physically resident on device", streams are "associated with device",
+#   and work launched on a non-NULL stream runs "on the device associated with the stream".
+# - a kernel reads and writes only memory of its own device (no peer access is enabled here): anything else is
+#   cudaErrorIllegalAddress when the work runs, a sticky error every later call returns.
+# - streams are asynchronous: copies and engine launches are queued and run in order when the stream is
+#   synchronized; the legacy default stream (0) waits for the device's other (blocking) streams and they for it.
+# - cudaMemcpyAsync: from pageable host memory to the device "a stream sync is performed before the copy is
+#   initiated" and the source is staged at once; "for transfers from device memory to pageable host memory, the
+#   function will return only once the copy has completed"; between pinned memory and the device it is fully
+#   asynchronous. A copy may be queued on a stream of another device than the current one.
+# - cudaFree "may perform implicit synchronization": a program cannot rely on it, and TensorRT says releasing
+#   memory bound to enqueued work before the stream is synchronized is undefined behaviour (NvInferRuntime.h
+#   enqueueV3), so freeing memory that queued work still uses is refused (AssertionError: a bug of the caller).
+ALIGNMENT = 256  # cudaMalloc's pointers are aligned for any kind of variable; TensorRT needs 256 (setTensorAddress)
+DEFAULT_STREAM_WARNING = ("Using default stream in enqueueV3() may lead to performance issues due to additional calls "
+                          "to cudaStreamSynchronize() by TensorRT to ensure correct synchronization. Please use "
+                          "non-default stream instead.")  # what TensorRT 10 logs (kWARNING)
+
+
+class FakeStream:
+    """cudaStream_t: `int(stream)` is its handle; its queued work runs, in order, when it is synchronized."""
+
+    def __init__(self, handle: int, device: int = 0):
+        self.handle, self.device = handle, device
+        self.queue: list[tuple[Any, set[int]]] = []  # (work returning None or a cudaError_t, pointers it uses)
+
+    def __int__(self) -> int:
+        return self.handle
+
+
 def make_fake_cudart(devices: int = 1, name: str = "Orin", capability: tuple[int, int] = (8, 7),
                      count_error: bool = False, driver_cuda: int = 12060, runtime_cuda: int | None = None
                      ) -> types.SimpleNamespace:
     """A `cuda.bindings.runtime` stand-in whose enums are the real module's. Device and pinned host memory are real
-    host memory (ctypes buffers), so copies are checked against the allocations they claim to use."""
+    host memory (ctypes buffers) tagged with their device; copies and launches are queued on their stream."""
     from cuda.bindings import runtime as real
 
-    ok = real.cudaError_t.cudaSuccess
-    rt = types.SimpleNamespace(cudaError_t=real.cudaError_t, cudaMemcpyKind=real.cudaMemcpyKind, calls=[],
-                               allocations={}, pinned={}, streams=[])
+    err = real.cudaError_t
+    ok = err.cudaSuccess
+    rt = types.SimpleNamespace(cudaError_t=err, cudaMemcpyKind=real.cudaMemcpyKind, calls=[], device_calls=[],
+                               allocations={}, pinned={}, streams=[], sticky=None)
     h2d, d2h = real.cudaMemcpyKind.cudaMemcpyHostToDevice, real.cudaMemcpyKind.cudaMemcpyDeviceToHost
+    local, lock = threading.local(), threading.RLock()
+    legacy = {d: FakeStream(0, d) for d in range(max(devices, 1))}  # the NULL stream of each device
+    keep: dict[int, Any] = {}  # the ctypes buffers behind the pointers
+
+    def current_device() -> int:
+        return getattr(local, "device", 0)
 
     def record(*call: Any) -> None:
-        rt.calls.append(call)
+        with lock:
+            rt.calls.append(call)
+            rt.device_calls.append((call[0], current_device()))
+
+    def allocation(ptr: int, n: int, device: bool = True) -> tuple[int, int, int | None] | None:
+        """(base, size, device) of the allocation holding [ptr, ptr + n), or None."""
+        for base, (size, dev) in (rt.allocations if device else rt.pinned).items():
+            if base <= ptr and ptr + n <= base + size:
+                return base, size, dev
+        return None
 
     def inside(ptr: int, n: int, device: bool = True) -> bool:
-        pool = rt.allocations if device else rt.pinned
-        return any(base <= ptr and ptr + n <= base + len(buf) for base, buf in pool.items())
+        return allocation(int(ptr), n, device) is not None
+
+    def device_of(ptr: int, n: int) -> int | None:
+        """The device whose memory holds [ptr, ptr + n), or None when no device allocation does."""
+        found = allocation(int(ptr), n)
+        return None if found is None else found[2]
+
+    def stream_of(stream: Any) -> FakeStream | None:
+        """The stream a handle names (0: the current device's legacy default stream), or None."""
+        handle = int(stream)
+        if handle == 0:
+            return legacy[current_device()]
+        return next((s for s in rt.streams if s.handle == handle), None)
+
+    def flush(stream: FakeStream):
+        """Run a stream's queued work in order; the first error is sticky (as a device fault is)."""
+        with lock:
+            while stream.queue and rt.sticky is None:
+                work, _uses = stream.queue.pop(0)
+                rt.sticky = work()
+            stream.queue.clear()
+            return rt.sticky
+
+    def enqueue(stream: FakeStream, work, uses: set[int]) -> None:
+        """Queue work on a stream with the legacy default stream's implicit synchronization."""
+        with lock:
+            if stream.handle == 0:
+                for other in rt.streams:
+                    if other.device == stream.device:
+                        flush(other)
+            else:
+                flush(legacy[stream.device])
+            stream.queue.append((work, set(uses)))
+
+    def synchronize_device(device: int):
+        """What cudaDeviceSynchronize does: every stream of `device` runs its queued work."""
+        with lock:
+            for stream in [legacy[device], *(s for s in rt.streams if s.device == device)]:
+                flush(stream)
+            return rt.sticky
+
+    def in_use(base: int, size: int) -> bool:
+        """Whether work still queued on a stream uses memory in [base, base + size)."""
+        return any(base <= p < base + size for s in [*rt.streams, *legacy.values()] for _, uses in s.queue
+                   for p in uses)
 
     def cudaGetDeviceCount():  # noqa: N802 - the real names
         record("cudaGetDeviceCount")
-        return (real.cudaError_t.cudaErrorInsufficientDriver, None) if count_error else (ok, devices)
+        return (err.cudaErrorInsufficientDriver, None) if count_error else (ok, devices)
 
     def cudaGetDeviceProperties(device):  # noqa: N802
         record("cudaGetDeviceProperties", device)
+        if not 0 <= int(device) < devices:
+            return err.cudaErrorInvalidDevice, None
         props = types.SimpleNamespace(name=name.encode() + b"\x00" * (256 - len(name)), major=capability[0],
                                       minor=capability[1])
         return ok, props
 
-    def _alloc(pool: dict, size: int) -> int:
-        buf = ctypes.create_string_buffer(size)
-        ptr = ctypes.addressof(buf)
-        pool[ptr] = buf
+    def _alloc(pool: dict, size: int, device: int | None) -> int:
+        buf = ctypes.create_string_buffer(int(size) + ALIGNMENT)
+        ptr = -(-ctypes.addressof(buf) // ALIGNMENT) * ALIGNMENT
+        with lock:
+            keep[ptr] = buf
+            pool[ptr] = (int(size), device)
         return ptr
+
+    def _free(pool: dict, ptr: Any, what: str):
+        ptr = int(ptr)
+        with lock:
+            if ptr == 0:
+                return (ok,)
+            if ptr not in pool:
+                return (err.cudaErrorInvalidValue,)
+            assert not in_use(ptr, pool[ptr][0]), f"{what} of memory that work queued on a stream still uses " \
+                                                  "(synchronize first)"
+            del pool[ptr]
+            keep.pop(ptr, None)
+        return (ok,)
 
     def cudaMalloc(size):  # noqa: N802
         record("cudaMalloc", size)
-        return ok, _alloc(rt.allocations, size)
+        if rt.sticky is not None:
+            return rt.sticky, None
+        return ok, _alloc(rt.allocations, size, current_device())
 
     def cudaMallocHost(size):  # noqa: N802
         record("cudaMallocHost", size)
-        return ok, _alloc(rt.pinned, size)
+        return ok, _alloc(rt.pinned, size, None)  # portable: pinned memory is reachable from every device (UVA)
 
     def cudaFree(devPtr):  # noqa: N802, N803
         record("cudaFree", devPtr)
-        return (ok,) if rt.allocations.pop(int(devPtr), None) is not None else (real.cudaError_t.cudaErrorInvalidValue,)
+        return _free(rt.allocations, devPtr, "cudaFree")
 
     def cudaFreeHost(ptr):  # noqa: N802
         record("cudaFreeHost", ptr)
-        return (ok,) if rt.pinned.pop(int(ptr), None) is not None else (real.cudaError_t.cudaErrorInvalidValue,)
+        return _free(rt.pinned, ptr, "cudaFreeHost")
 
     def cudaMemcpyAsync(dst, src, count, kind, stream):  # noqa: N802
-        record("cudaMemcpyAsync", kind.name, count, inside(int(src if kind == h2d else dst), count, device=False))
-        device = dst if kind == h2d else src
-        assert kind in (h2d, d2h), kind
-        assert inside(int(device), count), "copy outside an allocated device buffer"
-        assert stream in rt.streams
-        ctypes.memmove(int(dst), int(src), count)
-        return (ok,)
+        dst, src, count = int(dst), int(src), int(count)
+        host = src if kind == h2d else dst
+        pinned = inside(host, count, device=False)
+        record("cudaMemcpyAsync", kind.name, count, pinned, int(stream))
+        if kind not in (h2d, d2h):
+            raise NotImplementedError(f"the fake copies only host<->device, not {kind.name}")
+        if rt.sticky is not None:
+            return (rt.sticky,)
+        queue = stream_of(stream)
+        if queue is None:
+            return (err.cudaErrorInvalidResourceHandle,)
+        if not inside(dst if kind == h2d else src, count):
+            return (err.cudaErrorInvalidValue,)  # not a device allocation, or past its end
+        if pinned:  # fully asynchronous: the bytes move when the stream runs the copy
+            enqueue(queue, lambda: _copy(dst, src, count), {dst, src})
+            return (ok,)
+        flush(queue)  # pageable: the copy waits for the stream, then stages (H2D) or completes (D2H)
+        if kind == h2d:
+            staged = ctypes.create_string_buffer(ctypes.string_at(src, count), count)
+            enqueue(queue, lambda: _copy(dst, ctypes.addressof(staged), count), {dst})
+        else:
+            _copy(dst, src, count)
+        return (rt.sticky or ok,)
 
     def cudaStreamCreate():  # noqa: N802
-        stream = FakeStream(1000 + len(rt.streams))
-        rt.streams.append(stream)
         record("cudaStreamCreate")
+        with lock:
+            stream = FakeStream(999 + len(rt.called("cudaStreamCreate")), current_device())
+            rt.streams.append(stream)
         return ok, stream
 
     def cudaStreamSynchronize(stream):  # noqa: N802
         record("cudaStreamSynchronize", int(stream))
-        return (ok,)
+        queue = stream_of(stream)
+        if queue is None:
+            return (err.cudaErrorInvalidResourceHandle,)
+        if queue.handle != 0:
+            flush(legacy[queue.device])
+        return (flush(queue) or ok,)
 
     def cudaStreamDestroy(stream):  # noqa: N802
         record("cudaStreamDestroy", int(stream))
-        rt.streams.remove(stream)
+        queue = stream_of(stream)
+        if queue is None or queue.handle == 0:
+            return (err.cudaErrorInvalidResourceHandle,)
+        flush(queue)  # queued work still completes; the stream's resources go afterwards
+        with lock:
+            rt.streams.remove(queue)
         return (ok,)
 
     def cudaSetDevice(device):  # noqa: N802
         record("cudaSetDevice", device)
-        return (ok,) if device < devices else (real.cudaError_t.cudaErrorInvalidValue,)
+        if not 0 <= int(device) < devices:
+            return (err.cudaErrorInvalidDevice,)
+        local.device = int(device)
+        return (ok,)
 
     def cudaDriverGetVersion():  # noqa: N802
-        return (real.cudaError_t.cudaErrorInsufficientDriver, 0) if count_error else (ok, driver_cuda)
+        return (err.cudaErrorInsufficientDriver, 0) if count_error else (ok, driver_cuda)
 
     def cudaRuntimeGetVersion():  # noqa: N802
         return ok, runtime_cuda if runtime_cuda is not None else driver_cuda
@@ -835,7 +1064,9 @@ def make_fake_cudart(devices: int = 1, name: str = "Orin", capability: tuple[int
                cudaMemcpyAsync, cudaStreamCreate, cudaStreamSynchronize, cudaStreamDestroy, cudaSetDevice,
                cudaDriverGetVersion, cudaRuntimeGetVersion, cudaGetErrorName):
         setattr(rt, fn.__name__, fn)
-    rt.inside = inside
+    # helpers of the fakes (not cuda-python names)
+    rt.inside, rt.device_of, rt.stream_of, rt.current_device = inside, device_of, stream_of, current_device
+    rt.enqueue, rt.synchronize_device = enqueue, synchronize_device
     rt.called = lambda call: [c for c in rt.calls if c[0] == call]
     return rt
 
@@ -844,16 +1075,6 @@ FAKE_CUDART_FUNCTIONS = ("cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaM
                          "cudaFreeHost", "cudaMemcpyAsync", "cudaStreamCreate", "cudaStreamSynchronize",
                          "cudaStreamDestroy", "cudaSetDevice", "cudaDriverGetVersion", "cudaRuntimeGetVersion",
                          "cudaGetErrorName")
-
-
-class FakeStream:
-    """cudaStream_t: `int(stream)` is its handle."""
-
-    def __init__(self, handle: int):
-        self.handle = handle
-
-    def __int__(self) -> int:
-        return self.handle
 
 
 def _read(ptr: int, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -865,5 +1086,10 @@ def _write(ptr: int, value: np.ndarray) -> None:
     ctypes.memmove(ptr, value.ctypes.data, value.nbytes)
 
 
-__all__ = ["FAKE_CLASSES", "FAKE_CUDART_FUNCTIONS", "FakeEnum", "PLAN_MAGIC", "VERSIONS", "accepts", "check_call",
-           "make_fake_cudart", "make_fake_trt", "plan_header", "qdq_refusal", "real_member", "real_surface"]
+def _copy(dst: int, src: int, count: int) -> None:
+    ctypes.memmove(dst, src, count)
+
+
+__all__ = ["DEFAULT_STREAM_WARNING", "FAKE_CLASSES", "FAKE_CUDART_FUNCTIONS", "FakeEnum", "FakeStream", "PLAN_MAGIC",
+           "VERSIONS", "accepts", "check_call", "make_fake_cudart", "make_fake_trt", "plan_header", "qdq_refusal",
+           "real_member", "real_surface"]

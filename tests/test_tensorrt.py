@@ -494,8 +494,9 @@ def test_backend_run_path(trt10, cudart, models, tmp_path):
     assert ctl.called("set_input_shape")[-1] == ("set_input_shape", "image", (3, *DIMS))
     assert ctl.called("execute_async_v3") == [("execute_async_v3", 1000)]
     # every copy goes between pinned host memory and device memory; buffers are allocated once per tensor
-    copies = cudart.called("cudaMemcpyAsync")
+    copies = cudart.called("cudaMemcpyAsync")  # (name, kind, bytes, host memory pinned, stream)
     assert [c[1] for c in copies] == ["cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"] and all(c[3] for c in copies)
+    assert {c[4] for c in copies} == {1000}  # the backend's stream, never the default stream 0
     allocations = (len(cudart.called("cudaMalloc")), len(cudart.called("cudaMallocHost")))
     assert allocations == (2, 2)
     again = backend.run(x[:2])  # smaller: buffers reused, and results are copies (the pinned buffers are reused)
@@ -519,6 +520,7 @@ def test_backend_run_path(trt10, cudart, models, tmp_path):
         np.testing.assert_allclose(got, _reference(models["clip"], x10[:n]), rtol=1e-6, atol=1e-6)
     backend.close()
     assert not cudart.allocations and not cudart.pinned and cudart.called("cudaStreamDestroy")
+    assert not [m for m in ctl.log if m[0] in ("WARNING", "ERROR")]  # e.g. enqueueV3 on the default stream
     with pytest.raises(PkdError, match="closed"):
         backend.run(x)
 

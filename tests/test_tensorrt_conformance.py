@@ -153,6 +153,9 @@ def test_fake_cudart_matches_real_cuda_python():
         real_params = list(inspect.signature(getattr(real, name)).parameters)
         assert list(inspect.signature(getattr(fake, name)).parameters) == real_params, name
     assert fake.cudaError_t is real.cudaError_t and fake.cudaMemcpyKind is real.cudaMemcpyKind
+    enums = {"cudaError_t", "cudaMemcpyKind"}
+    unchecked = {n for n in vars(fake) if n.startswith("cuda")} - {*FAKE_CUDART_FUNCTIONS, *enums}
+    assert not unchecked, f"fake cudart functions not held against the real signatures: {sorted(unchecked)}"
     err, count = real.cudaGetDeviceCount()  # no driver here: an error code and None, never an exception
     assert err != real.cudaError_t.cudaSuccess and fake.cudaGetDeviceCount.__name__ == "cudaGetDeviceCount"
 

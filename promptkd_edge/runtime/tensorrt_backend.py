@@ -192,10 +192,15 @@ def numpy_dtype(trt, dtype) -> np.dtype:
 
 
 class _Buffers:
-    """Device buffers and pinned (page-locked) host buffers per tensor, kept and grown across calls."""
+    """Device buffers and pinned (page-locked) host buffers per tensor, kept and grown across calls.
 
-    def __init__(self, cudart):
+    A buffer is freed only after `stream` is synchronized: releasing memory that enqueued work still uses is
+    undefined behaviour (NvInferRuntime.h, enqueueV3), and cudaFree only "may" synchronize.
+    """
+
+    def __init__(self, cudart, stream):
         self._cudart = cudart
+        self._stream = stream
         self.device: dict[str, tuple[int, int]] = {}
         self.host: dict[str, tuple[int, int]] = {}
 
@@ -205,6 +210,7 @@ class _Buffers:
             return ptr
         cudart = self._cudart
         if ptr:
+            cuda_check(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
             del pool[name]
             if pinned:
                 cuda_check(cudart, cudart.cudaFreeHost(ptr), "cudaFreeHost")
@@ -237,8 +243,11 @@ class _Buffers:
 class TensorRTBackend:
     """One TensorRT engine on one GPU; `run` takes and returns host numpy arrays and is safe from many threads.
 
-    Copies go through pinned host buffers, and device and host buffers are kept and grown across calls. `stage` and
-    `run_staged` run a batch already on the GPU (what a benchmark's compute time measures).
+    Copies go through pinned host buffers (a copy from pageable memory is synchronous), on the backend's own stream
+    (TensorRT adds synchronizations on the default stream), and device and host buffers are kept and grown across
+    calls. `stage` and `run_staged` run a batch already on the GPU (what a benchmark's compute time measures). Every
+    public method makes the backend's GPU current first: the CUDA current device is per host thread, and memory,
+    streams and the engine belong to the device that was current when they were made.
     """
 
     name = "tensorrt"
@@ -281,8 +290,8 @@ class TensorRTBackend:
         self._input_shape = tuple(self.engine.get_tensor_shape(self.input_name))
         self.profiles = [self._batch_range(p) for p in range(self.engine.num_optimization_profiles)]
         self._profile = 0  # a new context starts on profile 0
-        self._buffers = _Buffers(cudart)
         self._stream = cuda_check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._buffers = _Buffers(cudart, self._stream)
 
     @property
     def max_batch(self) -> int:
@@ -305,9 +314,13 @@ class TensorRTBackend:
         ranges = ", ".join(f"{lo}..{hi}" for lo, hi in self.profiles)
         raise PkdError(f"batch {batch} is outside the engine's profiles [{ranges}]; rebuild with --trt-profile")
 
-    def _checked(self, batch: np.ndarray) -> np.ndarray:
+    def _use_device(self) -> None:
+        """Make this backend's GPU current on the calling thread (held lock); refuses a closed backend."""
         if self.context is None:
             raise PkdError("this TensorRT backend was closed")
+        cuda_check(self._cudart, self._cudart.cudaSetDevice(self.device_id), "cudaSetDevice")
+
+    def _checked(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=self._dtypes[self.input_name])
         expected = self._input_shape
         if x.ndim != len(expected) or any(e >= 0 and e != s for e, s in zip(expected[1:], x.shape[1:],
@@ -321,6 +334,7 @@ class TensorRTBackend:
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs by name for one model-ready batch (converted to the engine's input dtype)."""
         with self._lock:
+            self._use_device()
             x = self._checked(batch)
             shapes = self._set_shapes(x.shape)
             cudart, stream = self._cudart, self._stream
@@ -342,6 +356,7 @@ class TensorRTBackend:
     def stage(self, batch: np.ndarray) -> tuple[int, ...]:
         """Copy one batch to the GPU for `run_staged`; returns its shape."""
         with self._lock:
+            self._use_device()
             x = self._checked(batch)
             cudart = self._cudart
             staging = self._buffers.host_array(self.input_name, x.shape, x.dtype)
@@ -356,21 +371,22 @@ class TensorRTBackend:
     def run_staged(self, shape: tuple[int, ...], wait: bool = True) -> None:
         """Run the engine on the batch `stage` put on the GPU; outputs stay there (no copies)."""
         with self._lock:
-            if self.context is None:
-                raise PkdError("this TensorRT backend was closed")
+            self._use_device()
             self._set_shapes(tuple(shape))
             self._execute()
             if wait:
                 cuda_check(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
 
     def synchronize(self) -> None:
-        cuda_check(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        """Wait for the work `run_staged(wait=False)` queued."""
+        with self._lock:
+            self._use_device()
+            cuda_check(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
 
     def _set_shapes(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         """Select the profile, set the input shape and every tensor address; returns the output shapes."""
-        cudart, ctx = self._cudart, self.context
+        ctx = self.context
         profile = self._pick_profile(shape[0])
-        cuda_check(cudart, cudart.cudaSetDevice(self.device_id), "cudaSetDevice")
         if profile != self._profile:
             try:  # the binding raises RuntimeError("Error in set optimization profile async.") on failure
                 ctx.set_optimization_profile_async(profile, int(self._stream))
@@ -399,14 +415,13 @@ class TensorRTBackend:
     def close(self) -> None:
         """Free the device and pinned buffers and the stream; the backend cannot run afterwards."""
         with self._lock:
-            if self._stream is not None:
-                self._cudart.cudaStreamSynchronize(self._stream)
+            if self.context is None:
+                return
+            self._use_device()
+            self._cudart.cudaStreamSynchronize(self._stream)
             self._buffers.free()
-            if self._stream is not None:
-                self._cudart.cudaStreamDestroy(self._stream)
-                self._stream = None
-            self.context = None
-            self.engine = None
+            self._cudart.cudaStreamDestroy(self._stream)
+            self._stream = self.context = self.engine = None
 
     def __enter__(self) -> TensorRTBackend:
         return self
