@@ -193,8 +193,11 @@ class ResizeCheck:
     source: str
 
     def line(self) -> str:
+        caveat = ("; generated square images show the filter, not the crop: --data with the camera's images shows "
+                  "both") if self.source == "generated" else ""
         return (f"top-1 agreement {100 * self.agree / self.images:.1f} % ({self.agree}/{self.images} images, "
-                f"{self.source}), max |d logit| {self.max_abs_logit_diff:.3g} (model.onnx on ONNX Runtime CPU)")
+                f"{self.source}), max |d logit| {self.max_abs_logit_diff:.3g} (model.onnx on ONNX Runtime CPU"
+                f"{caveat})")
 
 
 def measure_resize(bundle: Bundle, spec: PreprocessSpec, images: list, source: str, batch: int = 16) -> ResizeCheck:
