@@ -57,7 +57,8 @@ EXPORT_EXAMPLES = """
   # DeepStream: a bundle that takes pixels 0-255 (nvinfer's input), its plan built on the device, then the config
   pkd export runs/pets --out bundles/pets-ds --pixel-input
   pkd export bundles/pets-ds --trt --precision fp16 --trt-profile 1,8,16
-  pkd export bundles/pets-ds --deepstream deepstream/pets --deepstream-mode secondary --threshold 20
+  pkd export bundles/pets-ds --deepstream deepstream/pets --deepstream-mode secondary --threshold 20 \
+      --gie-id 2 --operate-on-gie-id 1
 """
 
 
@@ -84,7 +85,8 @@ def export(
                                        "onnxslim).")] = _E.slim,
     data: Annotated[str | None, typer.Option("--data", help="Images for calibration and parity (default: the run's "
                                              "training data; generated images when there are none).")] = _E.data,
-    parity_images: Annotated[int, typer.Option(help="Images the parity gate compares on.")] = _E.parity_images,
+    parity_images: Annotated[int, typer.Option(help="Images the parity gate compares on (with --deepstream: "
+                                               "nvinfer's resize against the bundle's).")] = _E.parity_images,
     calibration_images: Annotated[int, typer.Option(help="Images INT8/FP8 calibration sees.")
                                   ] = _E.calibration_images,
     calibration_method: Annotated[str, typer.Option(help="INT8 calibration: percentile, minmax or entropy.")
@@ -121,7 +123,14 @@ def export(
     deepstream_mode: Annotated[str, typer.Option(help="nvinfer process mode: primary (whole frames) or secondary "
                                                  "(objects of an upstream detector).")] = "primary",
     threshold: Annotated[float, typer.Option(help="nvinfer classifier-threshold, on the logits (logit scale x "
-                                             "cosine).")] = 0.0,
+                                             "cosine, not a probability): an object is labelled only when its best "
+                                             "logit is above the threshold and above 0 (nvinfer's parser), so at 0 "
+                                             "an object whose best logit is <= 0 gets no label.")] = 0.0,
+    gie_id: Annotated[int | None, typer.Option("--gie-id", help="nvinfer gie-unique-id of the classifier, the id "
+                                               "its labels carry (default 1 primary, 2 secondary).")] = None,
+    operate_on_gie_id: Annotated[int | None, typer.Option("--operate-on-gie-id", help="Secondary mode: the "
+                                                          "gie-unique-id of the detector whose objects are "
+                                                          "classified (default 1).")] = None,
     max_batch: Annotated[int | None, typer.Option(help="Triton max_batch_size (default 32; a plan's largest "
                                                   "profile) or nvinfer batch-size (default: the plan's first "
                                                   "profile's max).")] = None,
@@ -150,7 +159,7 @@ def export(
     if is_bundle(source):
         extend_bundle(source, options, out=out, triton=triton, triton_backend=triton_backend, triton_name=triton_name,
                       deepstream=deepstream, deepstream_mode=deepstream_mode, threshold=threshold, max_batch=max_batch,
-                      progress=progress)
+                      gie_id=gie_id, operate_on_gie_id=operate_on_gie_id, progress=progress)
         manifest, where = open_bundle(source).manifest, source
     else:
         if triton is not None or deepstream is not None:

@@ -13,6 +13,7 @@ from promptkd_edge.utils.progress import NullProgress, Progress
 def extend_bundle(source: Path, options: ExportOptions, *, out: Path | None = None, triton: Path | None = None,
                   triton_backend: str = "onnxruntime", triton_name: str | None = None, deepstream: Path | None = None,
                   deepstream_mode: str = "primary", threshold: float = 0.0, max_batch: int | None = None,
+                  gie_id: int | None = None, operate_on_gie_id: int | None = None,
                   progress: Progress | None = None) -> None:
     """`pkd export BUNDLE`: add a TensorRT plan (options.trt), the bf16 gate (options.precision "bf16"), a Triton
     model repository entry and/or a DeepStream config to the bundle `source`."""
@@ -47,5 +48,7 @@ def extend_bundle(source: Path, options: ExportOptions, *, out: Path | None = No
     if deepstream is not None:
         from promptkd_edge.export.deepstream import write_config
 
-        config = write_config(source, deepstream, max_batch=max_batch, mode=deepstream_mode, threshold=threshold)
+        config = write_config(source, deepstream, max_batch=max_batch, mode=deepstream_mode, threshold=threshold,
+                              gie_id=gie_id, operate_on_gie_id=operate_on_gie_id, data=options.data,
+                              check_images=options.parity_images, seed=options.seed)
         progress.note(f"DeepStream nvinfer config: {config} (config-file-path of gst-nvinfer)")
