@@ -238,3 +238,36 @@ def test_doctor_says_plans_cannot_be_checked_without_tensorrt(fp32_bundle, tmp_p
     assert [(p["file"], p["runs_here"]) for p in check["plans"]] == [(record["file"], None)]
     assert "plans cannot be checked here: TensorRT is not installed" in " ".join(_doctor("--bundle",
                                                                                           str(bundle)).split())
+    plain = tmp_path / "plain"
+    shutil.copytree(fp32_bundle, plain)
+    check = _doctor("--bundle", str(plain), "--json")["bundle"]["tensorrt_plans"]
+    assert check["plans"] == [] and check["reason"].startswith("the bundle has no TensorRT plan")
+
+
+def test_doctor_on_the_real_tensorrt_bindings_without_a_gpu(fp32_bundle, tmp_path):
+    """The real TensorRT 10.3 module imports here but no GPU is visible: each plan is listed as not checked, in
+    one line, and the bundle still runs on the CPU."""
+    import subprocess
+
+    import real_tensorrt
+
+    from promptkd_edge.export.bundle import write_manifest
+    from promptkd_edge.formats.manifest import EngineEntry
+    from promptkd_edge.runtime.bundle import open_bundle
+
+    gen = real_tensorrt.ensure(10)
+    bundle = tmp_path / "b"
+    shutil.copytree(fp32_bundle, bundle)
+    (bundle / "engines").mkdir()
+    (bundle / "engines" / "model.plan").write_bytes(b"plan")
+    manifest = open_bundle(bundle).manifest
+    manifest.engines = [EngineEntry(file="engines/model.plan", tensorrt=gen.version, compute_capability="8.7",
+                                    gpu="Orin", precision="fp16", profiles=[[1, 4, 8]])]
+    write_manifest(bundle, manifest)
+    r = subprocess.run([sys.executable, "-m", "promptkd_edge", "doctor", "--no-trt-check", "--json", "--bundle",
+                        str(bundle)], capture_output=True, text=True, env=gen.env(), timeout=600)
+    assert r.returncode == 0, r.stderr
+    check = json.loads(r.stdout)["bundle"]["tensorrt_plans"]
+    assert check["tensorrt"] == gen.version and check["gpu"] is None
+    assert check["reason"].startswith("plans cannot be checked here: no CUDA GPU is visible")
+    assert [(p["file"], p["runs_here"]) for p in check["plans"]] == [("engines/model.plan", None)]

@@ -252,8 +252,8 @@ def check_plans(path: str | os.PathLike) -> dict[str, Any]:
         trt = import_tensorrt()
         out["tensorrt"] = str(trt.__version__)
         out["gpu"] = gpu_info()
-    except PkdError as e:
-        out["reason"] = f"plans cannot be checked here: {e}"
+    except Exception as e:  # noqa: BLE001 - a PkdError saying what is missing, or a TensorRT that cannot load
+        out["reason"] = f"plans cannot be checked here: {e if isinstance(e, PkdError) else one_line(e)}"
     for r in records:
         plan = {k: r.get(k) for k in ("file", "tensorrt", "compute_capability", "gpu", "precision")}
         plan["runs_here"], plan["detail"] = None, out["reason"]
@@ -269,7 +269,7 @@ def check_plans(path: str | os.PathLike) -> dict[str, Any]:
                 plan["runs_here"], plan["detail"] = False, f"{e}{again}"
         out["plans"].append(plan)
     if not records:
-        out["reason"] = out["reason"] or "the bundle has no TensorRT plan (`pkd export BUNDLE --trt` builds one here)"
+        out["reason"] = "the bundle has no TensorRT plan (`pkd export BUNDLE --trt` builds one where it runs)"
     return out
 
 

@@ -486,7 +486,8 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     """Build a TensorRT engine for a bundle on this machine, gate it for parity, record it in the manifest.
 
     Used by `pkd export RUN --trt` (reference = the PyTorch student) and by `pkd export BUNDLE --trt` on the
-    target device (reference = ONNX Runtime on the bundle's FP32 model.onnx, itself gated at export). Nothing is
+    target device (reference = ONNX Runtime on the bundle's FP32 model.onnx, itself gated at export). The gate runs
+    the plan in batch sizes its profiles take and in every profile (export/gate_batches.py). Nothing is
     written into the bundle unless the engine is built and recorded: TensorRT and the GPU are checked first, and the
     graph, plan and trtexec script are made in a hidden staging folder and moved in with the new manifest.
     """
@@ -522,6 +523,8 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
 
     keep = model.fp32_nodes
     chunks = plan_batches(len(images.parity), options.trt.profiles, options.batch_size)  # before the build
+    progress.note(f"the plan's parity gate will run {len(images.parity)} images in every profile: " + "; ".join(
+        f"profile {d['profile']}: {d['batches']} batch(es) up to {d['max_batch']}" for d in describe(chunks)))
     _clean_leftovers(bundle_dir, r"\.engine-(\d+)", progress)
     with work_folder(bundle_dir / f".engine-{os.getpid()}") as stage:
         (stage / "engines").mkdir()
