@@ -271,3 +271,25 @@ def test_doctor_on_the_real_tensorrt_bindings_without_a_gpu(fp32_bundle, tmp_pat
     assert check["tensorrt"] == gen.version and check["gpu"] is None
     assert check["reason"].startswith("plans cannot be checked here: no CUDA GPU is visible")
     assert [(p["file"], p["runs_here"]) for p in check["plans"]] == [("engines/model.plan", None)]
+
+
+@pytest.mark.parametrize(("where", "profiles", "message"), [
+    ("triton", [(1, 1, 1), (4, 8, 16)], r"^batch 2, 3 lies in none of the plan's profiles"),
+    ("deepstream", [(2, 4, 8)], r"^the plan's first optimization profile starts at batch 2"),
+], ids=["triton", "deepstream"])
+def test_profiles_the_serving_entry_refuses_are_refused_before_the_build(fp32_bundle, tmp_path, monkeypatch, where,
+                                                                          profiles, message):
+    """`pkd export BUNDLE --trt --triton REPO --triton-backend tensorrt` (or --deepstream) with profiles the entry
+    cannot serve: refused before the minutes-long build, not after it."""
+    from promptkd_edge.export.extend import extend_bundle
+
+    bundle = tmp_path / "b"
+    shutil.copytree(fp32_bundle, bundle)
+    fake = _fake_tensorrt(monkeypatch, tmp_path)
+    options = ExportOptions(precision="fp16", trt=TrtBuildOptions(precision="fp16", profiles=profiles),
+                            parity_images=3)
+    serving = {"triton": tmp_path / "repo", "triton_backend": "tensorrt"} if where == "triton" else \
+        {"deepstream": tmp_path / "ds"}
+    with pytest.raises(PkdError, match=message):
+        extend_bundle(bundle, options, **serving)
+    assert not fake.fake.called("build_serialized_network") and not (tmp_path / "repo").exists()
