@@ -218,6 +218,69 @@ def probe_tensorrt(run_tensorrt_check: bool = True) -> dict[str, Any]:
     return info
 
 
+# ------------------------------------------------------------------------------------ a bundle's TensorRT plans
+def _plan_records(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """("bundle" | "triton entry", plan records) of a bundle or of a Triton plan entry `pkd export --triton`
+    wrote (its config.pbtxt's plan record, export/triton.py); a PkdError for anything else."""
+    from promptkd_edge.errors import PkdError
+    from promptkd_edge.runtime.bundle import is_bundle, read_manifest
+
+    if is_bundle(path):
+        return "bundle", [e.to_dict() for e in read_manifest(path).engines]
+    from promptkd_edge.export.triton import CONFIG, read_plan_record
+
+    config = path / CONFIG
+    text = system.read_text(config) if config.is_file() else None
+    record = read_plan_record(text) if text else None
+    if record is None:
+        raise PkdError(f"{path} is neither a bundle nor a Triton plan entry written by `pkd export --triton`")
+    served = re.search(r"versions:\s*\[\s*(\d+)", text)
+    return "triton entry", [{**record, "file": f"{served.group(1) if served else '?'}/model.plan"}]
+
+
+def check_plans(path: str | os.PathLike) -> dict[str, Any]:
+    """Each TensorRT plan of a bundle (or Triton entry) against the TensorRT that imports here and this GPU: a plan
+    loads only on the TensorRT release that built it and that GPU architecture (runtime/tensorrt_backend.py).
+    {"kind", "tensorrt", "gpu", "reason" (why plans cannot be checked here, or None), "plans": [{"file",
+    "tensorrt", "compute_capability", "gpu", "runs_here" (None: not checked), "detail"}]}."""
+    from promptkd_edge.errors import PkdError
+    from promptkd_edge.runtime.tensorrt_backend import check_plan_compatible, gpu_info, import_tensorrt
+
+    kind, records = _plan_records(Path(path))
+    out: dict[str, Any] = {"kind": kind, "tensorrt": None, "gpu": None, "reason": None, "plans": []}
+    try:
+        trt = import_tensorrt()
+        out["tensorrt"] = str(trt.__version__)
+        out["gpu"] = gpu_info()
+    except Exception as e:  # noqa: BLE001 - a PkdError saying what is missing, or a TensorRT that cannot load
+        out["reason"] = f"plans cannot be checked here: {e if isinstance(e, PkdError) else one_line(e)}"
+    for r in records:
+        plan = {k: r.get(k) for k in ("file", "tensorrt", "compute_capability", "gpu", "precision")}
+        plan["runs_here"], plan["detail"] = None, out["reason"]
+        if out["reason"] is None:
+            try:
+                check_plan_compatible(r, trt, out["gpu"])
+                plan["runs_here"] = True
+                plan["detail"] = (f"runs here (TensorRT {out['tensorrt']}, sm_{out['gpu']['sm']} "
+                                  f"{out['gpu']['name']})")
+            except PkdError as e:
+                again = ("; then write the entry again (`pkd export BUNDLE --triton REPO --triton-backend tensorrt`)"
+                         if kind == "triton entry" else "")
+                plan["runs_here"], plan["detail"] = False, f"{e}{again}"
+        out["plans"].append(plan)
+    if not records:
+        out["reason"] = "the bundle has no TensorRT plan (`pkd export BUNDLE --trt` builds one where it runs)"
+    return out
+
+
+def plan_lines(check: dict[str, Any]) -> list[str]:
+    """One line per plan (or why none was checked) for the doctor's text output."""
+    if not check["plans"]:
+        return [check["reason"]]
+    # a mismatch's detail (check_plan_compatible's line) starts with the plan's file already
+    return [p["detail"] if p["runs_here"] is False else f"{p['file']}: {p['detail']}" for p in check["plans"]]
+
+
 # ---------------------------------------------------------------------------------------------- CUDA, GPUs
 def _cuda_version(v: int | None) -> str | None:
     return f"{v // 1000}.{(v % 1000) // 10}" if v else None

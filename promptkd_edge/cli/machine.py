@@ -26,7 +26,8 @@ from promptkd_edge.utils.text import shown, visible
 _C = defaults(BenchConfig)
 
 DOCTOR_EXAMPLES = ("[bold]Examples[/bold]\n\n  pkd doctor\n  pkd doctor --json\n  pkd doctor --no-trt-check\n  "
-                   "pkd doctor --bundle bundles/pets   # which backend the bundle runs on here, and why\n")
+                   "pkd doctor --bundle bundles/pets   # the backend it runs on here and why; its plans here\n"
+                   "  pkd doctor --bundle models/pets   # a Triton plan entry: its plan on this TensorRT and GPU\n")
 
 
 @app.command(epilog=DOCTOR_EXAMPLES)
@@ -36,21 +37,17 @@ def doctor(
                                             "run a tiny engine end to end.")] = True,
     bundle: Annotated[Path | None, typer.Option("--bundle", help="Also load this bundle as `backend=auto` does and "
                                                 "say which backend it runs on here and why (measured once, then "
-                                                "cached).")] = None,
+                                                "cached), and whether each of its TensorRT plans loads on this "
+                                                "TensorRT and GPU; a Triton plan entry folder: its plan.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
 ) -> None:
     """What this machine can run: CPU flags, torch + CUDA, ONNX Runtime providers that really load, OpenVINO,
     TensorRT, GPU, Jetson; with --bundle, the backend a bundle runs on here."""
-    from promptkd_edge.bench.doctor import probe, summary_rows
+    from promptkd_edge.bench.doctor import plan_lines, probe, summary_rows
 
     report = probe(run_tensorrt_check=trt_check)
     if bundle is not None:
-        from promptkd_edge.runtime import Classifier
-
-        clf = Classifier.from_bundle(bundle)
-        report["bundle"] = {"path": str(bundle), "backend": clf.description, "notes": clf.notes,
-                            "choice": clf.choice.to_dict() if clf.choice is not None else None}
-        clf.close()
+        report["bundle"] = _bundle_report(bundle)
     if as_json:
         print_json(report)
         return
@@ -65,11 +62,33 @@ def doctor(
     console().print(table)
     if bundle is not None:
         b = report["bundle"]
-        why = b["choice"]["reason"] + (" (cached)" if b["choice"]["cached"] else "") if b["choice"] else \
-            "a TensorRT plan or a GPU provider, or the only option"
-        console().print(f"bundle {shown(bundle)} runs on {shown(b['backend'])}: {shown(why)}")
+        if b["backend"] is not None:
+            why = b["choice"]["reason"] + (" (cached)" if b["choice"]["cached"] else "") if b["choice"] else \
+                "a TensorRT plan or a GPU provider, or the only option"
+            console().print(f"bundle {shown(bundle)} runs on {shown(b['backend'])}: {shown(why)}")
         for note in b["notes"]:
             console().print(f"  note: {shown(note)}")
+        console().print(f"TensorRT plans of {shown(bundle)}:")
+        for line in plan_lines(b["tensorrt_plans"]):
+            console().print(f"  {shown(line)}")
+
+
+def _bundle_report(path: Path) -> dict:
+    """What `doctor --bundle` says of a bundle (the backend it runs on here, and its plans against this TensorRT
+    and GPU) or of a Triton plan entry (its plan only)."""
+    from promptkd_edge.bench.doctor import check_plans
+    from promptkd_edge.runtime.bundle import is_bundle
+
+    report = {"path": str(path), "backend": None, "notes": [], "choice": None}
+    if is_bundle(path) or not (path / "config.pbtxt").is_file():  # not a bundle: from_bundle says what is wrong
+        from promptkd_edge.runtime import Classifier
+
+        clf = Classifier.from_bundle(path)
+        report.update(backend=clf.description, notes=clf.notes,
+                      choice=clf.choice.to_dict() if clf.choice is not None else None)
+        clf.close()
+    report["tensorrt_plans"] = check_plans(path)
+    return report
 
 
 BENCH_EXAMPLES = """

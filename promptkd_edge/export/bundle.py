@@ -23,6 +23,7 @@ import numpy as np
 from promptkd_edge import __version__
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity as gate
+from promptkd_edge.export.gate_batches import Chunk, describe, plan_batches, run_batches
 from promptkd_edge.export.graph import DEFAULT_OPSET, INPUT_NAME, embedding_tensor, head_nodes, io_description, slim
 from promptkd_edge.export.precision import (
     engine_graph_name,
@@ -43,6 +44,7 @@ from promptkd_edge.formats.manifest import (
 from promptkd_edge.runtime.bundle import is_bundle, open_bundle, read_classes, read_manifest
 from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from promptkd_edge.runtime.preprocess import INPUT_FORMATS, PreprocessSpec, prepare
+from promptkd_edge.runtime.tensorrt_backend import TensorRTBackend
 from promptkd_edge.utils.files import (
     claim,
     destination,
@@ -123,6 +125,29 @@ def _run_backend(backend, arrays: np.ndarray, batch: int, progress: Progress, wh
             outs.setdefault(k, []).append(np.asarray(v, dtype=np.float32))
         update(min(i + batch, len(arrays)))
     return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+class _GateBackend(TensorRTBackend):
+    """TensorRTBackend that runs each batch in the profile the gate planned for it (`profile`), where the runtime
+    takes the first profile holding the batch: Triton may serve a batch from any listed profile, so the gate runs
+    them all (export/gate_batches.py)."""
+
+    profile: int | None = None
+
+    def _pick_profile(self, batch: int) -> int:
+        return super()._pick_profile(batch) if self.profile is None else self.profile
+
+
+def _run_plan(engine: _GateBackend, arrays: np.ndarray, chunks: list[Chunk], progress: Progress
+              ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(outputs, parity image of each row) of the plan on the gate's chunks, each in its own profile."""
+
+    def run(batch: np.ndarray, profile: int) -> dict[str, np.ndarray]:
+        engine.profile = profile
+        return engine.run(batch)
+
+    update = progress.task("parity: TensorRT engine", sum(len(c.rows) for c in chunks))
+    return run_batches(run, arrays, chunks, update)
 
 
 def _torch_reference(student, vectors, arrays: np.ndarray, batch: int, progress: Progress) -> dict[str, np.ndarray]:
@@ -461,12 +486,12 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     """Build a TensorRT engine for a bundle on this machine, gate it for parity, record it in the manifest.
 
     Used by `pkd export RUN --trt` (reference = the PyTorch student) and by `pkd export BUNDLE --trt` on the
-    target device (reference = ONNX Runtime on the bundle's FP32 model.onnx, itself gated at export). Nothing is
+    target device (reference = ONNX Runtime on the bundle's FP32 model.onnx, itself gated at export). The gate runs
+    the plan in batch sizes its profiles take and in every profile (export/gate_batches.py). Nothing is
     written into the bundle unless the engine is built and recorded: TensorRT and the GPU are checked first, and the
     graph, plan and trtexec script are made in a hidden staging folder and moved in with the new manifest.
     """
     from promptkd_edge.export.tensorrt_build import build_engine, check_can_build
-    from promptkd_edge.runtime.tensorrt_backend import TensorRTBackend
 
     progress = progress or NullProgress()
     bundle_dir = Path(bundle_dir)
@@ -497,6 +522,9 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
         target_ref = "pytorch"
 
     keep = model.fp32_nodes
+    chunks = plan_batches(len(images.parity), options.trt.profiles, options.batch_size)  # before the build
+    progress.note(f"the plan's parity gate will run {len(images.parity)} images in every profile: " + "; ".join(
+        f"profile {d['profile']}: {d['batches']} batch(es) up to {d['max_batch']}" for d in describe(chunks)))
     _clean_leftovers(bundle_dir, r"\.engine-(\d+)", progress)
     with work_folder(bundle_dir / f".engine-{os.getpid()}") as stage:
         (stage / "engines").mkdir()
@@ -510,17 +538,18 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
         record["conversion"] = conversion
 
         progress.note("parity gate: the engine against " + target_ref)
-        engine = TensorRTBackend(stage / record["file"], record)
+        engine = _GateBackend(stage / record["file"], record)
         try:
-            got = _run_backend(engine, prepare(images.parity, spec, input_format=fmt), options.batch_size, progress,
-                               "parity: TensorRT engine")
+            got, rows = _run_plan(engine, prepare(images.parity, spec, input_format=fmt), chunks, progress)
         finally:
             engine.close()
         _, vectors, scale = read_classes(bundle_dir)
         cls = (vectors, scale)
-        figures = gate.compare(gate.with_logits(reference, *cls), gate.with_logits(got, *cls), precision,
+        figures = gate.compare(gate.with_logits({k: v[rows] for k, v in reference.items()}, *cls),
+                               gate.with_logits(got, *cls), precision,
                                f"tensorrt {record['tensorrt']} {record['gpu']}", images.source)
         figures["reference"] = target_ref
+        figures["profiles_run"] = describe(chunks)
         record["parity_passed"] = figures["passed"]
         if not figures["passed"] and not options.force:
             raise PkdError(f"the TensorRT engine failed the parity gate ({'; '.join(figures['failures'])}); "

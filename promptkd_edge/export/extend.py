@@ -33,6 +33,8 @@ def extend_bundle(source: Path, options: ExportOptions, *, out: Path | None = No
     if out is not None:
         raise PkdError("--out is for new bundles; with a bundle as SOURCE the plan is added to it")
     if trt:
+        _refuse_profiles_before_the_build(options, triton_backend if triton is not None else None,
+                                          deepstream is not None, max_batch)
         add_engine(source, options, progress=progress)
     if add_bf16:
         from promptkd_edge.export.cpu_gate import add_bf16_gate
@@ -52,3 +54,18 @@ def extend_bundle(source: Path, options: ExportOptions, *, out: Path | None = No
                               gie_id=gie_id, operate_on_gie_id=operate_on_gie_id, data=options.data,
                               check_images=options.parity_images, seed=options.seed)
         progress.note(f"DeepStream nvinfer config: {config} (config-file-path of gst-nvinfer)")
+
+
+def _refuse_profiles_before_the_build(options: ExportOptions, triton_backend: str | None, deepstream: bool,
+                                      max_batch: int | None) -> None:
+    """What the Triton entry or DeepStream config asked for with --trt would refuse of the plan's profiles (batches
+    no profile takes; nvinfer's first profile not starting at 1), said before the build takes minutes."""
+    profiles = [list(p) for p in options.trt.profiles]
+    if triton_backend == "tensorrt":
+        from promptkd_edge.export.triton import plan_batch_limit
+
+        plan_batch_limit(profiles, max_batch)
+    if deepstream:
+        from promptkd_edge.export.deepstream import batch_size_for
+
+        batch_size_for(profiles, max_batch)

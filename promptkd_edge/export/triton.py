@@ -29,6 +29,13 @@ policy: Triton serves the highest version) is first pinned to the version it ser
 A folder that is not an entry we wrote (no config.pbtxt, another platform, files we do not write) is refused
 unless `overwrite`: then its files are removed after the switch.
 
+A plan entry says in config.pbtxt, as `#` comments (protobuf's text format skips them; Triton reads nothing
+else from them), which TensorRT release and GPU built the plan: Triton's tensorrt_backend deserializes it with
+the TensorRT its own release ships, and a plan loads only on the TensorRT release that built it and on GPUs of
+that compute capability, so the serving Triton release must ship that TensorRT. The last comment line,
+`# pkd-plan: {json}`, is the plan's record (TensorRT, compute capability, GPU, precision, profiles), which
+`pkd doctor --bundle ENTRY` checks against the TensorRT and GPU of the machine it runs on.
+
 Names go into config.pbtxt as protobuf text-format strings (quotes, backslashes and control characters escaped);
 the model name must be one Triton serves (model_repository_manager.cc: not empty or blank, no '/' or '..') and
 equals the folder name, which Triton requires.
@@ -37,6 +44,7 @@ equals the folder name, which Triton requires.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -45,16 +53,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.formats.manifest import ModelEntry, TensorInfo
+from promptkd_edge.formats.manifest import EngineEntry, ModelEntry, TensorInfo
 from promptkd_edge.runtime.bundle import open_bundle
 from promptkd_edge.runtime.names import labels_text
 from promptkd_edge.utils.files import atomic_path, exclusive_lock, write_bytes, write_text
+from promptkd_edge.utils.text import visible
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8"}
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
 CONFIG = "config.pbtxt"
 LABELS = "labels.txt"
 VERSION_FILES = ("model.onnx", "model.plan", LABELS)  # what a version folder of ours holds
+PLAN_RECORD = "# pkd-plan: "  # the comment line holding the plan's record (module docstring)
+PLAN_KEYS = ("tensorrt", "compute_capability", "gpu", "precision", "profiles")
 STAGING = re.compile(r"\.(\d+)\.tmp-\d+")  # a version being written (not a number: Triton ignores it)
 LOCK_TIMEOUT_S = 60.0
 
@@ -94,18 +105,49 @@ def _tensor(entry: TensorInfo, kind: str, labels: str | None = None) -> str:
     return "  {\n" + "\n".join(lines) + "\n  }"
 
 
+def _sm(compute_capability: str | None) -> str:
+    return "sm_" + str(compute_capability or "?").replace(".", "")
+
+
+def plan_comment(plan: EngineEntry) -> str:
+    """config.pbtxt's `#` lines for a plan entry: what built the plan, what the serving Triton must ship, and the
+    plan's record as JSON (`PLAN_RECORD`). Values from the manifest are escaped: a comment ends at a newline."""
+    version, gpu, sm = visible(plan.tensorrt or "?"), visible(plan.gpu or "?"), visible(_sm(plan.compute_capability))
+    record = json.dumps({k: getattr(plan, k) for k in PLAN_KEYS})  # ASCII, control characters escaped
+    lines = [f"model.plan: a TensorRT {version} {visible(plan.precision)} plan built on {gpu} ({sm}).",
+             "Triton's tensorrt backend deserializes it with the TensorRT of its own release, and a plan loads only",
+             "on the TensorRT release that built it and on GPUs of that architecture: serve this entry with a Triton",
+             f"release that ships TensorRT {version} (Triton's release notes name each container's TensorRT), on",
+             f"{sm}; else rebuild the plan on the serving machine with `pkd export BUNDLE --trt` and write this",
+             "entry again. `pkd doctor --bundle ENTRY_FOLDER` checks it against the machine it runs on."]
+    return "".join(f"# {line}\n" for line in lines) + f"{PLAN_RECORD}{record}\n"
+
+
+def read_plan_record(config: str) -> dict | None:
+    """The plan record of a config.pbtxt we wrote (`PLAN_RECORD` line), or None."""
+    for line in config.splitlines():
+        if line.startswith(PLAN_RECORD):
+            try:
+                record = json.loads(line[len(PLAN_RECORD):])
+            except ValueError:
+                return None
+            return record if isinstance(record, dict) else None
+    return None
+
+
 def config_pbtxt(model: ModelEntry, name: str, platform: str, max_batch: int, gpu: bool,
-                 profiles: int = 0, version: int = 1) -> str:
+                 profiles: int = 0, version: int = 1, plan: EngineEntry | None = None) -> str:
     """The config.pbtxt text for a bundle's model (protobuf text format, Triton's ModelConfig) served as `version`
     (its labels in that version's folder); `profiles` > 0 lists a plan's optimization profiles 0..profiles-1 in the
-    instance group."""
+    instance group; `plan` (a tensorrt_plan entry's) heads it with `plan_comment`."""
     preferred = [b for b in (4, 8, 16, 32) if b <= max_batch] or [max_batch]
     inputs = ",\n".join(_tensor(i, "input") for i in model.inputs)
     outputs = ",\n".join(_tensor(o, "output", labels=f"{version}/{LABELS}" if o.name == "logits" else None)
                          for o in model.outputs)
     indexes = ", ".join('"' + str(i) + '"' for i in range(profiles))  # ModelInstanceGroup.profile: strings
     listed = f"\n    profile: [ {indexes} ]" if profiles else ""
-    return (f"name: {pbtxt_string(check_model_name(name))}\nplatform: {pbtxt_string(platform)}\n"
+    return ((plan_comment(plan) if plan is not None else "")
+            + f"name: {pbtxt_string(check_model_name(name))}\nplatform: {pbtxt_string(platform)}\n"
             f"max_batch_size: {max_batch}\nversion_policy {{ specific {{ versions: [ {version} ] }} }}\n"
             f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
             f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
@@ -144,7 +186,7 @@ def write_repository(bundle_dir: str | os.PathLike, repo: str | os.PathLike, *, 
     bundle = open_bundle(bundle_dir)
     name = check_model_name(name if name is not None else bundle.path.name.replace("-", "_"))
     folder = Path(repo) / name
-    profiles = 0
+    profiles, plan = 0, None
     if backend == "onnxruntime":
         source, target, platform = bundle.model_path, "model.onnx", "onnxruntime_onnx"
         limit = max_batch or 32
@@ -154,14 +196,14 @@ def write_repository(bundle_dir: str | os.PathLike, repo: str | os.PathLike, *, 
             have = ", ".join(e.file for e in bundle.engines) or "none"
             raise PkdError(f"choose one TensorRT plan of {bundle.path} (it has: {have}); plans are built with "
                            "`pkd export BUNDLE --trt` on the serving machine")
-        record = engines[0]
+        plan = record = engines[0]
         source, target, platform = bundle.path / record.file, "model.plan", "tensorrt_plan"
         limit = plan_batch_limit(record.profiles, max_batch)
         profiles = len(record.profiles)
         gpu = True
     else:
         raise PkdError(f"unknown Triton backend '{backend}'; choose onnxruntime or tensorrt")
-    config_pbtxt(bundle.model, name, platform, limit, gpu, profiles)  # refuse what it cannot say before any write
+    config_pbtxt(bundle.model, name, platform, limit, gpu, profiles, plan=plan)  # refused before any write
     labels = labels_text(bundle.class_names, f"bundle {bundle.path}")  # one name a line: refused before any write
     if folder.exists() and not folder.is_dir():
         raise PkdError(f"{folder} is a file, not a Triton model folder: move it away or choose another --triton-name")
@@ -172,7 +214,8 @@ def write_repository(bundle_dir: str | os.PathLike, repo: str | os.PathLike, *, 
             if not held:
                 raise PkdError(f"cannot lock {lock}: another `pkd export --triton` is writing {folder}, or "
                                f"{folder.parent} is read-only")
-            _switch(folder, lambda version: config_pbtxt(bundle.model, name, platform, limit, gpu, profiles, version),
+            _switch(folder, lambda version: config_pbtxt(bundle.model, name, platform, limit, gpu, profiles, version,
+                                                         plan),
                     source, target, labels, overwrite, note or (lambda _: None))
     except OSError as e:
         code = errno.errorcode.get(e.errno or 0, "")
