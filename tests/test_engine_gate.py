@@ -91,17 +91,16 @@ def test_a_broken_second_profile_fails_the_gate(fp32_bundle, tmp_path, monkeypat
     shutil.copytree(fp32_bundle, target)
     fake = _fake_tensorrt(monkeypatch, tmp_path)
     context = fake.IExecutionContext
-    honest = context.execute_async_v3
+    honest = context._run  # the queued kernels (run at the stream's synchronization; each gate batch waits for it)
 
-    def broken(self, stream_handle: int) -> bool:
-        done = honest(self, stream_handle)
+    def broken(self, shapes, addresses, *args):
+        error = honest(self, shapes, addresses, *args)
         if self._profile == 1:
-            shape = self.get_tensor_shape("logits")
-            out = (ctypes.c_float * int(np.prod(shape))).from_address(self._addresses["logits"])
+            out = (ctypes.c_float * int(np.prod(shapes[next(iter(shapes))][:1]))).from_address(addresses["logits"])
             out[0] += 1.0  # one logit off by 1: far beyond the FP32 gate's 1e-3
-        return done
+        return error
 
-    monkeypatch.setattr(context, "execute_async_v3", broken)
+    monkeypatch.setattr(context, "_run", broken)
     options = ExportOptions(precision="fp32", trt=TrtBuildOptions(precision="fp32", profiles=[(1, 4, 8),
                                                                                               (1, 16, 32)]),
                             parity_images=6)

@@ -229,6 +229,21 @@ def test_profiles_with_a_gap(trt10, cudart, models, tmp_path):
     assert not _complaints(trt10)
 
 
+def test_a_batch_runs_in_the_profile_asked_for(trt10, cudart, models, tmp_path):
+    """run(profile=i) runs a batch in profile i even where an earlier profile holds it too (as Triton may pick it);
+    a profile that does not hold the batch, or does not exist, is one line."""
+    with _backend(models, tmp_path, [(1, 2, 4), (1, 8, 8)]) as backend:
+        x = _batch(3, seed=5)
+        np.testing.assert_allclose(backend.run(x, profile=1)["logits"], _reference(models["clip"], x), **TOL)
+        np.testing.assert_allclose(backend.run(x)["logits"], _reference(models["clip"], x), **TOL)
+        assert [c[1] for c in trt10.fake.called("set_optimization_profile_async")] == [1, 0]
+        with pytest.raises(PkdError, match=r"^batch 6 is outside the engine's profile 0 \(1\.\.4\)$"):
+            backend.run(_batch(6), profile=0)
+        with pytest.raises(PkdError, match=r"^the engine has no optimization profile 2 \(it has 2\)$"):
+            backend.run(x, profile=2)
+    assert not _complaints(trt10)
+
+
 def test_buffer_growth_and_staged_runs(trt10, cudart, models, tmp_path):
     """Small, large, small batches after a staged run still queued: a grown buffer is freed only after the work
     queued on it (run_staged(wait=False) then a larger run freed the staged input under the queued launch)."""

@@ -127,24 +127,13 @@ def _run_backend(backend, arrays: np.ndarray, batch: int, progress: Progress, wh
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-class _GateBackend(TensorRTBackend):
-    """TensorRTBackend that runs each batch in the profile the gate planned for it (`profile`), where the runtime
-    takes the first profile holding the batch: Triton may serve a batch from any listed profile, so the gate runs
-    them all (export/gate_batches.py)."""
-
-    profile: int | None = None
-
-    def _pick_profile(self, batch: int) -> int:
-        return super()._pick_profile(batch) if self.profile is None else self.profile
-
-
-def _run_plan(engine: _GateBackend, arrays: np.ndarray, chunks: list[Chunk], progress: Progress
+def _run_plan(engine: TensorRTBackend, arrays: np.ndarray, chunks: list[Chunk], progress: Progress
               ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """(outputs, parity image of each row) of the plan on the gate's chunks, each in its own profile."""
+    """(outputs, parity image of each row) of the plan on the gate's chunks, each in its own profile (Triton may
+    serve a batch from any listed profile, so the gate runs them all: export/gate_batches.py)."""
 
     def run(batch: np.ndarray, profile: int) -> dict[str, np.ndarray]:
-        engine.profile = profile
-        return engine.run(batch)
+        return engine.run(batch, profile=profile)
 
     update = progress.task("parity: TensorRT engine", sum(len(c.rows) for c in chunks))
     return run_batches(run, arrays, chunks, update)
@@ -538,7 +527,7 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
         record["conversion"] = conversion
 
         progress.note("parity gate: the engine against " + target_ref)
-        engine = _GateBackend(stage / record["file"], record)
+        engine = TensorRTBackend(stage / record["file"], record)
         try:
             got, rows = _run_plan(engine, prepare(images.parity, spec, input_format=fmt), chunks, progress)
         finally:

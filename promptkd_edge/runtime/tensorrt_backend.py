@@ -307,11 +307,19 @@ class TensorRTBackend:
         return (f"TensorRT {tensorrt_version(self._trt)}, {self.gpu['name']} (sm_{self.gpu['sm']}), "
                 f"plan {self.record.get('file', self.plan_path.name)}")
 
-    def _pick_profile(self, batch: int) -> int:
+    def _pick_profile(self, batch: int, profile: int | None = None) -> int:
+        """`profile` when given (it must hold `batch`), else the first profile that holds `batch`."""
+        ranges = ", ".join(f"{lo}..{hi}" for lo, hi in self.profiles)
+        if profile is not None:
+            if not 0 <= profile < len(self.profiles):
+                raise PkdError(f"the engine has no optimization profile {profile} (it has {len(self.profiles)})")
+            lo, hi = self.profiles[profile]
+            if not lo <= batch <= hi:
+                raise PkdError(f"batch {batch} is outside the engine's profile {profile} ({lo}..{hi})")
+            return profile
         for i, (lo, hi) in enumerate(self.profiles):
             if lo <= batch <= hi:
                 return i
-        ranges = ", ".join(f"{lo}..{hi}" for lo, hi in self.profiles)
         raise PkdError(f"batch {batch} is outside the engine's profiles [{ranges}]; rebuild with --trt-profile")
 
     def _use_device(self) -> None:
@@ -331,12 +339,13 @@ class TensorRTBackend:
             raise PkdError("empty batch")
         return x
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Outputs by name for one model-ready batch (converted to the engine's input dtype)."""
+    def run(self, batch: np.ndarray, profile: int | None = None) -> dict[str, np.ndarray]:
+        """Outputs by name for one model-ready batch (converted to the engine's input dtype), run in optimization
+        profile `profile` (default: the first that holds the batch; a server may pick any, so the gate runs each)."""
         with self._lock:
             self._use_device()
             x = self._checked(batch)
-            shapes = self._set_shapes(x.shape)
+            shapes = self._set_shapes(x.shape, profile)
             cudart, stream = self._cudart, self._stream
             staging = self._buffers.host_array(self.input_name, x.shape, x.dtype)
             np.copyto(staging, x)
@@ -383,10 +392,10 @@ class TensorRTBackend:
             self._use_device()
             cuda_check(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
 
-    def _set_shapes(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    def _set_shapes(self, shape: tuple[int, ...], profile: int | None = None) -> dict[str, tuple[int, ...]]:
         """Select the profile, set the input shape and every tensor address; returns the output shapes."""
         ctx = self.context
-        profile = self._pick_profile(shape[0])
+        profile = self._pick_profile(shape[0], profile)
         if profile != self._profile:
             try:  # the binding raises RuntimeError("Error in set optimization profile async.") on failure
                 ctx.set_optimization_profile_async(profile, int(self._stream))
