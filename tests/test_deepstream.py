@@ -7,6 +7,7 @@ read back with GLib's own key-file parser, the logits with ONNX Runtime on the b
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import shutil
 from pathlib import Path
@@ -139,7 +140,7 @@ def test_gie_ids_nvinfer_would_misread_are_refused(logits_bundle, tmp_path, args
 # ------------------------------------------------------------------------- 5: the threshold
 
 
-@pytest.mark.parametrize("threshold", [-5.0, 0.0, 20.0])
+@pytest.mark.parametrize("threshold", [-5.0, 0.0, 5.0])
 def test_the_config_says_which_objects_get_a_label(logits_bundle, tmp_path, threshold):
     """The config states the rule nvinfer's parser applies (value > threshold and > 0), checked on the model's
     real logits and on logits <= 0, which no threshold labels."""
@@ -158,6 +159,16 @@ def test_the_config_says_which_objects_get_a_label(logits_bundle, tmp_path, thre
     for row in logits:
         labelled = bool(nvinfer_classify([row], threshold, [names]))
         assert labelled == (row.max() > bound), (row, threshold)
+
+
+def test_a_threshold_no_logit_can_reach_is_refused(logits_bundle, tmp_path):
+    """The logits are logit scale x cosine: a threshold at or above the scale would label no object, silently."""
+    scale = open_bundle(logits_bundle).logit_scale
+    line = refused(logits_bundle, tmp_path / "ds", "--threshold", str(math.ceil(scale)))
+    assert line == (f"error: --threshold {math.ceil(scale)} can never be met: nvinfer compares it with the logits, which are at most "
+                    f"the bundle's logit scale {scale:g} (x cosine <= 1), so no object would be labelled; choose one "
+                    f"below {scale:g} (e.g. {0.25 * scale:.3g} for a cosine of 0.25)")
+    write(logits_bundle, tmp_path / "ok", "--threshold", f"{0.9 * scale:g}")
 
 
 def test_the_threshold_help_and_docs_say_what_nvinfer_does():
@@ -284,3 +295,22 @@ def test_the_config_names_the_tensorrt_and_gpu_the_plan_needs(logits_bundle, tmp
     text = comment(config)
     assert f"built with TensorRT {engine.tensorrt} for {engine.gpu} (sm_87)" in text
     assert f"DeepStream's TensorRT must be {engine.tensorrt}" in text
+
+
+def test_doctor_checks_the_plan_a_deepstream_config_names(logits_bundle, tmp_path, monkeypatch):
+    """`pkd doctor --bundle DIR` on the DeepStream machine: the config's plan record against the TensorRT and GPU
+    there (a plan deserializes only with the TensorRT release that built it, on that architecture)."""
+    from test_engine_gate import _doctor, _fake_tensorrt
+
+    write(logits_bundle, tmp_path / "ds")
+    [engine] = open_bundle(logits_bundle).engines
+    _fake_tensorrt(monkeypatch, tmp_path, engine.tensorrt)  # Orin, sm_87, as the plan records
+    check = _doctor("--bundle", str(tmp_path / "ds"), "--json")["bundle"]["tensorrt_plans"]
+    assert check["kind"] == "deepstream config" and check["reason"] is None
+    [plan] = check["plans"]
+    assert plan["runs_here"] is True and plan["file"].endswith(": pets.plan"), plan
+    _fake_tensorrt(monkeypatch, tmp_path, "10.4.0")
+    [config] = (tmp_path / "ds").glob("config_infer_*.txt")
+    text = " ".join(_doctor("--bundle", str(config)).split())  # the config file itself, as text output
+    assert (f"was built for TensorRT {engine.tensorrt} on sm_87 (Orin); this machine has TensorRT 10.4.0 on sm_87 "
+            "(Orin): rebuild it here with `pkd export BUNDLE --trt`; then write the config again") in text

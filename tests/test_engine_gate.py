@@ -156,7 +156,8 @@ def test_triton_plan_entry_says_which_tensorrt_and_gpu_built_the_plan(fp32_bundl
     needs, in `#` comments Triton's parser (its ModelConfig schema) skips, and keeps the plan's record there."""
     import triton_schema
 
-    from promptkd_edge.export.triton import read_plan_record, write_repository
+    from promptkd_edge.export.triton import write_repository
+    from promptkd_edge.formats.plan_record import read_plan_record
 
     bundle, record = _plan_bundle(fp32_bundle, tmp_path, monkeypatch)
     folder = write_repository(bundle, tmp_path / "repo", backend="tensorrt")
@@ -173,7 +174,8 @@ def test_a_gpu_name_cannot_break_out_of_the_comment(fp32_bundle, tmp_path):
     import triton_schema
 
     from promptkd_edge.export.bundle import write_manifest
-    from promptkd_edge.export.triton import read_plan_record, write_repository
+    from promptkd_edge.export.triton import write_repository
+    from promptkd_edge.formats.plan_record import read_plan_record
     from promptkd_edge.formats.manifest import EngineEntry
     from promptkd_edge.runtime.bundle import open_bundle
 

@@ -156,7 +156,7 @@ def test_deepstream_config_matches_the_manifest(bundles, tmp_path, monkeypatch):
 
     bundle = _deepstream_bundle(bundles, tmp_path, monkeypatch, profiles=((1, 4, 8), (1, 16, 32)))
     r = pkd("export", str(bundle), "--deepstream", str(tmp_path / "ds"), "--deepstream-mode", "secondary",
-            "--threshold", "20")  # writing the config needs no TensorRT
+            "--threshold", "5")  # writing the config needs no TensorRT
     assert r.returncode == 0, r.stderr
     config_path = tmp_path / "ds" / "config_infer_pets_ds.txt"
     manifest = manifest_json(bundle)
@@ -175,7 +175,7 @@ def test_deepstream_config_matches_the_manifest(bundles, tmp_path, monkeypatch):
     assert prop["network-mode"] == "2" and engine["precision"] == "fp16"
     assert (prop["network-type"], prop["process-mode"], prop["model-color-format"]) == ("1", "2", "0")
     assert (prop["net-scale-factor"], prop["offsets"]) == ("1.0", "0.0;0.0;0.0")  # identity: the graph normalises
-    assert prop["maintain-aspect-ratio"] == "0" and prop["classifier-threshold"] == "20"
+    assert prop["maintain-aspect-ratio"] == "0" and prop["classifier-threshold"] == "5"
     assert prop["operate-on-gie-id"] == "1"
 
 

@@ -219,23 +219,45 @@ def probe_tensorrt(run_tensorrt_check: bool = True) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ a bundle's TensorRT plans
+def _deepstream_configs(path: Path) -> list[Path]:
+    """The nvinfer config `path` is, or those `pkd export --deepstream` wrote in the folder `path`."""
+    return [path] if path.is_file() else sorted(path.glob("config_infer_*.txt")) if path.is_dir() else []
+
+
+def is_serving_entry(path: Path) -> bool:
+    """Whether `path` looks like a Triton entry folder or a DeepStream config (file or folder), not a bundle."""
+    return (path / "config.pbtxt").is_file() or bool(_deepstream_configs(path))
+
+
 def _plan_records(path: Path) -> tuple[str, list[dict[str, Any]]]:
-    """("bundle" | "triton entry", plan records) of a bundle or of a Triton plan entry `pkd export --triton`
-    wrote (its config.pbtxt's plan record, export/triton.py); a PkdError for anything else."""
+    """("bundle" | "triton entry" | "deepstream config", plan records) of a bundle, of a Triton plan entry folder
+    `pkd export --triton` wrote, or of a DeepStream config (its file, or the folder holding one) `pkd export
+    --deepstream` wrote: the configs' plan record line (formats/plan_record.py); a PkdError for anything else."""
     from promptkd_edge.errors import PkdError
+    from promptkd_edge.export.triton import CONFIG
+    from promptkd_edge.formats.plan_record import read_plan_record
     from promptkd_edge.runtime.bundle import is_bundle, read_manifest
 
     if is_bundle(path):
         return "bundle", [e.to_dict() for e in read_manifest(path).engines]
-    from promptkd_edge.export.triton import CONFIG, read_plan_record
-
-    config = path / CONFIG
-    text = system.read_text(config) if config.is_file() else None
-    record = read_plan_record(text) if text else None
-    if record is None:
-        raise PkdError(f"{path} is neither a bundle nor a Triton plan entry written by `pkd export --triton`")
-    served = re.search(r"versions:\s*\[\s*(\d+)", text)
-    return "triton entry", [{**record, "file": f"{served.group(1) if served else '?'}/model.plan"}]
+    triton = path / CONFIG
+    if triton.is_file():
+        text = system.read_text(triton) or ""
+        record = read_plan_record(text)
+        if record is not None:
+            served = re.search(r"versions:\s*\[\s*(\d+)", text)
+            return "triton entry", [{**record, "file": f"{served.group(1) if served else '?'}/model.plan"}]
+    records = []
+    for config in _deepstream_configs(path):
+        text = system.read_text(config) or ""
+        record = read_plan_record(text)
+        engine = re.search(r"^model-engine-file=(.*)$", text, re.MULTILINE)
+        if record is not None:
+            records.append({**record, "file": f"{config.name}: {engine.group(1) if engine else '?'}"})
+    if records:
+        return "deepstream config", records
+    raise PkdError(f"{path} is neither a bundle nor a Triton plan entry or DeepStream config written by "
+                   "`pkd export --triton/--deepstream`")
 
 
 def check_plans(path: str | os.PathLike) -> dict[str, Any]:
@@ -264,8 +286,10 @@ def check_plans(path: str | os.PathLike) -> dict[str, Any]:
                 plan["detail"] = (f"runs here (TensorRT {out['tensorrt']}, sm_{out['gpu']['sm']} "
                                   f"{out['gpu']['name']})")
             except PkdError as e:
-                again = ("; then write the entry again (`pkd export BUNDLE --triton REPO --triton-backend tensorrt`)"
-                         if kind == "triton entry" else "")
+                again = {"triton entry": "; then write the entry again (`pkd export BUNDLE --triton REPO "
+                                         "--triton-backend tensorrt`)",
+                         "deepstream config": "; then write the config again (`pkd export BUNDLE --deepstream DIR`)"
+                         }.get(kind, "")
                 plan["runs_here"], plan["detail"] = False, f"{e}{again}"
         out["plans"].append(plan)
     if not records:

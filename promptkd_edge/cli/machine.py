@@ -27,7 +27,8 @@ _C = defaults(BenchConfig)
 
 DOCTOR_EXAMPLES = ("[bold]Examples[/bold]\n\n  pkd doctor\n  pkd doctor --json\n  pkd doctor --no-trt-check\n  "
                    "pkd doctor --bundle bundles/pets   # the backend it runs on here and why; its plans here\n"
-                   "  pkd doctor --bundle models/pets   # a Triton plan entry: its plan on this TensorRT and GPU\n")
+                   "  pkd doctor --bundle models/pets   # a Triton plan entry: its plan on this TensorRT and GPU\n"
+                   "  pkd doctor --bundle deepstream/pets   # a DeepStream config: its plan on this TensorRT and GPU\n")
 
 
 @app.command(epilog=DOCTOR_EXAMPLES)
@@ -38,7 +39,8 @@ def doctor(
     bundle: Annotated[Path | None, typer.Option("--bundle", help="Also load this bundle as `backend=auto` does and "
                                                 "say which backend it runs on here and why (measured once, then "
                                                 "cached), and whether each of its TensorRT plans loads on this "
-                                                "TensorRT and GPU; a Triton plan entry folder: its plan.")] = None,
+                                                "TensorRT and GPU; a Triton plan entry folder or a DeepStream config (file or "
+                                                "folder): its plan.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
 ) -> None:
     """What this machine can run: CPU flags, torch + CUDA, ONNX Runtime providers that really load, OpenVINO,
@@ -75,12 +77,12 @@ def doctor(
 
 def _bundle_report(path: Path) -> dict:
     """What `doctor --bundle` says of a bundle (the backend it runs on here, and its plans against this TensorRT
-    and GPU) or of a Triton plan entry (its plan only)."""
-    from promptkd_edge.bench.doctor import check_plans
+    and GPU) or of a Triton plan entry or DeepStream config (its plan only)."""
+    from promptkd_edge.bench.doctor import check_plans, is_serving_entry
     from promptkd_edge.runtime.bundle import is_bundle
 
     report = {"path": str(path), "backend": None, "notes": [], "choice": None}
-    if is_bundle(path) or not (path / "config.pbtxt").is_file():  # not a bundle: from_bundle says what is wrong
+    if is_bundle(path) or not is_serving_entry(path):  # not a bundle: from_bundle says what is wrong
         from promptkd_edge.runtime import Classifier
 
         clf = Classifier.from_bundle(path)

@@ -57,7 +57,7 @@ EXPORT_EXAMPLES = """
   # DeepStream: a bundle that takes pixels 0-255 (nvinfer's input), its plan built on the device, then the config
   pkd export runs/pets --out bundles/pets-ds --pixel-input
   pkd export bundles/pets-ds --trt --precision fp16 --trt-profile 1,8,16
-  pkd export bundles/pets-ds --deepstream deepstream/pets --deepstream-mode secondary --threshold 20 \
+  pkd export bundles/pets-ds --deepstream deepstream/pets --deepstream-mode secondary --threshold 25 \
       --gie-id 2 --operate-on-gie-id 1
 """
 

@@ -48,6 +48,7 @@ import numpy as np
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.formats.manifest import EngineEntry, Manifest, ModelEntry
+from promptkd_edge.formats.plan_record import plan_record_line
 from promptkd_edge.runtime.bundle import Bundle, open_bundle
 from promptkd_edge.runtime.names import check_labels, labels_text
 from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare, to_rgb
@@ -114,6 +115,15 @@ def check_outputs(model: ModelEntry) -> None:
                        f"{', '.join(others)} would be a second, unlabelled one (output-blob-names does not select "
                        "among an engine's outputs): export the run again with --head logits --pixel-input, then "
                        "build its plan with --trt")
+
+
+def check_threshold(threshold: float, logit_scale: float) -> None:
+    """A classifier-threshold the logits can exceed: they are logit scale x cosine, so at most the logit scale."""
+    if threshold >= logit_scale:
+        raise PkdError(f"--threshold {threshold:g} can never be met: nvinfer compares it with the logits, which are "
+                       f"at most the bundle's logit scale {logit_scale:g} (x cosine <= 1), so no object would be "
+                       f"labelled; choose one below {logit_scale:g} (e.g. {0.25 * logit_scale:.3g} for a cosine of "
+                       "0.25)")
 
 
 def scaling_filter(interpolation: str) -> int:
@@ -226,7 +236,8 @@ def _plan_lines(record: EngineEntry) -> list[str]:
                     f"{record.gpu} ({sm})."),
             visible(f"# A plan deserializes only with the TensorRT that built it: DeepStream's TensorRT must be "
                     f"{record.tensorrt} and its GPU {record.gpu} ({sm}); else build the plan again there (pkd export "
-                    "BUNDLE --trt).")]
+                    "BUNDLE --trt). `pkd doctor --bundle THIS_FOLDER` checks it on the DeepStream machine."),
+            plan_record_line(record).rstrip("\n")]
 
 
 def _resize_lines(spec: PreprocessSpec, check: ResizeCheck | None) -> list[str]:
@@ -316,6 +327,7 @@ def write_config(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, *, e
     if bad:
         raise PkdError(f"nvinfer's classifier labels are ';'-separated on one line; rename the class {bad[0]!r}")
     check_outputs(model)
+    check_threshold(threshold, bundle.logit_scale)
     engines = [e for e in bundle.engines if engine in (None, e.file) and e.parity_passed]
     if len(engines) != 1:
         have = ", ".join(e.file for e in bundle.engines) or "none"

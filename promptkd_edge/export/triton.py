@@ -44,7 +44,6 @@ equals the folder name, which Triton requires.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import shutil
@@ -54,6 +53,7 @@ from pathlib import Path
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.formats.manifest import EngineEntry, ModelEntry, TensorInfo
+from promptkd_edge.formats.plan_record import plan_record_line
 from promptkd_edge.runtime.bundle import open_bundle
 from promptkd_edge.runtime.names import labels_text
 from promptkd_edge.utils.files import atomic_path, exclusive_lock, write_bytes, write_text
@@ -64,8 +64,6 @@ PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
 CONFIG = "config.pbtxt"
 LABELS = "labels.txt"
 VERSION_FILES = ("model.onnx", "model.plan", LABELS)  # what a version folder of ours holds
-PLAN_RECORD = "# pkd-plan: "  # the comment line holding the plan's record (module docstring)
-PLAN_KEYS = ("tensorrt", "compute_capability", "gpu", "precision", "profiles")
 STAGING = re.compile(r"\.(\d+)\.tmp-\d+")  # a version being written (not a number: Triton ignores it)
 LOCK_TIMEOUT_S = 60.0
 
@@ -111,28 +109,15 @@ def _sm(compute_capability: str | None) -> str:
 
 def plan_comment(plan: EngineEntry) -> str:
     """config.pbtxt's `#` lines for a plan entry: what built the plan, what the serving Triton must ship, and the
-    plan's record as JSON (`PLAN_RECORD`). Values from the manifest are escaped: a comment ends at a newline."""
+    plan's record (formats/plan_record.py). Values from the manifest are escaped: a comment ends at a newline."""
     version, gpu, sm = visible(plan.tensorrt or "?"), visible(plan.gpu or "?"), visible(_sm(plan.compute_capability))
-    record = json.dumps({k: getattr(plan, k) for k in PLAN_KEYS})  # ASCII, control characters escaped
     lines = [f"model.plan: a TensorRT {version} {visible(plan.precision)} plan built on {gpu} ({sm}).",
              "Triton's tensorrt backend deserializes it with the TensorRT of its own release, and a plan loads only",
              "on the TensorRT release that built it and on GPUs of that architecture: serve this entry with a Triton",
              f"release that ships TensorRT {version} (Triton's release notes name each container's TensorRT), on",
              f"{sm}; else rebuild the plan on the serving machine with `pkd export BUNDLE --trt` and write this",
              "entry again. `pkd doctor --bundle ENTRY_FOLDER` checks it against the machine it runs on."]
-    return "".join(f"# {line}\n" for line in lines) + f"{PLAN_RECORD}{record}\n"
-
-
-def read_plan_record(config: str) -> dict | None:
-    """The plan record of a config.pbtxt we wrote (`PLAN_RECORD` line), or None."""
-    for line in config.splitlines():
-        if line.startswith(PLAN_RECORD):
-            try:
-                record = json.loads(line[len(PLAN_RECORD):])
-            except ValueError:
-                return None
-            return record if isinstance(record, dict) else None
-    return None
+    return "".join(f"# {line}\n" for line in lines) + plan_record_line(plan)
 
 
 def config_pbtxt(model: ModelEntry, name: str, platform: str, max_batch: int, gpu: bool,
