@@ -7,8 +7,8 @@ read back with GLib's own key-file parser, the logits with ONNX Runtime on the b
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -165,9 +165,9 @@ def test_a_threshold_no_logit_can_reach_is_refused(logits_bundle, tmp_path):
     """The logits are logit scale x cosine: a threshold at or above the scale would label no object, silently."""
     scale = open_bundle(logits_bundle).logit_scale
     line = refused(logits_bundle, tmp_path / "ds", "--threshold", str(math.ceil(scale)))
-    assert line == (f"error: --threshold {math.ceil(scale)} can never be met: nvinfer compares it with the logits, which are at most "
-                    f"the bundle's logit scale {scale:g} (x cosine <= 1), so no object would be labelled; choose one "
-                    f"below {scale:g} (e.g. {0.25 * scale:.3g} for a cosine of 0.25)")
+    assert line == (f"error: --threshold {math.ceil(scale)} can never be met: nvinfer compares it with the logits, "
+                    f"which are at most the bundle's logit scale {scale:g} (x cosine <= 1), so no object would be "
+                    f"labelled; choose one below {scale:g} (e.g. {0.25 * scale:.3g} for a cosine of 0.25)")
     write(logits_bundle, tmp_path / "ok", "--threshold", f"{0.9 * scale:g}")
 
 

@@ -175,8 +175,8 @@ def test_a_gpu_name_cannot_break_out_of_the_comment(fp32_bundle, tmp_path):
 
     from promptkd_edge.export.bundle import write_manifest
     from promptkd_edge.export.triton import write_repository
-    from promptkd_edge.formats.plan_record import read_plan_record
     from promptkd_edge.formats.manifest import EngineEntry
+    from promptkd_edge.formats.plan_record import read_plan_record
     from promptkd_edge.runtime.bundle import open_bundle
 
     bundle = tmp_path / "b"

@@ -39,8 +39,8 @@ def doctor(
     bundle: Annotated[Path | None, typer.Option("--bundle", help="Also load this bundle as `backend=auto` does and "
                                                 "say which backend it runs on here and why (measured once, then "
                                                 "cached), and whether each of its TensorRT plans loads on this "
-                                                "TensorRT and GPU; a Triton plan entry folder or a DeepStream config (file or "
-                                                "folder): its plan.")] = None,
+                                                "TensorRT and GPU; a Triton plan entry folder or a DeepStream "
+                                                "config (file or folder): its plan.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
 ) -> None:
     """What this machine can run: CPU flags, torch + CUDA, ONNX Runtime providers that really load, OpenVINO,
