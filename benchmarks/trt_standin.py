@@ -18,14 +18,13 @@ the real cuda-bindings).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import enum
 import json
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,20 +35,25 @@ INPUT, LOGITS, PROBS = "features", "logits", "probs"
 
 
 # ------------------------------------------------------------------------------------------ array modules
+Launch = Callable[[int, Callable[[], None], set], None]
+
+
 @dataclass
 class ArrayDevice:
     """How the engine reads and writes raw addresses: `view(ptr, shape, dtype)` is a writable array over them,
-    `on_stream(handle)` makes the work inside run on that stream, `to_numpy` copies a result to the host."""
+    `launch(stream_handle, work, uses)` runs `work` on that stream (as kernels are enqueued: on a GPU it runs when
+    the stream gets to it), `to_numpy` copies a result to the host."""
 
     name: str
     xp: Any
     view: Callable[[int, tuple[int, ...], np.dtype], Any]
-    on_stream: Callable[[int], contextlib.AbstractContextManager]
+    launch: Launch
     to_numpy: Callable[[Any], np.ndarray]
 
 
-def numpy_device() -> ArrayDevice:
-    """Host memory at raw addresses (what the fake cudart hands out); work is synchronous."""
+def numpy_device(launch: Launch | None = None) -> ArrayDevice:
+    """Host memory at raw addresses (what a fake cudart hands out). `launch` queues work on a fake stream (e.g. one
+    whose copies are asynchronous); by default work runs at once."""
 
     def view(ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         dtype = np.dtype(dtype)
@@ -57,11 +61,16 @@ def numpy_device() -> ArrayDevice:
         raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(int(ptr))
         return np.frombuffer(raw, dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
 
-    return ArrayDevice("numpy (host memory)", np, view, lambda handle: contextlib.nullcontext(), np.array)
+    def at_once(handle: int, work: Callable[[], None], uses: set) -> None:
+        work()
+
+    return ArrayDevice("numpy (host memory)", np, view, launch or at_once, np.array)
 
 
 def cupy_device(device_id: int = 0) -> ArrayDevice:
-    """Device memory at raw CUDA addresses through CuPy, on the caller's streams."""
+    """Device memory at raw CUDA addresses through CuPy; work is enqueued on the caller's stream."""
+    import warnings
+
     import cupy
 
     def view(ptr: int, shape: tuple[int, ...], dtype: np.dtype):
@@ -70,12 +79,14 @@ def cupy_device(device_id: int = 0) -> ArrayDevice:
         memory = cupy.cuda.UnownedMemory(int(ptr), max(nbytes, 1), owner=None, device_id=device_id)
         return cupy.ndarray(shape, dtype=dtype, memptr=cupy.cuda.MemoryPointer(memory, 0))
 
-    @contextlib.contextmanager
-    def on_stream(handle: int) -> Iterator[None]:
-        with cupy.cuda.Device(device_id), cupy.cuda.ExternalStream(int(handle), device_id):
-            yield
+    def launch(handle: int, work: Callable[[], None], uses: set) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # ExternalStream: deprecated from CuPy 14 on
+            stream = cupy.cuda.ExternalStream(int(handle), device_id)
+        with cupy.cuda.Device(device_id), stream:
+            work()
 
-    return ArrayDevice(f"cupy {cupy.__version__} on cuda:{device_id}", cupy, view, on_stream, cupy.asnumpy)
+    return ArrayDevice(f"cupy {cupy.__version__} on cuda:{device_id}", cupy, view, launch, cupy.asnumpy)
 
 
 def reference(x: np.ndarray, weights: np.ndarray, scale: float) -> dict[str, np.ndarray]:
@@ -240,17 +251,19 @@ def make_standin_tensorrt(device: ArrayDevice, weights: np.ndarray, profiles: li
             ctl.record("execute_async_v3", int(stream_handle), self._profile, self._batch)
             if self._batch is None or any(t[0] not in self._addresses for t in self._engine._io):
                 return False  # enqueue fails when a shape or an address is missing
-            dev, b = ctl.device, self._batch
-            with dev.on_stream(stream_handle):
-                x = dev.view(self._addresses[INPUT], (b, ctl.weights.shape[0]), np.float32)
-                w = ctl.device_weights()
-                logits = ctl.scale * (x @ w)
+            dev, b, addresses = ctl.device, self._batch, dict(self._addresses)
+            shapes = {LOGITS: (b, ctl.weights.shape[1]), PROBS: (b, ctl.weights.shape[1])}
+            dtypes = {LOGITS: np.dtype(np.float32), PROBS: np.dtype(np.float16)}
+
+            def work() -> None:  # what the plan's kernels do, in stream order
+                x = dev.view(addresses[INPUT], (b, ctl.weights.shape[0]), np.float32)
+                logits = ctl.scale * (x @ ctl.device_weights())
                 z = dev.xp.exp(logits - logits.max(axis=1, keepdims=True))
-                outputs = {LOGITS: logits, PROBS: z / z.sum(axis=1, keepdims=True)}
-                for name, value in outputs.items():
-                    dtype = np.float16 if name == PROBS else np.float32
-                    dev.view(self._addresses[name], value.shape, dtype)[...] = value.astype(dtype)
-                    self.last[name] = (self._addresses[name], tuple(value.shape), np.dtype(dtype))
+                for name, value in ((LOGITS, logits), (PROBS, z / z.sum(axis=1, keepdims=True))):
+                    dev.view(addresses[name], shapes[name], dtypes[name])[...] = value.astype(dtypes[name])
+
+            dev.launch(int(stream_handle), work, set(addresses.values()))
+            self.last = {name: (addresses[name], shapes[name], dtypes[name]) for name in shapes}
             return True
 
         def read_output(self, name: str) -> np.ndarray:

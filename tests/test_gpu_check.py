@@ -183,9 +183,15 @@ def standin(monkeypatch, tmp_path):
     """TensorRTBackend over the stand-in `tensorrt` (numpy on the fake cudart's host "device" memory), counted."""
     from fake_tensorrt import make_fake_cudart
 
-    counting = ts.CountingCudart(make_fake_cudart(name="NVIDIA H200", capability=(9, 0)))
+    rt = make_fake_cudart(name="NVIDIA H200", capability=(9, 0))
+    counting = ts.CountingCudart(rt)
     monkeypatch.setattr(tensorrt_backend, "load_cudart", lambda: counting)
-    trt = ts.make_standin_tensorrt(ts.numpy_device(), ts.standin_weights(), ts.PROFILES, ts.SCALE)
+
+    def launch(handle: int, work, uses: set) -> None:  # the engine's work queues behind the stream's copies
+        rt.enqueue(rt.stream_of(handle), work, uses)
+
+    device = ts.numpy_device(launch if hasattr(rt, "enqueue") else None)  # a fake with asynchronous streams
+    trt = ts.make_standin_tensorrt(device, ts.standin_weights(), ts.PROFILES, ts.SCALE)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     plan = tmp_path / "standin.plan"
     plan.write_bytes(ts.make_plan(ts.FEATURES, ts.CLASSES, ts.PROFILES))
