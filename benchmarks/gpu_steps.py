@@ -337,7 +337,7 @@ def numerics(step: Step) -> dict[str, Any]:
             features = student(images).float()
         return features, features @ vectors.t()
 
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    saved_flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     figures: dict[str, Any] = {"architecture": arch, "device": device, "batch": batch, "classes": classes,
                                "logit_scale": scale, "fp32_gate_max_abs_logit_diff":
@@ -345,11 +345,14 @@ def numerics(step: Step) -> dict[str, Any]:
     try:
         reference = forward()
         with emulated_tf32():
-            figures["tf32_emulated"] = compare(reference, forward(), scale)
+            emulated = forward()
+        figures["tf32_emulated"] = compare(reference, emulated, scale)
         if device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-            figures["tf32"] = compare(reference, forward(), scale)
+            real_tf32 = forward()
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            figures["tf32"] = compare(reference, real_tf32, scale)
+            figures["tf32_emulated_vs_tf32"] = compare(real_tf32, emulated, scale)  # how well the emulation predicts it
         else:
             figures["tf32"] = None
             figures["tf32_reason"] = "TF32 is a CUDA tensor-core mode; a dry run has only the emulation"
@@ -360,7 +363,7 @@ def numerics(step: Step) -> dict[str, Any]:
             except RuntimeError as e:  # e.g. an op without a float16 kernel on this CPU
                 figures[name], figures[f"{name}_reason"] = None, first_line(e)
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved_flags
     real = figures.get("tf32") or figures["tf32_emulated"]
     figures["tf32_passes_fp32_gate"] = real["max_abs_logit_delta"] <= figures["fp32_gate_max_abs_logit_diff"]
     return figures
@@ -532,7 +535,8 @@ def tensorrt(step: Step) -> dict[str, Any]:
         t = time.perf_counter()
         if not bundle_dir.exists():
             cli_json(["-m", "promptkd_edge", "export", str(run), "--out", str(bundle_dir), "--precision", source,
-                      "--parity-images", "32", "--json"], 240, f"pkd export --precision {source}")
+                      "--parity-images", "32", "--calibration-images", "64", "--json"], 240,
+                     f"pkd export --precision {source}")
         manifest = cli_json(["-m", "promptkd_edge", "export", str(bundle_dir), "--trt", "--precision", precision,
                              "--trt-profile", "1,8,32", "--json"], 300, f"pkd export --trt --precision {precision}")
         engine = manifest["engines"][-1]

@@ -178,6 +178,16 @@ def test_emulated_tf32_rounds_linear_operands_and_restores():
 
 
 # ------------------------------------------------------------------------------------------ step 2 on the CPU
+def fake_device(rt) -> ts.ArrayDevice:
+    """numpy over the fake cudart's memory; where its streams are asynchronous, the engine's work queues behind
+    the stream's copies as kernels do."""
+
+    def launch(handle: int, work, uses: set) -> None:
+        rt.enqueue(rt.stream_of(handle), work, uses)
+
+    return ts.numpy_device(launch if hasattr(rt, "enqueue") else None)
+
+
 @pytest.fixture()
 def standin(monkeypatch, tmp_path):
     """TensorRTBackend over the stand-in `tensorrt` (numpy on the fake cudart's host "device" memory), counted."""
@@ -186,12 +196,7 @@ def standin(monkeypatch, tmp_path):
     rt = make_fake_cudart(name="NVIDIA H200", capability=(9, 0))
     counting = ts.CountingCudart(rt)
     monkeypatch.setattr(tensorrt_backend, "load_cudart", lambda: counting)
-
-    def launch(handle: int, work, uses: set) -> None:  # the engine's work queues behind the stream's copies
-        rt.enqueue(rt.stream_of(handle), work, uses)
-
-    device = ts.numpy_device(launch if hasattr(rt, "enqueue") else None)  # a fake with asynchronous streams
-    trt = ts.make_standin_tensorrt(device, ts.standin_weights(), ts.PROFILES, ts.SCALE)
+    trt = ts.make_standin_tensorrt(fake_device(rt), ts.standin_weights(), ts.PROFILES, ts.SCALE)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     plan = tmp_path / "standin.plan"
     plan.write_bytes(ts.make_plan(ts.FEATURES, ts.CLASSES, ts.PROFILES))
@@ -249,3 +254,23 @@ def test_step2_catches_backend_defects(standin, monkeypatch, target, attribute, 
     monkeypatch.setattr(target, attribute, mutant)
     with pytest.raises((ts.Failed, PkdError), match=match):
         ts.check_backend(make, trt, counting, threads=2, calls_per_thread=2, timed_runs=1)
+
+
+def test_step2_gpu_path_over_fakes(monkeypatch, tmp_path):
+    """gpu_steps.trt_runtime as it runs on the GPU box (not the dry run), with the fake cudart for cuda-bindings and
+    numpy for CuPy: its wiring (counted cudart where the backend looks it up, plan, record) holds."""
+    import types
+
+    from fake_tensorrt import make_fake_cudart
+
+    rt = make_fake_cudart(name="NVIDIA H200", capability=(9, 0))
+    monkeypatch.setattr(tensorrt_backend, "load_cudart", lambda: rt)  # restored after the step replaces it
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # likewise
+    monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))
+    monkeypatch.setattr(ts, "cupy_device", lambda device_id=0: fake_device(rt))
+    step = gpu_steps.Step(2, "trt_runtime", tmp_path, tmp_path, False, time.perf_counter())
+    figures = gpu_steps.trt_runtime(step)
+    assert figures["gpu"] == {"name": "NVIDIA H200", "compute_capability": "9.0", "sm": "90"}
+    assert figures["profile_switches"] == [1, 2, 0] and figures["threads"] == 8
+    assert figures["cuda_calls"]["cudaGetDeviceProperties"] >= 1  # the backend's own lookups were counted
+    assert (tmp_path / "standin.plan").read_bytes().startswith(ts.PLAN_MAGIC)
