@@ -78,6 +78,7 @@ while read -r INDEX NAME LIMIT; do
     tail -n 3 "$LOG" | sed 's/^/   /'
 done <<<"$PLAN"
 
+rm -f "$OUT_DIR"/*.tmp  # a step killed while writing its JSON leaves its temporary file
 echo "== $(( SECONDS - START )) s; results in $OUT_DIR"
 "$PY" benchmarks/gpu_steps.py summary --out "$OUT_DIR"
 exit 0

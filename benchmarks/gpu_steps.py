@@ -629,7 +629,7 @@ def summary(out: Path) -> str:
         try:
             r = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
-            r = {"status": "missing", "seconds": "", "reason": f"no {path.name}"}
+            r = {"status": "not run", "seconds": "", "reason": f"no {path.name} (not in --steps?)"}
         rows.append(f"| {index} | {name} | {r['status']} | {r.get('seconds', '')} | {_headline(name, r)} |")
     return "\n".join(["| # | step | status | s | figures / reason |", "|---|---|---|---:|---|", *rows])
 
