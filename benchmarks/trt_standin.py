@@ -2,16 +2,18 @@
 drive the backend through it (gpu_check.sh step 2).
 
 The engine has the methods TensorRTBackend calls (runtime/tensorrt_backend.py) and behaves as TensorRT 10 does where
-that matters to the backend: a context starts on profile 0, `set_optimization_profile_async` raises
-RuntimeError for a profile that does not exist (pyCore.cpp), `set_input_shape` returns False for a shape outside
-the ACTIVE profile (NvInferRuntime.h, IExecutionContext::setInputShape), and `execute_async_v3` enqueues the work on
-the stream it is given and fails when a shape or an address is missing. Its network is
+that matters to the backend (NvInferRuntime.h 10.3, IExecutionContext): a context starts on profile 0
+(getOptimizationProfile), `set_optimization_profile_async` raises RuntimeError for a profile that does not exist
+(the Python binding's "Error in set optimization profile async."), `set_input_shape` returns False for a shape
+outside the ACTIVE profile (setInputShape), and `execute_async_v3` enqueues the work on the stream it is given
+(enqueueV3) and fails when a shape or an address is missing. Its network is
 
     logits = scale * x @ W      (float32 [B, C])
     probs  = softmax(logits)    (float16 [B, C])
 
-computed with an array module on the raw addresses: CuPy on the real device pointers (cupy.cuda.UnownedMemory /
-MemoryPointer) on the backend's own stream (cupy.cuda.ExternalStream) on a GPU, numpy on host addresses (ctypes)
+computed with an array module on the raw addresses: CuPy on the real device pointers (cupy.cuda.UnownedMemory(ptr,
+size, owner, device_id) / MemoryPointer, cupy/cuda/memory.pyx) on the backend's own stream
+(cupy.cuda.ExternalStream(ptr, device_id)) on a GPU, numpy on host addresses (ctypes)
 on a CPU, so the same class runs in the CPU tests (over tests/fake_tensorrt.py's fake cudart) and on a GPU (over
 the real cuda-bindings).
 """
