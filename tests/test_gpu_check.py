@@ -240,7 +240,7 @@ def _pageable(self, name, shape, dtype):
     return np.empty(shape, dtype)
 
 
-def _no_switch(self, batch):
+def _no_switch(self, batch, profile=None):
     return 0
 
 
