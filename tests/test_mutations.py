@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,6 +35,11 @@ TRT = "runtime/tensorrt_backend.py"
 RUN_PATH = "tests/test_tensorrt.py::test_backend_run_path"
 RUNTIME = "tests/test_tensorrt_runtime.py::"
 DEVICE_1 = RUNTIME + "test_device_1_from_a_thread_whose_current_device_is_0"
+BUILD = "export/tensorrt_build.py"
+BUILD_FLAGS = "tests/test_tensorrt_build_flags.py::"
+GATE = "tests/test_engine_gate.py::"
+DS = "export/deepstream.py"
+DS_TESTS = "tests/test_deepstream.py::"
 
 MUTATIONS = [
     Mutation("no sync before outputs are read", TRT, 'cuda_check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")', "None", (RUN_PATH,), True),  # noqa: E501
@@ -46,6 +52,16 @@ MUTATIONS = [
     Mutation("no cudaSetDevice in synchronize", TRT, "self._use_device()\n            cuda_check(self._cudart,", "cuda_check(self._cudart,", (DEVICE_1,), True),  # noqa: E501
     Mutation("no cudaSetDevice in close", TRT, "return\n            self._use_device()", "return", (DEVICE_1,), True),
     Mutation("grown buffer freed under queued work", TRT, 'cuda_check(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")\n            del pool[name]', "del pool[name]", (RUNTIME + "test_buffer_growth_and_staged_runs",), True),  # noqa: E501
+    Mutation("TF32 left on", BUILD, "        config.clear_flag(trt.BuilderFlag.TF32)", "        pass", (BUILD_FLAGS + "test_plans_are_built_without_tf32",)),  # noqa: E501
+    Mutation("trtexec script without --noTF32", BUILD, 'args.append("--noTF32")', "pass", (BUILD_FLAGS + "test_plans_are_built_without_tf32",)),  # noqa: E501
+    Mutation("engine cache not keyed by GPU model", BUILD, '"gpu": gpu["name"], "sm": gpu["sm"]', '"sm": gpu["sm"]', (BUILD_FLAGS + "test_engine_cache_is_keyed_by_gpu_model_not_only_sm",)),  # noqa: E501
+    Mutation("Q without zero point taken as UINT8", BUILD, "return _output_dtype(node) or TensorProto.INT8", "return _output_dtype(node) or TensorProto.UINT8", (BUILD_FLAGS + "test_quantize_without_zero_point_is_int8_as_tensorrt_parses_it",)),  # noqa: E501
+    Mutation("gate batch outside the profiles", "export/gate_batches.py", "        return min(max(preferred, lo), hi)", "        return preferred", (GATE + "test_plan_batches_cover_each_image_once_inside_the_profiles", GATE + "test_gate_runs_every_profile_in_batches_it_takes")),  # noqa: E501
+    Mutation("gate runs only the first profile that holds a batch", "export/bundle.py", "return engine.run(batch, profile=profile)", "return engine.run(batch)", (GATE + "test_a_broken_second_profile_fails_the_gate",)),  # noqa: E501
+    Mutation("doctor does not check plans", "bench/doctor.py", 'check_plan_compatible(r, trt, out["gpu"])', "pass", (GATE + "test_doctor_checks_each_plan_against_this_tensorrt_and_gpu",)),  # noqa: E501
+    Mutation("DeepStream takes a --head both plan", DS, "    if others:\n", "    if False and others:\n", (DS_TESTS + "test_a_bundle_with_embeddings_is_refused_for_what_nvinfer_would_make_of_it",)),  # noqa: E501
+    Mutation("DeepStream classifier with the detector's gie id", DS, 'DEFAULT_GIE_IDS = {"primary": 1, "secondary": 2}', 'DEFAULT_GIE_IDS = {"primary": 1, "secondary": 1}', (DS_TESTS + "test_a_secondary_classifier_has_its_own_gie_id",)),  # noqa: E501
+    Mutation("DeepStream scales bilinear for bicubic", DS, '"bicubic": 2}', '"bicubic": 1}', (DS_TESTS + "test_nvinfer_scales_with_the_bundles_interpolation_on_the_gpu",)),  # noqa: E501
 ]
 
 PROBE = '''
@@ -82,27 +98,57 @@ def _imported_copy(root: Path, probe: Path, run: subprocess.CompletedProcess) ->
     assert imported.is_relative_to(root), f"the tests imported {imported}, not the mutated copy under {root}"
 
 
-@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m.name.replace(" ", "-") for m in MUTATIONS])
-def test_mutation_is_caught(mutation: Mutation, tmp_path):
-    root = _copy(tmp_path)
+class Result(NamedTuple):
+    root: Path
+    probe: Path
+    run: subprocess.CompletedProcess | None
+    problem: str | None = None  # why the mutant could not be made
+
+
+def _mutant(mutation: Mutation, where: Path) -> Result:
+    """The copy with `mutation` applied, run on its tests."""
+    root = _copy(where)
     target = root / "promptkd_edge" / mutation.file
     text = target.read_text()
-    assert text.count(mutation.old) == 1, f"{mutation.name}: the text to mutate occurs {text.count(mutation.old)}x"
+    if text.count(mutation.old) != 1:
+        return Result(root, where / "imported.txt", None,
+                      f"{mutation.name}: the text to mutate occurs {text.count(mutation.old)}x in {mutation.file}")
     target.write_text(text.replace(mutation.old, mutation.new))
-    probe = tmp_path / "imported.txt"
-    run = _run(root, mutation.tests, probe, mutation.noconftest)
-    _imported_copy(root, probe, run)
+    return Result(root, where / "imported.txt", _run(root, mutation.tests, where / "imported.txt", mutation.noconftest))
+
+
+def _control(noconftest: bool, where: Path) -> Result:
+    """The unmutated copy on every test the mutations of this kind name."""
+    root = _copy(where)
+    tests = tuple(dict.fromkeys(t for m in MUTATIONS if m.noconftest == noconftest for t in m.tests))
+    return Result(root, where / "imported.txt", _run(root, tests, where / "imported.txt", noconftest))
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, Result]:
+    """Every mutant's run and the controls', two or more subprocesses at a time (each is mostly imports and a
+    small fixture: one per core keeps the file's wall time down)."""
+    jobs = {m.name: (_mutant, m) for m in MUTATIONS}
+    jobs.update({f"control-{kind}": (_control, kind) for kind in sorted({m.noconftest for m in MUTATIONS})})
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        futures = {name: pool.submit(fn, arg, tmp_path_factory.mktemp("mutant")) for name, (fn, arg) in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m.name.replace(" ", "-") for m in MUTATIONS])
+def test_mutation_is_caught(mutation: Mutation, results):
+    result = results[mutation.name]
+    assert result.problem is None, result.problem
+    run = result.run
+    _imported_copy(result.root, result.probe, run)
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-500:]
     assert run.returncode != 0 and re.search(r"\b\d+ failed\b", summary), \
         f"mutation '{mutation.name}' survived {list(mutation.tests)}: {summary}"
 
 
-def test_unmutated_copy_passes_the_mutation_tests(tmp_path):
+@pytest.mark.parametrize("noconftest", sorted({m.noconftest for m in MUTATIONS}))
+def test_unmutated_copy_passes_the_mutation_tests(results, noconftest):
     """The control: the same harness on an unmutated copy passes, so a mutant's failure is the mutation's."""
-    root = _copy(tmp_path)
-    for noconftest in sorted({m.noconftest for m in MUTATIONS}):
-        tests = tuple(dict.fromkeys(t for m in MUTATIONS if m.noconftest == noconftest for t in m.tests))
-        probe = tmp_path / f"imported-{noconftest}.txt"
-        run = _run(root, tests, probe, noconftest)
-        _imported_copy(root, probe, run)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    result = results[f"control-{noconftest}"]
+    _imported_copy(result.root, result.probe, result.run)
+    assert result.run.returncode == 0, result.run.stdout[-3000:] + result.run.stderr[-2000:]
