@@ -70,8 +70,12 @@ def test_option_defaults_are_the_config_defaults():
 def test_version_and_models():
     assert invoke("--version").output.strip().startswith("promptkd-edge ")
     result = invoke("models", "--filter", "pkd-tiny", "--json")
-    assert json.loads(result.output) == {TEACHER: [], STUDENT: [], f"{TEACHER}-quickgelu": [],
-                                         f"{STUDENT}-quickgelu": []}
+    tiny = {"tags": [], "family": "openclip-vit"}
+    assert json.loads(result.output) == {TEACHER: tiny, STUDENT: tiny, f"{TEACHER}-quickgelu": tiny,
+                                         f"{STUDENT}-quickgelu": tiny}
+    listing = invoke("models", "--filter", "RN50").output
+    assert "openclip-vit: deep visual prompts" in listing  # what each family's students get
+    assert "RN50 [no student adaptation]: openai, yfcc15m, cc12m" in listing
 
 
 def _distill_args(tmp_path, **overrides):
@@ -97,7 +101,6 @@ def inputs(tmp_path):
     ({"--classes": "EMPTY"}, "holds no class names"),
     ({"--classes": "DUPLICATES"}, "duplicate class name 'cat'"),
     ({"--batch-size": "1"}, "--batch-size must be >= 2"),
-    ({"--prompt-depth": "7"}, "exceeds the 4 transformer layers"),
 ])
 def test_bad_input_is_one_line_and_exit_2(inputs, overrides, message):
     import open_clip

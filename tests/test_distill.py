@@ -96,8 +96,13 @@ def test_new_run_refuses_a_used_directory(tiny_run):
 
 
 def test_failed_setup_leaves_nothing_behind(tmp_path):
-    with pytest.raises(PkdError, match="exceeds the 4 transformer layers"):
-        distill(tiny_config(tmp_path, prompt_depth=9), tmp_path / "run")
+    import open_clip
+    from safetensors.torch import save_file
+
+    wrong = tmp_path / "teacher-weights.safetensors"  # the teacher's weights named as the student's: set-up fails
+    save_file({k: v.contiguous() for k, v in open_clip.create_model(TEACHER).state_dict().items()}, str(wrong))
+    with pytest.raises(PkdError, match="do not fit architecture"):
+        distill(tiny_config(tmp_path, student=f"{STUDENT}:{wrong}"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
     with pytest.raises(PkdError, match="no images under"):
         (tmp_path / "nothing").mkdir()

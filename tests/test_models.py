@@ -355,3 +355,25 @@ def test_pretrained_tag_applies_quick_gelu_and_preprocess(tmp_path, monkeypatch)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(clip.model.visual(x), model.eval().visual(x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_student_prompt_depth_beyond_the_blocks_means_all_of_them(tiny):
+    """`--prompt-depth 9` on a 4-block tower prompts all 4; the student's config records 4, so it reloads alike."""
+    from promptkd_edge.models.student import StudentConfig, build_student
+
+    student = build_student(tiny, StudentConfig(spec="pkd-tiny-student", teacher_dim=32, prompt_depth=9))
+    assert student.tower.depth == 4 and student.config.prompt_depth == 4
+    assert student.tower.adaptation == "deep visual prompts, 4 tokens x 4 of 4 blocks"
+    assert set(student.trained_state()) == {"tower.prompts", *(f"projector.{k}" for k in
+                                                                  student.projector.state_dict())}
+
+
+def test_a_tower_no_adaptation_covers_is_one_line():
+    from torch import nn
+
+    from promptkd_edge.models.towers import build_tower
+
+    with pytest.raises(PkdError, match=r"^the odd image tower is Sequential, which no student adaptation covers; "
+                                       r"supported: openclip-vit"):
+        build_tower(nn.Sequential(nn.Conv2d(3, 4, 3)), prompt_tokens=4, prompt_depth=9, prompt_init_std=0.02,
+                    arch="odd")

@@ -168,15 +168,13 @@ def student_from_arch(arch: str, classes: int, teacher_dim: int | None, prompt_t
 
     torch.manual_seed(0)
     clip = load_clip(ModelSpec.parse(arch))
-    layers = len(clip.model.visual.transformer.resblocks)
-    depth = min(prompt_depth, layers)
     dim = teacher_dim or int(clip.model.visual.output_dim)
     student = build_student(clip, StudentConfig(spec=arch, teacher_dim=dim, prompt_tokens=prompt_tokens,
-                                                prompt_depth=depth)).eval()
+                                                prompt_depth=prompt_depth)).eval()
     vectors = ClassVectors([f"class{i}" for i in range(classes)], random_vectors(classes, dim), "random", "{}", 100.0)
     folded = FoldedStudent(student, vectors, "logits")
     pre = student.preprocess
-    return BenchModel("student", f"{arch} + {prompt_tokens}x{depth} prompts + projector to {dim} (random weights), "
+    return BenchModel("student", f"{arch} + {student.tower.adaptation} + projector to {dim} (random weights), "
                       f"{classes} classes", arch, pre, classes, lambda: folded, params_m=_count(folded),
                       gflops_per_image=torch_gflops(folded, (3, *pre.size)))
 
@@ -191,7 +189,7 @@ def student_from_run(run_dir: Path) -> BenchModel:
     folded = FoldedStudent(student, vectors, "logits")
     cfg = student.config
     pre = student.preprocess
-    return BenchModel("student", f"{cfg.spec} + {cfg.prompt_tokens}x{cfg.prompt_depth} prompts, run {run_dir.name}, "
+    return BenchModel("student", f"{cfg.spec} + {student.tower.adaptation}, run {run_dir.name}, "
                       f"{len(vectors.names)} classes", _arch(cfg.spec), pre, len(vectors.names),
                       lambda: folded, params_m=_count(folded), gflops_per_image=torch_gflops(folded, (3, *pre.size)))
 

@@ -78,7 +78,7 @@ class FoldedStudent(nn.Module):
         layouts = {"uint8": "nhwc", "pixels": "nchw"}
         self.input = InputNormalize(pre.mean, pre.std, layouts[input_format]) if input_format in layouts \
             else nn.Identity()
-        self.tower = student.tower.requires_grad_(False)
+        self.tower = student.tower.for_export()  # the adaptation folded where the family needs it
         self.projector = fold_projector(student.projector).requires_grad_(False)
         if vectors is not None:
             weight = vectors.logit_scale * vectors.vectors.float().t().contiguous()

@@ -8,11 +8,24 @@ before pooling, so 'tok' and 'avg' pooling see exactly the tokens open_clip's to
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from promptkd_edge.errors import PkdError
+
+
+def check_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
+    """A PkdError (one line) unless `state` has exactly the keys and shapes of `own`."""
+    if set(state) != set(own):
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        raise PkdError(f"{source} do not fit this student: missing {missing[:3]}, unexpected {extra[:3]}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise PkdError(f"{source} do not fit this student: {k} is {list(v.shape)}, the student has "
+                           f"{list(own[k].shape)}")
 
 
 def check_vit(visual: nn.Module, what: str = "model") -> None:
@@ -27,23 +40,55 @@ def check_vit(visual: nn.Module, what: str = "model") -> None:
 class PromptedVisionTower(nn.Module):
     """open_clip `VisionTransformer` with `num_tokens` learnable prompts in each of its first `depth` layers.
 
-    With `num_tokens == 0` or `depth == 0` the forward pass is exactly open_clip's `visual(x)`.
+    With `num_tokens == 0` or `depth == 0` the forward pass is exactly open_clip's `visual(x)`. A depth beyond the
+    tower's layers is refused, or with `clamp_depth` means all of them (`self.depth` is the depth used). The adapted
+    tower interface of models/towers.py: `trained_state` is {"prompts"}, `for_export` is the module itself (prompts
+    become constants of the graph).
     """
 
-    def __init__(self, visual: nn.Module, num_tokens: int = 4, depth: int = 9, init_std: float = 0.02):
+    family = "openclip-vit"
+
+    def __init__(self, visual: nn.Module, num_tokens: int = 4, depth: int = 9, init_std: float = 0.02,
+                 clamp_depth: bool = False):
         super().__init__()
         check_vit(visual)
         layers = len(visual.transformer.resblocks)
         if num_tokens < 0 or depth < 0:
             raise PkdError(f"prompt tokens ({num_tokens}) and depth ({depth}) must be >= 0")
-        if depth > layers:
+        if depth > layers and not clamp_depth:
             raise PkdError(f"prompt depth {depth} exceeds the {layers} transformer layers of this image tower; "
                            f"use a depth <= {layers}")
+        depth = min(depth, layers)
         self.visual = visual.requires_grad_(False)
         self.num_tokens, self.depth = num_tokens, depth
         width = visual.transformer.width
         self.prompts = nn.Parameter(torch.empty(depth, num_tokens, width))
         nn.init.normal_(self.prompts, std=init_std)
+
+    @classmethod
+    def supports(cls, visual: nn.Module) -> bool:
+        from open_clip.transformer import VisionTransformer
+
+        return isinstance(visual, VisionTransformer)
+
+    @property
+    def adaptation(self) -> str:
+        return f"deep visual prompts, {self.num_tokens} tokens x {self.depth} of {self.blocks} blocks"
+
+    @property
+    def blocks(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        return {"prompts": self.prompts.detach().cpu().contiguous()}
+
+    def load_trained_state(self, state: dict[str, torch.Tensor], source: str = "weights") -> None:
+        check_state(self.trained_state(), state, source)
+        with torch.no_grad():
+            self.prompts.copy_(state["prompts"])
+
+    def for_export(self) -> nn.Module:
+        return copy.deepcopy(self).float().cpu().eval().requires_grad_(False)
 
     @property
     def enabled(self) -> bool:

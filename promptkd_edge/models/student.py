@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,8 @@ from torch import nn
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.openclip import LoadedCLIP, ModelSpec, Preprocess, load_clip
 from promptkd_edge.models.projector import Projector
-from promptkd_edge.models.prompted_vision import PromptedVisionTower
+from promptkd_edge.models.prompted_vision import check_state
+from promptkd_edge.models.towers import build_tower
 from promptkd_edge.utils.files import read_tagged_safetensors, write_tagged_safetensors
 
 STUDENT_FORMAT = "promptkd-edge/student"
@@ -32,9 +33,10 @@ class StudentConfig:
 
 
 class Student(nn.Module):
-    """image -> prompted frozen ViT -> projector -> L2-normalised feature in the teacher's space [B, D_t]."""
+    """image -> adapted frozen image tower (models/towers.py: prompts for ViTs) -> projector -> L2-normalised
+    feature in the teacher's space [B, D_t]."""
 
-    def __init__(self, tower: PromptedVisionTower, projector: Projector, config: StudentConfig,
+    def __init__(self, tower: nn.Module, projector: Projector, config: StudentConfig,
                  preprocess: Preprocess):
         super().__init__()
         self.tower, self.projector, self.config, self.preprocess = tower, projector, config, preprocess
@@ -46,30 +48,27 @@ class Student(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def trained_state(self) -> dict[str, torch.Tensor]:
-        """Prompts and projector (parameters and BatchNorm statistics): what distillation changes."""
-        state = {"tower.prompts": self.tower.prompts}
-        state.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
-        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        """The tower's adaptation (prompts for ViTs) and the projector (parameters and BatchNorm statistics): what
+        distillation changes."""
+        state = {f"tower.{k}": v for k, v in self.tower.trained_state().items()}
+        state.update({f"projector.{k}": v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()})
+        return state
 
     def load_trained_state(self, state: dict[str, torch.Tensor], source: str = "weights") -> None:
-        own = {k: v for k, v in self.trained_state().items()}
-        if set(state) != set(own):
-            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-            raise PkdError(f"{source} do not fit this student: missing {missing[:3]}, unexpected {extra[:3]}")
-        for k, v in state.items():
-            if v.shape != own[k].shape:
-                raise PkdError(f"{source} do not fit this student: {k} is {list(v.shape)}, "
-                               f"the student has {list(own[k].shape)}")
-        with torch.no_grad():
-            self.tower.prompts.copy_(state["tower.prompts"])
+        check_state(self.trained_state(), state, source)
+        self.tower.load_trained_state({k[len("tower."):]: v for k, v in state.items() if k.startswith("tower.")},
+                                      source)
         self.projector.load_state_dict({k[len("projector."):]: v for k, v in state.items()
                                         if k.startswith("projector.")})
 
 
 def build_student(clip: LoadedCLIP, config: StudentConfig) -> Student:
-    """Wrap `clip.model.visual` with prompts and a fresh projector; only prompts and projector train."""
-    tower = PromptedVisionTower(clip.model.visual, config.prompt_tokens, config.prompt_depth,
-                                config.prompt_init_std)
+    """Wrap `clip.model.visual` with its family's adaptation (models/towers.py) and a fresh projector; only those
+    train. A prompt depth beyond the tower's blocks means all of them: the student's config records the depth used."""
+    tower = build_tower(clip.model.visual, prompt_tokens=config.prompt_tokens, prompt_depth=config.prompt_depth,
+                        prompt_init_std=config.prompt_init_std, arch=config.spec)
+    if getattr(tower, "depth", config.prompt_depth) != config.prompt_depth:
+        config = replace(config, prompt_depth=tower.depth)
     projector = Projector(tower.output_dim, config.teacher_dim)
     return Student(tower, projector, config, clip.preprocess).to(next(clip.model.parameters()).device)
 

@@ -100,7 +100,8 @@ def _class_vectors(cfg: DistillConfig, names: list[str] | None, teacher: LazyTea
 
 
 def setup_student(cfg: DistillConfig, device: torch.device, teacher_dim: int, progress: Progress) -> Student:
-    """The frozen open_clip tower with prompts and a projector to the teacher's dimension."""
+    """The frozen open_clip tower with its family's adaptation (prompts for ViTs) and a projector to the teacher's
+    dimension."""
     progress.note(f"loading student {cfg.student}")
     torch.manual_seed(cfg.seed)
     clip = load_clip(cfg.student, device=device, allow_pickle=cfg.allow_pickle)
@@ -108,7 +109,13 @@ def setup_student(cfg: DistillConfig, device: torch.device, teacher_dim: int, pr
         spec=cfg.student, teacher_dim=teacher_dim, prompt_tokens=cfg.prompt_tokens,
         prompt_depth=cfg.prompt_depth, prompt_init_std=cfg.prompt_init_std, init_seed=cfg.seed,
         weights_sha256=sha256_file(clip.weights_file) if clip.weights_file else None)
-    return build_student(clip, config)
+    student = build_student(clip, config)
+    used = student.config.prompt_depth
+    if used != cfg.prompt_depth:
+        progress.note(f"--prompt-depth {cfg.prompt_depth}: {cfg.student}'s image tower has {used} blocks, so all "
+                      f"{used} get prompts")
+    progress.note(f"student adaptation: {student.tower.adaptation}")
+    return student
 
 
 def teacher_feature_cache(cfg: DistillConfig, rt: Runtime, paths: list[Path], dim: int, teacher: LazyTeacher,
