@@ -16,7 +16,8 @@ from promptkd_edge.models.prompted_timm import TINY_TIMM_CONFIGS, PromptedTimmVi
 
 # map-vit (SigLIP-like), reg-vit (registers, avg pool), mci (MobileCLIP2-B conv stem), eva (rope, cls), pe (rope, MAP)
 NAMES = list(TINY_TIMM_CONFIGS)
-EVA_NAMES = ["pkd-tiny-eva", "pkd-tiny-pe"]
+MIXED = "rope-mixed"  # timm's RoPE-Mixed ViT (per-block rotary embeddings), swapped into the Eva tower
+EVA_NAMES = ["pkd-tiny-eva", "pkd-tiny-pe", MIXED]
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +35,36 @@ def images() -> torch.Tensor:
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
+def _sharpen(trunk: nn.Module, gain: float = 8.0) -> None:
+    """Random-init attention is nearly uniform (q.k ~ 0), which hides where tokens are and how they are rotated:
+    scale the query and key projections up."""
+    with torch.no_grad():
+        for block in trunk.blocks:
+            attn = block.attn
+            if getattr(attn, "qkv", None) is not None:
+                attn.qkv.weight[: 2 * attn.qkv.out_features // 3].mul_(gain)
+            else:
+                attn.q_proj.weight.mul_(gain)
+                attn.k_proj.weight.mul_(gain)
+
+
+def _visual(clips: dict[str, nn.Module], name: str) -> nn.Module:
+    import timm
+
+    if name != MIXED:
+        return copy.deepcopy(clips[name].visual)
+    visual = copy.deepcopy(clips["pkd-tiny-eva"].visual)
+    visual.trunk = timm.create_model("vit_small_patch16_rope_mixed_224", img_size=32, patch_size=8, embed_dim=32,
+                                     depth=2, num_heads=2, init_values=0.5, num_classes=48).eval()
+    return visual
+
+
 def _tower(clips: dict[str, nn.Module], name: str, tokens: int = 3, depth: int = 2, std: float = 1.0
            ) -> PromptedTimmViT:
+    visual = _visual(clips, name)
+    _sharpen(visual.trunk)
     torch.manual_seed(2)
-    return PromptedTimmViT(copy.deepcopy(clips[name].visual), tokens, depth, init_std=std)
+    return PromptedTimmViT(visual, tokens, depth, init_std=std)
 
 
 def _one_line_error(excinfo: pytest.ExceptionInfo) -> str:
@@ -60,7 +87,7 @@ def test_tiny_configs_build_with_clip_text(clips, name):
     assert PromptedTimmViT(model.visual, 0, 0).output_dim == dim
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [*NAMES, MIXED])
 @pytest.mark.parametrize("tokens,depth", [(0, 3), (4, 0)])
 def test_zero_prompts_are_the_plain_tower(clips, images, name, tokens, depth):
     tower = _tower(clips, name, tokens, depth)
@@ -140,7 +167,7 @@ def test_eva_prompts_are_not_rotated(clips, images, name):
             for i, block in enumerate(trunk.blocks):
                 if i == 1:
                     x = torch.cat([x[:, :npt], p[1].expand(2, -1, -1), x[:, npt + 2:]], dim=1)
-                x = block(x, rope=rope)
+                x = block(x, rope=rope[i] if trunk.rope_mixed else rope)
         finally:
             for block in trunk.blocks:
                 block.attn.num_prefix_tokens -= 2
@@ -251,3 +278,24 @@ def test_for_export_runs_in_onnxruntime(clips, images, name, tmp_path):
     (got,) = session.run(None, {"image": batch.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, tower(batch).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,timm_name", [("pkd-tiny-map-vit", "pkd_tiny_siglip_vit"),
+                                            ("pkd-tiny-pe", "pkd_tiny_pe_vit")])
+def test_dynamic_image_size_trunks_follow_the_input_size(clips, name, timm_name):
+    """timm's dynamic_img_size resamples the position (and rotary) embeddings in _pos_embed, which the tower reuses:
+    a 48 px input gives 36 patches, the plain output at zero prompts, and 36 + prefix tokens into the norm."""
+    import timm
+
+    visual = copy.deepcopy(clips[name].visual)
+    visual.trunk = timm.create_model(timm_name, dynamic_img_size=True, num_classes=visual.trunk.num_classes).eval()
+    images, seen = torch.randn(2, 3, 48, 48), []
+    with torch.no_grad():
+        assert torch.equal(PromptedTimmViT(visual, 0, 2)(images), visual(images))
+        tower = PromptedTimmViT(visual, 2, 2, init_std=1.0)
+        hook = visual.trunk.norm.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+        try:
+            assert tower(images).shape == visual(images).shape
+        finally:
+            hook.remove()
+    assert seen[0] == 36 + visual.trunk.num_prefix_tokens

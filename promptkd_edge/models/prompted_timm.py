@@ -189,7 +189,8 @@ class PromptedTimmViT(nn.Module):
 # ---- tiny timm towers for tests and demos (registered on demand, never at import) ----
 
 _TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, num_heads=2)
-_TINY_EVA = dict(img_size=32, patch_size=8, embed_dim=32, num_heads=2, use_rot_pos_emb=True, ref_feat_shape=(4, 4))
+_TINY_EVA = dict(img_size=32, patch_size=8, embed_dim=32, num_heads=2, use_rot_pos_emb=True, ref_feat_shape=(4, 4),
+                 head_init_scale=1.0)  # timm's default 0.001 shrinks the random head's outputs to ~1e-5
 
 
 def _tiny(create: Any, variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
