@@ -233,7 +233,7 @@ def test_unsupported_towers_are_refused_in_one_line(clips):
     assert not PromptedTimmViT.supports(nn.Linear(3, 3))
     with pytest.raises(PkdError) as e:
         PromptedTimmViT(nn.Linear(3, 3))
-    assert "Linear" in _one_line_error(e) and "TimmModel" in str(e.value)
+    assert "image tower is Linear;" in _one_line_error(e) and "TimmModel" in str(e.value)
 
     visual = copy.deepcopy(clips["pkd-tiny-map-vit"].visual)
     visual.trunk = timm.create_model("pkd_tiny_siglip_vit", depth=0, num_classes=0)

@@ -26,7 +26,8 @@ from promptkd_edge.errors import PkdError
 __all__ = ["PromptedTimmViT", "register_tiny_timm_configs", "TINY_TIMM_CONFIGS", "pkd_tiny_siglip_vit",
            "pkd_tiny_reg_vit", "pkd_tiny_mci_vit", "pkd_tiny_eva_vit", "pkd_tiny_pe_vit"]
 
-SUPPORTED = "timm VisionTransformer (SigLIP/SigLIP2, MobileCLIP2-B) or Eva (EVA02, PE-Core) trunks"
+SUPPORTED = ("open_clip TimmModel towers with a timm VisionTransformer (SigLIP/SigLIP2, MobileCLIP2-B) or Eva "
+             "(EVA02, PE-Core) trunk")
 
 
 def _trunk_classes() -> tuple[type, type]:
@@ -55,12 +56,12 @@ def _check_followable(trunk: nn.Module) -> None:
     base = next(c for c in _trunk_classes() if isinstance(trunk, c))
     for method in ("forward", "forward_features"):
         if getattr(type(trunk), method) is not getattr(base, method):
-            raise PkdError(f"timm model '{name}' ({type(trunk).__name__}) overrides {base.__name__}.{method}; "
-                           f"deep visual prompts support {SUPPORTED}")
+            raise PkdError(f"timm model '{name}' ({type(trunk).__name__}) overrides {base.__name__}.{method}, "
+                           f"which visual prompts cannot follow; they support timm's own {base.__name__} forward")
     blocks = getattr(trunk, "blocks", None)
     if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
-        raise PkdError(f"timm model '{name}' has no transformer blocks to prompt; deep visual prompts support "
-                       f"{SUPPORTED}")
+        raise PkdError(f"timm model '{name}' has no transformer blocks to prompt; visual prompts need a "
+                       f"{type(trunk).__name__} with at least one block")
 
 
 def _identity_rope(rope: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -86,8 +87,7 @@ class PromptedTimmViT(nn.Module):
         if trunk is None:
             inner = type(getattr(visual, "trunk", None)).__name__ if hasattr(visual, "trunk") else None
             what = f"{type(visual).__name__} with a {inner} trunk" if inner else type(visual).__name__
-            raise PkdError(f"the image tower is {what}; PromptedTimmViT needs an open_clip TimmModel with a "
-                           f"{SUPPORTED}")
+            raise PkdError(f"the image tower is {what}; timm-ViT visual prompts support {SUPPORTED}")
         _check_followable(trunk)
         if num_tokens < 0 or depth < 0:
             raise PkdError(f"prompt tokens ({num_tokens}) and depth ({depth}) must be >= 0")
