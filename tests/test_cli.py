@@ -71,8 +71,11 @@ def test_version_and_models():
     assert invoke("--version").output.strip().startswith("promptkd-edge ")
     result = invoke("models", "--filter", "pkd-tiny", "--json")
     tiny = {"tags": [], "family": "openclip-vit"}
+    timm_vit = {"tags": [], "family": "timm-vit"}
     assert json.loads(result.output) == {TEACHER: tiny, STUDENT: tiny, f"{TEACHER}-quickgelu": tiny,
-                                         f"{STUDENT}-quickgelu": tiny}
+                                         f"{STUDENT}-quickgelu": tiny, "pkd-tiny-map-vit": timm_vit,
+                                         "pkd-tiny-reg-vit": timm_vit, "pkd-tiny-mci": timm_vit,
+                                         "pkd-tiny-eva": timm_vit, "pkd-tiny-pe": timm_vit}
     listing = invoke("models", "--filter", "RN50").output
     assert "openclip-vit: deep visual prompts" in listing  # what each family's students get
     assert "RN50 [no student adaptation]: openai, yfcc15m, cc12m" in listing

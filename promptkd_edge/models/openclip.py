@@ -50,12 +50,16 @@ _registered = False
 
 
 def register_tiny_configs() -> None:
-    """Make the package's tiny architectures (`pkd-tiny-teacher`, `pkd-tiny-student`) known to open_clip."""
+    """Make the package's tiny architectures (`pkd-tiny-teacher`, `pkd-tiny-student`, and one tiny tower per
+    student family: `pkd-tiny-map-vit`, `pkd-tiny-eva`, ...) known to open_clip (and their timm trunks to timm)."""
     global _registered
     if not _registered:
         import open_clip
 
+        from promptkd_edge.models.prompted_timm import register_tiny_timm_configs
+
         open_clip.add_model_config(CONFIG_DIR)
+        register_tiny_timm_configs()
         _registered = True
 
 

@@ -21,12 +21,16 @@ from torch import nn
 from promptkd_edge.errors import PkdError
 
 # (family, module, class), in the order they are asked
-TOWER_CLASSES = (("openclip-vit", "promptkd_edge.models.prompted_vision", "PromptedVisionTower"),)
+TOWER_CLASSES = (("openclip-vit", "promptkd_edge.models.prompted_vision", "PromptedVisionTower"),
+                 ("timm-vit", "promptkd_edge.models.prompted_timm", "PromptedTimmViT"))
 PROMPTED_FAMILIES = ("openclip-vit", "timm-vit")
 FAMILIES = {  # what `pkd models` says of each family
     "openclip-vit": "deep visual prompts in the first --prompt-depth blocks (PromptKD's recipe)",
+    "timm-vit": "deep visual prompts in the first --prompt-depth blocks, outside rotary positions and the pool",
 }
-TIMM_FAMILIES = {}  # the timm module an architecture's trunk comes from -> family
+TIMM_FAMILIES = {  # the timm module an architecture's trunk comes from -> family
+    "vision_transformer": "timm-vit", "vision_transformer_hybrid": "timm-vit", "eva": "timm-vit",
+}
 
 
 def tower_classes() -> list[type[nn.Module]]:
@@ -70,8 +74,28 @@ def family_of(arch: str) -> str | None:
             module = timm.models.model_entrypoint(name).__module__.rsplit(".", 1)[-1]
         except (RuntimeError, KeyError):
             return None
-        return TIMM_FAMILIES.get(module)
-    return "openclip-vit" if isinstance(vision.get("layers", 12), int) else None
+        return TIMM_FAMILIES[module] if module in TIMM_FAMILIES else _family_by_building(arch)
+    return "openclip-vit" if isinstance(vision.get("layers", 12), int) else _family_by_building(arch)
+
+
+def _family_by_building(arch: str) -> str | None:
+    """The family of `arch`'s image tower built on the meta device (no memory, no weights: ~0.2 s)."""
+    import logging
+
+    import open_clip
+    import torch
+
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # open_clip warns that no pretrained weights were loaded
+    try:
+        with torch.device("meta"):
+            visual = open_clip.create_model(arch, device="meta").visual
+    except Exception:  # noqa: BLE001 - an architecture that does not build has no family
+        return None
+    finally:
+        logger.setLevel(level)
+    return next((cls.family for cls in tower_classes() if cls.supports(visual)), None)
 
 
 def supported_families() -> dict[str, str]:
