@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.models.prompted_timm import TINY_TIMM_CONFIGS, PromptedTimmViT, register_tiny_timm_configs
+from promptkd_edge.models.prompted_timm import PromptedTimmViT
+from promptkd_edge.models.tiny_towers import TINY_TIMM_CONFIGS, register_tiny_timm_configs
 
 # map-vit (SigLIP-like), reg-vit (registers, avg pool), mci (MobileCLIP2-B conv stem), eva (rope, cls), pe (rope, MAP)
 NAMES = list(TINY_TIMM_CONFIGS)

@@ -16,6 +16,7 @@ DEMO_EXAMPLES = """
 
   pkd demo                      # everything into ./demo-output, about 3 minutes on 2 CPU cores
   pkd demo --out /tmp/d --json
+  pkd demo --student-family timm-vit --out demo-timm   # the same pipeline with a SigLIP-like timm ViT student
 """
 
 
@@ -26,6 +27,9 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="A reduced demo (seconds; numbers meaningless).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the generated domain and of training.")] = 0,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
+    student_family: Annotated[str, typer.Option("--student-family", help="The student's tower family: "
+                                                "openclip-vit (the paper's ViT, default) or timm-vit (a SigLIP-like "
+                                                "timm ViT with a MAP pool).")] = "openclip-vit",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """The embedded demo: textures seen by a camera at night, tiny CLIPs, both PromptKD stages, and what distillation
@@ -35,7 +39,7 @@ def demo(
     from promptkd_edge.demo.pipeline import DemoSize, run_demo
 
     report = run_demo(out, size=DemoSize.quick() if quick else DemoSize(), seed=seed, workers=workers,
-                      progress=make_progress(not as_json))
+                      student_family=student_family, progress=make_progress(not as_json))
     if as_json:
         print_json(report.to_dict())
         return

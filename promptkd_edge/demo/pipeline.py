@@ -22,6 +22,7 @@ import torch
 
 from promptkd_edge.data import demo_domain
 from promptkd_edge.data.listing import LabeledImages
+from promptkd_edge.errors import PkdError
 from promptkd_edge.eval.accuracy import accuracy_report, predict
 from promptkd_edge.export.bundle import ExportOptions, export_run
 from promptkd_edge.models.class_vectors import ClassVectors, compute_class_vectors
@@ -35,7 +36,9 @@ from promptkd_edge.train.teacher import tune_teacher
 from promptkd_edge.utils.files import read_json, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress
 
-TEACHER_ARCH, STUDENT_ARCH = "pkd-tiny-teacher", "pkd-tiny-student"
+TEACHER_ARCH = "pkd-tiny-teacher"
+# the demo's student per tower family (models/towers.py): each about the size of the default one
+DEMO_STUDENTS = {"openclip-vit": "pkd-tiny-student", "timm-vit": "pkd-demo-map-vit"}
 BEFORE, AFTER, TUNED = "student zero-shot (before)", "student + PromptKD (after)", "teacher tuned (stage I)"
 
 
@@ -75,6 +78,8 @@ class DemoReport:
     test_images: int = 0
     classes: int = len(demo_domain.CLASSES)
     pretrained_here: bool = True
+    student_arch: str = DEMO_STUDENTS["openclip-vit"]
+    student_family: str = "openclip-vit"
     teacher: dict[str, Any] = field(default_factory=dict)
     distill: dict[str, Any] = field(default_factory=dict)
     bundles: dict[str, Any] = field(default_factory=dict)
@@ -84,12 +89,16 @@ class DemoReport:
 
 
 def run_demo(out: str | Path, *, size: DemoSize | None = None, seed: int = 0, workers: int = 2,
-             progress: Progress | None = None) -> DemoReport:
-    """Run the whole demo into `out` (data, weights, run); generated data and weights are reused when present."""
+             student_family: str = "openclip-vit", progress: Progress | None = None) -> DemoReport:
+    """Run the whole demo into `out` (data, weights, run) with the student of `student_family` (DEMO_STUDENTS);
+    generated data and weights are reused when present."""
+    if student_family not in DEMO_STUDENTS:
+        raise PkdError(f"unknown student family '{student_family}'; the demo has {', '.join(DEMO_STUDENTS)}")
+    student_arch = DEMO_STUDENTS[student_family]
     size = size or DemoSize()
     progress = progress or NullProgress()
     out = Path(out)
-    report = DemoReport(out=out)
+    report = DemoReport(out=out, student_arch=student_arch, student_family=student_family)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     t = time.perf_counter()
@@ -97,7 +106,8 @@ def run_demo(out: str | Path, *, size: DemoSize | None = None, seed: int = 0, wo
     report.seconds["generate data"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    teacher_spec, student_spec, report.pretrained_here = _pretrained_weights(out / "weights", size, seed, progress)
+    teacher_spec, student_spec, report.pretrained_here = _pretrained_weights(out / "weights", size, seed,
+                                                                             student_arch, progress)
     report.seconds["pre-train tiny CLIPs (stage 0)"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -163,7 +173,8 @@ def _domain(root: Path, size: DemoSize, seed: int, progress: Progress) -> dict[s
     return splits
 
 
-def _pretrained_weights(root: Path, size: DemoSize, seed: int, progress: Progress) -> tuple[str, str, bool]:
+def _pretrained_weights(root: Path, size: DemoSize, seed: int, student_arch: str,
+                        progress: Progress) -> tuple[str, str, bool]:
     """Tiny CLIPs have no public weights: pre-train them on captioned 'web' images (stage 0), or reuse them."""
     from safetensors.torch import save_file
 
@@ -171,10 +182,10 @@ def _pretrained_weights(root: Path, size: DemoSize, seed: int, progress: Progres
     from promptkd_edge.utils.files import atomic_path
 
     specs = {name: f"{arch}:{root / f'{name}.safetensors'}"
-             for name, arch in (("teacher", TEACHER_ARCH), ("student", STUDENT_ARCH))}
-    stamp = {"seed": seed, "web_images": size.web_images, "teacher_epochs": size.teacher_pretrain_epochs,
-             "student_epochs": size.student_pretrain_epochs, "classes": demo_domain.CLASSES,
-             "version": demo_domain.VERSION}
+             for name, arch in (("teacher", TEACHER_ARCH), ("student", student_arch))}
+    stamp = {"seed": seed, "web_images": size.web_images, "student": student_arch,
+             "teacher_epochs": size.teacher_pretrain_epochs, "student_epochs": size.student_pretrain_epochs,
+             "classes": demo_domain.CLASSES, "version": demo_domain.VERSION}
     if (root / "pretrain.json").is_file() and read_json(root / "pretrain.json").get("stamp") == stamp:
         progress.note(f"reusing pre-trained tiny CLIP weights in {root}")
         return specs["teacher"], specs["student"], False
@@ -182,7 +193,7 @@ def _pretrained_weights(root: Path, size: DemoSize, seed: int, progress: Progres
                   "images (stage 0, not part of PromptKD): the teacher on photos in every light, the student on "
                   "well-lit ones only")
     for name, arch, epochs, varied in (("teacher", TEACHER_ARCH, size.teacher_pretrain_epochs, True),
-                                       ("student", STUDENT_ARCH, size.student_pretrain_epochs, False)):
+                                       ("student", student_arch, size.student_pretrain_epochs, False)):
         web = demo_domain.web_samples(size.web_images, seed, varied=varied)
         torch.manual_seed(seed)
         clip = load_clip(arch)

@@ -9,8 +9,8 @@ the same operators and INT8 stays as fast. s_j = max|x_j|^a / max|W_j|^(1 - a) (
 outlier into the per-channel-quantized weights, which take it well.
 
 Smoothed here: each block's ln_1 -> attention's in-projection (q, k, v), ln_2 -> the MLP's first Linear, and
-ln_post -> the tower's output projection. Everything is done on the folded PyTorch student before the ONNX export,
-with activation maxima from the calibration images.
+ln_post -> the tower's output projection (timm ViT / EVA blocks: norm1 and norm2 alike). Everything is done on
+the folded PyTorch student before the ONNX export, with activation maxima from the calibration images.
 """
 
 from __future__ import annotations
@@ -25,11 +25,26 @@ from torch import nn
 ALPHA = 0.5
 
 
-def smoothing_pairs(tower: nn.Module) -> list[tuple[str, nn.Module, list[tuple[torch.Tensor, int]]]]:
+Pairs = list[tuple[str, nn.Module, list[tuple[torch.Tensor, int]]]]
+
+
+def smoothing_pairs(tower: nn.Module) -> Pairs:
     """(name, LayerNorm, [(weight, axis of its input channels)]) for every LayerNorm whose output feeds only
-    matrix products of the prompted tower."""
+    matrix products of the adapted tower: open_clip's ViT blocks and output projection, timm ViT / EVA blocks
+    (norm1 -> q, k, v; norm2 -> the MLP's first Linear(s)); none for other families (convolutional towers have no
+    such LayerNorm -> Linear pairs: their INT8 is plain)."""
     visual = tower.visual
-    pairs: list[tuple[str, nn.Module, list[tuple[torch.Tensor, int]]]] = []
+    if hasattr(visual, "transformer"):
+        pairs = _openclip_pairs(visual)
+    elif hasattr(getattr(visual, "trunk", None), "blocks"):
+        pairs = _timm_pairs(visual.trunk)
+    else:
+        pairs = []
+    return [p for p in pairs if getattr(p[1], "weight", None) is not None and getattr(p[1], "bias", None) is not None]
+
+
+def _openclip_pairs(visual: nn.Module) -> Pairs:
+    pairs: Pairs = []
     for i, block in enumerate(visual.transformer.resblocks):
         attn = block.attn
         if getattr(attn, "in_proj_weight", None) is not None:
@@ -41,7 +56,26 @@ def smoothing_pairs(tower: nn.Module) -> list[tuple[str, nn.Module, list[tuple[t
         pairs.append((f"resblocks.{i}.ln_2", block.ln_2, [(fc.weight, 1)]))
     if getattr(visual, "proj", None) is not None and isinstance(visual.proj, torch.Tensor):
         pairs.append(("ln_post", visual.ln_post, [(visual.proj, 0)]))  # x @ proj: rows are input channels
-    return [p for p in pairs if getattr(p[1], "weight", None) is not None and getattr(p[1], "bias", None) is not None]
+    return pairs
+
+
+def _linears(module: nn.Module, names: tuple[str, ...]) -> list[tuple[torch.Tensor, int]]:
+    """The weights ([out, in]: input channels on axis 1) of the Linear children `names` that `module` has."""
+    found = [getattr(module, n, None) for n in names]
+    return [(m.weight, 1) for m in found if isinstance(m, nn.Linear)]
+
+
+def _timm_pairs(trunk: nn.Module) -> Pairs:
+    pairs: Pairs = []
+    for i, block in enumerate(trunk.blocks):
+        attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
+        qkv = _linears(attn, ("qkv",)) or _linears(attn, ("q_proj", "k_proj", "v_proj")) if attn is not None else []
+        fc = _linears(mlp, ("fc1",)) or _linears(mlp, ("fc1_g", "fc1_x")) if mlp is not None else []
+        if qkv and hasattr(block, "norm1"):
+            pairs.append((f"blocks.{i}.norm1", block.norm1, qkv))
+        if fc and hasattr(block, "norm2"):
+            pairs.append((f"blocks.{i}.norm2", block.norm2, fc))
+    return pairs
 
 
 @torch.no_grad()
