@@ -185,7 +185,7 @@ def test_depth_above_the_blocks_means_all_of_them(clips, images, name):
     blocks = len(clips[name].visual.trunk.blocks)
     deep, exact = _tower(clips, name, depth=99), _tower(clips, name, depth=blocks)
     assert deep.depth == blocks and deep.prompts.shape == (blocks, 3, 32)
-    assert deep.adaptation == f"deep visual prompts, 3 tokens x {blocks} blocks"
+    assert deep.adaptation == f"deep visual prompts, 3 tokens x {blocks} of {blocks} blocks"
     exact.load_trained_state(deep.trained_state(), "deep.pt")
     with torch.no_grad():
         assert torch.equal(deep(images), exact(images))

@@ -1,50 +1,72 @@
 """Students of every tower family through the CLI, as a user runs them: a weights file for the student, distill
-with the defaults (`--prompt-depth 9` on a tower with fewer blocks), export with its parity gates, predict."""
+with the defaults (`--prompt-depth 9` on a tower with fewer blocks), export with its parity gates, predict; then a
+TensorRT plan of the bundle, built and gated on the fake TensorRT held against the real 10.3 bindings."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import open_clip
 import pytest
 from conftest import NAMES, TEACHER, write_images
 from safetensors.torch import save_file
+from test_engine_gate import _fake_tensorrt
 from typer.testing import CliRunner
 
 from promptkd_edge.cli import app
+from promptkd_edge.export.bundle import ExportOptions, add_engine
+from promptkd_edge.export.tensorrt_build import TrtBuildOptions
 from promptkd_edge.models.towers import family_of
 
 FAMILIES = {"pkd-tiny-map-vit": "timm-vit", "pkd-tiny-eva": "timm-vit"}
 
 
-def run(*args: str):
+def run(*args: object):
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return result
 
 
-@pytest.mark.parametrize("arch", list(FAMILIES))
-def test_distill_export_predict_with_a_weights_file(arch, tmp_path):
-    assert family_of(arch) == FAMILIES[arch]
-    torch_model = open_clip.create_model(arch)
-    weights = tmp_path / f"{arch}.safetensors"
-    save_file({k: v.contiguous() for k, v in torch_model.state_dict().items()}, str(weights))
-    (tmp_path / "classes.txt").write_text("\n".join(NAMES) + "\n")
-    write_images(tmp_path / "data", 12)
-    blocks = len(torch_model.visual.trunk.blocks)
-
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family_run(request, tmp_path_factory) -> tuple[str, Path, str]:
+    """(arch, folder holding run/ and bundle/, what distill printed) for a student of that architecture."""
+    arch, root = request.param, tmp_path_factory.mktemp(request.param)
+    model = open_clip.create_model(arch)
+    weights = root / f"{arch}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    (root / "classes.txt").write_text("\n".join(NAMES) + "\n")
+    write_images(root / "data", 12)
     out = run("distill", "--random-init", "--teacher", TEACHER, "--student", f"{arch}:{weights}", "--classes",
-              tmp_path / "classes.txt", "--data", tmp_path / "data", "--out", tmp_path / "run", "--epochs", "2",
-              "--batch-size", "4", "--workers", "0", "--cache-dir", tmp_path / "cache").output
-    flat = " ".join(out.split())
-    assert flat.count(f"--prompt-depth 9: {arch}:{weights}'s image tower has {blocks} blocks, so all {blocks} get "
-                      "prompts") == 1, out
-    assert f"student adaptation: deep visual prompts, 4 tokens x {blocks}" in flat
+              root / "classes.txt", "--data", root / "data", "--out", root / "run", "--epochs", "2", "--batch-size",
+              "4", "--workers", "0", "--cache-dir", root / "cache").output
+    run("export", root / "run", "--out", root / "bundle", "--parity-images", "4")
+    return arch, root, out
 
-    run("export", tmp_path / "run", "--out", tmp_path / "bundle", "--parity-images", "4")
-    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+
+def test_distill_export_predict_with_a_weights_file(family_run):
+    arch, root, out = family_run
+    assert family_of(arch) == FAMILIES[arch]
+    blocks = len(open_clip.create_model(arch).visual.trunk.blocks)
+    flat = " ".join(out.split())
+    assert flat.count(f"image tower has {blocks} blocks, so all {blocks} get prompts") == 1, out
+    assert f"student adaptation: deep visual prompts, 4 tokens x {blocks} of {blocks} blocks" in flat
+    manifest = json.loads((root / "bundle" / "manifest.json").read_text())
     assert manifest["valid"] and all(p["passed"] for p in manifest["parity"] if p.get("required", True))
-    image = next((tmp_path / "data").rglob("*.png"))
-    result = json.loads(run("predict", tmp_path / "bundle", image, "--json").stdout)
-    [prediction] = result["predictions"]
+    image = next((root / "data").rglob("*.png"))
+    [prediction] = json.loads(run("predict", root / "bundle", image, "--json").stdout)["predictions"]
     assert prediction["labels"][0] in NAMES
+
+
+def test_a_tensorrt_plan_of_the_family_builds_and_passes_its_gate(family_run, tmp_path, monkeypatch):
+    """TensorRT 10's parser takes every operator of the family's graph (the fake refuses ops onnx-tensorrt has no
+    importer for in its table) and the fp16 plan passes its gate against ONNX Runtime."""
+    _, root, _ = family_run
+    bundle = tmp_path / "bundle"
+    shutil.copytree(root / "bundle", bundle)
+    _fake_tensorrt(monkeypatch, tmp_path)
+    record = add_engine(bundle, ExportOptions(precision="fp16", trt=TrtBuildOptions(precision="fp16",
+                                                                                    profiles=[(1, 2, 4)]),
+                                              parity_images=3))
+    assert record["parity_passed"] and record["fp32_layers"] > 0  # LayerNorm/Softmax pinned to FP32

@@ -110,7 +110,7 @@ class PromptedTimmViT(nn.Module):
 
     @property
     def adaptation(self) -> str:
-        return f"deep visual prompts, {self.num_tokens} tokens x {self.depth} blocks"
+        return f"deep visual prompts, {self.num_tokens} tokens x {self.depth} of {len(self.trunk.blocks)} blocks"
 
     @property
     def output_dim(self) -> int:
