@@ -199,14 +199,14 @@ def write_pareto_plot(table: list[dict], env: Environment, batch: int, fronts_: 
             if front:
                 ax.plot([r["batches"][str(batch)]["p50_ms"] for r in front],
                         [r["zero_shot_top1"] * 100 for r in front], color="C3", linewidth=1.2, label="Pareto front")
-                ax.legend(loc="lower right", fontsize="small", frameon=False)
+                ax.legend(loc="upper left", fontsize="small", frameon=False)
             ax.set_title(backend, fontsize="medium")
             ax.set_xscale("log")
             ax.set_xlabel(f"p50 latency at batch {batch}, ms (log)")
             ax.set_ylabel("zero-shot ImageNet top-1, % (published)")
             ax.grid(alpha=0.3, which="both")
             if timed and not tops:
-                ax.text(0.5, 0.5, "no published top-1 for these architectures", ha="center", va="center",
+                ax.text(0.5, 0.95, "no published top-1 for these architectures", ha="center", va="top",
                         transform=ax.transAxes, fontsize="small")
         for ax in list(axes.flat)[len(backends):]:
             ax.axis("off")

@@ -114,7 +114,8 @@ def test_pareto_front_and_plot(tiny_report, students):
         points = {r["arch"]: (r["batches"]["1"]["p50_ms"], r["zero_shot_top1"]) for r in report["table"]
                   if r["backend"] == backend}
         dominated = {a for a, (lat, acc) in points.items()
-                     if any(lat2 <= lat and acc2 >= acc and (lat2, acc2) != (lat, acc) for lat2, acc2 in points.values())}
+                     if any(lat2 <= lat and acc2 >= acc and (lat2, acc2) != (lat, acc)
+                            for lat2, acc2 in points.values())}
         assert set(front) == set(points) - dominated and front
         assert [points[a][0] for a in front] == sorted(points[a][0] for a in front)
     assert students.pareto([("a", 1.0, 0.5), ("b", 2.0, 0.6), ("c", 3.0, 0.55), ("d", 1.5, 0.4)]) == ["a", "b"]
@@ -143,3 +144,11 @@ def test_zero_shot_facts_are_cited_or_blank_with_a_reason(students):
         else:
             assert 0 < top1 < 1 and math.isfinite(top1) and fact["row"].startswith(f"{arch},{fact['tag']},")
             assert f"{top1:.4f}" in fact["row"]
+
+
+def test_cpu_means_every_cpu_backend_pkd_bench_has(students):
+    from promptkd_edge.bench.backends import BACKENDS
+
+    names = [s.name for s in students.cpu_backends()]
+    assert names == [n for n, s in BACKENDS.items() if not s.cuda_only and n != "auto"]
+    assert {"torch-eager-fp32", "onnxruntime-cpu-fp32", "openvino-cpu-fp32", "openvino-cpu-bf16"} <= set(names)
