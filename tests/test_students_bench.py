@@ -152,3 +152,24 @@ def test_cpu_means_every_cpu_backend_pkd_bench_has(students):
     names = [s.name for s in students.cpu_backends()]
     assert names == [n for n, s in BACKENDS.items() if not s.cuda_only and n != "auto"]
     assert {"torch-eager-fp32", "onnxruntime-cpu-fp32", "openvino-cpu-fp32", "openvino-cpu-bf16"} <= set(names)
+
+
+def test_an_architecture_that_fails_is_a_row_with_its_reason(students, monkeypatch):
+    from promptkd_edge.bench.backends import BACKENDS
+    from promptkd_edge.bench.harness import BenchConfig
+
+    cfg = BenchConfig(target="", backends=[BACKENDS[CUDA_ONLY]], batch_sizes=[1], device="cpu", end_to_end=False,
+                      warmup=0, iterations=1, classes=4)
+    entry = students.bench_arch(students.TINY_REFERENCE, cfg)
+    assert entry["results"] == [] and entry["family"] == "openclip-vit"
+    assert entry["reason"].startswith(f"no backend ran it: {CUDA_ONLY}: needs a CUDA GPU")
+
+    def broken(cfg, progress=None):
+        raise RuntimeError("export failed\ntraceback lines")
+
+    monkeypatch.setattr(students, "measure", broken)
+    entry = students.bench_arch(students.TINY_REFERENCE, cfg)
+    assert entry["reason"] == "could not be built: RuntimeError: export failed"
+    table = students.rows([entry], {}, students.TINY_REFERENCE)
+    assert [(r["arch"], r["backend"], r["reason"]) for r in table] == [
+        (students.TINY_REFERENCE, None, entry["reason"])]
