@@ -1,5 +1,6 @@
-"""benchmarks/students.py on the package's tiny architectures: every row, the ratios to the reference, the Pareto
-fronts, the plot, and the reasons for architectures and backends that could not be measured."""
+"""benchmarks/students.py (over promptkd_edge/bench/students.py) on the package's tiny architectures: every row,
+the ratios to the reference, the Pareto fronts, the plot, and the reasons for architectures and backends that could
+not be measured."""
 
 from __future__ import annotations
 
@@ -25,8 +26,15 @@ def load_script():
 
 
 @pytest.fixture(scope="module")
-def students():
+def script():
     return load_script()
+
+
+@pytest.fixture(scope="module")
+def students():
+    from promptkd_edge.bench import students
+
+    return students
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +53,7 @@ def uncovered_arch():
 
 
 @pytest.fixture(scope="module")
-def tiny_report(students, uncovered_arch, tmp_path_factory):
+def tiny_report(script, students, uncovered_arch, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("students")
     archs = students.tiny_archs()
     # made-up top-1 figures for the tiny towers: the Pareto front needs some (the real file cites its source)
@@ -53,7 +61,7 @@ def tiny_report(students, uncovered_arch, tmp_path_factory):
     zero_shot = tmp / "zero_shot.json"
     zero_shot.write_text(json.dumps({"source": "test figures", "architectures": facts}))
     out = tmp / "out"
-    report = students.main(["--tiny", "--archs", ",".join([*archs, uncovered_arch, "not-an-arch"]),
+    report = script.main(["--tiny", "--archs", ",".join([*archs, uncovered_arch, "not-an-arch"]),
                             "--backends", ",".join([*BACKENDS, CUDA_ONLY]), "--zero-shot", str(zero_shot),
                             "--out", str(out), "--threads", "1"])
     return report, out, archs
@@ -132,11 +140,11 @@ def test_report_names_the_cpu_and_its_flags(tiny_report):
     assert report["settings"]["threads"] == 1
 
 
-def test_zero_shot_facts_are_cited_or_blank_with_a_reason(students):
-    data = json.loads(students.ZERO_SHOT.read_text())
+def test_zero_shot_facts_are_cited_or_blank_with_a_reason(script):
+    data = json.loads(script.ZERO_SHOT.read_text())
     assert data["source"].startswith("https://github.com/mlfoundations/open_clip/blob/")
     facts = data["architectures"]
-    assert set(facts) == set(students.DEFAULT_ARCHS)
+    assert set(facts) == set(script.DEFAULT_ARCHS)
     for arch, fact in facts.items():
         top1 = fact["imagenet_top1"]
         if top1 is None:
