@@ -213,7 +213,7 @@ def markdown(report: dict) -> str:
     ref = report["reference"]
     out = [f"# Students by family on {machine(env)}", "",
            f"{report['created']} · random weights, {report['settings']['classes']} classes · compute only (a batch "
-           f"already in place) · {report['settings']['warmup']} warm-up calls, then at least "
+           f"already in place) · warm-up calls: {report['settings']['warmup']}, then at least "
            f"{report['settings']['iterations']} timed calls per figure · zero-shot top-1: the best pretrained tag's "
            f"published figure ({report['zero_shot_source'] or 'no source'})", "", "## Where it ran", "",
            *_where_it_ran(env), ""]
@@ -223,7 +223,8 @@ def markdown(report: dict) -> str:
     body = []
     for r in report["table"]:
         if r["backend"] is None:
-            body.append([r["arch"], r["family"], f"not measured: {r['reason']}", *[DASH] * (len(head) - 3)])
+            body.append([r["arch"], r["family"], f"not measured: {r['reason']}", *[DASH] * (len(head) - 5),
+                         _top1(r["zero_shot_top1"]), r["tag"] or DASH])
             continue
         cells = [r["batches"].get(b, {}) for b in batches]
         body.append([r["arch"], r["family"], r["backend"], r["precision"], *[fmt(c.get("p50_ms")) for c in cells],
