@@ -156,6 +156,18 @@ def teacher_model(spec: str, classes: int) -> BenchModel:
                       build, params_m=_count(visual), gflops_per_image=torch_gflops(model, (3, *pre.size)))
 
 
+def image_dim(visual, size: tuple[int, int]) -> int:
+    """Width of an image tower's output: open_clip's `output_dim` where it has one (its VisionTransformer), else
+    read from one forward pass on a blank image (timm towers: TimmModel has no `output_dim`)."""
+    import torch
+
+    dim = getattr(visual, "output_dim", None)
+    if dim is not None:
+        return int(dim)
+    with torch.inference_mode():
+        return int(visual(torch.zeros(1, 3, *size)).shape[-1])
+
+
 def student_from_arch(arch: str, classes: int, teacher_dim: int | None, prompt_tokens: int = 4,
                       prompt_depth: int = 9) -> BenchModel:
     """A PromptKD student around `arch` with random weights: prompts, projector, `classes` random class vectors."""
@@ -168,7 +180,7 @@ def student_from_arch(arch: str, classes: int, teacher_dim: int | None, prompt_t
 
     torch.manual_seed(0)
     clip = load_clip(ModelSpec.parse(arch))
-    dim = teacher_dim or int(clip.model.visual.output_dim)
+    dim = teacher_dim or image_dim(clip.model.visual, clip.preprocess.size)
     student = build_student(clip, StudentConfig(spec=arch, teacher_dim=dim, prompt_tokens=prompt_tokens,
                                                 prompt_depth=prompt_depth)).eval()
     vectors = ClassVectors([f"class{i}" for i in range(classes)], random_vectors(classes, dim), "random", "{}", 100.0)
