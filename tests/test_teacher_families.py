@@ -6,13 +6,15 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import open_clip
 import pytest
 import torch
-from conftest import NAMES, tiny_config, write_images
+from conftest import NAMES, STUDENT, tiny_config, write_images
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.class_vectors import CLASSES_FILE, ClassVectors, compute_class_vectors
+from promptkd_edge.models.openclip import load_clip
 from promptkd_edge.models.prompted_text import PromptedTextTower
 from promptkd_edge.models.teacher import class_prompt, load_teacher
 
@@ -157,3 +159,68 @@ def test_pkd_teacher_refuses_hf_text_towers_before_loading(tmp_path):
                                        shots=1, workers=0, device="cpu"), tmp_path / "teacher")
     assert "\n" not in str(e.value) and arch in str(e.value) and "Hugging Face" in str(e.value)
     assert "zero-shot --teacher" in str(e.value) and not (tmp_path / "teacher").exists()
+
+
+# ------------------------------------------------------------------------------------ open vocabulary (item 4)
+
+
+@pytest.mark.parametrize("clean", ["canonicalize", "whitespace", "lower"])
+def test_bundle_hf_tokenizer_matches_open_clip_token_for_token(siglip_like, tmp_path, clean):
+    """The tokenizer.json the export writes, read by `tokenizers` alone, against open_clip's HFTokenizer on the
+    CLIP tokenizer test's generated strings (cuts included)."""
+    from open_clip.tokenizer import HFTokenizer
+    from test_text_encoder import fuzz_strings
+
+    from promptkd_edge.export.text_encoder import _write_tokenizer, tokenizer_spec
+    from promptkd_edge.runtime.tokenizer import load_bundle_tokenizer
+
+    spec, folder = siglip_like
+    teacher = load_teacher(spec)
+    teacher.clip.extra["tokenizer"] = reference = HFTokenizer(str(folder), context_length=16, clean=clean)
+    data, entry = tokenizer_spec(teacher)
+    (tmp_path / "text").mkdir()
+    _write_tokenizer(data, entry, tmp_path)
+    ours = load_bundle_tokenizer(tmp_path, entry)
+    texts = fuzz_strings(3000)
+    (got, cut), want = ours.tokenize(texts), reference(texts).numpy()
+    mismatched = [texts[i] for i in range(len(texts)) if not np.array_equal(got[i], want[i])]
+    assert not mismatched, mismatched[:5]
+    longer = reference(texts, context_length=64).numpy()
+    assert cut == [i for i in range(len(texts)) if longer[i, 16] != 0] and len(cut) > 10
+    assert got.dtype == np.int64 and entry["type"] == "hf-tokenizers" and entry["clean"] == clean
+
+
+def _siglip_run(root, spec):
+    from promptkd_edge.models.student import StudentConfig, build_student, save_student
+
+    vectors = compute_class_vectors(load_teacher(spec), NAMES, "itap of a {}.")
+    run = root / "run"
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    student = build_student(load_clip(STUDENT), StudentConfig(spec=STUDENT, teacher_dim=vectors.dim, prompt_depth=2))
+    save_student(student.eval(), run / "student.safetensors")
+    vectors.save(run)
+    write_images(root / "unlabeled", 8)
+    return run
+
+
+def test_text_encoder_bundle_for_siglip_like_teacher(siglip_like, tmp_path):
+    """`--text-encoder` with an HF tokenizer: the bundle's encoder, fed by the torch-free tokenizer, gives the
+    teacher's class vectors for names the run never saw; the whole context is fed (no causal mask)."""
+    from promptkd_edge.export.bundle import ExportOptions, export_run
+    from promptkd_edge.runtime.bundle import open_bundle
+    from promptkd_edge.runtime.text import TextEncoder
+
+    spec, _ = siglip_like
+    run = _siglip_run(tmp_path, spec)
+    bundle = tmp_path / "bundle"
+    export_run(run, bundle, ExportOptions(head="both", text_encoder=True, data=str(tmp_path / "unlabeled"),
+                                          parity_images=4))
+    entry = open_bundle(bundle).manifest.text_encoder
+    assert entry.passed() >= {"fp32"} and entry.tokenizer["cut_after_longest_end"] is False
+    assert "text/tokenizer.json" in open_bundle(bundle).manifest.files
+    new = ["red fox", "polar bear", "Crème brûlée", "a_b_c"]
+    want = compute_class_vectors(load_teacher(spec), new, "itap of a {}.").vectors.numpy()
+    encoder = TextEncoder(open_bundle(bundle))
+    got, _ = encoder.encode(new)
+    assert np.abs(got - want).max() <= 1e-4

@@ -44,7 +44,7 @@ def check_text_tower(model: nn.Module) -> None:
     text_tower(model)
 
 
-def _pooling(tower: nn.Module) -> tuple[str, int | None]:
+def text_pooling(tower: nn.Module) -> tuple[str, int | None]:
     """(pool type, eos id) of a CLIP model (`text_pool_type`) or a TextTransformer (`pool_type`)."""
     if hasattr(tower, "text_pool_type"):
         return tower.text_pool_type, getattr(tower, "text_eos_id", None)
@@ -108,7 +108,7 @@ class PromptedTextTower(nn.Module):
         whole context (same result under the causal mask; what a graph with a fixed context length needs)."""
         m, n, k = self.model, self.n_ctx, self.offset
         length = tokens.shape[1]
-        pool, eos_id = _pooling(m)
+        pool, eos_id = text_pooling(m)
         causal = m.attn_mask is not None and pool in ("argmax", "eos")
         if causal and trim:  # positions after the last [EOS] cannot influence it under the causal mask
             length = int(tokens.argmax(dim=-1).max()) + 1 if pool == "argmax" else length
