@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -188,6 +192,14 @@ def test_bundle_hf_tokenizer_matches_open_clip_token_for_token(siglip_like, tmp_
     longer = reference(texts, context_length=64).numpy()
     assert cut == [i for i in range(len(texts)) if longer[i, 16] != 0] and len(cut) > 10
     assert got.dtype == np.int64 and entry["type"] == "hf-tokenizers" and entry["clean"] == clean
+    if clean == "canonicalize":  # on the device: the tokenizers library, neither torch nor transformers
+        code = ("import json, sys\nfrom promptkd_edge.runtime.tokenizer import load_bundle_tokenizer\n"
+                f"ids = load_bundle_tokenizer({str(tmp_path)!r}, json.loads(sys.argv[1]))(sys.argv[2:]).tolist()\n"
+                "assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)\nprint(ids)")
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(entry), *texts[:20]], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == want[:20].tolist()
 
 
 def _siglip_run(root, spec):
