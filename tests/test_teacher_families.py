@@ -236,3 +236,11 @@ def test_text_encoder_bundle_for_siglip_like_teacher(siglip_like, tmp_path):
     encoder = TextEncoder(open_bundle(bundle))
     got, _ = encoder.encode(new)
     assert np.abs(got - want).max() <= 1e-4
+
+
+def test_uncached_hub_tokenizer_offline_is_one_line():
+    from promptkd_edge.models.openclip import load_tokenizer
+
+    with pytest.raises(PkdError) as e:
+        load_tokenizer("hf-hub:pkd-test/not-on-any-hub")
+    assert "\n" not in str(e.value) and "local-dir:" in str(e.value) and "pkd-test/not-on-any-hub" in str(e.value)

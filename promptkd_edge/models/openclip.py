@@ -82,8 +82,14 @@ def load_tokenizer(spec: ModelSpec | str):
     spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
     register_tiny_configs()
     name = hf_tokenizer_name(spec)
-    if name is None:
-        return open_clip.get_tokenizer(spec.arch)  # CLIP's BPE, or a schema open_clip resolves itself
+    if name is None and not spec.arch.startswith(SCHEMAS):
+        return open_clip.get_tokenizer(spec.arch)  # CLIP's BPE
+    if name is None:  # hf-hub: / local-dir: name their tokenizer in their own open_clip_config.json
+        try:
+            return open_clip.get_tokenizer(spec.arch)
+        except (OSError, ValueError, ImportError) as e:
+            raise PkdError(f"cannot load the tokenizer of {spec.arch}: {first_line(e, with_type=False)} (offline: "
+                           "pass local-dir:/path/to/the/downloaded/repo)") from None
     try:
         import transformers  # noqa: F401
     except ImportError:
