@@ -23,13 +23,15 @@ from torch import nn
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.class_vectors import compute_class_vectors
-from promptkd_edge.models.prompted_text import PromptedTextTower, check_text_tower
+from promptkd_edge.models.prompted_text import PromptedTextTower, check_text_tower, text_pooling, text_tower
 from promptkd_edge.models.teacher import DEFAULT_TEMPLATE, Teacher
+from promptkd_edge.runtime.tokenizer import HF_TYPE
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 TEXT_DIR = "text"
 FILES = {"fp32": "text/encoder.onnx", "fp16": "text/encoder.fp16.onnx"}
 MERGES_FILE = "text/merges.txt.gz"
+HF_TOKENIZER_FILE = "text/tokenizer.json"  # a Hugging Face tokenizer's (SigLIP's), read by `tokenizers` on the device
 INPUT, OUTPUT = "tokens", "text_embeddings"
 THRESHOLDS = {"fp32": {"max_abs_diff": 1e-4}, "fp16": {"max_abs_diff": 5e-3, "min_cosine": 0.9999}}
 
@@ -52,7 +54,8 @@ class TextEncoder(nn.Module):
 
 def trims(model: nn.Module) -> bool:
     """Whether the tower pools at the end token under a causal mask (then a batch may be cut after its longest)."""
-    return model.attn_mask is not None and model.text_pool_type in ("argmax", "eos")
+    tower = text_tower(model)
+    return tower.attn_mask is not None and text_pooling(tower)[0] in ("argmax", "eos")
 
 
 def sentence_of(teacher: Teacher, template: str) -> str:
@@ -60,23 +63,54 @@ def sentence_of(teacher: Teacher, template: str) -> str:
     return f"{teacher.text.prefix} {{}}." if teacher.prompted else template
 
 
-def tokenizer_spec(teacher: Teacher) -> tuple[list[tuple[str, str]], dict[str, Any]]:
-    """(merges in rank order, the manifest's tokenizer entry) of the teacher's open_clip tokenizer."""
+def tokenizer_spec(teacher: Teacher) -> tuple[list[tuple[str, str]] | str, dict[str, Any]]:
+    """(what the tokenizer file holds: CLIP's merges in rank order, or a Hugging Face tokenizer's tokenizer.json
+    text; the manifest's tokenizer entry) of the teacher's open_clip tokenizer."""
     from open_clip import tokenizer as oc
 
     tok = teacher.clip.tokenizer()
+    cleaners = {oc._clean_lower: "lower", oc._clean_whitespace: "whitespace", oc._clean_canonicalize: "canonicalize"}
+    clean = cleaners.get(getattr(tok, "clean_fn", None))
+    if isinstance(tok, oc.HFTokenizer):
+        return _hf_tokenizer_spec(teacher, tok, clean)
     if not isinstance(tok, oc.SimpleTokenizer) or getattr(tok, "reduction_fn", None) is not None:
-        raise PkdError(f"--text-encoder ships CLIP's byte-pair tokenizer; {teacher.spec} uses "
-                       f"{type(tok).__name__}, which the runtime cannot reproduce")
-    cleaners = {oc._clean_lower: "lower", oc._clean_whitespace: "whitespace"}
-    clean = cleaners.get(tok.clean_fn)
-    if clean is None:
+        raise PkdError(f"--text-encoder ships CLIP's byte-pair tokenizer or a Hugging Face tokenizer.json; "
+                       f"{teacher.spec} uses {type(tok).__name__}, which the runtime cannot reproduce")
+    if clean not in ("lower", "whitespace"):
         raise PkdError(f"--text-encoder: {teacher.spec}'s tokenizer cleans text in a way the runtime does not "
                        "reproduce (only open_clip's 'lower' and 'whitespace')")
     merges = sorted(tok.bpe_ranks, key=tok.bpe_ranks.get)
     special = [tok.decoder[i] for i in tok.all_special_ids]
     return merges, {"type": "clip-bpe", "merges": MERGES_FILE, "special_tokens": special,
                     "context_length": int(tok.context_length), "clean": clean}
+
+
+def _hf_tokenizer_spec(teacher: Teacher, tok, clean: str | None) -> tuple[str, dict[str, Any]]:
+    """open_clip's HFTokenizer in its default mode: the fast tokenizer's tokenizer.json and how it is called."""
+    hf = tok.tokenizer
+    backend = getattr(hf, "backend_tokenizer", None)
+    why = ("its tokenizer mode " + repr(tok.tokenizer_mode) if tok.tokenizer_mode else
+           "it strips the separator token" if tok.strip_sep_token else
+           "it is not a fast (tokenizers) tokenizer" if backend is None else
+           "its text cleaning is not open_clip's lower, whitespace or canonicalize" if clean is None else
+           "it has no padding token" if hf.pad_token_id is None else None)
+    if why:
+        raise PkdError(f"--text-encoder: the runtime cannot reproduce {teacher.spec}'s Hugging Face tokenizer "
+                       f"({why})")
+    special = [t for t in (hf.pad_token, hf.eos_token) if t is not None]
+    return backend.to_str(), {"type": HF_TYPE, "merges": HF_TOKENIZER_FILE, "special_tokens": special,
+                              "context_length": int(tok.context_length), "clean": clean,
+                              "pad_id": int(hf.pad_token_id), "end_id": hf.eos_token_id,
+                              "padding_side": str(hf.padding_side)}
+
+
+def _write_tokenizer(data: list[tuple[str, str]] | str, spec: dict[str, Any], out: Path) -> None:
+    from promptkd_edge.runtime.tokenizer import write_merges
+
+    if spec["type"] == HF_TYPE:
+        (out / spec["merges"]).write_text(data, encoding="utf-8")
+    else:
+        write_merges(data, out / spec["merges"])
 
 
 def export_text_encoder(teacher: Teacher, names: list[str], template: str, out: Path, *, opset: int,
@@ -86,16 +120,16 @@ def export_text_encoder(teacher: Teacher, names: list[str], template: str, out: 
     from promptkd_edge.export.onnx_export import export_module
     from promptkd_edge.export.precision import to_fp16
     from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
-    from promptkd_edge.runtime.tokenizer import ClipTokenizer, cut_after_longest, write_merges
+    from promptkd_edge.runtime.tokenizer import cut_after_longest, load_bundle_tokenizer
 
     progress = progress or NullProgress()
     template = template if not teacher.prompted else DEFAULT_TEMPLATE
     check_text_tower(teacher.model)
-    merges, tokenizer = tokenizer_spec(teacher)
+    data, tokenizer = tokenizer_spec(teacher)
     tokenizer["cut_after_longest_end"] = trims(teacher.model)
     (out / TEXT_DIR).mkdir(parents=True, exist_ok=True)
-    write_merges(merges, out / MERGES_FILE)
-    tok = ClipTokenizer(merges, tokenizer["special_tokens"], tokenizer["context_length"], tokenizer["clean"])
+    _write_tokenizer(data, tokenizer, out)
+    tok = load_bundle_tokenizer(out, tokenizer)  # what the device reads, so the gate covers it
     sentence = sentence_of(teacher, template)
     tokens = tok([sentence.format(n.replace("_", " ")) for n in names])
     if tokenizer["cut_after_longest_end"]:

@@ -2,6 +2,10 @@
 
 On disk: `class_vectors.safetensors` (tensor `class_vectors`, fp32) and `classes.json` (names, teacher, template,
 logit scale, the tensor file's sha256). Training, evaluation and export all read these two files.
+
+Sigmoid-trained teachers (SigLIP, SigLIP2) score `exp(logit_scale) * cos + logit_bias`. Everything here feeds a
+softmax (the KD's KL over softmax(logits / T), zero-shot top-1, the bundle's probabilities), where a bias equal for
+every class cancels: the logits are `scale * cos` with the teacher's own scale, and the bias is not stored.
 """
 
 from __future__ import annotations

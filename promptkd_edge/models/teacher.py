@@ -16,10 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.models.openclip import LoadedCLIP, ModelSpec, load_clip, weights_file_for
+from promptkd_edge.models.openclip import (
+    SCHEMAS,
+    LoadedCLIP,
+    ModelSpec,
+    load_clip,
+    register_tiny_configs,
+    weights_file_for,
+)
 from promptkd_edge.models.prompted_text import PromptedTextTower
-from promptkd_edge.models.prompted_vision import PromptedVisionTower
 from promptkd_edge.models.templates import DEFAULT_TEMPLATE
+from promptkd_edge.models.towers import PROMPTED_FAMILIES, family_of
 from promptkd_edge.utils.files import read_tagged_safetensors, sha256_file, write_tagged_safetensors
 
 TEACHER_FILE = "teacher.safetensors"
@@ -46,6 +53,18 @@ class TeacherConfig:
     weights_sha256: str | None = None
 
 
+def _prompted_image_tower(visual: nn.Module, config: TeacherConfig) -> nn.Module:
+    """IVLP's deep visual prompts in the teacher's image tower: an open_clip ViT (a depth beyond its blocks is
+    refused) or a timm ViT/EVA tower (SigLIP, PE-Core, EVA02: a depth beyond its blocks means all of them)."""
+    from promptkd_edge.models.towers import tower_class
+
+    cls = tower_class(visual, config.spec)
+    if cls.family not in PROMPTED_FAMILIES:
+        raise PkdError(f"the image tower of {config.spec} takes no visual prompts ({cls.family}); `pkd teacher` "
+                       f"needs a {' or '.join(PROMPTED_FAMILIES)} tower; use it as a zero-shot --teacher instead")
+    return cls(visual, config.vision_tokens, config.vision_depth, config.init_std)
+
+
 class Teacher(nn.Module):
     """A frozen open_clip model, optionally with trainable prompts; features are L2-normalised."""
 
@@ -56,8 +75,7 @@ class Teacher(nn.Module):
         self.config = config
         self.source = source or str(clip.spec)
         if config is not None:
-            self.vision = PromptedVisionTower(self.model.visual, config.vision_tokens, config.vision_depth,
-                                              config.init_std)
+            self.vision = _prompted_image_tower(self.model.visual, config)
             self.text = PromptedTextTower(self.model, clip.tokenizer(), config.text_tokens, config.text_depth,
                                           config.text_prefix, config.init_std)
 
@@ -186,6 +204,30 @@ def require_weights(teacher: Teacher, source: str, what: str) -> None:
     from it could not match the run's."""
     if not teacher.prompted and teacher.clip.weights_file is None and ":" not in source:
         raise PkdError(f"the teacher {source} has no weights file (random weights): {what} cannot match the run's")
+
+
+def check_prompt_tunable(spec: str) -> None:
+    """Refuse, from open_clip's config alone (before any weights load), a teacher whose text tower text prompts
+    cannot enter: a Hugging Face text model (`text_cfg.hf_model_name`) or CoCa's (a class token in the text).
+    Schemas (hf-hub:, local-dir:) are checked when the model is built (`prompted_text.text_tower`)."""
+    import open_clip
+
+    arch = ModelSpec.parse(spec).arch
+    if arch.startswith(SCHEMAS):
+        return
+    register_tiny_configs()
+    cfg = open_clip.get_model_config(arch) or {}
+    text_cfg = cfg.get("text_cfg", {})
+    if text_cfg.get("hf_model_name"):
+        why = f"text tower is a Hugging Face model ({text_cfg['hf_model_name']})"
+    elif "multimodal_cfg" in cfg or text_cfg.get("embed_cls"):
+        why = "text tower is CoCa's, with a class token"
+    elif family_of(arch) not in PROMPTED_FAMILIES:
+        why = f"image tower takes no visual prompts (supported: {', '.join(PROMPTED_FAMILIES)} towers)"
+    else:
+        return
+    raise PkdError(f"{arch}'s {why}: `pkd teacher` prompts open_clip's own text transformer (CLIP, SigLIP, "
+                   "SigLIP2, ...) and ViT image towers only; use it as a zero-shot --teacher of `pkd distill` instead")
 
 
 def load_teacher(source: str, *, device: str | torch.device = "cpu", allow_pickle: bool = False) -> Teacher:

@@ -18,7 +18,7 @@ import numpy as np
 from promptkd_edge.errors import PkdError
 from promptkd_edge.runtime.bundle import Bundle
 from promptkd_edge.runtime.names import check_labels, cut_note, name_list, validate_class_names
-from promptkd_edge.runtime.tokenizer import ClipTokenizer, cut_after_longest
+from promptkd_edge.runtime.tokenizer import cut_after_longest, load_bundle_tokenizer
 
 BATCH = 64
 
@@ -33,8 +33,7 @@ class TextEncoder:
             raise PkdError(f"bundle {bundle.path} has no text encoder: export it with --head embeddings (or both) "
                            "--text-encoder to name classes on the device")
         spec = entry.tokenizer
-        self.tokenizer = ClipTokenizer.load(bundle.path / spec["merges"], special_tokens=spec["special_tokens"],
-                                            context_length=spec["context_length"], clean=spec["clean"])
+        self.tokenizer = load_bundle_tokenizer(bundle.path, spec)
         self.sentence = entry.sentence
         self.cut_after_longest_end = bool(spec.get("cut_after_longest_end", False))
         passed = entry.passed()

@@ -8,6 +8,11 @@ merge per line in rank order, after which the ids are the 256 byte symbols, the 
 one id per merge, then the special tokens.
 
 Needs `ftfy` and `regex` (pip install 'promptkd-edge[text]'), both pure Python or with wheels for Jetson.
+
+Teachers with a Hugging Face tokenizer (SigLIP, SigLIP2: open_clip's HFTokenizer) ship its `text/tokenizer.json`
+instead, read by the `tokenizers` library alone (pip install 'promptkd-edge[siglip]'; no torch, no transformers):
+`HfTokenizer` cleans as open_clip does, then pads and truncates to the context as transformers asks the same
+library to. `load_bundle_tokenizer` picks the class from the manifest's tokenizer entry (`type`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from promptkd_edge.errors import PkdError
 
 WORD_END = "</w>"
 CLEANERS = ("lower", "whitespace")
+HF_CLEANERS = ("lower", "whitespace", "canonicalize")  # open_clip's get_clean_fn names
+HF_TYPE = "hf-tokenizers"
 # open_clip's split of cleaned text into words, numbers and punctuation runs (whitespace only separates)
 WORDS = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
 
@@ -54,9 +61,13 @@ def _imports():
 
 def clean_text(text: str, clean: str = "lower") -> str:
     """Text as open_clip cleans it before splitting: ftfy's fix_text, HTML entities unescaped twice, runs of
-    whitespace made one space, lower case (clean="lower")."""
+    whitespace made one space, lower case (clean="lower"); "canonicalize" (SigLIP) also drops punctuation."""
     ftfy, _ = _imports()
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    if clean == "canonicalize":  # big_vision's: underscores read as spaces, ASCII punctuation dropped, lower case
+        import string
+
+        text = text.replace("_", " ").translate(str.maketrans("", "", string.punctuation)).lower()
     text = " ".join(text.split())
     return text.lower() if clean == "lower" else text
 
@@ -160,6 +171,66 @@ class ClipTokenizer:
                 cut.append(i)
             out[i, :len(ids)] = ids
         return out, cut
+
+
+class HfTokenizer:
+    """Token ids [N, context_length] (int64) of texts, exactly as open_clip's HFTokenizer (default mode): open_clip's
+    cleaning, then the tokenizer.json's own pipeline with its special tokens, cut and padded to the context."""
+
+    def __init__(self, tokenizer_json: str, *, context_length: int, clean: str, pad_id: int,
+                 end_id: int | None = None, padding_side: str = "right"):
+        if clean not in HF_CLEANERS:
+            raise PkdError(f"unknown text cleaning '{clean}'; this tokenizer knows {', '.join(HF_CLEANERS)}")
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise PkdError("this text encoder's tokenizer needs the tokenizers package: "
+                           "pip install 'promptkd-edge[siglip]'") from None
+        self.tok = Tokenizer.from_str(tokenizer_json)
+        self.context_length, self.clean, self.end_id = int(context_length), clean, end_id
+        self.tok.enable_truncation(max_length=self.context_length)  # longest_first, right: transformers' call
+        self.tok.enable_padding(direction=padding_side, pad_id=int(pad_id), length=self.context_length,
+                                pad_token=self.tok.id_to_token(int(pad_id)) or "")
+
+    @classmethod
+    def load(cls, file: str | os.PathLike, **kwargs) -> HfTokenizer:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise PkdError(f"cannot read the tokenizer {file}: {e}") from None
+        try:
+            return cls(text, **kwargs)
+        except Exception as e:  # the tokenizers library's parse errors
+            if isinstance(e, PkdError):
+                raise
+            raise PkdError(f"{file} is not a tokenizers tokenizer.json: {str(e).splitlines()[0]}") from None
+
+    def cleaned(self, text: str) -> str:
+        return clean_text(text, self.clean)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return self.tokenize(texts)[0]
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """(the token ids [N, context_length], the indices of the texts that were cut to fit the context)."""
+        out = np.zeros((len(texts), self.context_length), dtype=np.int64)
+        if not texts:
+            return out, []
+        encodings = self.tok.encode_batch([self.cleaned(t) for t in texts])
+        for i, enc in enumerate(encodings):
+            out[i] = enc.ids
+        return out, [i for i, enc in enumerate(encodings) if enc.overflowing]
+
+
+def load_bundle_tokenizer(root: str | os.PathLike, spec: dict) -> ClipTokenizer | HfTokenizer:
+    """The tokenizer a bundle's text encoder entry names (`type` clip-bpe, the default, or hf-tokenizers)."""
+    file = Path(root) / spec["merges"]  # the vocabulary file: merges.txt.gz, or tokenizer.json
+    if spec.get("type", "clip-bpe") == HF_TYPE:
+        return HfTokenizer.load(file, context_length=spec["context_length"], clean=spec["clean"],
+                                pad_id=spec["pad_id"], end_id=spec.get("end_id"),
+                                padding_side=spec.get("padding_side", "right"))
+    return ClipTokenizer.load(file, special_tokens=spec["special_tokens"], context_length=spec["context_length"],
+                              clean=spec["clean"])
 
 
 def cut_after_longest(tokens: np.ndarray, end_id: int) -> np.ndarray:

@@ -31,7 +31,14 @@ from promptkd_edge.errors import PkdError
 from promptkd_edge.eval.accuracy import base_novel_note
 from promptkd_edge.models.class_vectors import compute_class_vectors
 from promptkd_edge.models.openclip import load_clip
-from promptkd_edge.models.teacher import TEACHER_FILE, Teacher, TeacherConfig, class_prompt, save_teacher
+from promptkd_edge.models.teacher import (
+    TEACHER_FILE,
+    Teacher,
+    TeacherConfig,
+    check_prompt_tunable,
+    class_prompt,
+    save_teacher,
+)
 from promptkd_edge.runtime.names import read_class_names
 from promptkd_edge.train.config import TeacherTuneConfig
 from promptkd_edge.train.distributed import autocast_dtype, resolve_precision, torch_device
@@ -151,6 +158,7 @@ def teacher_losses(teacher: Teacher, images: torch.Tensor, labels: torch.Tensor,
 def tune_teacher(cfg: TeacherTuneConfig, out: str | Path, *, progress: Progress | None = None) -> TeacherResult:
     """Prompt-tune `cfg.teacher` on few-shot labeled images and write a teacher run directory `out`."""
     cfg = cfg.validate()
+    check_prompt_tunable(cfg.teacher)  # before any weights load or the run folder is made
     progress = progress or NullProgress()
     device = torch_device(cfg.device)
     amp = autocast_dtype(resolve_precision(cfg.precision, device))
