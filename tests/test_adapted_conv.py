@@ -126,9 +126,6 @@ def test_fold_equals_the_adapted_tower_after_training(kind):
         assert (adapted - before).abs().max() > 1e-3  # the adaptation changes the output ...
         torch.testing.assert_close(folded, adapted, rtol=1e-5, atol=1e-5)  # ... and the fold keeps it
         assert torch.equal(tower(x), adapted)  # for_export left the adapted tower as it was
-        twin = copy.deepcopy(tower)  # a copy (as a student's deepcopy makes) keeps its own hooks and folds alike
-        torch.testing.assert_close(twin.for_export()(x), adapted, rtol=1e-5, atol=1e-5)
-        assert torch.equal(twin(x), adapted) and torch.equal(tower(x), adapted)
     assert not any(p.requires_grad for p in exported.parameters()) and not exported.training
 
 
@@ -157,7 +154,6 @@ def test_onnx_graph_has_the_plain_towers_operators(kind, tmp_path):
     assert folded == _ops(reparameterize_model(copy.deepcopy(plain)), tmp_path / "plain.onnx")
     if kind == "pkd-tiny-hybrid":  # no training branch is left: one BatchNorm per attention block's own pre-norm
         assert folded["BatchNormalization"] == sum(isinstance(m, AttentionBlock) for m in plain.modules())
-        assert sum(folded.values()) < sum(_ops(plain, tmp_path / "branches.onnx").values())
     x = _images(3, seed=7)
     session = ort.InferenceSession(str(tmp_path / "folded.onnx"), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"image": x.numpy()})
@@ -171,6 +167,10 @@ def test_trained_state_round_trip_and_refusals():
     assert all(not v.requires_grad and v.device.type == "cpu" and v.is_contiguous() for v in state.values())
     fresh = AdaptedConvTower(_tower("pkd-tiny-convnext"))
     x = _images()
+    with torch.no_grad():  # a deep copy (as a student's copy makes) keeps its own hooks and folds alike
+        twin = copy.deepcopy(tower)
+        torch.testing.assert_close(twin.for_export()(x), tower(x), rtol=1e-5, atol=1e-5)
+        assert torch.equal(twin(x), tower(x))
     with torch.no_grad():
         assert not torch.equal(fresh(x), tower(x))
         fresh.load_trained_state(state, "run/student.safetensors")

@@ -85,6 +85,7 @@ class AdaptedConvTower(nn.Module):
     open_clip's ModifiedResNet) with SSF scale-and-shift on its layers, merged into the weights by `for_export`."""
 
     family = "conv"
+    method = "SSF per-channel scale and shift (arXiv 2210.08823), merged into the weights at export"  # pkd models
 
     @classmethod
     def supports(cls, visual: nn.Module) -> bool:
