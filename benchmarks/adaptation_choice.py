@@ -106,7 +106,7 @@ def markdown(report: dict) -> str:
 def main() -> None:
     import torch
 
-    from promptkd_edge.models.adapted_conv import register_tiny_conv_configs
+    from promptkd_edge.models.tiny_towers import register_tiny_conv_configs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="pkd-tiny-hybrid,pkd-tiny-convnext")

@@ -250,6 +250,8 @@ OP_LAYERS = {
     "Unsqueeze": ["SHUFFLE"], "ReduceL2": ["REDUCE", "UNARY"], "ReduceMean": ["REDUCE"], "ReduceSum": ["REDUCE"],
     "ReduceMax": ["REDUCE"], "ReduceMin": ["REDUCE"], "Neg": ["UNARY"], "Split": ["SLICE"],
     "ConstantOfShape": ["FILL"],  # EVA's rotary embeddings (onnx-tensorrt operators.md: all three supported)
+    "BatchNormalization": ["SCALE"], "GlobalAveragePool": ["REDUCE"], "AveragePool": ["POOLING"],
+    "MaxPool": ["POOLING"], "Range": ["FILL"],  # convolutional students (FastViT's attention pre-norm, pools)
 }
 # What TensorRT's Q/DQ take (onnx-tensorrt docs/operators.md; FP4 in the parser of 11)
 QDQ_TYPES = {10: {"INT8", "FLOAT8E4M3FN", "INT4"}, 11: {"INT8", "FLOAT8E4M3FN", "INT4", "FLOAT4E2M1"}}

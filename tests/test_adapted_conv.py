@@ -19,13 +19,8 @@ from torch import nn
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export.onnx_export import export_module
-from promptkd_edge.models.adapted_conv import (
-    TINY_CONV_CONFIGS,
-    AdaptedConvTower,
-    AdaptedHybridTower,
-    adapted_tower_class,
-    register_tiny_conv_configs,
-)
+from promptkd_edge.models.adapted_conv import AdaptedConvTower, AdaptedHybridTower, adapted_tower_class
+from promptkd_edge.models.tiny_towers import TINY_CONV_CONFIGS, register_tiny_conv_configs
 
 register_tiny_conv_configs()
 SIZE = 64

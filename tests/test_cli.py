@@ -75,10 +75,13 @@ def test_version_and_models():
     assert json.loads(result.output) == {TEACHER: tiny, STUDENT: tiny, f"{TEACHER}-quickgelu": tiny,
                                          f"{STUDENT}-quickgelu": tiny, "pkd-tiny-map-vit": timm_vit,
                                          "pkd-tiny-reg-vit": timm_vit, "pkd-tiny-mci": timm_vit,
-                                         "pkd-tiny-eva": timm_vit, "pkd-tiny-pe": timm_vit}
+                                         "pkd-tiny-eva": timm_vit, "pkd-tiny-pe": timm_vit,
+                                         "pkd-tiny-hybrid": {"tags": [], "family": "hybrid"},
+                                         "pkd-tiny-convnext": {"tags": [], "family": "conv"}}
     listing = invoke("models", "--filter", "RN50").output
     assert "openclip-vit: deep visual prompts" in listing  # what each family's students get
-    assert "RN50 [no student adaptation]: openai, yfcc15m, cc12m" in listing
+    assert "RN50 [conv]: openai, yfcc15m, cc12m" in listing
+    assert "hybrid: SSF per-channel scale and shift" in listing
 
 
 def _distill_args(tmp_path, **overrides):

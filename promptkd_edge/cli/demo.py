@@ -28,8 +28,9 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the generated domain and of training.")] = 0,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
     student_family: Annotated[str, typer.Option("--student-family", help="The student's tower family: "
-                                                "openclip-vit (the paper's ViT, default) or timm-vit (a SigLIP-like "
-                                                "timm ViT with a MAP pool).")] = "openclip-vit",
+                                                "openclip-vit (the paper's ViT, default), timm-vit (a SigLIP-like "
+                                                "timm ViT with a MAP pool) or hybrid (a FastViT-like tower, "
+                                                "MobileCLIP2-S*).")] = "openclip-vit",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """The embedded demo: textures seen by a camera at night, tiny CLIPs, both PromptKD stages, and what distillation

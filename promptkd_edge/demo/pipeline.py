@@ -38,7 +38,7 @@ from promptkd_edge.utils.progress import NullProgress, Progress
 
 TEACHER_ARCH = "pkd-tiny-teacher"
 # the demo's student per tower family (models/towers.py): each about the size of the default one
-DEMO_STUDENTS = {"openclip-vit": "pkd-tiny-student", "timm-vit": "pkd-demo-map-vit"}
+DEMO_STUDENTS = {"openclip-vit": "pkd-tiny-student", "timm-vit": "pkd-demo-map-vit", "hybrid": "pkd-tiny-hybrid"}
 BEFORE, AFTER, TUNED = "student zero-shot (before)", "student + PromptKD (after)", "teacher tuned (stage I)"
 
 

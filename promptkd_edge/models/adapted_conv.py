@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import tempfile
 from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -138,10 +135,10 @@ class AdaptedConvTower(nn.Module):
         return int(out.shape[-1])
 
     def _hook(self) -> None:
-        self._handles = [self.visual.get_submodule(p).register_forward_hook(partial(self._apply, p))
+        self._handles = [self.visual.get_submodule(p).register_forward_hook(partial(self._scale_and_shift, p))
                          for p in self._paths]
 
-    def _apply(self, path: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    def _scale_and_shift(self, path: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         """y -> scale * y + shift along the layer's channel axis (exactly y while scale is 1 and shift 0)."""
         dim, key = _channel_dim(module), _key(path)
         shape = [1] * output.ndim
@@ -243,76 +240,3 @@ def adapted_tower_class(visual: nn.Module) -> type[AdaptedConvTower]:
             return cls
     raise PkdError(f"no adaptation covers a {type(_trunk(visual)).__name__} image tower; supported: "
                    f"{AdaptedConvTower.supported()}")
-
-
-# Tiny test architectures shaped like MobileCLIP2-S0 (open_clip model_configs/MobileCLIP2-S0.json: fastvit_mci*
-# trunk, avg pool, the trunk's classifier as projection) and convnext_base.json (linear projection), built on timm
-# entrypoints registered below. The text tower is the tiny one of configs/pkd-tiny-student.json.
-_TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
-TINY_CONV_CONFIGS: dict[str, dict] = {
-    "pkd-tiny-hybrid": {
-        "embed_dim": 48,
-        "vision_cfg": {"timm_model_name": "pkd_tiny_fastvit_mci", "timm_model_pretrained": False,
-                       "timm_pool": "avg", "timm_proj": None, "timm_drop": 0.0, "timm_drop_path": 0.0,
-                       "image_size": 64},
-        "text_cfg": {**_TINY_TEXT, "no_causal_mask": True},
-        "custom_text": True,
-    },
-    "pkd-tiny-convnext": {
-        "embed_dim": 48,
-        "vision_cfg": {"timm_model_name": "pkd_tiny_convnext", "timm_model_pretrained": False, "timm_pool": "",
-                       "timm_proj": "linear", "timm_drop": 0.0, "timm_drop_path": 0.0, "image_size": 64},
-        "text_cfg": dict(_TINY_TEXT),
-    },
-}
-
-
-def _tiny_kwargs(args: dict, kwargs: dict) -> dict:
-    """The architecture's arguments, the caller's, and a pretrained cfg (timm.create_model passes None)."""
-    cfg = kwargs.pop("pretrained_cfg", None) or {"num_classes": 1000, "input_size": (3, 64, 64), "pool_size": (2, 2)}
-    return {**args, **kwargs, "pretrained_cfg": cfg, "feature_cfg": dict(flatten_sequential=True)}
-
-
-def pkd_tiny_fastvit_mci(pretrained: bool = False, **kwargs) -> nn.Module:
-    """fastvit_mci0's structure (RepMixer stages, an SE downsample, conditional positional encoding and an
-    attention stage) at widths 8..32, one block a stage."""
-    from timm.models._builder import build_model_with_cfg
-    from timm.models.fastvit import FastVit, RepConditionalPosEnc
-
-    args = dict(layers=(1, 1, 1, 1), embed_dims=(8, 16, 32, 32), mlp_ratios=(2, 2, 2, 2),
-                se_downsamples=(False, False, True, True),
-                pos_embs=(None, None, None, partial(RepConditionalPosEnc, spatial_shape=(7, 7))),
-                token_mixers=("repmixer", "repmixer", "repmixer", "attention"), lkc_use_act=True)
-    return build_model_with_cfg(FastVit, "pkd_tiny_fastvit_mci", pretrained, **_tiny_kwargs(args, kwargs))
-
-
-def pkd_tiny_convnext(pretrained: bool = False, **kwargs) -> nn.Module:
-    """convnext_base's structure at widths 8..32, one block a stage."""
-    from timm.models._builder import build_model_with_cfg
-    from timm.models.convnext import ConvNeXt
-
-    args = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 32))
-    return build_model_with_cfg(ConvNeXt, "pkd_tiny_convnext", pretrained, **_tiny_kwargs(args, kwargs))
-
-
-_config_dir: Path | None = None
-
-
-def register_tiny_conv_configs() -> None:
-    """Make `pkd-tiny-hybrid` and `pkd-tiny-convnext` buildable with open_clip.create_model (their timm trunks and
-    their open_clip configs, written once a process to a temporary folder: add_model_config reads files)."""
-    global _config_dir
-    if _config_dir is not None:
-        return
-    import open_clip
-    import timm
-    from timm.models import register_model
-
-    for fn in (pkd_tiny_fastvit_mci, pkd_tiny_convnext):
-        if not timm.is_model(fn.__name__):
-            register_model(fn)
-    folder = Path(tempfile.mkdtemp(prefix="pkd-tiny-conv-configs-"))
-    for name, cfg in TINY_CONV_CONFIGS.items():
-        (folder / f"{name}.json").write_text(json.dumps(cfg, indent=2))
-    open_clip.add_model_config(folder)
-    _config_dir = folder

@@ -127,10 +127,11 @@ def register_tiny_configs() -> None:
     if not _registered:
         import open_clip
 
-        from promptkd_edge.models.tiny_towers import register_tiny_timm_configs
+        from promptkd_edge.models.tiny_towers import register_tiny_conv_configs, register_tiny_timm_configs
 
         open_clip.add_model_config(CONFIG_DIR)
         register_tiny_timm_configs()
+        register_tiny_conv_configs()
         _registered = True
 
 

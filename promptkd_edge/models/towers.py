@@ -22,14 +22,22 @@ from promptkd_edge.errors import PkdError
 
 # (family, module, class), in the order they are asked
 TOWER_CLASSES = (("openclip-vit", "promptkd_edge.models.prompted_vision", "PromptedVisionTower"),
-                 ("timm-vit", "promptkd_edge.models.prompted_timm", "PromptedTimmViT"))
+                 ("timm-vit", "promptkd_edge.models.prompted_timm", "PromptedTimmViT"),
+                 ("hybrid", "promptkd_edge.models.adapted_conv", "AdaptedHybridTower"),  # before conv: a subclass
+                 ("conv", "promptkd_edge.models.adapted_conv", "AdaptedConvTower"))
 PROMPTED_FAMILIES = ("openclip-vit", "timm-vit")
 FAMILIES = {  # what `pkd models` says of each family
     "openclip-vit": "deep visual prompts in the first --prompt-depth blocks (PromptKD's recipe)",
     "timm-vit": "deep visual prompts in the first --prompt-depth blocks, outside rotary positions and the pool",
+    "hybrid": "SSF per-channel scale and shift (arXiv 2210.08823), merged into the weights and re-parameterised "
+              "at export (docs/student-families.md)",
+    "conv": "SSF per-channel scale and shift (arXiv 2210.08823), merged into the weights at export "
+            "(docs/student-families.md)",
 }
 TIMM_FAMILIES = {  # the timm module an architecture's trunk comes from -> family
     "vision_transformer": "timm-vit", "vision_transformer_hybrid": "timm-vit", "eva": "timm-vit",
+    "fastvit": "hybrid", "convnext": "conv", "resnet": "conv", "efficientnet": "conv", "mobilenetv3": "conv",
+    "regnet": "conv", "byobnet": "conv",
 }
 
 
