@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
-UNCOVERED = "pkd-test-tiny-rn"  # an open_clip ModifiedResNet tower: no student family covers it
+UNCOVERED = "pkd-test-tiny-mixer"  # a timm MLP-Mixer tower: no student family covers it
 BACKENDS = ("torch-eager-fp32", "onnxruntime-cpu-fp32")
 CUDA_ONLY = "torch-eager-fp16"
 
@@ -39,7 +39,7 @@ def students():
 
 @pytest.fixture(scope="module")
 def uncovered_arch():
-    """A tiny ModifiedResNet architecture known to open_clip for this module only."""
+    """A small MLP-Mixer architecture (timm) known to open_clip for this module only."""
     import open_clip.factory
 
     from promptkd_edge.models.openclip import register_tiny_configs
@@ -47,7 +47,9 @@ def uncovered_arch():
     register_tiny_configs()
     text = copy.deepcopy(open_clip.factory._MODEL_CONFIGS["pkd-tiny-student"]["text_cfg"])
     open_clip.factory._MODEL_CONFIGS[UNCOVERED] = {
-        "embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8}, "text_cfg": text}
+        "embed_dim": 32, "text_cfg": text,
+        "vision_cfg": {"image_size": 32, "timm_model_name": "mixer_s32_224", "timm_model_pretrained": False,
+                       "timm_pool": "avg", "timm_proj": "linear"}}
     yield UNCOVERED
     open_clip.factory._MODEL_CONFIGS.pop(UNCOVERED, None)
 

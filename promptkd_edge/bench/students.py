@@ -142,7 +142,8 @@ def fronts(table: list[dict], batch: int) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for backend in dict.fromkeys(r["backend"] for r in table if r["backend"]):
         points = [(r["arch"], r["batches"][str(batch)]["p50_ms"], r["zero_shot_top1"]) for r in table
-                  if r["backend"] == backend and str(batch) in r["batches"] and finite(r["zero_shot_top1"])]
+                  if r["backend"] == backend and str(batch) in r["batches"] and finite(r["zero_shot_top1"])
+                  and finite(r["batches"][str(batch)].get("p50_ms"))]
         out[backend] = pareto(points)
     return out
 
