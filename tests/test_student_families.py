@@ -43,6 +43,7 @@ def family_run(request, tmp_path_factory) -> tuple[str, Path, str]:
               root / "classes.txt", "--data", root / "data", "--out", root / "run", "--epochs", "2", "--batch-size",
               "4", "--workers", "0", "--cache-dir", root / "cache").output
     run("export", root / "run", "--out", root / "bundle", "--parity-images", "4")
+    run("export", root / "run", "--out", root / "bundle-int8", "--precision", "int8", "--parity-images", "4")
     return arch, root, out
 
 
@@ -56,8 +57,9 @@ def test_distill_export_predict_with_a_weights_file(family_run):
         assert f"student adaptation: deep visual prompts, 4 tokens x {blocks} of {blocks} blocks" in flat
     else:  # the defaults as typed: --prompt-depth means nothing to SSF, and nothing is said of it
         assert "get prompts" not in flat and "student adaptation: SSF scale and shift on" in flat, out
-    manifest = json.loads((root / "bundle" / "manifest.json").read_text())
-    assert manifest["valid"] and all(p["passed"] for p in manifest["parity"] if p.get("required", True))
+    for bundle in ("bundle", "bundle-int8"):  # FP32 and INT8 (SmoothQuant where the family has LayerNorm pairs)
+        manifest = json.loads((root / bundle / "manifest.json").read_text())
+        assert manifest["valid"] and all(p["passed"] for p in manifest["parity"] if p.get("required", True))
     image = next((root / "data").rglob("*.png"))
     [prediction] = json.loads(run("predict", root / "bundle", image, "--json").stdout)["predictions"]
     assert prediction["labels"][0] in NAMES

@@ -33,7 +33,7 @@ def smoothing_pairs(tower: nn.Module) -> Pairs:
     matrix products of the adapted tower: open_clip's ViT blocks and output projection, timm ViT / EVA blocks
     (norm1 -> q, k, v; norm2 -> the MLP's first Linear(s)); none for other families (convolutional towers have no
     such LayerNorm -> Linear pairs: their INT8 is plain)."""
-    visual = tower.visual
+    visual = getattr(tower, "visual", tower)  # a folded SSF tower is the plain open_clip tower itself
     if hasattr(visual, "transformer"):
         pairs = _openclip_pairs(visual)
     elif hasattr(getattr(visual, "trunk", None), "blocks"):
