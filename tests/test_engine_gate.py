@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_export import _fake_tensorrt  # noqa: F401 - the fake TensorRT install, also used by other tests
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export.bundle import ExportOptions, add_engine, export_run
@@ -23,20 +24,6 @@ def fp32_bundle(tiny_run, module_dir) -> Path:
     out = module_dir / "fp32"
     export_run(tiny_run, out, ExportOptions(parity_images=4))
     return out
-
-
-def _fake_tensorrt(monkeypatch, tmp_path, version: str = "10.3.0"):
-    from fake_tensorrt import make_fake_cudart, make_fake_trt
-
-    from promptkd_edge.runtime import tensorrt_backend
-
-    monkeypatch.setenv("PKD_CACHE_DIR", str(tmp_path / "cache"))
-    rt = make_fake_cudart()
-    monkeypatch.setattr(tensorrt_backend, "load_cudart", lambda: rt)
-    fake = make_fake_trt(version)
-    fake.fake.cudart = rt
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    return fake
 
 
 def _shapes_by_profile(calls: list[tuple]) -> list[tuple[int, int]]:

@@ -399,7 +399,7 @@ def test_vit_b16_student_exports_with_parity(tmp_path):
 
 # ------------------------------------------------------------------------------ TensorRT, against the fakes
 
-def _fake_tensorrt(monkeypatch, tmp_path, version: str):
+def _fake_tensorrt(monkeypatch, tmp_path, version: str = "10.3.0"):
     from fake_tensorrt import make_fake_cudart, make_fake_trt
 
     from promptkd_edge.runtime import tensorrt_backend
