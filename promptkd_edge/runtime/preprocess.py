@@ -81,9 +81,11 @@ def _array_rgb(a: np.ndarray) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def _resize_crop(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """open_clip's eval resize + crop: HxWx3 uint8 of exactly spec.size (work bounded by that size)."""
-    return resize_crop(img, spec.size, spec.resize_mode, spec.interpolation)
+def load_crop(item: Any, spec: PreprocessSpec) -> np.ndarray:
+    """One image (path, PIL image or uint8 array, see `to_rgb`) decoded, resized and cropped as open_clip's eval
+    transform does: HxWx3 uint8 of exactly spec.size (work bounded by that size). Raises PkdError naming the
+    problem."""
+    return resize_crop(to_rgb(item), spec.size, spec.resize_mode, spec.interpolation)
 
 
 def _as_list(images: Any) -> Sequence[Any]:
@@ -106,7 +108,7 @@ def prepare(images: Sequence[Any], spec: PreprocessSpec, *, input_format: str = 
     batch = np.empty((len(items), *spec.size, 3), dtype=np.uint8)
     for i, item in enumerate(items):
         try:
-            batch[i] = _resize_crop(to_rgb(item), spec)
+            batch[i] = load_crop(item, spec)
         except PkdError as e:
             if len(items) == 1:
                 raise
