@@ -8,11 +8,12 @@ Each architecture is the student as the package builds it (random weights: speed
 open_clip image tower with its family's adaptation (models/towers.py) folded for export, the projector and
 `--classes` random class vectors, timed by `pkd bench`'s harness (bench/harness.py: its ONNX export where a
 backend needs ONNX, its timing, FLOP count, peak memory). Beside the figures: the best pretrained tag's published
-zero-shot ImageNet top-1 from open_clip's results table (zero_shot_imagenet.json, with its source), ratios to the
-reference architecture (ViT-B-16) on the same backend and batch, and a Pareto plot (batch-1 latency against
-top-1, one panel per backend). An architecture that no family covers, or that fails to build or export, is a row
-with its one-line reason. Results: benchmarks/results/students-<cpu>-<threads>t[-tiny]/students.{json,md} and
-students-pareto.png, with the CPU model and flags; the figures are comparable only within one run.
+zero-shot ImageNet top-1 from open_clip's results table (promptkd_edge/bench/zero_shot_imagenet.json, with its
+source), ratios to the reference architecture (ViT-B-16) on the same backend and batch, and a Pareto plot
+(batch-1 latency against top-1, one panel per backend). An architecture that no family covers, or that fails to
+build or export, is a row with its one-line reason. `pkd bench A,B,...` runs the same measurement. Results:
+benchmarks/results/students-<cpu>-<threads>t[-tiny]/students.{json,md} and students-pareto.png, with the CPU
+model and flags; the figures are comparable only within one run.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from promptkd_edge.bench.backends import parse_backends  # noqa: E402
 from promptkd_edge.bench.harness import BenchConfig  # noqa: E402
 from promptkd_edge.bench.record import Environment  # noqa: E402
 from promptkd_edge.bench.students import (  # noqa: E402
+    DEFAULT_STUDENTS,
+    REFERENCE,
     TINY_REFERENCE,
+    ZERO_SHOT,
     cpu_backends,
     measure_students,
     slug,
@@ -38,11 +42,8 @@ from promptkd_edge.bench.students import (  # noqa: E402
 )
 
 RESULTS = Path(__file__).parent / "results"
-ZERO_SHOT = Path(__file__).with_name("zero_shot_imagenet.json")
-DEFAULT_ARCHS = ("ViT-B-16", "ViT-B-32", "MobileCLIP2-S0", "MobileCLIP2-S2", "MobileCLIP2-B", "ViT-B-16-SigLIP2",
-                 "ViT-B-32-SigLIP2-256", "PE-Core-S-16-384", "EVA02-B-16", "convnext_base")
+DEFAULT_ARCHS = DEFAULT_STUDENTS
 DEFAULT_BACKENDS = "torch-eager-fp32,onnxruntime-cpu-fp32,openvino-cpu-fp32,openvino-cpu-bf16"
-REFERENCE = "ViT-B-16"
 PRESETS = {  # timing settings: real sizes need few calls per figure on 2 cores; tiny ones check the script
     "real": dict(warmup=3, iterations=10, max_seconds=60.0, classes=1000),
     "tiny": dict(warmup=1, iterations=3, max_seconds=5.0, classes=10),

@@ -57,8 +57,8 @@ def test_wheel_holds_what_an_install_needs(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert wheel.name.startswith(f"promptkd_edge-{__version__}-py3-none-any")
     assert "promptkd_edge/py.typed" in names
-    assert {"promptkd_edge/models/configs/pkd-tiny-student.json", "promptkd_edge/models/configs/pkd-tiny-teacher.json"
-            } <= set(names)
+    assert {"promptkd_edge/models/configs/pkd-tiny-student.json", "promptkd_edge/models/configs/pkd-tiny-teacher.json",
+            "promptkd_edge/bench/zero_shot_imagenet.json"} <= set(names)
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in meta and f"Version: {__version__}" in meta
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)

@@ -144,6 +144,7 @@ def test_report_names_the_cpu_and_its_flags(tiny_report):
 
 def test_zero_shot_facts_are_cited_or_blank_with_a_reason(script):
     data = json.loads(script.ZERO_SHOT.read_text())
+    assert script.ZERO_SHOT.parent.name == "bench"  # package data: `pkd bench A,B` reads it from an install
     assert data["source"].startswith("https://github.com/mlfoundations/open_clip/blob/")
     facts = data["architectures"]
     assert set(facts) == set(script.DEFAULT_ARCHS)
@@ -183,3 +184,62 @@ def test_an_architecture_that_fails_is_a_row_with_its_reason(students, monkeypat
     table = students.rows([entry], {}, students.TINY_REFERENCE)
     assert [(r["arch"], r["backend"], r["reason"]) for r in table] == [
         (students.TINY_REFERENCE, None, entry["reason"])]
+
+
+# ------------------------------------------------------------------------------------ pkd bench A,B,... (the CLI)
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from promptkd_edge.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "1000"})
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def test_pkd_bench_compares_several_architectures_as_students(tmp_path):
+    """A comma list of architectures is the students benchmark through `pkd bench`: one report, ratios to the
+    first architecture, the package's cited zero-shot facts, an architecture open_clip does not know as a row."""
+    out = tmp_path / "cmp"
+    archs = ["pkd-tiny-mci", "pkd-tiny-student", "not-an-arch"]
+    result = _cli("bench", ",".join(archs), "--backends", "torch-eager-fp32", "--batch-sizes", "1,2", "--warmup",
+                  "0", "--iterations", "1", "--max-seconds", "2", "--classes", "4", "--threads", "1", "--out", out,
+                  "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["reference"] == "pkd-tiny-mci" and [e["arch"] for e in report["architectures"]] == archs
+    ref_rows = [r for r in report["table"] if r["arch"] == "pkd-tiny-mci"]
+    assert [r["batches"][b]["p50_vs_reference"] for r in ref_rows for b in ("1", "2")] == [1.0, 1.0]
+    other = next(r for r in report["table"] if r["arch"] == "pkd-tiny-student")
+    for b in ("1", "2"):  # the ratio is of this run's own figures
+        mine, ref = other["batches"][b]["p50_ms"], ref_rows[0]["batches"][b]["p50_ms"]
+        assert other["batches"][b]["p50_vs_reference"] == pytest.approx(mine / ref, abs=1e-3)
+    assert "not an open_clip architecture" in next(r for r in report["table"] if r["arch"] == "not-an-arch")["reason"]
+    assert report["zero_shot_source"].startswith("https://github.com/mlfoundations/open_clip/")
+    assert not any(r["mode"] != "compute" for e in report["architectures"] for r in e["results"])
+    assert json.loads((out / "students.json").read_text())["table"] == report["table"]
+    assert (out / "students.md").read_text().startswith("# Students by family on ")
+
+    shown = _cli("bench", "pkd-tiny-student,pkd-tiny-mci", "--backends", "torch-eager-fp32", "--batch-sizes", "1",
+                 "--warmup", "0", "--iterations", "1", "--max-seconds", "2", "--classes", "4", "--threads", "1",
+                 "--reference", "pkd-tiny-mci", "--out", tmp_path / "shown")
+    assert shown.exit_code == 0, shown.output
+    assert "ratios: p50 over pkd-tiny-mci's" in shown.output and "pkd-tiny-student" in shown.output
+    assert "report: " in shown.output
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["pkd-tiny-student,pkd-tiny-mci", "--reference", "ViT-B-16"], "--reference ViT-B-16 is not one of the "
+                                                                    "architectures compared"),
+    (["pkd-tiny-student", "--reference", "pkd-tiny-mci"], "--reference divides one architecture's latency"),
+    (["pkd-tiny-student,pkd-tiny-student"], "names an architecture twice"),
+    (["pkd-tiny-student,pkd-tiny-mci", "--compare-teacher"], "--compare-teacher times one student"),
+])
+def test_pkd_bench_several_architectures_refuses_in_one_line(tmp_path, args, says):
+    result = _cli("bench", *args, "--backends", "torch-eager-fp32", "--out", tmp_path / "x")
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0], result.output
+    assert not (tmp_path / "x").exists()

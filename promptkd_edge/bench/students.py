@@ -24,8 +24,23 @@ from promptkd_edge.bench.record import Environment
 from promptkd_edge.bench.tables import DASH, finite, fmt, machine
 from promptkd_edge.errors import PkdError, first_line
 from promptkd_edge.utils import files
+from promptkd_edge.utils.progress import Progress
 
 TINY_REFERENCE = "pkd-tiny-student"
+REFERENCE = "ViT-B-16"  # the ratios' denominator: the paper's student
+DEFAULT_STUDENTS = ("ViT-B-16", "ViT-B-32", "MobileCLIP2-S0", "MobileCLIP2-S2", "MobileCLIP2-B", "ViT-B-16-SigLIP2",
+                    "ViT-B-32-SigLIP2-256", "PE-Core-S-16-384", "EVA02-B-16", "convnext_base")
+ZERO_SHOT = Path(__file__).with_name("zero_shot_imagenet.json")  # published top-1 per architecture, with its source
+
+
+def architecture_list(target: str) -> list[str] | None:
+    """The architectures of a `pkd bench` target that names several (a comma list), else None."""
+    if "," not in target or Path(target).expanduser().exists():
+        return None
+    archs = [a.strip() for a in target.split(",") if a.strip()]
+    if len(set(archs)) != len(archs):
+        raise PkdError(f"'{target}' names an architecture twice")
+    return archs
 
 
 def tiny_archs() -> list[str]:
@@ -63,18 +78,18 @@ def adaptation_of(arch: str) -> tuple[str | None, str | None]:
     return family, families[family]
 
 
-def bench_arch(arch: str, cfg: BenchConfig) -> dict[str, Any]:
+def bench_arch(arch: str, cfg: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
     """One architecture's entry: its family, model facts, compute rows and unavailable backends, or the reason
     no row could be timed. Never raises for the architecture's sake: a failure is its row's reason."""
     started = time.perf_counter()
     entry: dict[str, Any] = {"arch": arch, "family": None, "adaptation": None, "reason": None, "model": None,
                              "results": [], "unavailable": [], "seconds": None}
-    _bench_into(entry, cfg)
+    _bench_into(entry, cfg, progress)
     entry["seconds"] = round(time.perf_counter() - started, 1)
     return entry
 
 
-def _bench_into(entry: dict[str, Any], cfg: BenchConfig) -> None:
+def _bench_into(entry: dict[str, Any], cfg: BenchConfig, progress: Progress | None) -> None:
     arch = entry["arch"]
     family, text = adaptation_of(arch)
     if family is None:
@@ -82,7 +97,7 @@ def _bench_into(entry: dict[str, Any], cfg: BenchConfig) -> None:
         return
     entry["family"], entry["adaptation"] = family, text
     try:
-        report = measure(replace(cfg, target=arch))
+        report = measure(replace(cfg, target=arch), progress)
     except Exception as e:  # noqa: BLE001 - one architecture that cannot be built must not lose the others
         entry["reason"] = f"could not be built: {first_line(e, with_type=not isinstance(e, PkdError))}"
         return
@@ -253,9 +268,10 @@ def slug(text: str) -> str:
 
 
 def measure_students(archs: list[str], cfg: BenchConfig, *, reference: str, zero_shot: Path | None = None,
-                     command: str = "", log=None) -> dict[str, Any]:
+                     command: str = "", log=None, progress: Progress | None = None) -> dict[str, Any]:
     """Every architecture of `archs` on `cfg`'s backends and batches (its `target` is ignored): the report dict
-    that write_students writes. `zero_shot`: the cited JSON of published top-1 figures; `log(line)`: progress."""
+    that write_students writes. `zero_shot`: the cited JSON of published top-1 figures; `log(line)`: a line per
+    architecture (default: stderr); `progress`: the harness's bars."""
     import datetime as dt
     import sys
 
@@ -266,7 +282,7 @@ def measure_students(archs: list[str], cfg: BenchConfig, *, reference: str, zero
     entries = []
     for arch in archs:
         log(f"[students] {arch} ...")
-        entries.append(bench_arch(arch, cfg))
+        entries.append(bench_arch(arch, cfg, progress))
         log(f"[students] {arch}: {entries[-1]['reason'] or 'measured'} ({entries[-1]['seconds']} s)")
     env = Environment.from_dict(describe(threads=cfg.threads, device=cfg.device))
     table = rows(entries, facts, reference)

@@ -109,6 +109,11 @@ BENCH_EXAMPLES = """
   # a bundle with a text encoder: also class names per second (1000 names)
   pkd bench bundles/pets-open --text-names 1000
 
+  # which student? several architectures (a comma list), each as a student of its family (random weights):
+  # one table with ratios to the first (or --reference), published zero-shot top-1, a Pareto plot
+  pkd bench ViT-B-16,MobileCLIP2-S0,ViT-B-16-SigLIP2,PE-Core-S-16-384 --backends openvino-cpu-bf16 \\
+      --batch-sizes 1,8 --out bench/students
+
   Backends: torch-eager-fp32|fp16|bf16, torch-compile-fp32|bf16, torch-cudagraphs-bf16,
   onnxruntime-cpu-fp32|int8, openvino-cpu-fp32|bf16|int8|int8-bf16, auto (a bundle: what the runtime picks),
   onnxruntime-cuda-fp32, onnxruntime-tensorrt-fp16, tensorrt (or: all).
@@ -119,8 +124,8 @@ BENCH_EXAMPLES = """
 @errors_to_exit
 def bench(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="A bundle, a distillation run, or an open_clip architecture name "
-                                          "(random weights).")],
+    target: Annotated[str, typer.Argument(help="A bundle, a distillation run, an open_clip architecture name "
+                                          "(random weights), or several (a comma list: compared as students).")],
     backends: Annotated[str, typer.Option(help="Comma list of backends, or all.")] = "all",  # all: BenchConfig's None
     batch_sizes: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = ",".join(map(str, _C.batch_sizes)),
     warmup: Annotated[int, typer.Option(help="Untimed calls before timing, per backend and batch.")] = _C.warmup,
@@ -150,16 +155,21 @@ def bench(
     text_names: Annotated[int, typer.Option("--text-names", help="Also time the bundle's text encoder (export "
                                             "--text-encoder): names per second for this many class names, e.g. "
                                             "1000.")] = _C.text_names,
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for bench.json, .csv, .md and .png (default: "
+    reference: Annotated[str | None, typer.Option(help="Several architectures: the one the others' latency is "
+                                                  "divided by (default: the first).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for bench.json, .csv, .md and .png; several "
+                                             "architectures: students.json, .md and students-pareto.png (default: "
                                              "bench-<target>-<time>).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
-    """Latency and throughput per backend and batch: p50/p90/p99, compute vs end to end, memory, power."""
+    """Latency and throughput per backend and batch: p50/p90/p99, compute vs end to end, memory, power; or, for
+    several architectures, which student is fastest here."""
     import time
 
     from promptkd_edge.bench.backends import parse_backends
     from promptkd_edge.bench.harness import measure
     from promptkd_edge.bench.report import terminal_table, write_all
+    from promptkd_edge.bench.students import architecture_list
     from promptkd_edge.runtime.bundle import is_bundle
 
     try:
@@ -170,6 +180,13 @@ def bench(
                          "batch_sizes": sizes, "command": " ".join(["pkd", *sys.argv[1:]])}).validate()
     if compare_teacher or not is_bundle(Path(target).expanduser()):  # a bundle alone runs on the core install
         require("bench", "train")
+    archs = architecture_list(target)
+    if archs is not None:
+        _bench_students(archs, cfg, reference=reference, out=out, as_json=as_json)
+        return
+    if reference is not None:
+        raise PkdError("--reference divides one architecture's latency by another's: give several architectures "
+                       "(a comma list) as the target")
     progress = make_progress(not as_json)
     report = measure(cfg, progress)
     progress.done()
@@ -188,6 +205,66 @@ def bench(
     console().print(f"report: {', '.join(shown(p) for p in written.values())}")
     if "png" not in written:
         console().print("no bench.png: plotting needs matplotlib (pip install 'promptkd-edge[plot]')", markup=False)
+
+
+def _bench_students(archs: list[str], cfg: BenchConfig, *, reference: str | None, out: Path | None,
+                    as_json: bool) -> None:
+    """`pkd bench A,B,...`: each architecture as a student of its family, compute only, in one table."""
+    import time
+    from dataclasses import replace
+
+    from promptkd_edge.bench.students import ZERO_SHOT, measure_students, write_students
+    from promptkd_edge.models.openclip import register_tiny_configs
+
+    if cfg.compare_teacher:
+        raise PkdError("--compare-teacher times one student against its teacher; give one architecture, or drop "
+                       "it to compare several students")
+    reference = reference or archs[0]
+    if reference not in archs:
+        raise PkdError(f"--reference {reference} is not one of the architectures compared ({', '.join(archs)})")
+    register_tiny_configs()
+    progress = make_progress(not as_json)
+    report = measure_students(archs, replace(cfg, end_to_end=False), reference=reference, zero_shot=ZERO_SHOT,
+                              command=cfg.command, progress=progress,
+                              log=(lambda line: None) if as_json else (lambda line: progress.note(line)))
+    progress.done()
+    written = write_students(report, out or Path(f"bench-students-{time.strftime('%Y%m%d-%H%M%S')}"))
+    if as_json:
+        print_json(report)
+        return
+    console().print(_students_table(report))
+    for backend, front in report["pareto"].items():
+        console().print(f"Pareto front {shown(backend)} (batch {report['pareto_batch']} latency, top-1): "
+                        f"{shown(' -> '.join(front)) or 'none'}")
+    for u in report["unavailable"]:
+        err().print(f"[yellow]not run[/] {shown(u['arch'])} {shown(u['backend'])}: {shown(u['reason'])}",
+                    highlight=False)
+    console().print(f"report: {', '.join(shown(p) for p in written.values())}")
+
+
+def _students_table(report: dict):
+    """The terminal's view of the students report: latency, its ratio to the reference, size, top-1."""
+    from rich.table import Table
+
+    from promptkd_edge.bench.tables import DASH, fmt
+
+    batches = [str(b) for b in report["settings"]["batch_sizes"]]
+    table = Table(title=f"students (ratios: p50 over {report['reference']}'s on the same backend and batch)")
+    for col in ("arch", "family", "backend", *[f"p50 ms b{b}" for b in batches], *[f"x ref b{b}" for b in batches],
+                "params M", "GFLOP", "top-1 %"):
+        table.add_column(col, justify="left" if col in ("arch", "family", "backend") else "right")
+    for r in report["table"]:
+        top1 = f"{100 * r['zero_shot_top1']:.1f}" if r["zero_shot_top1"] is not None else DASH
+        if r["backend"] is None:
+            table.add_row(shown(r["arch"]), shown(r["family"]), shown(f"not measured: {r['reason']}"),
+                          *[DASH] * (2 * len(batches) + 2), top1)
+            continue
+        cells = [r["batches"].get(b, {}) for b in batches]
+        table.add_row(shown(r["arch"]), shown(r["family"]), shown(r["backend"]),
+                      *[fmt(c.get("p50_ms")) for c in cells],
+                      *[f"{c['p50_vs_reference']:.2f}" if c.get("p50_vs_reference") else DASH for c in cells],
+                      fmt(r["params_m"]), fmt(r["gflops_per_image"]), top1)
+    return table
 
 
 MODELS_EXAMPLES = "[bold]Examples[/bold]\n\n  pkd models\n  pkd models --filter ViT-L --json\n"
