@@ -61,6 +61,7 @@ MUTATIONS = [
     Mutation("doctor does not check plans", "bench/doctor.py", 'check_plan_compatible(r, trt, out["gpu"])', "pass", (GATE + "test_doctor_checks_each_plan_against_this_tensorrt_and_gpu",)),  # noqa: E501
     Mutation("DeepStream takes a --head both plan", DS, "    if others:\n", "    if False and others:\n", (DS_TESTS + "test_a_bundle_with_embeddings_is_refused_for_what_nvinfer_would_make_of_it",)),  # noqa: E501
     Mutation("DeepStream classifier with the detector's gie id", DS, 'DEFAULT_GIE_IDS = {"primary": 1, "secondary": 2}', 'DEFAULT_GIE_IDS = {"primary": 1, "secondary": 1}', (DS_TESTS + "test_a_secondary_classifier_has_its_own_gie_id",)),  # noqa: E501
+    Mutation("tuned teacher loads with another tokenizer", "models/teacher.py", "if config.tokenizer_sha256 and tokenizer_digest(", "if False and tokenizer_digest(", ("tests/test_teacher_families.py::test_pkd_teacher_on_siglip_like_trains",)),  # noqa: E501
     Mutation("DeepStream scales bilinear for bicubic", DS, '"bicubic": 2}', '"bicubic": 1}', (DS_TESTS + "test_nvinfer_scales_with_the_bundles_interpolation_on_the_gpu",)),  # noqa: E501
 ]
 

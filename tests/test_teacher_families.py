@@ -139,16 +139,52 @@ def test_siglip_like_text_prompts_start_at_the_first_token(siglip_like):
 
 
 def test_pkd_teacher_on_siglip_like_trains(siglip_like, tmp_path):
+    """Stage I on a SigLIP-like teacher; the run records its tokenizer, and the teacher refuses to load with
+    another one in the weights' folder (its text prompts were tuned on the first one's tokens)."""
+    import shutil
+
+    from open_clip.tokenizer import HFTokenizer
+
+    from promptkd_edge.models.openclip import tokenizer_digest
+    from promptkd_edge.models.teacher import read_teacher_file
     from promptkd_edge.train.config import TeacherTuneConfig
     from promptkd_edge.train.teacher import tune_teacher
 
-    spec, _ = siglip_like
+    folder = tmp_path / "weights"
+    shutil.copytree(siglip_like[1], folder)
+    spec = f"{ARCH}:{folder / 'open_clip_model.safetensors'}"
     shots = write_images(tmp_path / "shots", 3 * 2, classes=NAMES, seed=1, size=32)
     result = tune_teacher(TeacherTuneConfig(teacher=spec, data=str(shots), shots=2, classes="all", vision_depth=2,
                                             text_depth=2, epochs=1, warmup_epochs=0, batch_size=3, workers=0,
                                             device="cpu", text_chunk=2), tmp_path / "teacher")
     assert result.all_classes == 3 and (tmp_path / "teacher" / "teacher.safetensors").is_file()
     assert load_teacher(str(tmp_path / "teacher")).text.offset == 0
+    recorded = read_teacher_file(tmp_path / "teacher" / "teacher.safetensors")[0].tokenizer_sha256
+    assert recorded == tokenizer_digest(HFTokenizer(str(folder), context_length=16, clean="canonicalize"))
+
+    for name in os.listdir(folder):  # the same model with another tokenizer (other merges) beside its weights
+        if name.startswith(("tokenizer", "special_tokens")):
+            (folder / name).unlink()
+    CORPUS[:] = [*CORPUS, "yellow triangles", "a photo of a dog"]
+    try:
+        _tiny_tokenizer(folder)
+    finally:
+        del CORPUS[-2:]
+    assert tokenizer_digest(HFTokenizer(str(folder), context_length=16, clean="canonicalize")) != recorded
+    with pytest.raises(PkdError, match=r"tokenizer of .* differs from the one the teacher .* was tuned with"):
+        load_teacher(str(tmp_path / "teacher"))
+
+
+def test_tokenizer_digest_follows_what_the_tokens_are():
+    """CLIP's byte-pair tokenizer: one digest per (tables, context length); a copy of it gives the same one."""
+    from promptkd_edge.models.openclip import tokenizer_digest
+
+    clip = open_clip.get_tokenizer("ViT-B-16")
+    assert tokenizer_digest(clip) == tokenizer_digest(open_clip.get_tokenizer("ViT-B-32"))
+    assert tokenizer_digest(open_clip.get_tokenizer("pkd-tiny-teacher")) != tokenizer_digest(clip)  # 16 tokens
+    other = copy.copy(clip)
+    other.bpe_ranks = dict(list(clip.bpe_ranks.items())[:-1])  # one merge fewer: other tokens for some words
+    assert tokenizer_digest(other) != tokenizer_digest(clip)
 
 
 def test_pkd_teacher_refuses_hf_text_towers_before_loading(tmp_path):

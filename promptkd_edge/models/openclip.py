@@ -117,6 +117,34 @@ def load_tokenizer(spec: ModelSpec | str):
                        f"{first_line(e, with_type=False)}") from None
 
 
+# Strings a tokenizer's digest tokenizes: case, punctuation, digits, accents, CJK, emoji and a long name.
+_DIGEST_PROBE = ("a photo of a Golden Retriever.", "an image of the 2CV (Citroën), 1948-1990!", "façade naïve café",
+                 "狗 猫 の写真", "dog \U0001f415 emoji", "x" * 300)
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """sha256 that identifies what a tokenizer turns text into: its vocabulary and merges (the Hugging Face
+    tokenizer's whole definition, or CLIP's byte-pair tables), its context length and the ids it gives a fixed set
+    of probe strings (cleaning and case included). Two tokenizers with one digest give a teacher the same tokens."""
+    import hashlib
+    import json
+
+    inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers tokenizer
+    backend = getattr(inner, "backend_tokenizer", None)
+    if backend is not None:  # its definition, less the padding/truncation state a call leaves behind
+        definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+        tables = json.dumps(definition, sort_keys=True)
+    elif hasattr(tokenizer, "encoder") and hasattr(tokenizer, "bpe_ranks"):  # open_clip's SimpleTokenizer
+        tables = json.dumps([sorted(tokenizer.encoder.items()),
+                             sorted((" ".join(pair), rank) for pair, rank in tokenizer.bpe_ranks.items())])
+    else:
+        tables = type(tokenizer).__name__
+    ids = tokenizer(list(_DIGEST_PROBE))
+    record = {"tables": hashlib.sha256(tables.encode()).hexdigest(),
+              "context_length": getattr(tokenizer, "context_length", None), "probe": ids.tolist()}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
 _registered = False
 
 

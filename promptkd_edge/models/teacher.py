@@ -22,6 +22,7 @@ from promptkd_edge.models.openclip import (
     ModelSpec,
     load_clip,
     register_tiny_configs,
+    tokenizer_digest,
     weights_file_for,
 )
 from promptkd_edge.models.prompted_text import PromptedTextTower
@@ -51,6 +52,7 @@ class TeacherConfig:
     init_std: float = 0.02
     init_seed: int = 0
     weights_sha256: str | None = None
+    tokenizer_sha256: str | None = None  # `tokenizer_digest` of the tokenizer the text prompts were tuned with
 
 
 def _prompted_image_tower(visual: nn.Module, config: TeacherConfig) -> nn.Module:
@@ -78,6 +80,10 @@ class Teacher(nn.Module):
             self.vision = _prompted_image_tower(self.model.visual, config)
             self.text = PromptedTextTower(self.model, clip.tokenizer(), config.text_tokens, config.text_depth,
                                           config.text_prefix, config.init_std)
+            if config.tokenizer_sha256 and tokenizer_digest(clip.tokenizer()) != config.tokenizer_sha256:
+                raise PkdError(f"the tokenizer of {config.spec} loaded here differs from the one the teacher "
+                               f"{self.source} was tuned with (its text prompts would read other tokens); load the "
+                               "tokenizer files it was tuned with")
 
     @property
     def spec(self) -> str:

@@ -30,7 +30,7 @@ from promptkd_edge.data.sampling import EpochSampler
 from promptkd_edge.errors import PkdError
 from promptkd_edge.eval.accuracy import base_novel_note
 from promptkd_edge.models.class_vectors import compute_class_vectors
-from promptkd_edge.models.openclip import load_clip
+from promptkd_edge.models.openclip import load_clip, tokenizer_digest
 from promptkd_edge.models.teacher import (
     TEACHER_FILE,
     Teacher,
@@ -357,7 +357,8 @@ def _prompted_teacher(cfg: TeacherTuneConfig, run: RunDir, device: torch.device,
     config = TeacherConfig(spec=cfg.teacher, vision_tokens=cfg.vision_tokens, vision_depth=cfg.vision_depth,
                            text_tokens=cfg.text_tokens, text_depth=cfg.text_depth, text_prefix=cfg.text_init,
                            init_seed=cfg.seed,
-                           weights_sha256=sha256_file(clip.weights_file) if clip.weights_file else None)
+                           weights_sha256=sha256_file(clip.weights_file) if clip.weights_file else None,
+                           tokenizer_sha256=tokenizer_digest(clip.tokenizer()))
     return Teacher(clip, config, source=str(run.path.resolve())).to(device)
 
 
@@ -382,7 +383,8 @@ def import_official_teacher(checkpoint: str | Path, base: str, names: list[str],
         config, prompts = convert_official(checkpoint, base, clip.model, text_prefix=text_prefix,
                                            allow_pickle=allow_pickle)
         config = TeacherConfig(**{**config.__dict__,
-                                  "weights_sha256": sha256_file(clip.weights_file) if clip.weights_file else None})
+                                  "weights_sha256": sha256_file(clip.weights_file) if clip.weights_file else None,
+                                  "tokenizer_sha256": tokenizer_digest(clip.tokenizer())})
         run.path.mkdir(parents=True, exist_ok=True)
         teacher = Teacher(clip, config, source=str(run.path.resolve())).to(dev)
         teacher.load_prompt_state(prompts, str(checkpoint))
