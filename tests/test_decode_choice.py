@@ -5,6 +5,7 @@ passed; exact_preprocess, failed and missing records keep the reference path."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -220,6 +221,10 @@ def test_a_corrupt_jpeg_is_one_line_naming_it(frames, tmp_path, decode):
         assert str(info.value).startswith(f"cannot read image {bad}: ") and "\n" not in str(info.value)
         with pytest.raises(PkdError, match=rf"^image 1: cannot read image {bad}"):
             prepare([frames[0], bad], spec)
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # never opened (it would block): named as what it is
+    with pytest.raises(PkdError, match=rf"^image 1: cannot read image {fifo}: is a FIFO"):
+        prepare([frames[0], fifo], spec)
 
 
 @pytest.mark.parametrize("decode", ["exact", "draft", "torch-cpu"])

@@ -45,8 +45,8 @@ def unavailable(device: str) -> str | None:
 
 def is_jpeg(item: object) -> bool:
     """A path to a regular file that starts as a JPEG does (anything else takes the CPU path, which names any
-    problem)."""
-    if not isinstance(item, str | os.PathLike):
+    problem; a FIFO is never opened)."""
+    if not isinstance(item, str | os.PathLike) or not Path(item).is_file():
         return False
     try:
         with open(item, "rb") as f:
