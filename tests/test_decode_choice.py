@@ -255,3 +255,19 @@ def test_camera_jpegs_are_1080p_quality_90(tmp_path):
     paths = camera_jpegs([Image.open(write_images(tmp_path / "src", 1, size=40) / "part0" / "img000.png")], tmp_path)
     with Image.open(paths[0]) as img:
         assert (img.format, img.size) == ("JPEG", (1920, 1080))
+
+
+@pytest.mark.parametrize("flag", [[], ["--exact-preprocess"]])
+def test_pkd_predict_exact_preprocess_reaches_the_classifier(bundle, camera, monkeypatch, flag):
+    from typer.testing import CliRunner
+
+    from promptkd_edge.cli import app
+    from promptkd_edge.runtime import classifier
+
+    asked = []
+    real = classifier.decode_for
+    monkeypatch.setattr(classifier, "decode_for", lambda passed, **kw: asked.append(kw["exact"]) or real(passed, **kw))
+    result = CliRunner().invoke(app, ["predict", str(bundle), str(camera[0]), "--backend", "onnxruntime", "--json",
+                                      *flag], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert asked == [bool(flag)]
