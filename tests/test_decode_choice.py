@@ -271,3 +271,22 @@ def test_pkd_predict_exact_preprocess_reaches_the_classifier(bundle, camera, mon
                                       *flag], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert asked == [bool(flag)]
+
+
+def test_a_torchvision_that_cannot_decode_there_is_named(monkeypatch):
+    """The decoder is probed on the device before it is chosen (a torchvision without nvJPEG fails on CUDA)."""
+    import torchvision.io
+
+    gpu_decode.unavailable.cache_clear()
+    assert gpu_decode.unavailable("cpu") is None
+    gpu_decode.unavailable.cache_clear()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decode_jpeg: torchvision not compiled with GPU support\nmore")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", broken)
+    try:
+        assert gpu_decode.unavailable("cpu") == ("torchvision cannot decode JPEGs on cpu (decode_jpeg: torchvision not "
+                                                 "compiled with GPU support)")
+    finally:
+        gpu_decode.unavailable.cache_clear()

@@ -12,6 +12,8 @@ from several threads (one lock around the decoder: torchvision's CUDA decoder ho
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import threading
 import warnings
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from promptkd_edge.errors import first_line
 from promptkd_edge.formats.preprocess import PreprocessSpec
 from promptkd_edge.utils.images import crop_axis, resize_plan
 
@@ -31,8 +34,10 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
                         category=DeprecationWarning)
 
 
+@functools.cache
 def unavailable(device: str) -> str | None:
-    """Why JPEGs cannot be decoded with torch on `device` ("cpu" or "cuda") here, or None when they can."""
+    """Why JPEGs cannot be decoded with torch on `device` ("cpu" or "cuda") here, or None when they can: torch and
+    torchvision import, CUDA is there, and torchvision decodes a small JPEG on it (a build without nvJPEG cannot)."""
     try:
         import torch
         import torchvision.io  # noqa: F401
@@ -40,7 +45,21 @@ def unavailable(device: str) -> str | None:
         return f"{e.name or 'torch'} is not installed (pip install torch torchvision)"
     if device == "cuda" and not torch.cuda.is_available():
         return "torch sees no CUDA device"
+    try:
+        _probe(device)
+    except RuntimeError as e:
+        return f"torchvision cannot decode JPEGs on {device} ({first_line(e, with_type=False)})"
     return None
+
+
+def _probe(device: str) -> None:
+    import torch
+    from PIL import Image
+    from torchvision.io import decode_jpeg
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 100, 50)).save(buf, format="JPEG")
+    decode_jpeg(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), device=device)
 
 
 def is_jpeg(item: object) -> bool:
