@@ -9,7 +9,7 @@ Frames: the package's generated images (export/parity.py `generated_images`, smo
 per-pixel noise) made at 224 and upscaled (bicubic) to the frame size, as the export gate does, and made at the frame
 size itself (per-pixel noise at full resolution: the hardest case for a DCT-domain downscale); JPEG quality 90.
 Candidates: the reference (full decode + open_clip's bicubic, the runtime's exact path), Pillow's DCT-domain
-downscale (`Image.draft`) kept >= k x the resize size for k = 2 and 1, Pillow's `reducing_gap` (2 and 3) on the full
+downscale (`Image.draft`) kept >= k x the resize size for k = 2, 1.5 and 1, Pillow's `reducing_gap` (2 and 3) on the full
 decode, torch's decoder on the CPU (the GPU path's code), and simplejpeg (libjpeg-turbo's M/8 scaling) where it
 imports. The student has random weights (the logit figures say how far the pixels move its outputs, not accuracy).
 Results: benchmarks/results/decode_choice-<cpu>.{json,md}.
@@ -98,6 +98,7 @@ def candidates() -> dict[str, tuple[str, Callable[[Path, PreprocessSpec], np.nda
     out = {
         "reference": ("full PIL decode + open_clip's bicubic (the exact path)", lambda p, s: load_crop(p, s)),
         "draft k=2": ("Pillow draft to >= 2x the resize size (DCT 1/2-1/8) + bicubic", draft(2.0)),
+        "draft k=1.5": ("Pillow draft to >= 1.5x the resize size + bicubic (the runtime's)", draft(1.5)),
         "draft k=1": ("Pillow draft to >= 1x the resize size + bicubic", draft(1.0)),
         "reducing_gap 2": ("full decode + resize(reducing_gap=2.0)", reducing_gap(2.0)),
         "reducing_gap 3": ("full decode + resize(reducing_gap=3.0)", reducing_gap(3.0)),

@@ -51,12 +51,13 @@ def camera(bundle, tiny_run, module_dir) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def frames(module_dir) -> list[Path]:
-    """Structured frames as cameras write them (and one whose sides no DCT scale divides), plus a PNG."""
+    """Structured frames as cameras write them, one whose sides no DCT scale divides, one too small to scale, and a
+    PNG."""
     folder = module_dir / "frames"
     folder.mkdir()
     out = []
-    for i, (img, size) in enumerate(zip(parity.generated_images(3, (96, 96), seed=5),
-                                        [(1920, 1080), (1280, 720), (1001, 1333)], strict=True)):
+    for i, (img, size) in enumerate(zip(parity.generated_images(4, (96, 96), seed=5),
+                                        [(1920, 1080), (1280, 720), (1001, 1333), (600, 400)], strict=True)):
         out.append(folder / f"frame{i}.jpg")
         img.resize(size, Image.Resampling.BICUBIC).save(out[-1], quality=90)
     png = folder / "frame.png"
@@ -186,16 +187,17 @@ def test_decode_for_uses_only_passing_gates():
 
 
 def test_draft_decodes_at_a_dct_scale_and_stays_close(frames):
-    """1920x1080 for a 224 crop decodes at 1/2 (960x540 >= 2 x 398x224); 1280x720 at full size (bit-equal); a PNG
-    is never drafted (bit-equal); the geometry is the full image's."""
-    img, full, scale = image_utils._decode(frames[0], lambda h, w: (796, 448))
-    assert (img.size, full, scale) == ((960, 540), (1080, 1920), 2)
+    """1920x1080 and 1280x720 for a 224 crop decode at 1/2 (>= 1.5 x 398x224); 600x400 at full size and a PNG never
+    (both bit-equal with the reference); the geometry is the full image's."""
+    for frame, at_least, scaled in ((frames[0], (597, 336), (960, 540)), (frames[1], (597, 336), (640, 360))):
+        img, full, scale = image_utils._decode(frame, lambda h, w, at_least=at_least: at_least)
+        assert (img.size, full, scale) == (scaled, (scaled[1] * 2, scaled[0] * 2), 2)
     fast = replace(SPEC, decode="draft")
     got, want = prepare(frames, fast, input_format="uint8"), prepare(frames, SPEC, input_format="uint8")
     diff = np.abs(got.astype(int) - want)
-    np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[3], want[3])
-    assert diff.max() <= 8 and diff[0].mean() < 1.0 and diff[2].mean() < 1.0, (diff.max(), diff.mean())
+    np.testing.assert_array_equal(got[4], want[4])
+    assert 0 < diff.max() <= 8 and all(0 < diff[i].mean() < 1.0 for i in range(3)), (diff.max(), diff.mean())
 
 
 def test_torch_decode_matches_the_reference_within_rounding(frames):
@@ -204,7 +206,7 @@ def test_torch_decode_matches_the_reference_within_rounding(frames):
     got, want = prepare(frames, fast, input_format="uint8"), prepare(frames, SPEC, input_format="uint8")
     diff = np.abs(got.astype(int) - want)
     assert diff.max() <= 2 and diff.mean() < 0.3, (diff.max(), diff.mean())
-    np.testing.assert_array_equal(got[3], want[3])
+    np.testing.assert_array_equal(got[-1], want[-1])
     np.testing.assert_array_equal(np.stack([load_crop(f, fast) for f in frames]), got)
 
 

@@ -27,7 +27,7 @@ DECODES = {
     "torch-cuda": "torchvision.io.decode_jpeg on the GPU (nvJPEG, batched) + torch's antialiased resize",
 }
 DECODE_GATES = {"draft": "decode-jpeg-draft", "torch-cpu": "decode-jpeg-torch", "torch-cuda": "decode-jpeg-torch"}
-DRAFT_OVERSAMPLE = 2.0  # benchmarks/results/decode_choice-*.md: 1x changes pixels 3-4x more for a little more speed
+DRAFT_OVERSAMPLE = 1.5  # docs/preprocessing.md: 1/2 scale for 1080p and 720p frames to a 224 crop
 
 
 @dataclass(frozen=True)

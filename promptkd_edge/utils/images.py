@@ -118,7 +118,7 @@ def decode_resize_crop(source: str | os.PathLike | IO[bytes], size: tuple[int, i
                        interpolation: str, oversample: float) -> np.ndarray:
     """`resize_crop(decode_rgb(source), ...)` with a JPEG decoded in the DCT domain at the smallest of 1/2, 1/4,
     1/8 scale that keeps it at least `oversample` times the size the crop is resized from (a 1920x1080 frame for a
-    224 crop at oversample 2: 960x540, a quarter of the pixels to decode and resample). Not bit-equal with the full
+    224 crop at oversample 1.5: 960x540, a quarter of the pixels to decode and resample). Not bit-equal with the full
     decode (the IDCT's low-pass replaces part of the bicubic's), so a bundle uses it only where its gate passed
     (export/decode_gate.py). Other formats decode in full. The geometry is the full image's."""
     def at_least(h: int, w: int) -> tuple[int, int]:
