@@ -9,7 +9,7 @@ Frames: the package's generated images (export/parity.py `generated_images`, smo
 per-pixel noise) made at 224 and upscaled (bicubic) to the frame size, as the export gate does, and made at the frame
 size itself (per-pixel noise at full resolution: the hardest case for a DCT-domain downscale); JPEG quality 90.
 Candidates: the reference (full decode + open_clip's bicubic, the runtime's exact path), Pillow's DCT-domain
-downscale (`Image.draft`) kept >= k x the resize size for k = 2, 1.5 and 1, Pillow's `reducing_gap` (2 and 3) on the full
+downscale (`Image.draft`) kept >= k x the resize size for k = 2, 1.5 and 1, `reducing_gap` (2 and 3) on the full
 decode, torch's decoder on the CPU (the GPU path's code), and simplejpeg (libjpeg-turbo's M/8 scaling) where it
 imports. The student has random weights (the logit figures say how far the pixels move its outputs, not accuracy).
 Results: benchmarks/results/decode_choice-<cpu>.{json,md}.
