@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check: eight independent steps in priority order, each in its own process under its own time
+# The prepared GPU check: nine independent steps in priority order, each in its own process under its own time
 # limit, each writing one JSON into $OUT (N-name.json: step, name, status ok|failed|skipped|timeout, reason,
 # seconds, figures); a step that fails, hangs or dies is recorded as such and the next one runs. The steps
 # (benchmarks/gpu_steps.py):
@@ -12,6 +12,7 @@
 #   6 bundle        a tiny run exported on the CPUs, `pkd predict --backend torch` on CUDA from files vs ONNX Runtime
 #   7 distill       distill_throughput.py --size real: ViT-L-14 -> ViT-B-16 bf16 with and without the teacher cache
 #   8 tensorrt      where `tensorrt` imports: `pkd export BUNDLE --trt` FP16 and INT8 with the gate, trtexec, latency
+#   9 decode        1080p JPEGs to the crop: PIL reference, DCT-domain downscale, torch's decoder on CUDA (nvJPEG)
 # The whole run stays within PKD_GPU_CHECK_BUDGET seconds (default 480: 8 minutes, 2 minutes of slack in a
 # 10-minute call): each step's limit is cut to what is left, and a step with under 10 s left is skipped.
 # Without a network, carry open_clip_torch, ftfy and wcwidth as wheels in .whl/ (docs/gpu-check.md).
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
         --dry-run) DRY=(--dry-run) ;;
         --steps) STEPS=",$2,"; shift ;;
         --steps=*) STEPS=",${1#--steps=}," ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "unknown argument $1 (--dry-run, --steps 1,2,...)" >&2; exit 2 ;;
     esac
     shift

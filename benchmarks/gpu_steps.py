@@ -43,6 +43,7 @@ STEPS: list[tuple[str, int, int]] = [
     ("bundle", 90, 60),
     ("distill", 150, 60),
     ("tensorrt", 240, 20),
+    ("decode", 90, 40),
 ]
 WHEELS_DOC = "docs/gpu-check.md"
 
@@ -558,9 +559,64 @@ def tensorrt(step: Step) -> dict[str, Any]:
     return figures
 
 
+# ------------------------------------------------------------------------------------------ 9. decode
+def decode(step: Step) -> dict[str, Any]:
+    """1080p JPEG files to the student's crop: the reference (PIL, CPU), the DCT-domain downscale (CPU) and torch's
+    decoder (nvJPEG on CUDA, batches of 16; its CPU code in a dry run): ms/image and the difference from the
+    reference in pixels and in the ViT-B-16 student's logits (random weights; the tiny student in a dry run)."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from promptkd_edge.export.parity import generated_images
+    from promptkd_edge.models.class_vectors import ClassVectors
+    from promptkd_edge.models.student import load_student
+    from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare
+
+    device = "cpu" if step.dry_run else cuda_device()
+    arch, depth, dim, count = ("pkd-tiny-student", 3, 128, 8) if step.dry_run else ("ViT-B-16", 9, 768, 64)
+    run = make_run(step.work / "student", arch, depth, dim, 100)
+    student, vectors = load_student(run / "student.safetensors").to(device).eval(), ClassVectors.load(run)
+    spec = PreprocessSpec.from_dict(student.preprocess.to_dict())
+    (step.work / "frames").mkdir(parents=True, exist_ok=True)
+    frames = []
+    for i, img in enumerate(generated_images(count, (720, 1280), seed=3)):  # 1.5x: 1920x1080, per-pixel noise
+        frames.append(step.work / "frames" / f"{i:03d}.jpg")
+        img.save(frames[-1], quality=90)
+    with Image.open(frames[0]) as first:
+        frame_size = list(first.size)
+    figures: dict[str, Any] = {"device": device, "student": arch, "crop": list(spec.size), "frames": count,
+                               "frame_size": frame_size, "jpeg_quality": 90, "batch": 16, "variants": {}}
+
+    def logits(crops: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            e = student(torch.from_numpy(prepare(list(crops), spec)).to(device)).float().cpu()
+            return vectors.logits(e).double().numpy()
+
+    ref_crops = ref_logits = None
+    for name, variant in (("reference", "exact"), ("draft", "draft"), ("torch", f"torch-{device}")):
+        s = dataclasses.replace(spec, decode=variant)
+        prepare(frames[:2], s, input_format="uint8")  # warm-up: CUDA context, nvJPEG handles
+        t = time.perf_counter()
+        crops = np.concatenate([prepare(frames[i:i + 16], s, input_format="uint8") for i in range(0, count, 16)])
+        row: dict[str, Any] = {"decode": variant, "ms_per_image": round(1000 * (time.perf_counter() - t) / count, 3)}
+        out = logits(crops)
+        if ref_crops is None:
+            ref_crops, ref_logits = crops, out
+        pixels = np.abs(crops.astype(np.int16) - ref_crops)
+        row.update(max_abs_pixel_diff=int(pixels.max()), mean_abs_pixel_diff=round(float(pixels.mean()), 4),
+                   max_abs_logit_diff=round(float(np.abs(out - ref_logits).max()), 5),
+                   top1_agreement=float((out.argmax(1) == ref_logits.argmax(1)).mean()))
+        figures["variants"][name] = row
+        step.emit(figures)
+    return figures
+
+
 STEP_FUNCTIONS: dict[str, Callable[[Step], dict[str, Any]]] = {
     "preflight": preflight, "trt_runtime": trt_runtime, "numerics": numerics, "latency": latency,
-    "text_encoder": text_encoder, "bundle": bundle, "distill": distill, "tensorrt": tensorrt}
+    "text_encoder": text_encoder, "bundle": bundle, "distill": distill, "tensorrt": tensorrt, "decode": decode}
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -654,6 +710,9 @@ def _headline(name: str, r: dict[str, Any]) -> str:
         if name == "trt_runtime":
             return ", ".join(f"{k} {r[k]}" for k in ("profile_switches", "run_staged_p50_us", "max_abs_error")
                              if k in r)
+        if name == "decode":
+            return "; ".join(f"{k} ({v['decode']}) {v['ms_per_image']:.2f} ms/img, max|dpx| {v['max_abs_pixel_diff']}"
+                             f" max|dlogit| {v['max_abs_logit_diff']:.3g}" for k, v in r["variants"].items())
         if name == "preflight":
             return f"missing: {', '.join(r['missing']) or 'nothing'}; cuda: {r.get('cuda', {}).get('name', 'none')}"
     except (KeyError, TypeError):

@@ -26,7 +26,7 @@ import trt_standin as ts  # noqa: E402
 
 SCRIPT = BENCHMARKS / "gpu_check.sh"
 NAMES = [name for name, _, _ in gpu_steps.STEPS]
-RAN_ON_CPU = ["preflight", "trt_runtime", "numerics", "latency", "text_encoder", "bundle", "distill"]
+RAN_ON_CPU = ["preflight", "trt_runtime", "numerics", "latency", "text_encoder", "bundle", "distill", "decode"]
 
 
 def gpu_check(out: Path, *args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -114,6 +114,19 @@ def test_dry_run_latency_text_bundle_distill(dry_run):
     assert [r["mode"] for r in d["rows"]] == ["teacher every step", "teacher-feature cache"]
     assert all(r["images_per_second"] > 0 and r["batch"] == 8 for r in d["rows"])
     assert d["cache_speedup"]["8"] > 0
+
+
+def test_dry_run_decode_measures_each_variant_against_the_reference(dry_run):
+    """Step 9 runs the GPU decode's code on the CPU (torch-cpu) beside the PIL reference and the DCT downscale."""
+    r = dry_run[1]["decode"]
+    assert r["device"] == "cpu" and r["frame_size"] == [1920, 1080] and r["frames"] == 8
+    v = r["variants"]
+    assert [v[k]["decode"] for k in ("reference", "draft", "torch")] == ["exact", "draft", "torch-cpu"]
+    assert v["reference"]["max_abs_pixel_diff"] == 0 and v["reference"]["max_abs_logit_diff"] == 0
+    for row in v.values():
+        assert row["ms_per_image"] > 0 and 0 <= row["mean_abs_pixel_diff"] <= row["max_abs_pixel_diff"] <= 8
+        assert 0 <= row["top1_agreement"] <= 1 and finite(row["max_abs_logit_diff"])
+    assert v["torch"]["max_abs_pixel_diff"] > 0  # its own decoder and float resize: measured, not assumed equal
 
 
 def test_dry_run_standin_engine(dry_run):

@@ -134,6 +134,10 @@ def export(
     max_batch: Annotated[int | None, typer.Option(help="Triton max_batch_size (default 32; a plan's largest "
                                                   "profile) or nvinfer batch-size (default: the plan's first "
                                                   "profile's max).")] = None,
+    fast_decode: Annotated[bool, typer.Option("--fast-decode/--no-fast-decode", help="Gate the faster JPEG "
+                                              "decodes (DCT-domain downscale; torch's decoder for GPUs) on the "
+                                              "parity images as 1080p JPEGs; the runtime uses those that pass.")
+                           ] = _E.fast_decode,
     force: Annotated[bool, typer.Option("--force", help="Keep a bundle that fails the parity gate, marked "
                                         "invalid.")] = _E.force,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at --out (only a "
@@ -251,6 +255,9 @@ def predict(
                                                 "a bundle exported with --text-encoder.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
     allow_invalid: Annotated[bool, typer.Option(help="Load a bundle that failed its parity gate.")] = False,
+    exact_preprocess: Annotated[bool, typer.Option("--exact-preprocess", help="Decode JPEGs in full as open_clip "
+                                                   "does, not by the faster decode the bundle's gate passed.")
+                                ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print predictions as JSON on stdout.")] = False,
 ) -> None:
     """Top-k classes of images with a bundle (TensorRT, ONNX Runtime or OpenVINO; no torch needed)."""
@@ -260,7 +267,8 @@ def predict(
     if top_k < 1:
         raise PkdError("--top-k must be >= 1")
     files = image_files(images)
-    clf = Classifier.from_bundle(bundle, backend, allow_invalid=allow_invalid, precision=precision, threads=threads)
+    clf = Classifier.from_bundle(bundle, backend, allow_invalid=allow_invalid, precision=precision, threads=threads,
+                                 exact_preprocess=exact_preprocess)
     if classes is not None:
         from promptkd_edge.runtime.names import class_names_argument
 

@@ -86,6 +86,7 @@ class ExportOptions:
     allow_incomplete: bool = False  # export a run that did not finish (its latest checkpoint's student)
     trt: Any = None  # promptkd_edge.export.tensorrt_build.TrtBuildOptions
     text_encoder: bool = False  # the teacher's text tower + tokenizer, for class names given on the device
+    fast_decode: bool = True  # gate the faster JPEG decodes (export/decode_gate.py); the runtime uses those that pass
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -198,6 +199,12 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
                                            progress, state)
         if onnx_precision in BF16_GRAPHS and not no_bf16:  # required with --precision bf16, else an offer
             _gate_bf16(tmp, manifest, images, reference, vectors, spec, options, progress)
+        if options.fast_decode:
+            from promptkd_edge.export.decode_gate import gate_decodes
+
+            gate_decodes(tmp, manifest, images.parity, spec, images.source, vectors=vectors.vectors.numpy(),
+                         scale=vectors.logit_scale, batch=options.batch_size, progress=progress)
+            write_manifest(tmp, manifest)
         if teacher is not None:
             from promptkd_edge.export.text_encoder import export_text_encoder
 

@@ -16,6 +16,18 @@ from promptkd_edge.utils.files import read_json
 
 RESIZE_MODES = ("shortest", "squash", "longest")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+# How the runtime decodes JPEG files (PreprocessSpec.decode). "exact" is the reference; the others change pixels, so
+# each is a precision: the runtime uses one only where the bundle's manifest holds a passing parity entry whose
+# `runtime` is DECODE_GATES[name] (export/decode_gate.py writes it; runtime.preprocess.decode_for reads it).
+DECODES = {
+    "exact": "full decode + open_clip's resize (the reference)",
+    "draft": "JPEG decoded by libjpeg at 1/2, 1/4 or 1/8 scale, kept >= DRAFT_OVERSAMPLE x the resize size "
+             "(Pillow's Image.draft), + open_clip's resize",
+    "torch-cpu": "torchvision.io.decode_jpeg on the CPU + torch's antialiased resize (the GPU path, on the CPU)",
+    "torch-cuda": "torchvision.io.decode_jpeg on the GPU (nvJPEG, batched) + torch's antialiased resize",
+}
+DECODE_GATES = {"draft": "decode-jpeg-draft", "torch-cpu": "decode-jpeg-torch", "torch-cuda": "decode-jpeg-torch"}
+DRAFT_OVERSAMPLE = 1.5  # docs/preprocessing.md: 1/2 scale for 1080p and 720p frames to a 224 crop
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,7 @@ class PreprocessSpec:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
+    decode: str = "exact"  # DECODES: the runtime's choice from the bundle's gates, never read from preprocess.json
 
     def __post_init__(self) -> None:
         if isinstance(self.size, numbers.Integral):
@@ -43,6 +56,8 @@ class PreprocessSpec:
             raise PkdError(f"preprocess interpolation '{self.interpolation}' is not one of {', '.join(INTERPOLATIONS)}")
         if self.resize_mode not in RESIZE_MODES:
             raise PkdError(f"preprocess resize_mode '{self.resize_mode}' is not one of {', '.join(RESIZE_MODES)}")
+        if self.decode not in DECODES:
+            raise PkdError(f"preprocess decode '{self.decode}' is not one of {', '.join(DECODES)}")
         object.__setattr__(self, "size", tuple(int(s) for s in self.size))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
@@ -60,6 +75,7 @@ class PreprocessSpec:
             raise PkdError(f"preprocess config is malformed: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
+        """preprocess.json's object (without `decode`, which the manifest's gates decide)."""
         return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std),
                 "interpolation": self.interpolation, "resize_mode": self.resize_mode}
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.runtime.bundle import Bundle, open_bundle
-from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare
+from promptkd_edge.runtime.preprocess import PreprocessSpec, decode_for, prepare
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 PRECISIONS = ("fp32", "bf16")  # what `precision=` may force on OpenVINO
@@ -68,13 +69,17 @@ def best_k(logits: np.ndarray, names: Sequence[str], k: int) -> list[Prediction]
 class Classifier:
     """A bundle with a backend: `predict` (top-k labels), `logits`, `embed` (unit features)."""
 
-    def __init__(self, bundle: Bundle, backend: Any, notes: list[str] | None = None, choice: Any = None):
+    def __init__(self, bundle: Bundle, backend: Any, notes: list[str] | None = None, choice: Any = None, *,
+                 exact_preprocess: bool = False):
         self.bundle, self.backend = bundle, backend
-        self.preprocess = PreprocessSpec.from_dict(bundle.preprocess)
+        self.notes = list(notes or [])
+        on_gpu = getattr(backend, "device", "cpu") == "cuda" or getattr(backend, "name", "") == "tensorrt"
+        decode, decode_notes = decode_for(bundle.manifest.passed_gates(), exact=exact_preprocess, gpu=on_gpu)
+        self.preprocess = replace(PreprocessSpec.from_dict(bundle.preprocess), decode=decode)
+        self.notes += decode_notes
         self.class_names = list(bundle.class_names)
         self._vectors = bundle.class_vectors
         self._scale = bundle.logit_scale
-        self.notes = list(notes or [])
         self.choice = choice  # runtime.auto.Choice when backend="auto" measured the CPU options
         self._text = None  # runtime.text.TextEncoder, loaded by the first with_class_names
         self._own_classes = True  # False after with_classes: the graph's own logits no longer apply
@@ -85,12 +90,15 @@ class Classifier:
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", *, providers: str | list[str] = "auto",
                     threads: int | None = None, device_id: int = 0, allow_invalid: bool = False,
-                    precision: str | None = None, probe: bool = True, hint: str = "latency") -> Classifier:
+                    precision: str | None = None, probe: bool = True, hint: str = "latency",
+                    exact_preprocess: bool = False) -> Classifier:
         """Open and verify a bundle (sha256 of every file) and load it on `backend`: "auto" (see the module
         docstring), "onnxruntime", "openvino", "tensorrt" or "torch". `precision` forces OpenVINO's inference
         precision ("fp32" or "bf16"; by default bf16 only where the bundle's bf16 gate passed). `probe=False`
         makes "auto" on a CPU take ONNX Runtime without measuring. `hint` is OpenVINO's: "latency" (one call
-        uses every thread) or "throughput" (parallel streams, for many threads calling at once)."""
+        uses every thread) or "throughput" (parallel streams, for many threads calling at once).
+        `exact_preprocess` decodes JPEG files in full as open_clip does, not by the faster decode the bundle's gate
+        passed (runtime/preprocess.py `decode_for`; `preprocess.decode` says which runs)."""
         if backend not in BACKENDS:
             raise PkdError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
         if hint not in ("latency", "throughput"):
@@ -103,6 +111,7 @@ class Classifier:
             backend = "openvino"
         bundle = open_bundle(path, allow_invalid=allow_invalid)
         notes: list[str] = []
+        cls = partial(cls, exact_preprocess=exact_preprocess)  # type: ignore[assignment]
         if backend == "tensorrt" or (backend == "auto" and bundle.engines):
             try:
                 return cls(bundle, _tensorrt(bundle, device_id), notes)
@@ -212,6 +221,7 @@ class Classifier:
             raise PkdError(f"class vectors of shape {list(vectors.shape)} do not fit {len(names)} names and "
                            f"dimension {self.bundle.model.embedding_dim}")
         other = Classifier(self.bundle, self.backend, self.notes, self.choice)
+        other.preprocess, other.notes = self.preprocess, list(self.notes)
         other.class_names, other._vectors, other._own_classes = names, vectors, False
         other._scale = self._scale if logit_scale is None else float(logit_scale)
         return other
