@@ -14,6 +14,7 @@ measured once per machine and cached (runtime/auto.py). `description` and `choic
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.runtime.bundle import Bundle, open_bundle
-from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare
+from promptkd_edge.runtime.preprocess import FrameGroups, PreprocessSpec, check_channel_order, frame_groups, prepare
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 PRECISIONS = ("fp32", "bf16")  # what `precision=` may force on OpenVINO
@@ -68,8 +69,10 @@ def best_k(logits: np.ndarray, names: Sequence[str], k: int) -> list[Prediction]
 class Classifier:
     """A bundle with a backend: `predict` (top-k labels), `logits`, `embed` (unit features)."""
 
-    def __init__(self, bundle: Bundle, backend: Any, notes: list[str] | None = None, choice: Any = None):
+    def __init__(self, bundle: Bundle, backend: Any, notes: list[str] | None = None, choice: Any = None,
+                 channel_order: str = "rgb"):
         self.bundle, self.backend = bundle, backend
+        self.channel_order = check_channel_order(channel_order)  # of the HxWx3 arrays given: rgb or bgr
         self.preprocess = PreprocessSpec.from_dict(bundle.preprocess)
         self.class_names = list(bundle.class_names)
         self._vectors = bundle.class_vectors
@@ -85,12 +88,22 @@ class Classifier:
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", *, providers: str | list[str] = "auto",
                     threads: int | None = None, device_id: int = 0, allow_invalid: bool = False,
-                    precision: str | None = None, probe: bool = True, hint: str = "latency") -> Classifier:
+                    precision: str | None = None, probe: bool = True, hint: str = "latency",
+                    channel_order: str = "rgb") -> Classifier:
         """Open and verify a bundle (sha256 of every file) and load it on `backend`: "auto" (see the module
         docstring), "onnxruntime", "openvino", "tensorrt" or "torch". `precision` forces OpenVINO's inference
         precision ("fp32" or "bf16"; by default bf16 only where the bundle's bf16 gate passed). `probe=False`
         makes "auto" on a CPU take ONNX Runtime without measuring. `hint` is OpenVINO's: "latency" (one call
-        uses every thread) or "throughput" (parallel streams, for many threads calling at once)."""
+        uses every thread) or "throughput" (parallel streams, for many threads calling at once). `channel_order`:
+        of the uint8 HxWx3 arrays given, "rgb" or "bgr" (OpenCV's and GStreamer's frames)."""
+        classifier = cls._load(path, backend, providers=providers, threads=threads, device_id=device_id,
+                               allow_invalid=allow_invalid, precision=precision, probe=probe, hint=hint)
+        classifier.channel_order = check_channel_order(channel_order)
+        return classifier
+
+    @classmethod
+    def _load(cls, path: str | os.PathLike, backend: str, *, providers: str | list[str], threads: int | None,
+              device_id: int, allow_invalid: bool, precision: str | None, probe: bool, hint: str) -> Classifier:
         if backend not in BACKENDS:
             raise PkdError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
         if hint not in ("latency", "throughput"):
@@ -141,7 +154,7 @@ class Classifier:
         from promptkd_edge.runtime.auto import choose
 
         options = _cpu_options(bundle, threads, precision, hint, ort)
-        loaded, choice = choose(options, bundle.model.inputs[0], model_sha256=bundle.manifest.files[bundle.model.file],
+        loaded, choice = choose(options, _probe_input(bundle), model_sha256=bundle.manifest.files[bundle.model.file],
                                 threads=threads, versions={**_versions(), "openvino hint": hint})
         return cls(bundle, loaded, notes, choice)
 
@@ -153,20 +166,36 @@ class Classifier:
     def input_format(self) -> str:
         return self.bundle.model.input_format
 
-    def inputs(self, images: Sequence[Any]) -> np.ndarray:
-        """Model-ready batch for `images` (paths, PIL images, uint8 HxWx3 arrays)."""
-        return prepare(images, self.preprocess, input_format=self.input_format)
+    def inputs(self, images: Sequence[Any]) -> np.ndarray | FrameGroups:
+        """Model-ready batch for `images` (paths, PIL images, uint8 HxWx3 arrays in `channel_order`); for a frame
+        bundle the whole frames, grouped by size (FrameGroups, which `run` takes)."""
+        if self.input_format == "frame":
+            return frame_groups(images, self.channel_order)
+        return prepare(images, self.preprocess, input_format=self.input_format, channel_order=self.channel_order)
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """The backend on a model-ready batch, after checking its shape and dtype against the manifest."""
+    def run(self, batch: np.ndarray | FrameGroups) -> dict[str, np.ndarray]:
+        """The backend on a model-ready batch, after checking its shape and dtype against the manifest; FrameGroups
+        run a batch per frame size, outputs back in input order."""
+        if isinstance(batch, FrameGroups):
+            return self._run_groups(batch)
         spec = self.bundle.model.inputs[0]
         expected = list(spec.shape[1:])
-        if batch.ndim != len(spec.shape) or list(batch.shape[1:]) != expected or len(batch) == 0:
+        fixed = [d if isinstance(d, int) else s for d, s in zip(expected, batch.shape[1:], strict=False)]
+        if batch.ndim != len(spec.shape) or list(batch.shape[1:]) != fixed or len(batch) == 0 or 0 in batch.shape:
             raise PkdError(f"input of shape {list(batch.shape)}; this model takes [batch, "
                            f"{', '.join(str(d) for d in expected)}] {spec.dtype} ({spec.layout or ''})")
         if batch.dtype != np.dtype(spec.dtype):
             raise PkdError(f"input of dtype {batch.dtype}; this model takes {spec.dtype}")
         return self.backend.run(batch)
+
+    def _run_groups(self, frames: FrameGroups) -> dict[str, np.ndarray]:
+        outs: dict[str, np.ndarray] = {}
+        for positions, batch in frames.groups:
+            for name, value in self.run(batch).items():
+                if name not in outs:
+                    outs[name] = np.empty((frames.count, *value.shape[1:]), dtype=value.dtype)
+                outs[name][positions] = value
+        return outs
 
     def _batch(self, batch_size: int) -> int:
         """`batch_size`, capped by what the backend takes (a TensorRT plan's largest profile)."""
@@ -211,7 +240,7 @@ class Classifier:
         if vectors.ndim != 2 or len(vectors) != len(names) or vectors.shape[1] != self.bundle.model.embedding_dim:
             raise PkdError(f"class vectors of shape {list(vectors.shape)} do not fit {len(names)} names and "
                            f"dimension {self.bundle.model.embedding_dim}")
-        other = Classifier(self.bundle, self.backend, self.notes, self.choice)
+        other = Classifier(self.bundle, self.backend, self.notes, self.choice, self.channel_order)
         other.class_names, other._vectors, other._own_classes = names, vectors, False
         other._scale = self._scale if logit_scale is None else float(logit_scale)
         return other
@@ -261,6 +290,17 @@ def _chunks(images: Sequence[Any], size: int):
         raise PkdError("no images given")
     for i in range(0, len(images), size):
         yield images[i:i + size]
+
+
+PROBE_FRAME = (1080, 1920)  # the frame size backend="auto" times a frame bundle's CPU options on
+
+
+def _probe_input(bundle: Bundle):
+    """The input `runtime.auto` times the options on: the model's, a frame graph's at 1080p."""
+    spec = bundle.model.inputs[0]
+    if bundle.model.input_format != "frame":
+        return spec
+    return dataclasses.replace(spec, shape=[spec.shape[0], *PROBE_FRAME, 3])
 
 
 def _bf16_gated(bundle: Bundle) -> bool:
