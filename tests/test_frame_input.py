@@ -69,6 +69,17 @@ def test_frame_bundle_matches_open_clip_on_frames_of_two_sizes(frame_bundle, tin
         assert (got.argmax(1) == want.argmax(1)).all()
 
 
+def test_auto_backend_times_a_frame_bundle_on_frames(frame_bundle, monkeypatch):
+    from promptkd_edge.runtime import classifier
+
+    monkeypatch.setattr(classifier, "PROBE_FRAME", (72, 128))  # 1080p by default; small frames keep this fast
+    clf = Classifier.from_bundle(frame_bundle)  # backend "auto" measures the CPU options on frames
+    assert clf.choice is not None and "onnxruntime" in clf.choice.timings
+    x = frames(3, SIZES[1], seed=5)
+    np.testing.assert_allclose(clf.logits(x), Classifier.from_bundle(frame_bundle, backend="onnxruntime").logits(x),
+                               atol=1e-3)
+
+
 def test_mixed_frame_sizes_keep_their_order_and_bgr_is_rgb_reversed(frame_bundle):
     clf = Classifier.from_bundle(frame_bundle, backend="onnxruntime")
     mixed = [frames(1, SIZES[i % 2], seed=i)[0] for i in range(5)]
@@ -222,11 +233,14 @@ def test_tensorrt_plan_of_a_frame_bundle_has_frame_profiles(frame_bundle, tmp_pa
     mixed = [frames(1, s, seed=i)[0] for i, s in enumerate([(72, 128), (24, 24), (96, 176), (72, 128)])]
     ort = Classifier.from_bundle(bundle, backend="onnxruntime").logits(mixed)
     np.testing.assert_allclose(clf.logits(mixed), ort, atol=1e-4)
-    with pytest.raises(PkdError, match="rejected input shape"):
-        clf.logits([frames(1, (97, 176))[0]])  # above the profile's max height
+    with pytest.raises(PkdError, match=r"image 1: a 176x97 frame is outside the TensorRT plan's frame profile "
+                                       r"\(24x24 to 176x96\); rebuild the plan with --trt-frame-sizes"):
+        clf.logits([mixed[0], frames(1, (97, 176))[0]])  # above the profile's max height
+    with pytest.raises(PkdError, match="rejected input shape"):  # the plan itself holds the profile too
+        clf.run(np.stack(frames(1, (97, 176))))
 
 
-def test_triton_serves_frames_of_any_size_and_deepstream_refuses(frame_bundle, tmp_path):
+def test_triton_serves_frames_of_any_size_and_the_rest_refuses_one_line(frame_bundle, tmp_path):
     from promptkd_edge.export.deepstream import write_config
     from promptkd_edge.export.triton import write_repository
 
@@ -235,6 +249,12 @@ def test_triton_serves_frames_of_any_size_and_deepstream_refuses(frame_bundle, t
     assert 'name: "image"\n    data_type: TYPE_UINT8\n    dims: [ -1, -1, 3 ]' in config
     with pytest.raises(PkdError, match="nvinfer scales every frame"):
         write_config(frame_bundle, tmp_path / "ds")
+    with pytest.raises(PkdError, match="torch backend runs the student on crops"):
+        Classifier.from_bundle(frame_bundle, backend="torch")
+    from promptkd_edge.export.extend import extend_bundle
+
+    with pytest.raises(PkdError, match="bf16 is not offered"):
+        extend_bundle(frame_bundle, ExportOptions(precision="bf16"))
 
 
 def test_cli_frame_input_options(tiny_run, tmp_path):

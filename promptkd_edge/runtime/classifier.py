@@ -126,6 +126,10 @@ class Classifier:
         if backend == "torch":
             from promptkd_edge.runtime.torch_backend import TorchBackend
 
+            if bundle.model.input_format == "frame":
+                raise PkdError("the torch backend runs the student on crops; a --frame-input bundle resizes frames in "
+                               "its ONNX graph: use backend onnxruntime, openvino or tensorrt")
+
             return cls(bundle, TorchBackend(bundle.path, bundle.model), notes)
         if backend == "openvino":
             from promptkd_edge.runtime.openvino_backend import OpenVinoBackend
@@ -191,11 +195,21 @@ class Classifier:
     def _run_groups(self, frames: FrameGroups) -> dict[str, np.ndarray]:
         outs: dict[str, np.ndarray] = {}
         for positions, batch in frames.groups:
+            self._check_frame_profile(positions[0], batch.shape[1:3])
             for name, value in self.run(batch).items():
                 if name not in outs:
                     outs[name] = np.empty((frames.count, *value.shape[1:]), dtype=value.dtype)
                 outs[name][positions] = value
         return outs
+
+    def _check_frame_profile(self, index: int, size: tuple[int, ...]) -> None:
+        """A TensorRT plan takes the frame sizes its profiles were built for (the engine record's frame_sizes)."""
+        record = getattr(self.backend, "record", None)
+        limits = record.get("frame_sizes") if isinstance(record, dict) else None
+        if limits and not all(lo <= s <= hi for lo, s, hi in zip(limits[0], size, limits[2], strict=True)):
+            (h0, w0), _, (h1, w1) = limits
+            raise PkdError(f"image {index}: a {size[1]}x{size[0]} frame is outside the TensorRT plan's frame "
+                           f"profile ({w0}x{h0} to {w1}x{h1}); rebuild the plan with --trt-frame-sizes")
 
     def _batch(self, batch_size: int) -> int:
         """`batch_size`, capped by what the backend takes (a TensorRT plan's largest profile)."""
