@@ -14,6 +14,7 @@ import datetime as dt
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -579,8 +580,8 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     if reference is None or fmt == "frame":  # a frame graph's reference: itself on ONNX Runtime, gated at export
         cpu = OnnxRuntimeBackend(master, providers="cpu", extra_outputs=_embeddings_inside(master, model.head))
         try:
-            reference = _joined([_run_backend(cpu, x, options.batch_size, progress,
-                                              "parity: ONNX Runtime fp32 (reference)") for x in gate_inputs])
+            reference = _joined([_run_backend(cpu, make(), options.batch_size, progress,
+                                              "parity: ONNX Runtime fp32 (reference)") for make in gate_inputs])
         finally:
             cpu.close()
         target_ref = "onnxruntime-cpu fp32" + (" (the frame graph, gated against open_clip's transform at export)"
@@ -607,7 +608,7 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
         progress.note("parity gate: the engine against " + target_ref)
         engine = TensorRTBackend(stage / record["file"], record)
         try:
-            runs = [_run_plan(engine, x, chunks, progress) for x in gate_inputs]
+            runs = [_run_plan(engine, make(), chunks, progress) for make in gate_inputs]
         finally:
             engine.close()
         n = len(images.parity)
@@ -635,18 +636,19 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
 
 
 def _gate_inputs(images: gate.ImageSet, spec: PreprocessSpec, fmt: str, frame: dict[str, Any] | None,
-                 build: Any) -> list[np.ndarray]:
-    """The plan's gate batches: the parity images in the model's input format; for a frame graph the parity
-    images as frames of each size its export gate measured that the plan's frame profile takes (else of the
-    profile's opt size), one array per size."""
+                 build: Any) -> list[Callable[[], np.ndarray]]:
+    """Makers of the plan's gate inputs: the parity images in the model's input format; for a frame graph the
+    parity images as frames of each size its export gate measured that the plan's frame profile takes (else of the
+    profile's opt size), one size at a time (200 1080p frames take 1.2 GB)."""
     if fmt != "frame":
-        return [prepare(images.parity, spec, input_format=fmt)]
+        batch = prepare(images.parity, spec, input_format=fmt)
+        return [lambda: batch]
     from promptkd_edge.export.frame import frames_at
 
     lo, opt, hi = build.frame_sizes  # TrtBuildOptions
     sizes = [tuple(s) for s in (frame or {}).get("gate_sizes", [])
              if lo[0] <= s[0] <= hi[0] and lo[1] <= s[1] <= hi[1]]
-    return [frames_at(images.parity, size) for size in sizes or [opt]]
+    return [lambda size=size: frames_at(images.parity, size) for size in sizes or [opt]]
 
 
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
