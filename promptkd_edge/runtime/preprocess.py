@@ -64,6 +64,7 @@ CHANNEL_ORDERS = ("rgb", "bgr")  # of HxWx3 arrays: OpenCV and GStreamer (BGR/BG
 
 
 def check_channel_order(channel_order: str) -> str:
+    """`channel_order` when it is one of CHANNEL_ORDERS, else a one-line PkdError."""
     if channel_order not in CHANNEL_ORDERS:
         raise PkdError(f"unknown channel order '{channel_order}'; choose rgb or bgr (OpenCV's frames are bgr)")
     return channel_order
