@@ -242,6 +242,35 @@ def test_tensorrt_plan_of_a_frame_bundle_has_frame_profiles(frame_bundle, tmp_pa
         clf.run(np.stack(frames(1, (97, 176))))
 
 
+def test_export_run_with_a_tensorrt_11_fp16_plan_of_frames(tiny_run, tmp_path, monkeypatch):
+    """`pkd export RUN --frame-input --trt` on TensorRT 11 (strongly typed: an FP16 graph is written, with the frame
+    transform kept FP32); the plan is gated against the frame graph on ONNX Runtime at the gate's frame sizes."""
+    import onnx
+
+    from promptkd_edge.export.tensorrt_build import TrtBuildOptions
+
+    _fake_tensorrt(monkeypatch, tmp_path, "11.4.0")
+    out = tmp_path / "b"
+    trt = TrtBuildOptions(precision="fp16", profiles=[(1, 2, 4)], frame_sizes=[(32, 32), (72, 128), (90, 160)],
+                          engine_cache_dir=None)
+    export_run(tiny_run, out, ExportOptions(input_format="frame", precision="fp16", trt=trt, parity_images=4,
+                                            frame_gate_sizes=SIZES))
+    m = manifest(out)
+    [engine] = m["engines"]
+    assert m["valid"] and engine["onnx"] == "model.fp16.onnx" and engine["frame_sizes"][2] == [90, 160]
+    graph = onnx.load(str(out / "model.fp16.onnx")).graph
+    transform = [n for n in graph.node if n.name.startswith("frame/")]
+    fp16 = onnx.TensorProto.FLOAT16
+    assert len(transform) == len(frame_graph.frame_node_names(onnx.load(str(out / "model.onnx"))))
+    assert not [n.name for n in transform if n.op_type == "Cast" and n.attribute[0].i == fp16]  # FP32 throughout
+    assert any(n.op_type == "Cast" and n.attribute[0].i == fp16 for n in graph.node)  # the model behind is FP16
+    [gate] = [p for p in m["parity"] if p.get("engine") == engine["file"]]
+    assert gate["passed"] and gate["images"] == 2 * 4 and "frame graph" in gate["reference"]
+    x = [frames(1, s, seed=i)[0] for i, s in enumerate(SIZES)]
+    got = Classifier.from_bundle(out, backend="tensorrt").logits(x)
+    np.testing.assert_allclose(got, Classifier.from_bundle(out, backend="onnxruntime").logits(x), atol=0.05)
+
+
 def test_triton_serves_frames_of_any_size_and_the_rest_refuses_one_line(frame_bundle, tmp_path):
     from promptkd_edge.export.deepstream import write_config
     from promptkd_edge.export.triton import write_repository

@@ -674,6 +674,13 @@ def _engine_graph(bundle_dir: Path, stage: Path, manifest: Manifest, precision: 
     dst = stage / name
     calib = prepare(images.calibration, spec, input_format=fmt) if images.calibration and fmt != "frame" else None
     progress.note(f"writing the {precision} graph {name} for TensorRT {api}")
+    if precision == "fp16" and fmt == "frame":  # the in-graph resize stays FP32, untouched
+        from promptkd_edge.export.frame import PREFIX, convert_behind
+
+        inner = [k for k in keep if not k.startswith(PREFIX)]
+        tool = convert_behind(master, dst, spec, manifest.model.frame["method"],
+                              lambda src, out: to_fp16(src, out, inner, None, input_name=INPUT_NAME))
+        return dst, name, {"tool": tool, "frame_transform": "fp32"}
     if precision == "fp16":
         return dst, name, {"tool": to_fp16(master, dst, keep, calib, input_name=INPUT_NAME)}
     if calib is None:

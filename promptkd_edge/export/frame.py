@@ -231,6 +231,50 @@ def wrap_model(src: str | os.PathLike, dst: str | os.PathLike, spec: PreprocessS
     return Path(dst)
 
 
+def unwrap_model(src: str | os.PathLike, dst: str | os.PathLike, spec: PreprocessSpec) -> Path:
+    """Write `dst`: the normalised-input graph behind the frame transform of `src` (input INPUT_NAME, float32
+    [batch, 3, S, S]), so a precision conversion can leave the transform alone (`convert_behind`)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inner = f"{PREFIX}normalized"
+    kept = [n for n in graph.node if not n.name.startswith(PREFIX)]
+    for node in kept:
+        node.input[:] = [INPUT_NAME if i == inner else i for i in node.input]
+    del graph.node[:]
+    graph.node.extend(kept)
+    inits = [t for t in graph.initializer if not t.name.startswith(PREFIX)]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    image = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, *spec.size])
+    others = [i for i in graph.input if i.name != INPUT_NAME]
+    del graph.input[:]
+    graph.input.extend([image, *others])
+    values = [v for v in graph.value_info if not v.name.startswith(PREFIX)]
+    del graph.value_info[:]
+    graph.value_info.extend(values)
+    onnx.save(model, str(dst))
+    return Path(dst)
+
+
+def convert_behind(src: Path, dst: Path, spec: PreprocessSpec, method: str, convert: Callable[[Path, Path], Any]
+                   ) -> Any:
+    """`convert(inner, out)` (e.g. the FP16 conversion) on the graph behind the frame transform of `src`, written
+    behind the same transform to `dst`; returns what `convert` returns. Converting the whole graph with the transform
+    kept FP32 would still cast every tensor between its nodes to FP16 and back (ONNX Runtime's converter does), which
+    rounds a 1920-pixel coordinate to a step of 1 and a weight to 11 bits."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pkd-frame-") as tmp:
+        inner = unwrap_model(src, Path(tmp) / "inner.onnx", spec)
+        converted = Path(tmp) / "inner.converted.onnx"
+        result = convert(inner, converted)
+        wrap_model(converted, dst, spec, method)
+    return result
+
+
 def frame_node_names(model) -> list[str]:
     """Names of the frame transform's nodes in a frame graph (kept FP32 where a precision changes)."""
     return [n.name for n in model.graph.node if n.name.startswith(PREFIX)]
