@@ -39,7 +39,9 @@ TRT_METHODS = ("matrix", "box-cubic", "cubic")  # no antialias in TensorRT's IRe
 DEFAULT_GATE_SIZES = ((720, 1280), (1080, 1920))  # (height, width) of the frames the gate measures
 THRESHOLDS = {"top1_agreement": 0.995, "min_cosine": 0.999}  # a resampling difference is gated like FP16's
 MODES = {"bicubic": "cubic", "bilinear": "linear"}
+CUBIC_A = -0.5  # PIL's bicubic (Resample.c bicubic_filter); ONNX Resize's default is -0.75
 PREFIX = "frame/"
+FLOAT, INT64 = 1, 7  # onnx.TensorProto.FLOAT, .INT64 (Cast's `to`)
 
 
 def check_spec(spec: PreprocessSpec) -> None:
@@ -82,29 +84,26 @@ class _Nodes:
 
     def resize(self, x: str, sizes: str, mode: str, antialias: int) -> str:
         """One Resize, then rounded and clipped to 0..255 as PIL stores each pass in uint8."""
-        extra = {"cubic_coeff_a": -0.5} if mode == "cubic" else {}
-        y = self.op("Resize", [x, "", "", sizes], mode=mode, coordinate_transformation_mode="half_pixel",
-                    exclude_outside=1, antialias=antialias, **extra)
-        return self.op("Clip", [self.op("Round", [y]), self.const(0.0, np.float32), self.const(255.0, np.float32)])
+        extra = {"cubic_coeff_a": CUBIC_A} if mode == "cubic" else {}
+        return _rounded(self, self.op("Resize", [x, "", "", sizes], mode=mode, exclude_outside=1, antialias=antialias,
+                                      coordinate_transformation_mode="half_pixel", **extra))
 
     def centre(self, new: str, crop: int) -> tuple[str, str]:
         """(start, end) of torchvision's CenterCrop along an axis of length `new`: round((new - crop) / 2), with
         round half to even like Python's round."""
-        diff = self.op("Cast", [self.op("Sub", [new, self.const([crop], np.int64)])], to=1)
-        start = self.op("Cast", [self.op("Round", [self.op("Div", [diff, self.const([2.0], np.float32)])])], to=7)
+        diff = self.op("Cast", [self.op("Sub", [new, self.const([crop], np.int64)])], to=FLOAT)
+        start = self.op("Cast", [self.op("Round", [self.op("Div", [diff, self.const([2.0], np.float32)])])], to=INT64)
         return start, self.op("Add", [start, self.const([crop], np.int64)])
 
 
 def frame_transform(spec: PreprocessSpec, method: str, source: str, target: str) -> tuple[list, list]:
     """(nodes, initializers) taking uint8 `source` [B, H, W, 3] to the normalised float `target` [B, 3, S, S]."""
-    from onnx import TensorProto
-
     if method not in METHODS:
         raise PkdError(f"unknown frame resize method '{method}'; choose one of {', '.join(METHODS)}")
     check_spec(spec)
     size, mode = spec.size[0], MODES[spec.interpolation]
     g = _Nodes()
-    x = g.op("Transpose", [g.op("Cast", [source], to=TensorProto.FLOAT)], perm=[0, 3, 1, 2])
+    x = g.op("Transpose", [g.op("Cast", [source], to=FLOAT)], perm=[0, 3, 1, 2])
     shape = g.op("Shape", [x])
     bc, hw = g.part(shape, 0, 2), g.part(shape, 2, 4)
     short = g.op("ReduceMin", [hw], keepdims=1)
@@ -131,9 +130,6 @@ def frame_transform(spec: PreprocessSpec, method: str, source: str, target: str)
     return _normalized(g, x, spec, target)
 
 
-CUBIC_A = -0.5  # PIL's bicubic (Resample.c bicubic_filter)
-
-
 def _matrix(g: _Nodes, x: str, spec: PreprocessSpec, hw: str, new_h: str, new_w: str, target: str
             ) -> tuple[list, list]:
     """The "matrix" method's nodes: horizontal pass x @ Wh [W, S], rounded like PIL's uint8 store, then the vertical
@@ -152,17 +148,14 @@ def _rounded(g: _Nodes, x: str) -> str:
 def _weights(g: _Nodes, length: str, new: str, size: int, interpolation: str) -> str:
     """[S, length] float weights: output j of the centre crop (j = start .. start + S - 1 of `new` outputs) from
     input i, PIL's filter((i + 0.5 - (j + 0.5) * scale) / max(1, scale)), scale = length / new, rows normalised."""
-    from onnx import TensorProto
-
     start, _ = g.centre(new, size)
-    f = TensorProto.FLOAT
-    scale = g.op("Div", [g.op("Cast", [length], to=f), g.op("Cast", [new], to=f)])
+    scale = g.op("Div", [g.op("Cast", [length], to=FLOAT), g.op("Cast", [new], to=FLOAT)])
     stretch = g.op("Max", [scale, g.const([1.0], np.float32)])
     half = g.const([0.5], np.float32)
     j = g.op("Cast", [g.op("Range", [g.op("Squeeze", [start]), g.op("Squeeze", [g.op("Add", [
-        start, g.const([size], np.int64)])]), g.const(1, np.int64)])], to=f)
+        start, g.const([size], np.int64)])]), g.const(1, np.int64)])], to=FLOAT)
     centre = g.op("Mul", [g.op("Add", [j, half]), scale])  # [S]
-    i = g.op("Cast", [g.op("Range", [g.const(0, np.int64), g.op("Squeeze", [length]), g.const(1, np.int64)])], to=f)
+    i = g.op("Cast", [g.op("Range", [g.const(0, np.int64), g.op("Squeeze", [length]), g.const(1, np.int64)])], to=FLOAT)
     offset = g.op("Sub", [g.op("Unsqueeze", [g.op("Add", [i, half]), g.const([0], np.int64)]),
                           g.op("Unsqueeze", [centre, g.const([1], np.int64)])])  # [S, length]
     t = g.op("Abs", [g.op("Div", [offset, stretch])])
