@@ -130,8 +130,9 @@ def test_frame_graph_refuses_a_normalised_batch_but_takes_a_crop_sized_frame(fra
 
 
 def test_gate_refuses_a_resize_that_fails_with_the_measured_numbers(tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setitem(frame_graph.THRESHOLDS, "min_cosine", 1.01)  # nothing can pass
-    with pytest.raises(PkdError, match=r"no in-graph frame resize passed.*matrix on onnxruntime-cpu: top-1 "
+    monkeypatch.setattr(frame_graph, "THRESHOLDS", {"top1_agreement": 1.0, "min_cosine": 1.01})  # nothing passes
+    with pytest.raises(PkdError, match=r"no in-graph frame resize passed the bundle's parity thresholds "
+                                       r"\(top1_agreement 1, min_cosine 1.01\).*matrix on onnxruntime-cpu: top-1 "
                                        r"[0-9.]+%, cosine [0-9.]+.*export without --frame-input") as err:
         export_run(tiny_run, tmp_path / "b", ExportOptions(input_format="frame", parity_images=4,
                                                            frame_gate_sizes=SIZES[:1], frame_resize="matrix"))

@@ -6,8 +6,9 @@ The resize is ONNX Resize (opset >= 18), separable like PIL's (the horizontal pa
 stores it, then the vertical pass), cubic_coeff_a -0.5 (PIL's bicubic, not ONNX's default -0.75), exclude_outside 1
 (PIL renormalises the taps inside the image), half_pixel coordinates (PIL samples at pixel centres). Downscaling a
 1080p frame to 224 needs a wider filter (PIL stretches its kernel by the scale): METHODS are the ways to get there,
-each measured against open_clip's transform on the parity images at frame sizes, and the first that passes on every
-backend at hand is used (`choose`):
+each measured against open_clip's transform on the parity images at frame sizes under the bundle's FP32 thresholds
+(top-1 agreement 1.0 beyond near ties, max |delta logit| 1e-3), and the first that passes on every backend at hand is
+used (`choose`):
 - "matrix": PIL's own resampling (Resample.c precompute_coeffs: kernel stretched by max(1, in/out), taps centred at
   (j + 0.5) * in/out, normalised over the taps inside the image) as two MatMuls with weight matrices computed in the
   graph from the frame's size (Range, Abs, Where, ReduceSum), only for the rows and columns the crop keeps: standard
@@ -37,7 +38,7 @@ from promptkd_edge.formats.preprocess import PreprocessSpec
 METHODS = ("matrix", "antialias", "box-cubic", "cubic")  # in order of preference
 TRT_METHODS = ("matrix", "box-cubic", "cubic")  # no antialias in TensorRT's IResizeLayer (NvInfer.h: IResizeLayer)
 DEFAULT_GATE_SIZES = ((720, 1280), (1080, 1920))  # (height, width) of the frames the gate measures
-THRESHOLDS = {"top1_agreement": 0.995, "min_cosine": 0.999}  # a resampling difference is gated like FP16's
+THRESHOLDS = gate.THRESHOLDS["fp32"]  # the frame graph is FP32: gated with the bundle's own FP32 thresholds
 MODES = {"bicubic": "cubic", "bilinear": "linear"}
 CUBIC_A = -0.5  # PIL's bicubic (Resample.c bicubic_filter); ONNX Resize's default is -0.75
 PREFIX = "frame/"
@@ -326,9 +327,9 @@ def choose(measured: dict[str, dict[str, Any]], methods: Sequence[str]) -> str:
     shown = "; ".join(f"{name}: top-1 {f['top1_agreement']:.2%}, cosine {f['min_cosine']:.5f}, max |delta logit| "
                       f"{f['max_abs_logit_diff']:.3g}" if "error" not in f else f"{name}: {f['error']}"
                       for name, f in measured.items())
-    raise PkdError(f"no in-graph frame resize passed its parity gate (top-1 >= {THRESHOLDS['top1_agreement']:.1%}, "
-                   f"cosine >= {THRESHOLDS['min_cosine']}) against open_clip's transform: {shown}; export without "
-                   "--frame-input and resize on the CPU")
+    limits = ", ".join(f"{k} {v:g}" for k, v in THRESHOLDS.items())
+    raise PkdError(f"no in-graph frame resize passed the bundle's parity thresholds ({limits}) against open_clip's "
+                   f"transform: {shown}; export without --frame-input and resize on the CPU")
 
 
 def cpu_backends(extra_outputs: dict[str, str] | None) -> dict[str, Callable[[Path], Any]]:
