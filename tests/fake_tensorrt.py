@@ -252,7 +252,20 @@ OP_LAYERS = {
     "ConstantOfShape": ["FILL"],  # EVA's rotary embeddings (onnx-tensorrt operators.md: all three supported)
     "BatchNormalization": ["SCALE"], "GlobalAveragePool": ["REDUCE"], "AveragePool": ["POOLING"],
     "MaxPool": ["POOLING"], "Range": ["FILL"],  # convolutional students (FastViT's attention pre-norm, pools)
+    # --frame-input's in-graph resize (export/frame.py): onnx-tensorrt imports Round/Abs as IUnaryLayer, Min/Max/Less
+    # as IElementWiseLayer, Where as ISelectLayer, Resize as IResizeLayer (docs/operators.md)
+    "Round": ["UNARY"], "Abs": ["UNARY"], "Min": ["ELEMENTWISE"], "Max": ["ELEMENTWISE"], "Less": ["ELEMENTWISE"],
+    "Where": ["SELECT"], "Resize": ["RESIZE"],
 }
+
+
+def resize_refusal(node) -> str | None:
+    """What onnx-tensorrt's importResize refuses that a frame graph may hold: antialias=1 (TensorRT 10 reports
+    `(antialias == 0) && "Antialiasing is not supported currently."`, NVIDIA/TensorRT#3560; IResizeLayer in
+    NvInfer.h 10.3 and 11.1 has no antialias setting)."""
+    if any(a.name == "antialias" and a.i for a in node.attribute):
+        return 'Assertion failed: (antialias == 0) && "Antialiasing is not supported currently."'
+    return None
 # What TensorRT's Q/DQ take (onnx-tensorrt docs/operators.md; FP4 in the parser of 11)
 QDQ_TYPES = {10: {"INT8", "FLOAT8E4M3FN", "INT4"}, 11: {"INT8", "FLOAT8E4M3FN", "INT4", "FLOAT4E2M1"}}
 
@@ -455,6 +468,7 @@ def make_fake_trt(version: str | int = 10) -> types.ModuleType:
                     return False
                 qdq = node.op_type in ("QuantizeLinear", "DequantizeLinear")
                 refused = qdq_refusal(node, inits, quantized, major) if qdq else None
+                refused = refused or (resize_refusal(node) if node.op_type == "Resize" else None)
                 if refused:
                     self._errors.append(ParserError._make(index, name, node.op_type, refused))
                     return False

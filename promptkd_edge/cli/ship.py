@@ -3,6 +3,7 @@ images. `pkd predict` and `pkd export BUNDLE` run on the core install (no torch)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Annotated
@@ -48,6 +49,11 @@ EXPORT_EXAMPLES = """
   # embeddings + logits, uint8 NHWC input (resize/crop in the app, the rest in the graph)
   pkd export runs/pets --out bundles/pets --head both --uint8-input
 
+  # whole camera frames (uint8 NHWC of any size; Classifier(channel_order="bgr") takes OpenCV's): the graph resizes
+  # and crops them itself, gated against open_clip's transform on frames of 1280x720 and 1920x1080
+  pkd export runs/pets --out bundles/pets-frames --frame-input
+  pkd export bundles/pets-frames --trt --precision fp16 --trt-frame-sizes 360x640,1080x1920,2160x3840
+
   # on the Jetson / GPU machine: add a TensorRT FP16 plan to a bundle (profiles 1/1/1 and 1/8/32)
   pkd export bundles/pets --trt --precision fp16 --trt-profile 1,1,1 --trt-profile 1,8,32 --data images/
 
@@ -76,6 +82,18 @@ def export(
     pixel_input: Annotated[bool, typer.Option("--pixel-input", help="Graph takes float32 NCHW pixels 0-255 at the "
                                               "model resolution and normalises itself (what DeepStream's nvinfer "
                                               "feeds).")] = False,
+    frame_input: Annotated[bool, typer.Option("--frame-input", help="Graph takes whole uint8 NHWC frames of any "
+                                              "height and width and does the resize, centre crop and normalisation "
+                                              "itself (gated against open_clip's transform on frames).")] = False,
+    frame_resize: Annotated[str, typer.Option(help="--frame-input: the in-graph resize, auto (the first that passes: "
+                                              "matrix, antialias, box-cubic, cubic; TensorRT parses no antialias) or "
+                                              "one of them.")] = _E.frame_resize,
+    frame_gate_size: Annotated[list[str] | None, typer.Option("--frame-gate-size", help="HEIGHTxWIDTH of the "
+                                                              "frames the --frame-input gate measures; repeat for "
+                                                              "several (default 720x1280 and 1080x1920).")] = None,
+    trt_frame_sizes: Annotated[str | None, typer.Option("--trt-frame-sizes", help="A frame bundle's plan: MIN,OPT,"
+                                                        "MAX frame HEIGHTxWIDTH of every profile (default "
+                                                        "32x32,1080x1920,2160x3840).")] = None,
     precision: Annotated[str, typer.Option(help="model.onnx: fp32, fp16 or int8 (ONNX Runtime QDQ); bf16: an FP32 "
                                            "model.onnx with OpenVINO's bf16 gated on this CPU (required; fp32 and "
                                            "int8 exports offer it where OpenVINO and bf16 exist). With --trt: the "
@@ -153,12 +171,15 @@ def export(
     from promptkd_edge.export.extend import extend_bundle
     from promptkd_edge.runtime.bundle import is_bundle, open_bundle
 
-    if uint8_input and pixel_input:
-        raise PkdError("--uint8-input and --pixel-input are two input formats; choose one")
-    input_format = "uint8" if uint8_input else "pixels" if pixel_input else "normalized"
+    if uint8_input + pixel_input + frame_input > 1:
+        raise PkdError("--uint8-input, --pixel-input and --frame-input are input formats; choose one")
+    input_format = "uint8" if uint8_input else "pixels" if pixel_input else "frame" if frame_input else "normalized"
     trt = _trt_options(trt_profile, workspace_gib, opt_level, timing_cache, trt_tf32) if build_trt else None
+    if trt_frame_sizes is not None and trt is not None:
+        trt = dataclasses.replace(trt, frame_sizes=_frame_sizes("--trt-frame-sizes", trt_frame_sizes.split(",")))
+    gate_sizes = _frame_sizes("--frame-gate-size", frame_gate_size) if frame_gate_size else _E.frame_gate_sizes
     options = ExportOptions(**config_values(ExportOptions, ctx.params), input_format=input_format,
-                            trt=trt).validate()
+                            frame_gate_sizes=gate_sizes, trt=trt).validate()
     progress = make_progress(not as_json)
     if is_bundle(source):
         extend_bundle(source, options, out=out, triton=triton, triton_backend=triton_backend, triton_name=triton_name,
@@ -184,6 +205,18 @@ def export(
                     + "".join(f"; engine {shown(e.file)}" for e in manifest.engines))
     if manifest.source.get("complete") is False:
         console().print(f"[yellow]exported from {shown(describe_state(manifest.source))}[/]", soft_wrap=True)
+
+
+def _frame_sizes(flag: str, texts: list[str]) -> list[tuple[int, int]]:
+    """HEIGHTxWIDTH texts as (height, width) pairs; a one-line PkdError naming `flag` otherwise."""
+    out = []
+    for text in texts:
+        try:
+            h, w = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise PkdError(f"{flag} '{text}' is not HEIGHTxWIDTH (e.g. 1080x1920)") from None
+        out.append((h, w))
+    return out
 
 
 def _trt_options(profiles: list[str] | None, workspace_gib: float, opt_level: int,

@@ -14,6 +14,7 @@ import datetime as dt
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 from promptkd_edge import __version__
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity as gate
+from promptkd_edge.export.frame import DEFAULT_GATE_SIZES, METHODS, TRT_METHODS, frame_node_names
 from promptkd_edge.export.gate_batches import Chunk, describe, plan_batches, run_batches
 from promptkd_edge.export.graph import DEFAULT_OPSET, INPUT_NAME, embedding_tensor, head_nodes, io_description, slim
 from promptkd_edge.export.precision import (
@@ -87,6 +89,8 @@ class ExportOptions:
     trt: Any = None  # promptkd_edge.export.tensorrt_build.TrtBuildOptions
     text_encoder: bool = False  # the teacher's text tower + tokenizer, for class names given on the device
     fast_decode: bool = True  # gate the faster JPEG decodes (export/decode_gate.py); the runtime uses those that pass
+    frame_resize: str = "auto"  # input_format "frame": export/frame.py METHODS, or auto (the first that passes)
+    frame_gate_sizes: list[tuple[int, int]] = field(default_factory=lambda: list(DEFAULT_GATE_SIZES))
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -100,11 +104,51 @@ class ExportOptions:
                            "inside the graph, so class names given on the device could not be used")
         if self.input_format not in INPUT_FORMATS:
             raise PkdError(f"unknown input format '{self.input_format}'; choose one of {', '.join(INPUT_FORMATS)}")
+        if self.input_format == "frame":
+            self._validate_frame()
         if self.parity_images < 1:
             raise PkdError("--parity-images must be >= 1")
         if self.precision in ("int8", "fp8") and self.calibration_images < 1:
             raise PkdError("--calibration-images must be >= 1 for int8/fp8")
         return self
+
+    def _validate_frame(self) -> None:
+        if self.trt is None and self.precision != "fp32":
+            raise PkdError(f"--frame-input exports an FP32 model.onnx (the in-graph resize is gated in FP32); "
+                           f"precision {self.precision} is not offered with it: export without --frame-input, or "
+                           "build a TensorRT fp16 plan with --trt")
+        check_frame_plan(self.precision if self.trt is not None else "fp32")
+        methods = frame_methods(self)
+        if self.frame_resize != "auto" and self.frame_resize not in METHODS:
+            raise PkdError(f"unknown --frame-resize '{self.frame_resize}'; choose auto or {', '.join(METHODS)}")
+        if not methods:
+            raise PkdError(f"--frame-resize {self.frame_resize} is not parsed by TensorRT (no antialiased Resize: "
+                           f"NVIDIA/TensorRT#3560); choose {' or '.join(TRT_METHODS)} with --trt")
+        sizes = []
+        for s in self.frame_gate_sizes:
+            try:
+                h, w = (int(v) for v in s)
+            except (TypeError, ValueError):
+                raise PkdError(f"a frame gate size is HEIGHTxWIDTH, not {s!r}") from None
+            if h < 1 or w < 1:
+                raise PkdError(f"frame gate size {h}x{w} must be positive")
+            sizes.append((h, w))
+        if not sizes:
+            raise PkdError("give at least one frame size for the --frame-input parity gate")
+        self.frame_gate_sizes = sizes
+
+
+def check_frame_plan(precision: str) -> None:
+    """A frame graph's TensorRT plan is fp32 or fp16: INT8/FP8 calibration would quantize the in-graph resize."""
+    if precision in ("int8", "fp8"):
+        raise PkdError(f"a --frame-input bundle's TensorRT plan is fp32 or fp16, not {precision} (calibration would "
+                       "quantize the in-graph resize): build fp16, or export without --frame-input for int8")
+
+
+def frame_methods(options: ExportOptions) -> tuple[str, ...]:
+    """The in-graph resize methods an export measures, in order: TensorRT parses no antialiased Resize."""
+    allowed = TRT_METHODS if options.trt is not None else METHODS
+    return allowed if options.frame_resize == "auto" else tuple(m for m in (options.frame_resize,) if m in allowed)
 
 
 def _versions(opset: int) -> dict[str, Any]:
@@ -197,9 +241,10 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
     with work_folder(out.parent / f".{out.name}.tmp-{os.getpid()}") as tmp:
         manifest, reference = _export_into(tmp, run, student, vectors, spec, images, onnx_precision, options,
                                            progress, state)
-        if onnx_precision in BF16_GRAPHS and not no_bf16:  # required with --precision bf16, else an offer
+        if onnx_precision in BF16_GRAPHS and not no_bf16 and options.input_format != "frame":
+            # required with --precision bf16, else an offer (a frame graph is gated in FP32 only)
             _gate_bf16(tmp, manifest, images, reference, vectors, spec, options, progress)
-        if options.fast_decode:
+        if options.fast_decode and options.input_format != "frame":  # a frame graph takes whole decoded frames
             from promptkd_edge.export.decode_gate import gate_decodes
 
             gate_decodes(tmp, manifest, images.parity, spec, images.source, vectors=vectors.vectors.numpy(),
@@ -361,9 +406,10 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     from promptkd_edge.export.onnx_export import export_onnx
 
     fmt = options.input_format
+    graph_fmt = "normalized" if fmt == "frame" else fmt  # a frame graph is the normalised one behind the resize
     progress.note("folding prompts, projector and class vectors into one graph")
-    folded = FoldedStudent(student, vectors if options.head != "embeddings" else None, options.head, fmt)
-    calib = prepare(images.calibration, spec, input_format=fmt) if images.calibration else None
+    folded = FoldedStudent(student, vectors if options.head != "embeddings" else None, options.head, graph_fmt)
+    calib = prepare(images.calibration, spec, input_format=graph_fmt) if images.calibration else None
     smoothing = None
     if onnx_precision == "int8" and options.smooth and calib is not None:
         from promptkd_edge.export.smooth import smooth
@@ -393,7 +439,7 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     progress.note("parity gate: PyTorch student against the exported graph")
     float_inputs = prepare(images.parity, spec)
     reference = _torch_reference(student, vectors, float_inputs, options.batch_size, progress)
-    model_inputs = prepare(images.parity, spec, input_format=fmt) if fmt != "normalized" else float_inputs
+    model_inputs = prepare(images.parity, spec, input_format=graph_fmt) if graph_fmt != "normalized" else float_inputs
     backend = OnnxRuntimeBackend(fp32_path, providers="cpu", precision=onnx_precision,
                                  extra_outputs=_embeddings_inside(fp32_path, options.head))
     try:
@@ -404,25 +450,54 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     candidate = gate.with_logits(got, vectors.vectors.numpy(), vectors.logit_scale)
     figures = gate.compare(reference, candidate, onnx_precision, "onnxruntime-cpu", images.source)
     figures["calibration_overlap"] = images.overlap
+    frame, frame_figures = None, []
+    if fmt == "frame":
+        figures["target"] += " (the graph behind the frame transform, on open_clip's crops)"
+        frame, frame_figures = _frame_graph(tmp, fp32_path, student, vectors, spec, images, options, progress)
+        keep = keep + frame_node_names(onnx.load(str(fp32_path)))  # FP32 on TensorRT too: pixels to 0.5 of 255
 
     vectors.save(tmp)
     write_json(tmp / "preprocess.json", spec.to_dict())
     shutil.copy2(run.student, tmp / "student.safetensors")
     inputs, outputs = io_description(onnx.load(str(fp32_path), load_external_data=False))
-    inputs[0]["layout"] = "NHWC" if fmt == "uint8" else "NCHW"
+    inputs[0]["layout"] = "NHWC" if fmt in ("uint8", "frame") else "NCHW"
     model = ModelEntry(file="model.onnx", precision=onnx_precision, head=options.head, input_format=fmt,
                        inputs=[TensorInfo.from_dict(t) for t in inputs],
                        outputs=[TensorInfo.from_dict(t) for t in outputs], num_classes=len(vectors.names),
                        embedding_dim=vectors.dim, logit_scale=vectors.logit_scale, fp32_nodes=keep,
-                       conversion=conversion, slim_nodes_removed=slimmed)
+                       conversion=conversion, slim_nodes_removed=slimmed, frame=frame)
     manifest = Manifest(
         model=model, valid=figures["passed"],
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         source={"run": str(run.path.resolve()), "student_spec": student.config.spec,
                 "teacher": vectors.teacher, "student_sha256": sha256_file(run.student), **state},
-        versions=_versions(options.opset), parity=[ParityEntry.from_dict(figures)])
+        versions=_versions(options.opset), parity=[ParityEntry.from_dict(f) for f in (figures, *frame_figures)])
     write_manifest(tmp, manifest)
     return manifest, reference
+
+
+def _frame_graph(tmp: Path, fp32_path: Path, student, vectors, spec: PreprocessSpec, images: gate.ImageSet,
+                 options: ExportOptions, progress: Progress) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Put the gated normalised graph behind the in-graph frame transform (export/frame.py), measured against the
+    PyTorch student on open_clip's transform of the same frames; returns (model.frame, its parity figures)."""
+    from promptkd_edge.export.frame import build_frame_graph
+
+    normalized = tmp / ".model.normalized.onnx"
+    os.replace(fp32_path, normalized)
+    sizes = options.frame_gate_sizes
+    progress.note(f"frame input: measuring the in-graph resize on {len(images.parity)} parity images as frames of "
+                  + ", ".join(f"{w}x{h}" for h, w in sizes))
+
+    def reference(crops: np.ndarray) -> dict[str, np.ndarray]:
+        return _torch_reference(student, vectors, crops, options.batch_size, NullProgress())
+
+    try:
+        return build_frame_graph(normalized, fp32_path, spec, images.parity, reference, vectors.vectors.numpy(),
+                                 vectors.logit_scale, methods=frame_methods(options), sizes=sizes,
+                                 batch=options.batch_size, source=images.source,
+                                 extra_outputs=_embeddings_inside(normalized, options.head), note=progress.note)
+    finally:
+        normalized.unlink(missing_ok=True)
 
 
 def _gate_bf16(bundle: Path, manifest: Manifest, images: gate.ImageSet, reference: dict[str, np.ndarray],
@@ -505,15 +580,19 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
         calibration = options.calibration_images if precision in ("int8", "fp8") else 0
         images = gate.collect_images(options.data, options.parity_images, calibration, spec.size, options.seed)
     fmt = model.input_format
+    if fmt == "frame":
+        check_frame_plan(precision)
     master = bundle_dir / "model.onnx"
-    if reference is None:
+    gate_inputs = _gate_inputs(images, spec, fmt, model.frame, options.trt)
+    if reference is None or fmt == "frame":  # a frame graph's reference: itself on ONNX Runtime, gated at export
         cpu = OnnxRuntimeBackend(master, providers="cpu", extra_outputs=_embeddings_inside(master, model.head))
         try:
-            reference = _run_backend(cpu, prepare(images.parity, spec, input_format=fmt), options.batch_size,
-                                     progress, "parity: ONNX Runtime fp32 (reference)")
+            reference = _joined([_run_backend(cpu, make(), options.batch_size, progress,
+                                              "parity: ONNX Runtime fp32 (reference)") for make in gate_inputs])
         finally:
             cpu.close()
-        target_ref = "onnxruntime-cpu fp32"
+        target_ref = "onnxruntime-cpu fp32" + (" (the frame graph, gated against open_clip's transform at export)"
+                                               if fmt == "frame" else "")
     else:
         target_ref = "pytorch"
 
@@ -527,7 +606,7 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
         src, ref, conversion = _engine_graph(bundle_dir, stage, manifest, precision, api, keep, images, spec, fmt,
                                              options, progress)
         opts = dataclasses.replace(options.trt, precision=precision, keep_fp32_nodes=keep)
-        dims = (spec.size[0], spec.size[1], 3) if fmt == "uint8" else (3, spec.size[0], spec.size[1])
+        dims = {"uint8": (spec.size[0], spec.size[1], 3), "frame": (-1, -1, 3)}.get(fmt, (3, *spec.size))
         progress.note(f"building the TensorRT {precision} engine from {ref} (this takes minutes on Jetson)")
         record = build_engine(src, stage / "engines", input_name=INPUT_NAME, input_dims=dims, options=opts,
                               onnx_ref=ref, progress_log=progress.note)
@@ -536,9 +615,11 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
         progress.note("parity gate: the engine against " + target_ref)
         engine = TensorRTBackend(stage / record["file"], record)
         try:
-            got, rows = _run_plan(engine, prepare(images.parity, spec, input_format=fmt), chunks, progress)
+            runs = [_run_plan(engine, make(), chunks, progress) for make in gate_inputs]
         finally:
             engine.close()
+        n = len(images.parity)
+        got, rows = _joined([r[0] for r in runs]), np.concatenate([r[1] + k * n for k, r in enumerate(runs)])
         _, vectors, scale = read_classes(bundle_dir)
         cls = (vectors, scale)
         figures = gate.compare(gate.with_logits({k: v[rows] for k, v in reference.items()}, *cls),
@@ -561,6 +642,26 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     return record
 
 
+def _gate_inputs(images: gate.ImageSet, spec: PreprocessSpec, fmt: str, frame: dict[str, Any] | None,
+                 build: Any) -> list[Callable[[], np.ndarray]]:
+    """Makers of the plan's gate inputs: the parity images in the model's input format; for a frame graph the
+    parity images as frames of each size its export gate measured that the plan's frame profile takes (else of the
+    profile's opt size), one size at a time (200 1080p frames take 1.2 GB)."""
+    if fmt != "frame":
+        batch = prepare(images.parity, spec, input_format=fmt)
+        return [lambda: batch]
+    from promptkd_edge.export.frame import frames_at
+
+    lo, opt, hi = build.frame_sizes  # TrtBuildOptions
+    sizes = [tuple(s) for s in (frame or {}).get("gate_sizes", [])
+             if lo[0] <= s[0] <= hi[0] and lo[1] <= s[1] <= hi[1]]
+    return [lambda size=size: frames_at(images.parity, size) for size in sizes or [opt]]
+
+
+def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def _engine_graph(bundle_dir: Path, stage: Path, manifest: Manifest, precision: str, api: int,
                   keep: list[str], images: gate.ImageSet, spec: PreprocessSpec, fmt: str, options: ExportOptions,
                   progress: Progress) -> tuple[Path, str, dict[str, Any]]:
@@ -578,8 +679,15 @@ def _engine_graph(bundle_dir: Path, stage: Path, manifest: Manifest, precision: 
         made = [e.extra.get("conversion", {}) for e in manifest.engines if e.onnx == name]
         return existing, name, made[0] if made else {}
     dst = stage / name
-    calib = prepare(images.calibration, spec, input_format=fmt) if images.calibration else None
+    calib = prepare(images.calibration, spec, input_format=fmt) if images.calibration and fmt != "frame" else None
     progress.note(f"writing the {precision} graph {name} for TensorRT {api}")
+    if precision == "fp16" and fmt == "frame":  # the in-graph resize stays FP32, untouched
+        from promptkd_edge.export.frame import PREFIX, convert_behind
+
+        inner = [k for k in keep if not k.startswith(PREFIX)]
+        tool = convert_behind(master, dst, spec, manifest.model.frame["method"],
+                              lambda src, out: to_fp16(src, out, inner, None, input_name=INPUT_NAME))
+        return dst, name, {"tool": tool, "frame_transform": "fp32"}
     if precision == "fp16":
         return dst, name, {"tool": to_fp16(master, dst, keep, calib, input_name=INPUT_NAME)}
     if calib is None:

@@ -317,6 +317,10 @@ def write_config(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, *, e
     bundle = open_bundle(bundle_dir)
     model = bundle.model
     fmt = model.input_format
+    if fmt == "frame":
+        raise PkdError("nvinfer scales every frame (or object) to the network's input size itself, so a --frame-input "
+                       "graph, which resizes whole frames, has no place in DeepStream: export the run again with "
+                       "--pixel-input, then build its plan with --trt")
     if fmt != "pixels":
         raise PkdError(f"nvinfer hands the engine float NCHW pixels scaled by one factor for all channels, so CLIP's "
                        f"per-channel normalisation must be in the graph; this bundle's input is {fmt}: export the "

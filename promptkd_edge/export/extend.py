@@ -38,6 +38,11 @@ def extend_bundle(source: Path, options: ExportOptions, *, out: Path | None = No
         add_engine(source, options, progress=progress)
     if add_bf16:
         from promptkd_edge.export.cpu_gate import add_bf16_gate
+        from promptkd_edge.runtime.bundle import open_bundle
+
+        if open_bundle(source).model.input_format == "frame":
+            raise PkdError("a --frame-input bundle is gated in FP32 (its in-graph resize against open_clip's "
+                           "transform); bf16 is not offered for it")
 
         add_bf16_gate(source, data=options.data, parity_images=options.parity_images, force=options.force,
                       progress=progress)

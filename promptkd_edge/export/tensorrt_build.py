@@ -60,6 +60,38 @@ def default_engine_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "promptkd-edge") / "engines"
 
 
+FRAME_SIZES = ((32, 32), (1080, 1920), (2160, 3840))  # (height, width) min, opt, max: up to 4K UHD frames
+
+
+def _frame_sizes(sizes: Any) -> list[tuple[int, int]]:
+    try:
+        parsed = [(int(h), int(w)) for h, w in sizes]
+    except (TypeError, ValueError):
+        raise PkdError(f"TensorRT frame sizes are three HEIGHTxWIDTH (min, opt, max), not {sizes!r}") from None
+    if len(parsed) != 3 or any(h < 1 or w < 1 for h, w in parsed) or any(
+            not parsed[0][k] <= parsed[1][k] <= parsed[2][k] for k in (0, 1)):
+        shown = ", ".join(f"{h}x{w}" for h, w in parsed)
+        raise PkdError(f"TensorRT frame sizes {shown} need min <= opt <= max in height and width, each >= 1")
+    return parsed
+
+
+def profile_shapes(input_dims: tuple[int, ...], options: TrtBuildOptions
+                   ) -> list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """(min, opt, max) input shape of each optimization profile: the batch from `options.profiles`; the two dynamic
+    (-1) dimensions of a frame graph's input [B, H, W, 3] from `options.frame_sizes`."""
+    dynamic = [i for i, d in enumerate(input_dims) if d < 0]
+    if dynamic and len(dynamic) != 2:
+        raise PkdError(f"input dimensions {list(input_dims)}: only a frame graph's height and width may be dynamic")
+
+    def shape(batch: int, k: int) -> tuple[int, ...]:
+        dims = list(input_dims)
+        for axis, size in zip(dynamic, options.frame_sizes[k], strict=False):
+            dims[axis] = size
+        return (batch, *dims)
+
+    return [(shape(lo, 0), shape(opt, 1), shape(hi, 2)) for lo, opt, hi in options.profiles]
+
+
 @dataclass
 class TrtBuildOptions:
     """How to build: precision, batch profiles (min, opt, max), workspace, optimization level, caches, and TF32
@@ -73,6 +105,8 @@ class TrtBuildOptions:
     engine_cache_dir: Path | None = field(default_factory=default_engine_cache_dir)  # None: no engine cache
     keep_fp32_nodes: list[str] = field(default_factory=list)
     tf32: bool = False
+    # a frame graph's (input_format "frame") height x width: min, opt, max of every profile
+    frame_sizes: list[tuple[int, int]] = field(default_factory=lambda: list(FRAME_SIZES))
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -97,6 +131,7 @@ class TrtBuildOptions:
         self.timing_cache = Path(self.timing_cache) if self.timing_cache else None
         self.engine_cache_dir = Path(self.engine_cache_dir) if self.engine_cache_dir else None
         self.keep_fp32_nodes = [str(n) for n in self.keep_fp32_nodes]
+        self.frame_sizes = _frame_sizes(self.frame_sizes)
         if not isinstance(self.tf32, bool):
             raise PkdError(f"TensorRT tf32 is true or false, not {self.tf32!r}")
 
@@ -222,6 +257,8 @@ def engine_cache_key(onnx_sha256: str, version: str, gpu: dict[str, str], input_
            "workspace_gib": float(options.workspace_gib), "opt_level": options.opt_level,
            "input": [input_name, list(input_dims)], "keep_fp32_nodes": sorted(options.keep_fp32_nodes),
            "tf32": options.tf32, "fp32_layer_types": list(FP32_LAYER_TYPES)}
+    if any(d < 0 for d in input_dims):
+        key["frame_sizes"] = [list(s) for s in options.frame_sizes]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -322,9 +359,9 @@ def _build_plan(trt, api: int, onnx_path: Path, *, input_name: str, input_dims: 
         log(f"pinned {len(pinned)} TensorRT layers to FP32 (LayerNorm, Softmax, Reduce, kept nodes)")
         if unused:
             log(f"warning: keep-fp32 nodes matched no TensorRT layer: {', '.join(unused)}")
-    for lo, opt, hi in options.profiles:
+    for lo, opt, hi in profile_shapes(input_dims, options):
         profile = builder.create_optimization_profile()
-        profile.set_shape(input_name, (lo, *input_dims), (opt, *input_dims), (hi, *input_dims))
+        profile.set_shape(input_name, lo, opt, hi)
         config.add_optimization_profile(profile)
 
     _use_timing_cache(config, options.timing_cache, log)
@@ -380,10 +417,9 @@ def trtexec_plan_name(plan_name: str) -> str:
 def _trtexec_script(*, onnx_arg: str, plan_arg: str, input_name: str, input_dims: tuple[int, ...],
                     options: TrtBuildOptions, api: int, version: str, pinned: list[str]) -> str:
     args = [f"--onnx={onnx_arg}", f"--saveEngine={plan_arg}", "--skipInference"]
-    for i, (lo, opt, hi) in enumerate(options.profiles):  # trtexec: --profile=i right before each shape triple
-        args += [f"--profile={i}", f"--minShapes={input_name}:{_shape((lo, *input_dims))}",
-                 f"--optShapes={input_name}:{_shape((opt, *input_dims))}",
-                 f"--maxShapes={input_name}:{_shape((hi, *input_dims))}"]
+    for i, (lo, opt, hi) in enumerate(profile_shapes(input_dims, options)):  # --profile=i before each triple
+        args += [f"--profile={i}", f"--minShapes={input_name}:{_shape(lo)}",
+                 f"--optShapes={input_name}:{_shape(opt)}", f"--maxShapes={input_name}:{_shape(hi)}"]
     args += [f"--memPoolSize=workspace:{round(options.workspace_gib * 1024)}M",
              f"--builderOptimizationLevel={options.opt_level}"]
     if not options.tf32:
@@ -474,12 +510,14 @@ def build_engine(onnx_path: Path, plan_dir: Path, *, input_name: str, input_dims
         input_dims=input_dims, options=options, api=api, version=version, pinned=pinned)
     write_text(script_path, script)
     script_path.chmod(script_path.stat().st_mode | 0o111)
+    frame = {"frame_sizes": [list(s) for s in options.frame_sizes]} if any(d < 0 for d in input_dims) else {}
     return {"file": f"{plan_dir.name}/{plan_path.name}", "sha256": sha256_file(plan_path), "onnx": onnx_ref,
             "onnx_sha256": onnx_sha, "tensorrt": version, "api": api, "gpu": gpu["name"],
             "compute_capability": gpu["compute_capability"], "precision": precision,
             "profiles": [list(p) for p in options.profiles], "workspace_gib": float(options.workspace_gib),
             "builder_optimization_level": options.opt_level, "tf32": options.tf32, "build_seconds": round(seconds, 3),
-            "cache_hit": cache_hit, "fp32_layers": len(pinned), "trtexec": f"{plan_dir.name}/{script_path.name}"}
+            "cache_hit": cache_hit, "fp32_layers": len(pinned), "trtexec": f"{plan_dir.name}/{script_path.name}",
+            **frame}
 
 
 def _self_test_model():

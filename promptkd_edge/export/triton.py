@@ -90,8 +90,10 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def _tensor(entry: TensorInfo, kind: str, labels: str | None = None) -> str:
-    dims = entry.shape[1:]
+def _tensor(entry: TensorInfo, kind: str, labels: str | None = None, frames: bool = False) -> str:
+    """One input/output entry; `frames`: a frame graph's input, whose height and width are dynamic (-1: Triton
+    takes any, and its dynamic batcher batches requests of one shape together)."""
+    dims = [-1 if frames and not isinstance(d, int) else d for d in entry.shape[1:]]
     if any(not isinstance(d, int) for d in dims):
         raise PkdError(f"{kind} {entry.name} has a dynamic dimension besides the batch: {entry.shape}")
     if entry.dtype not in TRITON_TYPES:
@@ -126,7 +128,7 @@ def config_pbtxt(model: ModelEntry, name: str, platform: str, max_batch: int, gp
     (its labels in that version's folder); `profiles` > 0 lists a plan's optimization profiles 0..profiles-1 in the
     instance group; `plan` (a tensorrt_plan entry's) heads it with `plan_comment`."""
     preferred = [b for b in (4, 8, 16, 32) if b <= max_batch] or [max_batch]
-    inputs = ",\n".join(_tensor(i, "input") for i in model.inputs)
+    inputs = ",\n".join(_tensor(i, "input", frames=model.input_format == "frame") for i in model.inputs)
     outputs = ",\n".join(_tensor(o, "output", labels=f"{version}/{LABELS}" if o.name == "logits" else None)
                          for o in model.outputs)
     indexes = ", ".join('"' + str(i) + '"' for i in range(profiles))  # ModelInstanceGroup.profile: strings

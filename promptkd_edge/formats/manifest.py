@@ -112,7 +112,10 @@ class ModelEntry(ManifestRecord):
     fp32_nodes: list[str] = field(default_factory=list)
     conversion: dict[str, Any] = field(default_factory=dict)
     slim_nodes_removed: int | None = None
+    frame: dict[str, Any] | None = None  # input_format "frame": the in-graph resize and its measured parity
     extra: dict[str, Any] = field(default_factory=dict)
+
+    OMIT_IF_NONE = ("frame",)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], what: str = "manifest model") -> ModelEntry:

@@ -96,6 +96,8 @@ INPUT_FORMATS = {
     "uint8": "uint8 NHWC [B, H, W, 3], resized and cropped; the graph does /255 and mean/std",
     "pixels": "float32 NCHW [B, 3, H, W] in pixel units 0-255, resized and cropped; the graph does /255 and "
               "mean/std (DeepStream nvinfer's input with net-scale-factor 1 and offsets 0)",
+    "frame": "uint8 NHWC [B, H, W, 3] whole frames of any H and W (one size per batch); the graph resizes, "
+             "centre-crops, does /255 and mean/std (pkd export --frame-input)",
 }
 
 

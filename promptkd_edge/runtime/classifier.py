@@ -14,6 +14,7 @@ measured once per machine and cached (runtime/auto.py). `description` and `choic
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +26,14 @@ import numpy as np
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.runtime.bundle import Bundle, open_bundle
-from promptkd_edge.runtime.preprocess import PreprocessSpec, decode_for, prepare
+from promptkd_edge.runtime.preprocess import (
+    FrameGroups,
+    PreprocessSpec,
+    check_channel_order,
+    decode_for,
+    frame_groups,
+    prepare,
+)
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 PRECISIONS = ("fp32", "bf16")  # what `precision=` may force on OpenVINO
@@ -69,9 +77,10 @@ def best_k(logits: np.ndarray, names: Sequence[str], k: int) -> list[Prediction]
 class Classifier:
     """A bundle with a backend: `predict` (top-k labels), `logits`, `embed` (unit features)."""
 
-    def __init__(self, bundle: Bundle, backend: Any, notes: list[str] | None = None, choice: Any = None, *,
-                 exact_preprocess: bool = False):
+    def __init__(self, bundle: Bundle, backend: Any, notes: list[str] | None = None, choice: Any = None,
+                 channel_order: str = "rgb", *, exact_preprocess: bool = False):
         self.bundle, self.backend = bundle, backend
+        self.channel_order = check_channel_order(channel_order)  # of the HxWx3 arrays given: rgb or bgr
         self.notes = list(notes or [])
         on_gpu = getattr(backend, "device", "cpu") == "cuda" or getattr(backend, "name", "") == "tensorrt"
         decode, decode_notes = decode_for(bundle.manifest.passed_gates(), exact=exact_preprocess, gpu=on_gpu)
@@ -91,14 +100,16 @@ class Classifier:
     def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", *, providers: str | list[str] = "auto",
                     threads: int | None = None, device_id: int = 0, allow_invalid: bool = False,
                     precision: str | None = None, probe: bool = True, hint: str = "latency",
-                    exact_preprocess: bool = False) -> Classifier:
+                    exact_preprocess: bool = False, channel_order: str = "rgb") -> Classifier:
         """Open and verify a bundle (sha256 of every file) and load it on `backend`: "auto" (see the module
         docstring), "onnxruntime", "openvino", "tensorrt" or "torch". `precision` forces OpenVINO's inference
         precision ("fp32" or "bf16"; by default bf16 only where the bundle's bf16 gate passed). `probe=False`
         makes "auto" on a CPU take ONNX Runtime without measuring. `hint` is OpenVINO's: "latency" (one call
         uses every thread) or "throughput" (parallel streams, for many threads calling at once).
         `exact_preprocess` decodes JPEG files in full as open_clip does, not by the faster decode the bundle's gate
-        passed (runtime/preprocess.py `decode_for`; `preprocess.decode` says which runs)."""
+        passed (runtime/preprocess.py `decode_for`; `preprocess.decode` says which runs). `channel_order`: of the
+        uint8 HxWx3 arrays given, "rgb" or "bgr" (OpenCV's and GStreamer's frames)."""
+        check_channel_order(channel_order)
         if backend not in BACKENDS:
             raise PkdError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
         if hint not in ("latency", "throughput"):
@@ -111,7 +122,7 @@ class Classifier:
             backend = "openvino"
         bundle = open_bundle(path, allow_invalid=allow_invalid)
         notes: list[str] = []
-        cls = partial(cls, exact_preprocess=exact_preprocess)  # type: ignore[assignment]
+        cls = partial(cls, exact_preprocess=exact_preprocess, channel_order=channel_order)  # type: ignore[assignment]
         if backend == "tensorrt" or (backend == "auto" and bundle.engines):
             try:
                 return cls(bundle, _tensorrt(bundle, device_id), notes)
@@ -121,6 +132,10 @@ class Classifier:
                 notes.append(f"TensorRT not used: {e}")
         if backend == "torch":
             from promptkd_edge.runtime.torch_backend import TorchBackend
+
+            if bundle.model.input_format == "frame":
+                raise PkdError("the torch backend runs the student on crops; a --frame-input bundle resizes frames in "
+                               "its ONNX graph: use backend onnxruntime, openvino or tensorrt")
 
             return cls(bundle, TorchBackend(bundle.path, bundle.model), notes)
         if backend == "openvino":
@@ -150,7 +165,7 @@ class Classifier:
         from promptkd_edge.runtime.auto import choose
 
         options = _cpu_options(bundle, threads, precision, hint, ort)
-        loaded, choice = choose(options, bundle.model.inputs[0], model_sha256=bundle.manifest.files[bundle.model.file],
+        loaded, choice = choose(options, _probe_input(bundle), model_sha256=bundle.manifest.files[bundle.model.file],
                                 threads=threads, versions={**_versions(), "openvino hint": hint})
         return cls(bundle, loaded, notes, choice)
 
@@ -162,20 +177,46 @@ class Classifier:
     def input_format(self) -> str:
         return self.bundle.model.input_format
 
-    def inputs(self, images: Sequence[Any]) -> np.ndarray:
-        """Model-ready batch for `images` (paths, PIL images, uint8 HxWx3 arrays)."""
-        return prepare(images, self.preprocess, input_format=self.input_format)
+    def inputs(self, images: Sequence[Any]) -> np.ndarray | FrameGroups:
+        """Model-ready batch for `images` (paths, PIL images, uint8 HxWx3 arrays in `channel_order`); for a frame
+        bundle the whole frames, grouped by size (FrameGroups, which `run` takes)."""
+        if self.input_format == "frame":
+            return frame_groups(images, self.channel_order)
+        return prepare(images, self.preprocess, input_format=self.input_format, channel_order=self.channel_order)
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """The backend on a model-ready batch, after checking its shape and dtype against the manifest."""
+    def run(self, batch: np.ndarray | FrameGroups) -> dict[str, np.ndarray]:
+        """The backend on a model-ready batch, after checking its shape and dtype against the manifest; FrameGroups
+        run a batch per frame size, outputs back in input order."""
+        if isinstance(batch, FrameGroups):
+            return self._run_groups(batch)
         spec = self.bundle.model.inputs[0]
         expected = list(spec.shape[1:])
-        if batch.ndim != len(spec.shape) or list(batch.shape[1:]) != expected or len(batch) == 0:
+        fixed = [d if isinstance(d, int) else s for d, s in zip(expected, batch.shape[1:], strict=False)]
+        if batch.ndim != len(spec.shape) or list(batch.shape[1:]) != fixed or len(batch) == 0 or 0 in batch.shape:
             raise PkdError(f"input of shape {list(batch.shape)}; this model takes [batch, "
                            f"{', '.join(str(d) for d in expected)}] {spec.dtype} ({spec.layout or ''})")
         if batch.dtype != np.dtype(spec.dtype):
             raise PkdError(f"input of dtype {batch.dtype}; this model takes {spec.dtype}")
         return self.backend.run(batch)
+
+    def _run_groups(self, frames: FrameGroups) -> dict[str, np.ndarray]:
+        outs: dict[str, np.ndarray] = {}
+        for positions, batch in frames.groups:
+            self._check_frame_profile(positions[0], batch.shape[1:3])
+            for name, value in self.run(batch).items():
+                if name not in outs:
+                    outs[name] = np.empty((frames.count, *value.shape[1:]), dtype=value.dtype)
+                outs[name][positions] = value
+        return outs
+
+    def _check_frame_profile(self, index: int, size: tuple[int, ...]) -> None:
+        """A TensorRT plan takes the frame sizes its profiles were built for (the engine record's frame_sizes)."""
+        record = getattr(self.backend, "record", None)
+        limits = record.get("frame_sizes") if isinstance(record, dict) else None
+        if limits and not all(lo <= s <= hi for lo, s, hi in zip(limits[0], size, limits[2], strict=True)):
+            (h0, w0), _, (h1, w1) = limits
+            raise PkdError(f"image {index}: a {size[1]}x{size[0]} frame is outside the TensorRT plan's frame "
+                           f"profile ({w0}x{h0} to {w1}x{h1}); rebuild the plan with --trt-frame-sizes")
 
     def _batch(self, batch_size: int) -> int:
         """`batch_size`, capped by what the backend takes (a TensorRT plan's largest profile)."""
@@ -220,7 +261,7 @@ class Classifier:
         if vectors.ndim != 2 or len(vectors) != len(names) or vectors.shape[1] != self.bundle.model.embedding_dim:
             raise PkdError(f"class vectors of shape {list(vectors.shape)} do not fit {len(names)} names and "
                            f"dimension {self.bundle.model.embedding_dim}")
-        other = Classifier(self.bundle, self.backend, self.notes, self.choice)
+        other = Classifier(self.bundle, self.backend, self.notes, self.choice, self.channel_order)
         other.preprocess, other.notes = self.preprocess, list(self.notes)
         other.class_names, other._vectors, other._own_classes = names, vectors, False
         other._scale = self._scale if logit_scale is None else float(logit_scale)
@@ -271,6 +312,17 @@ def _chunks(images: Sequence[Any], size: int):
         raise PkdError("no images given")
     for i in range(0, len(images), size):
         yield images[i:i + size]
+
+
+PROBE_FRAME = (1080, 1920)  # the frame size backend="auto" times a frame bundle's CPU options on
+
+
+def _probe_input(bundle: Bundle):
+    """The input `runtime.auto` times the options on: the model's, a frame graph's at 1080p."""
+    spec = bundle.model.inputs[0]
+    if bundle.model.input_format != "frame":
+        return spec
+    return dataclasses.replace(spec, shape=[spec.shape[0], *PROBE_FRAME, 3])
 
 
 def _bf16_gated(bundle: Bundle) -> bool:

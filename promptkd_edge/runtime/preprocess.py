@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,26 +74,100 @@ _ARRAY_HINTS = {"u": "scale it to 0-255 first (16-bit data: (x / 257).round().as
                 "b": "convert with x.astype(np.uint8) * 255"}
 
 
-def _array_rgb(a: np.ndarray) -> Image.Image:
-    """Arrays carry no format, so no range: only uint8 is taken (an app's uint16 may hold 10, 12 or 16 bits)."""
+CHANNEL_ORDERS = ("rgb", "bgr")  # of HxWx3 arrays: OpenCV and GStreamer (BGR/BGRx caps) hand out BGR
+
+
+def check_channel_order(channel_order: str) -> str:
+    """`channel_order` when it is one of CHANNEL_ORDERS, else a one-line PkdError."""
+    if channel_order not in CHANNEL_ORDERS:
+        raise PkdError(f"unknown channel order '{channel_order}'; choose rgb or bgr (OpenCV's frames are bgr)")
+    return channel_order
+
+
+def _checked_array(a: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
+    """A uint8 HxWx3 array in RGB (a BGR one's channels reversed) or HxW grayscale; a one-line PkdError naming
+    what is wrong. Arrays carry no format, so no range: only uint8 is taken (an app's uint16 may hold 10, 12 or 16
+    bits)."""
+    order = check_channel_order(channel_order).upper()
     if a.dtype != np.uint8:
+        if a.dtype.kind == "f" and (a.ndim == 4 or (a.ndim == 3 and a.shape[0] == 3 and a.shape[2] != 3)):
+            raise PkdError(f"image arrays: expects uint8 (0-255) HxWx3 {order} or HxW, got a {a.dtype} "
+                           f"{list(a.shape)} array, which looks like a model-ready (normalised NCHW) batch: pass the "
+                           "images or frames themselves; the bundle's preprocessing makes its input")
         hint = _ARRAY_HINTS.get(a.dtype.kind, "convert it to uint8 0-255")
-        raise PkdError(f"image arrays: expects uint8 (0-255) HxWx3 RGB or HxW, got {a.dtype}; {hint}")
+        raise PkdError(f"image arrays: expects uint8 (0-255) HxWx3 {order} or HxW, got {a.dtype}; {hint}")
     if a.ndim not in (2, 3):
-        raise PkdError(f"image array must be HxWx3 (RGB) or HxW (grayscale), got shape {list(a.shape)}")
+        raise PkdError(f"image array must be HxWx3 ({order}) or HxW (grayscale), got shape {list(a.shape)}")
     if a.size == 0:
         raise PkdError(f"image array is empty (shape {list(a.shape)})")
     if a.ndim == 3:
         channels = a.shape[2]
         if channels == 4:
-            raise PkdError(f"image array {list(a.shape)} has 4 channels; pass RGB (drop alpha: a[..., :3])")
+            raise PkdError(f"image array {list(a.shape)} has 4 channels; pass {order} (drop alpha: a[..., :3])")
         if channels == 1:
-            a = a[..., 0]
-        elif channels != 3:
-            raise PkdError(f"image array {list(a.shape)} has {channels} channels; expected HxWx3 (RGB) or HxW")
-    a = np.ascontiguousarray(a)
+            return a[..., 0]
+        if channels != 3:
+            raise PkdError(f"image array {list(a.shape)} has {channels} channels; expected HxWx3 ({order}) or HxW")
+        if order == "BGR":
+            return a[..., ::-1]
+    return a
+
+
+def _array_rgb(a: np.ndarray, channel_order: str = "rgb") -> Image.Image:
+    """A uint8 HxWx3 array (in `channel_order`) or HxW grayscale as an RGB PIL image (see `_checked_array`)."""
+    a = np.ascontiguousarray(_checked_array(a, channel_order))
     img = Image.fromarray(a)  # uint8 HxW -> "L", HxWx3 -> "RGB"
     return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def as_rgb(item: Any, channel_order: str = "rgb") -> Any:
+    """`item` with a BGR array turned RGB (checked first: dtype, channels, size); anything else unchanged."""
+    if check_channel_order(channel_order) == "bgr" and isinstance(item, np.ndarray):
+        return _array_rgb(item, "bgr")
+    return item
+
+
+def frame_of(item: Any, channel_order: str = "rgb") -> np.ndarray:
+    """One whole frame for a frame graph (input_format "frame"): uint8 HxWx3 RGB at its own size, not resized. A
+    path or PIL image is decoded to RGB; an array is checked as `_checked_array` does (grayscale becomes 3
+    channels)."""
+    if not isinstance(item, np.ndarray):
+        return np.asarray(to_rgb(item))
+    a = _checked_array(item, channel_order)
+    return np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a
+
+
+@dataclass(frozen=True)
+class FrameGroups:
+    """Frames of a frame graph grouped by size, the order of first appearance kept: `groups` holds (positions in
+    the input, uint8 [n, H, W, 3]); `count` frames in all."""
+
+    count: int
+    groups: list[tuple[list[int], np.ndarray]]
+
+
+def frame_groups(images: Sequence[Any], channel_order: str = "rgb") -> FrameGroups:
+    """Images (frames of any sizes) -> FrameGroups, one model batch per frame size; a bad image is one line naming
+    its index."""
+    items = _as_list(images)
+    if len(items) == 0:
+        raise PkdError("no images given")
+    by_size: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+    for i, item in enumerate(items):
+        frame = _indexed(i, len(items), lambda it=item: frame_of(it, channel_order))
+        by_size.setdefault(frame.shape[:2], []).append((i, frame))
+    return FrameGroups(len(items), [([i for i, _ in group], np.stack([f for _, f in group]))
+                                    for group in by_size.values()])
+
+
+def _indexed(i: int, count: int, make):
+    """make(), its PkdError prefixed with the image's index when there are several."""
+    try:
+        return make()
+    except PkdError as e:
+        if count == 1:
+            raise
+        raise PkdError(f"image {i}: {e}") from None
 
 
 def load_crop(item: Any, spec: PreprocessSpec) -> np.ndarray:
@@ -150,14 +224,25 @@ def _as_list(images: Any) -> Sequence[Any]:
     return images
 
 
-def prepare(images: Sequence[Any], spec: PreprocessSpec, *, input_format: str = "normalized") -> np.ndarray:
+def prepare(images: Sequence[Any], spec: PreprocessSpec, *, input_format: str = "normalized",
+            channel_order: str = "rgb") -> np.ndarray:
     """Images -> the model-ready batch of `input_format` (INPUT_FORMATS): by default float32 NCHW normalised as
-    open_clip's eval transform.
+    open_clip's eval transform; "frame": the frames themselves, uint8 [B, H, W, 3] (all of one size: see
+    `frame_groups` for several).
 
-    Each image may be a path, a PIL image or a uint8 array (see `to_rgb`); a single image is taken as a batch of one.
+    Each image may be a path, a PIL image or a uint8 array (see `to_rgb`; HxWx3 arrays in `channel_order`, "rgb" or
+    "bgr"); a single image is taken as a batch of one.
     """
     if input_format not in INPUT_FORMATS:
         raise PkdError(f"unknown input format '{input_format}'; choose one of {', '.join(INPUT_FORMATS)}")
+    check_channel_order(channel_order)
+    if input_format == "frame":
+        groups = frame_groups(images, channel_order).groups
+        if len(groups) > 1:
+            sizes = ", ".join(f"{g[1].shape[2]}x{g[1].shape[1]} (image {g[0][0]})" for g in groups)
+            raise PkdError(f"frames of different sizes make no one batch ({sizes}); run each size apart "
+                           "(Classifier does)")
+        return groups[0][1]
     items = _as_list(images)
     if len(items) == 0:
         raise PkdError("no images given")
@@ -166,12 +251,8 @@ def prepare(images: Sequence[Any], spec: PreprocessSpec, *, input_format: str = 
     done = _torch_crops(items, spec) if on_torch else [None] * len(items)
     cpu_spec = replace(spec, decode="exact") if on_torch else spec
     for i, (item, crop) in enumerate(zip(items, done, strict=True)):
-        try:
-            batch[i] = crop if crop is not None else load_crop(item, cpu_spec)
-        except PkdError as e:
-            if len(items) == 1:
-                raise
-            raise PkdError(f"image {i}: {e}") from None
+        batch[i] = crop if crop is not None else _indexed(
+            i, len(items), lambda it=item: load_crop(as_rgb(it, channel_order), cpu_spec))
     if input_format == "uint8":
         return batch
     pixels = batch.transpose(0, 3, 1, 2).astype(np.float32)
