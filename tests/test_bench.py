@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from conftest import STUDENT, TEACHER, pkd
 
 from promptkd_edge.bench.backends import BACKENDS, parse_backends
 from promptkd_edge.bench.flops import torch_gflops
-from promptkd_edge.bench.harness import BenchConfig, comparisons, limits, run_bench
+from promptkd_edge.bench.harness import BenchConfig, comparisons, compute_ratios, limits, run_bench
 from promptkd_edge.bench.record import ResultRow
 from promptkd_edge.bench.report import validate_report
 from promptkd_edge.bench.timing import Timing, time_calls
 from promptkd_edge.errors import PkdError
+from promptkd_edge.runtime import pipeline
 
 CPU_BACKENDS = "torch-eager-fp32,onnxruntime-cpu-fp32,onnxruntime-cpu-int8,torch-eager-bf16,onnxruntime-cuda-fp32," \
                "tensorrt"
@@ -97,8 +99,71 @@ def test_teacher_comparison_is_a_measured_ratio(report):
         t = rows[("teacher", c["backend"], c["batch"], c["mode"])]["p50_ms"]
         s = rows[("student", c["backend"], c["batch"], c["mode"])]["p50_ms"]
         assert c["speedup"] == pytest.approx(t / s, rel=0.01, abs=1e-3)
-    assert len(report["comparisons"]) == 3 * 2 * 2  # 3 backends x 2 batches x 2 modes
+    assert len(report["comparisons"]) == 3 * 2 * 3  # 3 backends x 2 batches x 3 modes
     assert report["models"][1]["gflops_per_image"] > report["models"][0]["gflops_per_image"]
+
+
+def test_end_to_end_rows_from_files_and_frames_with_their_ratio_to_compute(report):
+    """Camera-like inputs (1080p JPEG files, 1080p frames in memory) beside every compute row, through the runtime's
+    pipeline, each with images/s over the compute row's."""
+    rows = {(r["model"], r["backend"], r["batch"], r["mode"]): r for r in report["results"]}
+    for (model, backend, batch, mode), row in rows.items():
+        if mode == "compute":
+            assert "compute_ratio" not in row
+            for e2e in ("end_to_end", "end_to_end_frames"):
+                other = rows[(model, backend, batch, e2e)]
+                assert other["compute_ratio"] == pytest.approx(other["images_per_s"] / row["images_per_s"], rel=1e-3,
+                                                               abs=1e-4)
+    assert report["settings"]["end_to_end_images"] == "6 generated 1920x1080 JPEG files (quality 90)"
+    assert report["settings"]["end_to_end_frames"] == "6 uint8 RGB frames in memory (1920x1080)"
+    assert report["settings"]["end_to_end_workers"] == pipeline.default_workers()
+    assert not [t for t in threading.enumerate() if t.name.startswith(pipeline.THREAD_PREFIX)]
+
+
+def test_end_to_end_tables_show_the_ratio(report, tmp_path):
+    from rich.console import Console
+
+    from promptkd_edge.bench.report import terminal_table, write_all
+
+    console = Console(width=200, record=True)
+    console.print(terminal_table(report, "end_to_end_frames"))
+    text = console.export_text()
+    assert "of compute" in text and text.startswith("End to end, frames")
+    paths = write_all(report, tmp_path)
+    md = paths["md"].read_text()
+    assert "## End to end, frames" in md and "of compute" in md and "worker thread" in md
+    header, *lines = paths["csv"].read_text().splitlines()
+    assert header.endswith(",compute_ratio") and any(line.split(",")[6] == "end_to_end_frames" for line in lines)
+
+
+def test_end_to_end_rows_run_through_the_runtime_pipeline(monkeypatch):
+    """The rows time the runtime's pipeline (what Classifier.predict and pkd predict run), with its workers."""
+    real, calls = pipeline.chunks, []
+
+    def spy(items, spec, **kw):
+        calls.append(kw)
+        return real(items, spec, **kw)
+
+    monkeypatch.setattr(pipeline, "chunks", spy)
+    cfg = BenchConfig(target=STUDENT, backends=parse_backends("onnxruntime-cpu-fp32"), batch_sizes=[2], warmup=0,
+                      iterations=1, min_seconds=0.0, device="cpu", classes=3, e2e_images=2, e2e_frames=1, workers=1)
+    report = run_bench(cfg)
+    assert [(c["workers"], c["batch_size"]) for c in calls] == [(1, 2), (1, 2)]
+    assert [r["mode"] for r in report["results"]] == ["compute", "end_to_end", "end_to_end_frames"]
+    assert report["settings"]["end_to_end_workers"] == 1
+    with pytest.raises(PkdError, match="workers must be"):
+        BenchConfig(target=STUDENT, workers=-2).validate()
+
+
+def test_compute_ratios_from_known_rows():
+    rows = [ResultRow(model="student", backend="auto", device="cpu", precision="bf16", batch=16, mode=m,
+                      images_per_s=v) for m, v in (("compute", 32.0), ("end_to_end", 16.0),
+                                                   ("end_to_end_frames", 24.0))]
+    rows.append(ResultRow(model="student", backend="auto", device="cpu", precision="bf16", batch=8,
+                          mode="end_to_end", images_per_s=10.0))  # no compute row at batch 8: no ratio
+    compute_ratios(rows)
+    assert [r.compute_ratio for r in rows] == [None, 0.5, 0.75, None]
+    assert "compute_ratio" not in rows[0].to_dict() and rows[1].to_dict()["compute_ratio"] == 0.5
 
 
 def test_limits_and_comparisons_from_known_rows():

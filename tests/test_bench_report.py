@@ -125,7 +125,7 @@ def test_validate_names_the_first_bad_field(report):
 
 def test_result_fields_match_the_rows(report):
     assert list(report["results"][0]) == RESULT_FIELDS
-    assert ["model", "arch", *RESULT_FIELDS[1:]] == CSV_FIELDS
+    assert ["model", "arch", *RESULT_FIELDS[1:], "compute_ratio"] == CSV_FIELDS
 
 
 def test_write_all_writes_four_files_that_round_trip(report, tmp_path):

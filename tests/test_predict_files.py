@@ -1,16 +1,22 @@
 """runtime/files.py (what `pkd predict` calls): image files from paths and folders, predicted in batches, unreadable
-files (named or in a folder) skipped with the reason, in order; torch-free."""
+files (named or in a folder) skipped with the reason, in order; torch-free. runtime/pipeline.py under it and under
+Classifier.logits/embed/predict: the next batch decoded on worker threads while the backend runs, order kept, errors
+named, no thread left behind, the same numbers as the sequential loop, one Classifier shared by several threads."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from conftest import write_images
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.runtime import Classifier
+from promptkd_edge.runtime import Classifier, pipeline, preprocess
 from promptkd_edge.runtime.files import FileResult, ImageFile, image_files, predict_files
 
 
@@ -73,3 +79,143 @@ def test_runtime_files_imports_no_torch():
     code = "import sys, promptkd_edge.runtime.files; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------------- the pipeline
+
+
+def frames(count: int, seed: int = 0) -> list[np.ndarray]:
+    """Small uint8 RGB frames of a few sizes, each different."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (30 + i % 4, 40 + i % 3, 3), dtype=np.uint8) for i in range(count)]
+
+
+def live_workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(pipeline.THREAD_PREFIX)]
+
+
+def loop_logits(clf: Classifier, images: list, batch_size: int) -> np.ndarray:
+    """The reference: the loop Classifier.logits was before the pipeline (prepare a chunk, run it, next chunk)."""
+    return np.concatenate([clf.run(clf.inputs(images[i:i + batch_size]))["logits"]
+                           for i in range(0, len(images), batch_size)])
+
+
+def spy_load_crop(monkeypatch, before=None) -> list[int]:
+    """Record the id of every item `load_crop` starts on (calling `before(item)` first); returns the record."""
+    real, started = preprocess.load_crop, []
+
+    def spy(item, spec):
+        started.append(id(item))
+        if before is not None:
+            before(item)
+        return real(item, spec)
+
+    monkeypatch.setattr(preprocess, "load_crop", spy)
+    return started
+
+
+def test_pipelined_batches_keep_the_input_order_over_many_chunks(clf, monkeypatch):
+    images = frames(23)
+    rng = np.random.default_rng(1)
+    delays = {id(x): float(d) for x, d in zip(images, rng.uniform(0, 0.01, len(images)), strict=True)}
+    spy_load_crop(monkeypatch, lambda item: time.sleep(delays[id(item)]))  # finishing out of order
+    got = list(pipeline.chunks(images, clf.preprocess, input_format="uint8", batch_size=4, workers=3))
+    assert [(c.start, c.size, c.errors) for c in got] == [(i, min(4, 23 - i), {}) for i in range(0, 23, 4)]
+    expected = [preprocess.prepare(images[i:i + 4], clf.preprocess, input_format="uint8") for i in range(0, 23, 4)]
+    for chunk, want in zip(got, expected, strict=True):
+        assert np.array_equal(chunk.batch, want)
+    assert np.array_equal(clf.logits(images, batch_size=4, workers=3), loop_logits(clf, images, 4))
+    assert live_workers() == []
+
+
+def test_pipelined_results_are_the_sequential_ones(clf, tmp_path):
+    folder = write_images(tmp_path / "imgs", 9)
+    paths = [f.path for f in image_files([folder])]
+    mixed = [*paths[:4], *frames(3), *paths[4:]]
+    piped = clf.logits(mixed, batch_size=4, workers=3)
+    assert np.array_equal(piped, clf.logits(mixed, batch_size=4, workers=0))
+    assert np.array_equal(piped, loop_logits(clf, mixed, 4))
+    assert clf.predict(mixed, top_k=2, batch_size=4) == clf.predict(mixed, top_k=2, batch_size=4, workers=0)
+    clf.workers = 0  # the Classifier's default, settable
+    try:
+        assert np.array_equal(clf.logits(mixed, batch_size=4), piped)
+    finally:
+        clf.workers = None
+
+
+def test_the_next_batch_is_decoded_while_the_backend_runs(clf, monkeypatch):
+    """No timing: each run of batch k waits (up to 2 s) for load_crop to start on the first item of batch k+1 and
+    records whether it did before the run returned. The sequential loop never does (it decodes after)."""
+    images, batch = frames(12), 4
+    started = spy_load_crop(monkeypatch)
+    position = {id(x): i for i, x in enumerate(images)}
+
+    class Watching:
+        """The backend, recording per run whether the next batch's decoding had begun before it returned."""
+
+        def __init__(self, inner):
+            self.inner, self.overlapped = inner, []
+
+        def run(self, x):
+            nxt = (len(self.overlapped) + 1) * batch
+            if nxt < len(images):
+                deadline = time.monotonic() + 2.0
+                while nxt not in {position.get(i) for i in list(started)} and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                self.overlapped.append(nxt in {position.get(i) for i in list(started)})
+            return self.inner.run(x)
+
+    watching = Watching(clf.backend)
+    logits = Classifier(clf.bundle, watching).logits(images, batch_size=batch, workers=2)
+    assert watching.overlapped == [True, True]
+    assert np.array_equal(logits, loop_logits(clf, images, batch))
+
+
+def test_an_unreadable_file_mid_batch_is_skipped_and_named_the_others_right(clf, tmp_path):
+    folder = write_images(tmp_path / "imgs", 11)
+    broken = folder / "part0" / "img008b.png"  # sorts between img008 and img010: the middle of the second chunk
+    broken.write_bytes(b"\x89PNG truncated")
+    files = image_files([folder])
+    where = [f.path for f in files].index(broken)
+    assert 4 < where < 8
+    results = list(predict_files(clf, files, top_k=3, batch_size=4, workers=3))
+    assert [r.path for r in results] == [f.path for f in files]
+    assert [i for i, r in enumerate(results) if r.prediction is None] == [where]
+    assert results[where].skipped.startswith(f"cannot read image {broken}: ")
+    readable = [f.path for f in files if f.path != broken]
+    assert [r.prediction for r in results if r.prediction is not None] == clf.predict(readable, top_k=3, workers=0)
+    assert live_workers() == []
+
+
+def test_a_bad_image_in_a_later_batch_raises_its_line_and_stops_every_worker(clf, monkeypatch):
+    images = frames(20)
+    images[9] = np.zeros((8, 8, 4), np.uint8)
+    late = {id(x) for x in images[12:]}  # the batches decoded ahead are still being decoded when the error comes
+    spy_load_crop(monkeypatch, lambda item: time.sleep(0.3 if id(item) in late else 0))
+    with pytest.raises(PkdError, match=r"^image 9: image array \[8, 8, 4\] has 4 channels"):
+        clf.logits(images, batch_size=4, workers=2)
+    assert live_workers() == []
+    with pytest.raises(PkdError, match=r"^image array \[8, 8, 4\] has 4 channels"):  # one image: its error alone
+        clf.predict(images[9])
+    stream = clf.prepared(images, batch_size=4, workers=2)  # an early stop: close the generator
+    assert next(stream).start == 0 and live_workers()
+    stream.close()
+    assert live_workers() == []
+    with pytest.raises(PkdError, match="workers must be an integer >= 0"):
+        clf.logits(images[:2], workers=-1)
+
+
+def test_one_classifier_shared_by_several_threads(clf):
+    inputs = [frames(9, seed=s) for s in range(4)]
+    expected = [loop_logits(clf, x, 4) for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: clf.logits(x, batch_size=4, workers=2), inputs * 2))
+    for g, e in zip(got, expected * 2, strict=True):
+        assert np.array_equal(g, e)
+    assert live_workers() == []
+
+
+def test_default_workers_follow_the_usable_cores(monkeypatch):
+    for cores, workers in ((1, 1), (2, 2), (64, 4)):
+        monkeypatch.setattr(pipeline, "cpu_info", lambda cores=cores: {"cores": cores})
+        assert pipeline.default_workers() == workers

@@ -2,8 +2,11 @@
 
 Recipe: resolve the target (student, optional teacher) -> for each backend: load it (first-call latency =
 load + first inference), then per batch: warm-up and timed calls on a batch already in place (compute), then
-decode + preprocess + infer + top-k from image files (end to end); peak memory and, where readable, power ->
-teacher/student ratios and throughput limits -> the report record (bench/record.py, docs/bench-report.md).
+camera-like inputs to top-k labels (end to end: 1080p JPEG files, and 1080p uint8 frames in memory) through the
+runtime's pipeline (runtime/pipeline.py, what `Classifier.predict` and `pkd predict` run: the next batch decoded and
+resized on worker threads while the backend computes), each with its ratio to the compute row; peak memory and,
+where readable, power -> teacher/student ratios and throughput limits -> the report record (bench/record.py,
+docs/bench-report.md).
 """
 
 from __future__ import annotations
@@ -52,7 +55,9 @@ class BenchConfig:
     classes: int = 1000
     end_to_end: bool = True
     images: str | None = None
-    e2e_images: int = 64
+    e2e_images: int = 32
+    e2e_frames: int = 16  # distinct 1080p frames held in memory for the end_to_end_frames rows
+    workers: int | None = None  # end-to-end decoding threads (None: the runtime's default; 0: sequential)
     e2e_max_batch: int = 32  # end to end only up to this batch: beyond it, decoding on the CPU is all it measures
     top_k: int = 5
     peak_tflops: float | None = None  # the device's peak (e.g. 790 bf16 for an H200) -> throughput limits
@@ -66,6 +71,10 @@ class BenchConfig:
             raise PkdError("--text-names must be >= 0")
         if self.iterations < 1 or self.warmup < 0:
             raise PkdError("--iterations must be >= 1 and --warmup >= 0")
+        if self.end_to_end:
+            from promptkd_edge.runtime.pipeline import resolve_workers
+
+            resolve_workers(self.workers)
         if self.device != "auto":
             resolve_device(self.device)
         return self
@@ -89,22 +98,26 @@ def measure(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport:
         models=[m.to_dict() for m in models], environment=Environment(),
         settings={"batch_sizes": batches, "warmup": cfg.warmup, "iterations": cfg.iterations,
                   "min_seconds": cfg.min_seconds, "max_seconds": cfg.max_seconds, "device": device,
-                  "end_to_end": cfg.end_to_end, "end_to_end_images": None, "top_k": cfg.top_k,
+                  "end_to_end": cfg.end_to_end, "end_to_end_images": None, "end_to_end_frames": None,
+                  "end_to_end_workers": _workers(cfg) if cfg.end_to_end else None, "top_k": cfg.top_k,
                   "end_to_end_max_batch": cfg.e2e_max_batch,
                   "notes": [f"{', '.join(DEVICE_RESIDENT)}: compute rows run on a batch already on the GPU (IO "
                             "binding / device buffers); end-to-end rows include the copies"]},
         limits=[])
     with tempfile.TemporaryDirectory(prefix="pkd-bench-images-") as tmp:
-        files, source = _e2e_files(cfg, Path(tmp), models[0].preprocess.size) if cfg.end_to_end else ([], None)
-        report.settings["end_to_end_images"] = source
+        inputs = camera_inputs(Path(tmp), cfg.e2e_images, cfg.e2e_frames, cfg.images) if cfg.end_to_end else {}
+        report.settings["end_to_end_images"] = inputs["end_to_end"][1] if inputs else None
+        report.settings["end_to_end_frames"] = inputs.get("end_to_end_frames", (None, None))[1]
+        inputs = {mode: items for mode, (items, _) in inputs.items()}
         try:
             for model in models:
                 for spec in backends:
-                    _bench_backend(model, spec, device, batches, files, cfg, report, progress)
+                    _bench_backend(model, spec, device, batches, inputs, cfg, report, progress)
         finally:
             for model in models:
                 model.cleanup()
     report.environment = Environment.from_dict(describe(threads=cfg.threads, device=device))
+    compute_ratios(report.results)
     report.comparisons = comparisons(report.results)
     cpu = None
     if device == "cpu":
@@ -163,25 +176,51 @@ def _kind(target: str) -> str:
     return "bundle" if is_bundle(path) else "run" if (path / "student.safetensors").is_file() else "architecture"
 
 
-def _e2e_files(cfg: BenchConfig, tmp: Path, size: tuple[int, int]) -> tuple[list[Path], str]:
-    """Image files for end-to-end timing: the user's, else generated 640x480 JPEGs (a typical camera frame)."""
-    if cfg.images:
+FRAME = (1080, 1920)  # height, width of the generated camera-like inputs
+
+
+def _workers(cfg: BenchConfig) -> int:
+    from promptkd_edge.runtime.pipeline import resolve_workers
+
+    return resolve_workers(cfg.workers)
+
+
+def camera_inputs(folder: Path, images: int, frames: int, source: str | None = None) -> dict[str, tuple[list, str]]:
+    """Camera-like inputs per end-to-end mode, with what they are for people: `images` image files (from the folder
+    `source`, else generated into `folder`: 1920x1080 JPEGs, quality 90, smooth colour fields with edges and
+    sensor-like noise) and up to `frames` uint8 RGB frames in memory (the readable files decoded, at their size)."""
+    from promptkd_edge.runtime.preprocess import to_rgb
+
+    if source:
         from promptkd_edge.data.listing import list_images
 
-        files = list_images(cfg.images)[: cfg.e2e_images]
-        return files, f"{len(files)} images from {cfg.images}"
+        files = list_images(source)[:images]
+        what = f"{len(files)} images from {source}"
+    else:
+        from promptkd_edge.export.parity import generated_images
 
-    from promptkd_edge.export.parity import generated_images
+        files = []
+        for i in range(images):  # one at a time: a 1080p image is 6 MB
+            [img] = generated_images(1, (FRAME[0] * 2 // 3, FRAME[1] * 2 // 3), seed=1 + i)  # 1.5x: 1080x1920
+            files.append(folder / f"{i:04d}.jpg")
+            img.save(files[-1], quality=90)
+        what = f"{len(files)} generated {FRAME[1]}x{FRAME[0]} JPEG files (quality 90)"
+    arrays = []
+    for f in files:  # the readable ones: an unreadable file fails the files rows with its name, not the frames'
+        if len(arrays) == frames:
+            break
+        try:
+            arrays.append(np.asarray(to_rgb(f)))
+        except PkdError:
+            continue
+    sizes = sorted({f"{a.shape[1]}x{a.shape[0]}" for a in arrays})
+    inputs = {"end_to_end": (files, what)}
+    if arrays:
+        inputs["end_to_end_frames"] = (arrays, f"{len(arrays)} uint8 RGB frames in memory ({', '.join(sizes)})")
+    return inputs
 
-    files = []
-    for i, img in enumerate(generated_images(cfg.e2e_images, (320, 427), seed=1)):  # 1.5x -> 480x640
-        path = tmp / f"{i:04d}.jpg"
-        img.save(path, quality=90)
-        files.append(path)
-    return files, f"{len(files)} generated 640x480 JPEG files"
 
-
-def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: list[int], files: list[Path],
+def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: list[int], inputs: dict[str, list],
                    cfg: BenchConfig, report: BenchReport, progress: Progress) -> None:
     from promptkd_edge.bench.memory import PeakMemory
 
@@ -212,11 +251,11 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
         first_call_ms = (time.perf_counter() - start) * 1000
         report.backends = {**(report.backends or {}), f"{model.role} {spec.name}": runner.description}
         update = progress.task(f"{model.role} {spec.name}",
-                               len(batches) + (sum(b <= cfg.e2e_max_batch for b in batches) if files else 0))
+                               len(batches) + len(inputs) * sum(b <= cfg.e2e_max_batch for b in batches))
         for batch in batches:
-            for mode in ("compute", "end_to_end") if files and batch <= cfg.e2e_max_batch else ("compute",):
+            for mode in ("compute", *inputs) if batch <= cfg.e2e_max_batch else ("compute",):
                 try:
-                    timing, power = _time(runner, model, batch, mode, files, cfg)
+                    timing, power = _time(runner, model, batch, mode, inputs.get(mode, []), cfg)
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory at the largest batch
                     unavailable(f"batch {batch} {mode}: {first_line(e)}")
                     break
@@ -231,7 +270,7 @@ def _bench_backend(model: BenchModel, spec: BackendSpec, device: str, batches: l
     report.results += rows
 
 
-def _time(runner: Runner, model: BenchModel, batch: int, mode: str, files: list[Path],
+def _time(runner: Runner, model: BenchModel, batch: int, mode: str, inputs: list,
           cfg: BenchConfig) -> tuple[Timing, Any]:
     from promptkd_edge.bench.power import PowerSampler
 
@@ -242,22 +281,29 @@ def _time(runner: Runner, model: BenchModel, batch: int, mode: str, files: list[
             return runner(prepared)
 
         warmup, iterations = cfg.warmup, cfg.iterations
+        stream = None
     else:
-        from promptkd_edge.runtime.preprocess import prepare
+        from promptkd_edge.runtime.pipeline import chunks
 
-        cycle = itertools.cycle(files)
+        # the runtime's pipeline over the inputs, round and round: one call = the next batch out of it (decoded
+        # ahead on the workers while the previous call ran the backend) -> logits -> top-k, in steady state
+        stream = chunks(itertools.cycle(inputs), model.preprocess, input_format=model.input_format, batch_size=batch,
+                        workers=cfg.workers)
         k = min(cfg.top_k, model.classes)
 
         def call():
-            paths = [next(cycle) for _ in range(batch)]
-            logits = runner.logits(prepare(paths, model.preprocess, input_format=model.input_format))
+            logits = runner.logits(next(stream).batch_or_raise())
             return np.argpartition(-logits, k - 1, axis=1)[:, :k]
 
         warmup, iterations = min(cfg.warmup, 2), max(3, cfg.iterations // 5)
-    with PowerSampler(device=runner.device) as power:
-        timing = time_calls(call, batch, warmup=warmup, iterations=iterations, min_seconds=cfg.min_seconds,
-                            max_seconds=cfg.max_seconds, sync=runner.sync,
-                            timer=runner.timer if mode == "compute" else None)
+    try:
+        with PowerSampler(device=runner.device) as power:
+            timing = time_calls(call, batch, warmup=warmup, iterations=iterations, min_seconds=cfg.min_seconds,
+                                max_seconds=cfg.max_seconds, sync=runner.sync,
+                                timer=runner.timer if mode == "compute" else None)
+    finally:
+        if stream is not None:
+            stream.close()  # its decoding threads stop before the next row is timed
     return timing, power
 
 
@@ -277,6 +323,16 @@ def _row(model: BenchModel, spec: BackendSpec, runner: Runner, timing: Timing, m
                      first_call_ms=round(first_call_ms, 1) if mode == "compute" else None,
                      power_w=_round(power.watts, 2),
                      images_per_joule=_round(images_per_joule(t["images_per_s"], power.watts), 3))
+
+
+def compute_ratios(results: list[ResultRow]) -> None:
+    """Set each end-to-end row's `compute_ratio`: its images/s over the compute row's of the same model, backend
+    and batch (1.0: an app gets all the engine can do; left None without a compute row)."""
+    compute = {(r.model, r.backend, r.batch): r.images_per_s for r in results if r.mode == "compute"}
+    for r in results:
+        base = compute.get((r.model, r.backend, r.batch))
+        if r.mode != "compute" and base and r.images_per_s is not None:
+            r.compute_ratio = round(r.images_per_s / base, 4)
 
 
 def comparisons(results: list[ResultRow]) -> list[dict]:

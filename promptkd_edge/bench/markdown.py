@@ -105,7 +105,11 @@ def _settings_lines(settings: Mapping[str, Any]) -> list[str]:
              "linearly between closest ranks"]
     if settings["end_to_end"]:
         upto = f", batches up to {settings['end_to_end_max_batch']}" if settings.get("end_to_end_max_batch") else ""
-        lines.append(f"- **End to end:** {settings.get('end_to_end_images') or 'measured'}{upto} "
+        frames = f"; {settings['end_to_end_frames']}" if settings.get("end_to_end_frames") else ""
+        workers = settings.get("end_to_end_workers")
+        threads = "" if workers is None else (f"; decoded on {_count(workers, 'worker thread')} ahead of the backend"
+                                              if workers else "; decoded on the calling thread (no pipeline)")
+        lines.append(f"- **End to end:** {settings.get('end_to_end_images') or 'measured'}{frames}{upto}{threads} "
                      f"(the calls behind each row: `iterations` in the CSV)")
     else:
         lines.append("- **End to end:** not measured")

@@ -15,6 +15,8 @@ from promptkd_edge.utils import files
 _FIG_WIDTH_IN, _FIG_MIN_HEIGHT_IN, _DPI = 12.0, 5.0, 120
 _LEGEND_COLUMNS, _LEGEND_ROW_IN = 4, 0.24
 _LINESTYLES = {"student": "-", "teacher": "--"}
+_E2E_LINESTYLES = {"end_to_end": ":", "end_to_end_frames": "-."}
+_E2E_LABELS = {"end_to_end": " · end to end (files)", "end_to_end_frames": " · end to end (frames)"}
 _MARKERS = {"student": "o", "teacher": "s"}
 
 
@@ -31,7 +33,7 @@ def _series(report: BenchReport) -> list[tuple[str, list[ResultRow]]]:
         for r in ordered_rows(report, mode):
             groups.setdefault((r.model, r.backend), []).append(r)
         for (model, backend), rows in groups.items():
-            series.append((f"{model} · {backend}" + (" · end to end" if mode == "end_to_end" else ""), rows))
+            series.append((f"{model} · {backend}" + _E2E_LABELS.get(mode, ""), rows))
     return series
 
 
@@ -82,7 +84,7 @@ def write_plot(report: BenchReport | Mapping[str, Any], path: str | Path) -> Pat
         for label, rows in series:
             r0 = rows[0]
             style = dict(color=cmap(backends[r0.backend] % cmap.N),
-                         linestyle=":" if r0.mode == "end_to_end" else _LINESTYLES.get(r0.model, "-"),
+                         linestyle=_E2E_LINESTYLES.get(r0.mode) or _LINESTYLES.get(r0.model, "-"),
                          marker=_MARKERS.get(r0.model, "^"), markersize=5, linewidth=1.6)
             for ax, key in ((lat_ax, "p50_ms"), (tput_ax, "images_per_s")):
                 points = [(r.batch, getattr(r, key)) for r in rows

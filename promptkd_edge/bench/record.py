@@ -16,14 +16,14 @@ from promptkd_edge.formats.record import JsonRecord
 
 SCHEMA = "promptkd-edge/bench"
 SCHEMA_VERSION = 1
-MODES = ("compute", "end_to_end")
+MODES = ("compute", "end_to_end", "end_to_end_frames")
 TARGET_KINDS = ("bundle", "run", "architecture")
 RESULT_FIELDS = [
     "model", "backend", "device", "precision", "batch", "mode", "iterations",
     "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "images_per_s", "first_call_ms",
     "peak_rss_mib", "peak_gpu_mib", "power_w", "images_per_joule",
 ]
-OPTIONAL_RESULT_FIELDS = ["gpu_process_mib"]  # in a row's JSON only when measured
+OPTIONAL_RESULT_FIELDS = ["gpu_process_mib", "compute_ratio"]  # in a row's JSON only when measured
 
 # Field specs: "str" | "int" | "number" | "bool" | "dict" | "list", with a trailing "?" when null is allowed.
 _TOP = {"schema": "str", "schema_version": "int", "created": "str", "command": "str", "target": "dict",
@@ -42,7 +42,7 @@ _RESULT = {"model": "str", "backend": "str", "device": "str", "precision": "str"
            "mean_ms": "number?", "min_ms": "number?", "images_per_s": "number?", "first_call_ms": "number?",
            "peak_rss_mib": "number?", "peak_gpu_mib": "number?", "power_w": "number?",
            "images_per_joule": "number?"}
-_OPTIONAL_RESULT = {"gpu_process_mib": "number?"}
+_OPTIONAL_RESULT = {"gpu_process_mib": "number?", "compute_ratio": "number?"}
 _UNAVAILABLE = {"model": "str?", "backend": "str", "reason": "str"}
 _COMPARISON = {"backend": "str", "batch": "int", "mode": "str", "teacher_p50_ms": "number?",
                "student_p50_ms": "number?", "speedup": "number?"}
@@ -154,9 +154,10 @@ class ResultRow(JsonRecord):
     power_w: float | None = None
     images_per_joule: float | None = None
     gpu_process_mib: float | None = None  # NVML: this process's GPU memory (any library's); absent when unknown
+    compute_ratio: float | None = None  # end-to-end rows: images/s over the compute row's (same backend, batch)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    OMIT_IF_NONE = ("gpu_process_mib",)
+    OMIT_IF_NONE = ("gpu_process_mib", "compute_ratio")
 
 
 @dataclass

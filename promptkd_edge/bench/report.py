@@ -34,7 +34,7 @@ __all__ = ["CSV_FIELDS", "MODES", "RESULT_FIELDS", "SCHEMA", "SCHEMA_VERSION", "
            "Environment", "ResultRow", "can_plot", "markdown", "terminal_table", "validate_report", "write_all",
            "write_csv", "write_json", "write_markdown", "write_plot"]
 
-CSV_FIELDS = [*RESULT_FIELDS[:1], "arch", *RESULT_FIELDS[1:]]
+CSV_FIELDS = [*RESULT_FIELDS[:1], "arch", *RESULT_FIELDS[1:], "compute_ratio"]
 
 
 def _json_safe(obj: Any) -> Any:
@@ -63,7 +63,8 @@ def _csv_cell(v: Any) -> Any:
 
 
 def write_csv(report: BenchReport | Mapping[str, Any], path: str | Path) -> Path:
-    """One line per result row with a header; columns = CSV_FIELDS (RESULT_FIELDS with `arch` after `model`)."""
+    """One line per result row with a header; columns = CSV_FIELDS (RESULT_FIELDS with `arch` after `model`, then
+    `compute_ratio`, empty on compute rows)."""
     report = as_report(report)
     arch = {m["role"]: m["arch"] for m in report.models}
     buf = io.StringIO()

@@ -17,10 +17,13 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 DASH = "—"
-MODE_TITLES = {"compute": "Compute", "end_to_end": "End to end"}
+MODE_TITLES = {"compute": "Compute", "end_to_end": "End to end, files", "end_to_end_frames": "End to end, frames"}
+_PIPELINE = ("through the runtime's pipeline (the next batch decoded and resized on worker threads while the backend "
+             "runs this one), per batch in steady state; of compute = img/s over the compute row's")
 MODE_NOTES = {
     "compute": "One call on a batch of input tensors already in place (on the device for GPU backends).",
-    "end_to_end": "From image files: decode + preprocess + inference + top-k, per batch of files.",
+    "end_to_end": f"From image files: decode + resize + preprocess + inference + top-k, {_PIPELINE}.",
+    "end_to_end_frames": f"From uint8 frames in memory: resize + preprocess + inference + top-k, {_PIPELINE}.",
 }
 
 
@@ -70,6 +73,7 @@ COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
     ("p90 ms", "p90_ms", fmt, False),
     ("p99 ms", "p99_ms", fmt, False),
     ("img/s", "images_per_s", fmt, False),
+    ("of compute", "compute_ratio", lambda v: f"{v:.2f}" if finite(v) else DASH, True),
     ("first call ms", "first_call_ms", fmt, True),
     ("peak RSS MiB", "peak_rss_mib", fmt, True),
     ("peak GPU MiB", "peak_gpu_mib", fmt, True),
@@ -93,7 +97,7 @@ def columns_for(rows: Sequence[ResultRow]) -> list[tuple[str, str, Callable[[Any
 
 
 def terminal_table(report: BenchReport | Mapping[str, Any], mode: str) -> Table:
-    """The results of one mode ("compute" or "end_to_end") as a compact rich Table for the CLI."""
+    """The results of one mode (MODES) as a compact rich Table for the CLI."""
     from rich import box
     from rich.table import Table
 

@@ -144,8 +144,8 @@ def bench(
     classes: Annotated[int, typer.Option(help="Classes of an architecture target's random class vectors.")
                        ] = _C.classes,
     end_to_end: Annotated[bool, typer.Option("--e2e/--no-e2e", help="Also time decode + preprocess + infer + top-k "
-                                             "from image files.")] = _C.end_to_end,
-    images: Annotated[str | None, typer.Option(help="Image folder for end-to-end timing (default: generated 640x480 "
+                                             "from image files and from frames in memory.")] = _C.end_to_end,
+    images: Annotated[str | None, typer.Option(help="Image folder for end-to-end timing (default: generated 1920x1080 "
                                                "JPEGs).")] = _C.images,
     e2e_max_batch: Annotated[int, typer.Option(help="Time end to end only up to this batch size.")
                              ] = _C.e2e_max_batch,
@@ -168,7 +168,7 @@ def bench(
 
     from promptkd_edge.bench.backends import parse_backends
     from promptkd_edge.bench.harness import measure
-    from promptkd_edge.bench.report import terminal_table, write_all
+    from promptkd_edge.bench.report import MODES, terminal_table, write_all
     from promptkd_edge.bench.students import architecture_list
     from promptkd_edge.runtime.bundle import is_bundle
 
@@ -194,7 +194,7 @@ def bench(
     if as_json:
         print_json(report.to_dict())
         return
-    for mode in ("compute", "end_to_end"):
+    for mode in MODES:
         if any(r.mode == mode for r in report.results):
             console().print(terminal_table(report, mode))
     for c in report.comparisons:

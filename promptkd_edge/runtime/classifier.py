@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.runtime.bundle import Bundle, open_bundle
+from promptkd_edge.runtime.pipeline import Chunk, chunks
 from promptkd_edge.runtime.preprocess import (
     FrameGroups,
     PreprocessSpec,
@@ -92,6 +94,7 @@ class Classifier:
         self.choice = choice  # runtime.auto.Choice when backend="auto" measured the CPU options
         self._text = None  # runtime.text.TextEncoder, loaded by the first with_class_names
         self._own_classes = True  # False after with_classes: the graph's own logits no longer apply
+        self.workers: int | None = None  # decoding threads per call (None: min(4, usable CPUs); 0: the caller's)
         if getattr(backend, "fell_back_to_cpu", False):
             self.notes.append("ONNX Runtime fell back to CPU: the GPU provider did not load "
                               "(check CUDA/cuDNN libraries with `pkd doctor`)")
@@ -222,30 +225,48 @@ class Classifier:
         """`batch_size`, capped by what the backend takes (a TensorRT plan's largest profile)."""
         return max(1, min(batch_size, getattr(self.backend, "max_batch", batch_size)))
 
-    def logits(self, images: Sequence[Any], batch_size: int = 16) -> np.ndarray:
-        """Logits [N, C] at the teacher's logit scale."""
-        batch_size = self._batch(batch_size)
-        out = []
-        for chunk in _chunks(images, batch_size):
-            res = self.run(self.inputs(chunk))
-            if "logits" in res and self._own_classes:
-                out.append(res["logits"])
-            else:
-                out.append(self._scale * res["embeddings"] @ self._require_vectors().T)
-        return np.concatenate(out).astype(np.float32)
+    def prepared(self, images: Iterable[Any], batch_size: int = 16, *, workers: int | None = None
+                 ) -> Iterator[Chunk]:
+        """Model-ready batches of `images` in order (runtime/pipeline.py): the next ones decoded and resized on
+        `workers` threads (None: `self.workers`, else min(4, usable CPUs); 0: on the calling thread) while the
+        caller runs the current one. Close the generator when stopping early (its threads stop with it)."""
+        return chunks([images] if _one_image(images) else images, self.preprocess, input_format=self.input_format,
+                      batch_size=self._batch(batch_size), workers=self.workers if workers is None else workers,
+                      channel_order=self.channel_order)
 
-    def embed(self, images: Sequence[Any], batch_size: int = 16) -> np.ndarray:
+    def logits_of(self, batch: np.ndarray) -> np.ndarray:
+        """Logits [N, C] of a model-ready batch, at the teacher's logit scale."""
+        res = self.run(batch)
+        if "logits" in res and self._own_classes:
+            return res["logits"]
+        return self._scale * res["embeddings"] @ self._require_vectors().T
+
+    def logits(self, images: Sequence[Any], batch_size: int = 16, *, workers: int | None = None) -> np.ndarray:
+        """Logits [N, C] at the teacher's logit scale. `workers`: see `prepared`."""
+        return np.concatenate(list(self._per_batch(images, batch_size, workers, self.logits_of))).astype(np.float32)
+
+    def embed(self, images: Sequence[Any], batch_size: int = 16, *, workers: int | None = None) -> np.ndarray:
         """Unit-length image features [N, D] in the teacher's space (bundles exported with --head embeddings
-        or both)."""
+        or both). `workers`: see `prepared`."""
         if "embeddings" not in self.bundle.model.output_names:
             raise PkdError("this bundle outputs logits only; export it with --head embeddings or --head both "
                            "to get embeddings")
-        chunks = _chunks(images, self._batch(batch_size))
-        return np.concatenate([self.run(self.inputs(c))["embeddings"] for c in chunks])
+        return np.concatenate(list(self._per_batch(images, batch_size, workers,
+                                                   lambda b: self.run(b)["embeddings"])))
 
-    def predict(self, images: Sequence[Any], top_k: int = 5, batch_size: int = 16) -> list[Prediction]:
-        """Top-k labels and probabilities per image, in input order."""
-        return best_k(self.logits(images, batch_size), self.class_names, top_k)
+    def predict(self, images: Sequence[Any], top_k: int = 5, batch_size: int = 16, *, workers: int | None = None
+                ) -> list[Prediction]:
+        """Top-k labels and probabilities per image, in input order. `workers`: see `prepared`."""
+        return best_k(self.logits(images, batch_size, workers=workers), self.class_names, top_k)
+
+    def _per_batch(self, images: Sequence[Any], batch_size: int, workers: int | None,
+                   fn: Callable[[np.ndarray], np.ndarray]) -> Iterator[np.ndarray]:
+        """`fn` of each model-ready batch of `images`, in order; an image that cannot be used raises its one-line
+        error ("image i: ...") and stops the workers."""
+        items = _items(images)
+        with closing(self.prepared(items, batch_size, workers=workers)) as batches:
+            for chunk in batches:
+                yield fn(chunk.batch_or_raise(len(items)))
 
     def with_classes(self, names: Sequence[str], vectors: np.ndarray, logit_scale: float | None = None
                      ) -> Classifier:
@@ -264,6 +285,7 @@ class Classifier:
         other = Classifier(self.bundle, self.backend, self.notes, self.choice, self.channel_order)
         other.preprocess, other.notes = self.preprocess, list(self.notes)
         other.class_names, other._vectors, other._own_classes = names, vectors, False
+        other.workers = self.workers
         other._scale = self._scale if logit_scale is None else float(logit_scale)
         return other
 
@@ -304,14 +326,19 @@ class Classifier:
             self._text.close()
 
 
-def _chunks(images: Sequence[Any], size: int):
-    if isinstance(images, str | os.PathLike) or (isinstance(images, np.ndarray) and images.ndim <= 3) \
-            or hasattr(images, "convert"):
+def _one_image(images: Any) -> bool:
+    """A path, a PIL image or one HxW(x3) array rather than a collection of them."""
+    return isinstance(images, str | os.PathLike) or (isinstance(images, np.ndarray) and images.ndim <= 3) \
+        or hasattr(images, "convert")
+
+
+def _items(images: Sequence[Any]) -> Sequence[Any]:
+    """`images` as a sequence (one path, PIL image or array: a batch of one); none is an error."""
+    if _one_image(images):
         images = [images]
     if len(images) == 0:
         raise PkdError("no images given")
-    for i in range(0, len(images), size):
-        yield images[i:i + size]
+    return images
 
 
 PROBE_FRAME = (1080, 1920)  # the frame size backend="auto" times a frame bundle's CPU options on

@@ -1,6 +1,7 @@
 """Classify image files with a `Classifier`: folders walked, files decoded and predicted in batches. One rule for
 every image, named or found in a folder: one that cannot be read (missing, a FIFO, a folder, not an image,
-truncated) is skipped with the reason, never opened when it is not a regular file. Torch-free, as the rest of the
+truncated) is skipped with the reason, never opened when it is not a regular file. The next batch is decoded on
+worker threads while the backend runs the current one (runtime/pipeline.py). Torch-free, as the rest of the
 runtime.
 
     files = image_files(["photos/", "cat.jpg"])
@@ -12,13 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from promptkd_edge.data.listing import IMAGE_EXTENSIONS, list_images
 from promptkd_edge.errors import PkdError
-from promptkd_edge.runtime.preprocess import to_rgb
 from promptkd_edge.utils.paths import FOLDER, describe
 
 if TYPE_CHECKING:
@@ -63,18 +64,17 @@ def image_files(items: Iterable[str | os.PathLike]) -> list[ImageFile]:
     return files
 
 
-def predict_files(clf: Classifier, files: Sequence[ImageFile], *, top_k: int = 5, batch_size: int = 16
-                  ) -> Iterator[FileResult]:
-    """One result per file, in order, `batch_size` files decoded and predicted at a time. A file that cannot be read,
-    named or found in a folder, is skipped: its result says why."""
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        images, skipped = [], {}
-        for i, file in enumerate(chunk):
-            try:
-                images.append(to_rgb(file.path))
-            except PkdError as e:
-                skipped[i] = str(e)
-        predictions = iter(clf.predict(images, top_k=top_k, batch_size=batch_size) if images else [])
-        for i, file in enumerate(chunk):
-            yield FileResult(file.path, None, skipped[i]) if i in skipped else FileResult(file.path, next(predictions))
+def predict_files(clf: Classifier, files: Sequence[ImageFile], *, top_k: int = 5, batch_size: int = 16,
+                  workers: int | None = None) -> Iterator[FileResult]:
+    """One result per file, in order, `batch_size` files predicted at a time while the next ones are decoded on
+    `workers` threads (see `Classifier.prepared`). A file that cannot be read, named or found in a folder, is
+    skipped: its result says why. Closing the generator early stops the workers."""
+    from promptkd_edge.runtime.classifier import best_k
+
+    with closing(clf.prepared([f.path for f in files], batch_size, workers=workers)) as batches:
+        for chunk in batches:
+            predictions = iter(best_k(clf.logits_of(chunk.batch), clf.class_names, top_k)
+                               if chunk.batch is not None else [])
+            for i, file in enumerate(files[chunk.start:chunk.start + chunk.size]):
+                yield (FileResult(file.path, None, chunk.errors[i]) if i in chunk.errors
+                       else FileResult(file.path, next(predictions)))
