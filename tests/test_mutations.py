@@ -40,6 +40,8 @@ BUILD_FLAGS = "tests/test_tensorrt_build_flags.py::"
 GATE = "tests/test_engine_gate.py::"
 DS = "export/deepstream.py"
 DS_TESTS = "tests/test_deepstream.py::"
+FRAME = "tests/test_frame_input.py::"
+PIPE = "tests/test_predict_files.py::"
 
 MUTATIONS = [
     Mutation("no sync before outputs are read", TRT, 'cuda_check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")', "None", (RUN_PATH,), True),  # noqa: E501
@@ -62,6 +64,13 @@ MUTATIONS = [
     Mutation("DeepStream takes a --head both plan", DS, "    if others:\n", "    if False and others:\n", (DS_TESTS + "test_a_bundle_with_embeddings_is_refused_for_what_nvinfer_would_make_of_it",)),  # noqa: E501
     Mutation("DeepStream classifier with the detector's gie id", DS, 'DEFAULT_GIE_IDS = {"primary": 1, "secondary": 2}', 'DEFAULT_GIE_IDS = {"primary": 1, "secondary": 1}', (DS_TESTS + "test_a_secondary_classifier_has_its_own_gie_id",)),  # noqa: E501
     Mutation("tuned teacher loads with another tokenizer", "models/teacher.py", "if config.tokenizer_sha256 and tokenizer_digest(", "if False and tokenizer_digest(", ("tests/test_teacher_families.py::test_pkd_teacher_on_siglip_like_trains",)),  # noqa: E501
+    Mutation("draft decode without a passing record", "runtime/preprocess.py", '    return ("draft" if DECODE_GATES["draft"] in passed else "exact"), notes', '    return "draft", notes', ("tests/test_decode_choice.py::test_a_failed_or_missing_record_keeps_the_exact_path",)),  # noqa: E501
+    Mutation("exact_preprocess ignored", "runtime/classifier.py", "exact=exact_preprocess, gpu=on_gpu", "exact=False, gpu=on_gpu", ("tests/test_decode_choice.py::test_exact_preprocess_opts_out",)),  # noqa: E501
+    Mutation("BGR frames not reversed", "runtime/preprocess.py", "return a[..., ::-1]", "return a", (FRAME + "test_bgr_arrays_on_a_crop_bundle_equal_rgb_reversed",)),  # noqa: E501
+    Mutation("frame resize gate always passes", "export/frame.py", 'if all(f["passed"] for k, f in measured.items() if k.startswith(f"{method} on ")):', "if True:", (FRAME + "test_gate_refuses_a_resize_that_fails_with_the_measured_numbers",)),  # noqa: E501
+    Mutation("pipeline degraded to a loop", "runtime/pipeline.py", "            if len(pending) > AHEAD:", "            if len(pending) > 0:", (PIPE + "test_the_next_batch_is_decoded_while_the_backend_runs",)),  # noqa: E501
+    Mutation("pipeline leaves its threads running", "runtime/pipeline.py", "pool.shutdown(wait=True, cancel_futures=True)", "pool.shutdown(wait=False, cancel_futures=True)", (PIPE + "test_a_bad_image_in_a_later_batch_raises_its_line_and_stops_every_worker",)),  # noqa: E501
+    Mutation("pipeline out of order", "runtime/pipeline.py", "return _assemble(start, [f.result() for f in futures], frames)", 'return _assemble(start, [f.result() for f in __import__("concurrent.futures").futures.as_completed(futures)], frames)', (PIPE + "test_pipelined_batches_keep_the_input_order_over_many_chunks",)),  # noqa: E501
     Mutation("DeepStream scales bilinear for bicubic", DS, '"bicubic": 2}', '"bicubic": 1}', (DS_TESTS + "test_nvinfer_scales_with_the_bundles_interpolation_on_the_gpu",)),  # noqa: E501
 ]
 

@@ -219,3 +219,29 @@ def test_default_workers_follow_the_usable_cores(monkeypatch):
     for cores, workers in ((1, 1), (2, 2), (64, 4)):
         monkeypatch.setattr(pipeline, "cpu_info", lambda cores=cores: {"cores": cores})
         assert pipeline.default_workers() == workers
+
+
+def test_pkd_predict_workers_option(clf, tmp_path, monkeypatch):
+    """`pkd predict --workers N` reaches the pipeline (0: the sequential loop, same answers); a negative count is
+    refused in one line before any image is read."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from promptkd_edge.cli import app
+
+    folder = write_images(tmp_path / "imgs", 5)
+    seen = []
+    real = pipeline.chunks
+    monkeypatch.setattr(pipeline, "chunks", lambda *a, **k: seen.append(k["workers"]) or real(*a, **k))
+    monkeypatch.setattr("promptkd_edge.runtime.classifier.chunks", pipeline.chunks)
+    runner = CliRunner()
+    outs = []
+    for workers in ("0", "3"):
+        r = runner.invoke(app, ["predict", str(clf.bundle.path), str(folder), "--backend", "onnxruntime",
+                                "--batch-size", "2", "--workers", workers, "--json"], env={"COLUMNS": "1000"})
+        assert r.exit_code == 0, r.output
+        outs.append(json.loads(r.output))
+    assert seen == [0, 3] and outs[0] == outs[1]
+    bad = runner.invoke(app, ["predict", str(clf.bundle.path), str(folder), "--workers", "-1"])
+    assert bad.exit_code == 2 and "-1" in bad.output and "Traceback" not in bad.output

@@ -149,6 +149,9 @@ def bench(
                                                "JPEGs).")] = _C.images,
     e2e_max_batch: Annotated[int, typer.Option(help="Time end to end only up to this batch size.")
                              ] = _C.e2e_max_batch,
+    workers: Annotated[int | None, typer.Option(min=0, help="End to end: threads that decode the next batches "
+                                                "while the backend runs (default: min(4, usable cores); 0: "
+                                                "sequential).")] = _C.workers,
     peak_tflops: Annotated[float | None, typer.Option(help="The GPU's peak TFLOP/s (e.g. 790 bf16 on H200): report "
                                                       "the fraction of the FLOP-bound throughput reached.")
                            ] = _C.peak_tflops,

@@ -287,6 +287,9 @@ def predict(
                                                 "(one per line) and @FOLDER for an ImageFolder's sub-folders. Needs "
                                                 "a bundle exported with --text-encoder.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
+    workers: Annotated[int | None, typer.Option(min=0, help="Threads that decode and resize the next batches while the "
+                                                "backend runs the current one (default: min(4, usable cores); 0: "
+                                                "decode on the main thread, in turn with the backend).")] = None,
     allow_invalid: Annotated[bool, typer.Option(help="Load a bundle that failed its parity gate.")] = False,
     exact_preprocess: Annotated[bool, typer.Option("--exact-preprocess", help="Decode JPEGs in full as open_clip "
                                                    "does, not by the faster decode the bundle's gate passed.")
@@ -314,7 +317,8 @@ def predict(
         err().print(f"[yellow]backend:[/] {shown(clf.choice.picked)}, {shown(clf.choice.reason)}", highlight=False)
     update = make_progress(not as_json and len(files) > batch_size).task("predicting", len(files))
     results = []
-    for done, result in enumerate(predict_files(clf, files, top_k=top_k, batch_size=batch_size), 1):
+    for done, result in enumerate(predict_files(clf, files, top_k=top_k, batch_size=batch_size,
+                                                            workers=workers), 1):
         results.append(result)
         update(done)
     rows = [r.to_dict() for r in results if r.prediction is not None]
