@@ -4,6 +4,8 @@ tiny CLIPs, same tuned teacher, same seed; only what stage II may train differs)
 
     python benchmarks/adaptation_demo.py            # about 4 minutes per variant on 2 cores
     python benchmarks/adaptation_demo.py --quick    # the demo's reduced sizes: checks the script
+    python benchmarks/adaptation_demo.py --reuse /tmp/demo-hybrid   # a `pkd demo --student-family hybrid` folder:
+                                                    # its generated data and pre-trained tiny CLIPs (stage 0)
 
 A variant leaves the parameters it does not train out of the optimizer (they stay at identity: scale 1, shift 0),
 so its run, export and evaluation are the demo's own. Figures: the student's top-1 on all classes and the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -76,10 +79,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--reuse", type=Path, default=None, help="a demo folder whose data/ and weights/ to start from "
+                    "(the demo reuses them only where their stamps match these sizes and seed)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     report: dict = {"quick": args.quick, "variants": []}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.reuse:
+            for part in ("data", "weights"):
+                shutil.copytree(args.reuse / part, Path(tmp) / "demo" / part)
         for variant in args.variants.split(","):
             print(f"[adaptation_demo] {variant} ...", flush=True)
             report["variants"].append(run_variant(variant, Path(tmp) / "demo", args.quick, args.workers))

@@ -149,7 +149,7 @@ def markdown(r: dict) -> str:
         for b in s["bundles"]:
             gates = b.get("reason") or "; ".join(_gate(g) for g in b["gates"])
             ops = sum(b.get("ops", {}).values()) or ""
-            lines.append(f"| {s['arch']} | {s['family']} · {s['adaptation']} (depth {s['prompt_depth']}) | "
+            lines.append(f"| {s['arch']} | {s['family']} · {s['adaptation']} | "
                          f"{s['trainable_params']:,} | {b['precision']} | {b['export_seconds']} | "
                          f"{b.get('model_mb', '')} | {gates} | {'pass' if b['passed'] else 'FAIL'} | {ops} |")
     lines += ["", f"Command: `python benchmarks/{r['command']}`", ""]

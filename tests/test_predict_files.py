@@ -243,5 +243,7 @@ def test_pkd_predict_workers_option(clf, tmp_path, monkeypatch):
         assert r.exit_code == 0, r.output
         outs.append(json.loads(r.output))
     assert seen == [0, 3] and outs[0] == outs[1]
-    bad = runner.invoke(app, ["predict", str(clf.bundle.path), str(folder), "--workers", "-1"])
-    assert bad.exit_code == 2 and "-1" in bad.output and "Traceback" not in bad.output
+    bad = runner.invoke(app, ["predict", str(clf.bundle.path), str(folder), "--workers", "-1"],
+                        env={"COLUMNS": "1000"})
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert "--workers" in bad.output and "greater than or equal to 0" in bad.output
