@@ -33,10 +33,14 @@ from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa
 SIZES = {"real": ("ViT-B-16", 768, 9), "tiny": ("pkd-tiny-student", 128, 3)}
 
 
-def make_run(root: Path, arch: str, teacher_dim: int, depth: int, classes: int = 100):
+def make_run(root: Path, arch: str, teacher_dim: int, depth: int, classes: int = 100, adjust=None):
+    """A run folder of `arch`'s student (random weights, seed 0; `adjust(student)` before it is saved) and
+    `classes` random class vectors; returns (student, vectors)."""
     torch.manual_seed(0)
     config = StudentConfig(spec=arch, teacher_dim=teacher_dim, prompt_tokens=4, prompt_depth=depth, init_seed=0)
     student = build_student(load_clip(ModelSpec.parse(arch)), config).eval()
+    if adjust is not None:
+        adjust(student)
     root.mkdir(parents=True, exist_ok=True)
     save_student(student, root / "student.safetensors")
     vectors = ClassVectors([f"class{i}" for i in range(classes)],

@@ -24,14 +24,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import export_cpu  # noqa: E402
 import torch  # noqa: E402
 from common import write_report  # noqa: E402
 
 from promptkd_edge.errors import PkdError, first_line  # noqa: E402
 from promptkd_edge.export.bundle import ExportOptions, export_run  # noqa: E402
-from promptkd_edge.models.class_vectors import ClassVectors  # noqa: E402
-from promptkd_edge.models.openclip import ModelSpec, load_clip, register_tiny_configs  # noqa: E402
-from promptkd_edge.models.student import StudentConfig, build_student, save_student  # noqa: E402
+from promptkd_edge.models.openclip import register_tiny_configs  # noqa: E402
 from promptkd_edge.runtime import Classifier  # noqa: E402
 from promptkd_edge.runtime.cpu import cpu_info  # noqa: E402
 
@@ -40,23 +39,20 @@ BACKEND_OF = {"fp32": "onnxruntime", "int8": "onnxruntime", "bf16": "openvino"}
 
 
 def make_run(root: Path, arch: str, teacher_dim: int = 768, classes: int = 100) -> dict:
-    """A distillation run folder for `arch` (random weights, adaptation moved off identity)."""
-    torch.manual_seed(0)
-    student = build_student(load_clip(ModelSpec.parse(arch)), StudentConfig(
-        spec=arch, teacher_dim=teacher_dim, prompt_tokens=4, prompt_depth=9, init_seed=0)).eval()
-    with torch.no_grad():
-        for name, p in student.tower.named_parameters():
-            if p.requires_grad and "prompt" not in name:  # SSF scale (ones) / shift (zeros): away from identity
-                p.add_(0.05 * torch.randn_like(p))
-    root.mkdir(parents=True, exist_ok=True)
-    save_student(student, root / "student.safetensors")
-    ClassVectors([f"class{i}" for i in range(classes)],
-                 torch.nn.functional.normalize(torch.randn(classes, teacher_dim), dim=-1),
-                 "ViT-L-14", "a photo of a {}.", 100.0).save(root)
+    """A distillation run folder for `arch` (export_cpu.make_run, with the adaptation moved off identity)."""
+    student, _ = export_cpu.make_run(root, arch, teacher_dim, 9, classes, adjust=_off_identity)
     trainable = sum(p.numel() for p in student.trainable_parameters())
     return {"family": student.tower.family, "adaptation": student.tower.adaptation,
             "prompt_depth": student.config.prompt_depth, "trainable_params": trainable,
             "params_m": round(sum(p.numel() for p in student.parameters()) / 1e6, 2)}
+
+
+def _off_identity(student) -> None:
+    """SSF scale (ones) / shift (zeros) moved by N(0, 0.05); prompts stay as drawn at init."""
+    with torch.no_grad():
+        for name, p in student.tower.named_parameters():
+            if p.requires_grad and "prompt" not in name:
+                p.add_(0.05 * torch.randn_like(p))
 
 
 def op_counts(model_path: Path) -> dict[str, int]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.runtime.cpu import cpu_info
-from promptkd_edge.runtime.preprocess import FrameGroups, PreprocessSpec, frame_of, prepare
+from promptkd_edge.runtime.preprocess import FrameGroups, PreprocessSpec, frame_of, group_frames, prepare
 
 MAX_DEFAULT_WORKERS = 4
 AHEAD = 2  # batches submitted beyond the one the caller holds
@@ -134,10 +134,4 @@ def _assemble(start: int, loaded: list[np.ndarray | PkdError], frames: bool) -> 
     good = [x for x in loaded if not isinstance(x, PkdError)]
     if not good:
         return Chunk(start, len(loaded), None, errors)
-    if not frames:
-        return Chunk(start, len(loaded), np.stack(good), errors)
-    by_size: dict[tuple[int, ...], list[int]] = {}  # whole frames of any sizes: a model batch per size
-    for i, x in enumerate(good):
-        by_size.setdefault(x.shape, []).append(i)
-    return Chunk(start, len(loaded), FrameGroups(len(good), [(at, np.stack([good[i] for i in at]))
-                                                             for at in by_size.values()]), errors)
+    return Chunk(start, len(loaded), group_frames(good) if frames else np.stack(good), errors)

@@ -152,12 +152,16 @@ def frame_groups(images: Sequence[Any], channel_order: str = "rgb") -> FrameGrou
     items = _as_list(images)
     if len(items) == 0:
         raise PkdError("no images given")
-    by_size: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
-    for i, item in enumerate(items):
-        frame = _indexed(i, len(items), lambda it=item: frame_of(it, channel_order))
-        by_size.setdefault(frame.shape[:2], []).append((i, frame))
-    return FrameGroups(len(items), [([i for i, _ in group], np.stack([f for _, f in group]))
-                                    for group in by_size.values()])
+    return group_frames([_indexed(i, len(items), lambda it=item: frame_of(it, channel_order))
+                         for i, item in enumerate(items)])
+
+
+def group_frames(frames: Sequence[np.ndarray]) -> FrameGroups:
+    """uint8 HxWx3 frames -> FrameGroups: one stacked batch per frame size, positions in `frames` kept."""
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, frame in enumerate(frames):
+        by_size.setdefault(frame.shape, []).append(i)
+    return FrameGroups(len(frames), [(at, np.stack([frames[i] for i in at])) for at in by_size.values()])
 
 
 def _indexed(i: int, count: int, make):
