@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "promptkd_edge/error.hpp"
+
 namespace pkd::detail {
 
 // The model input as the bundle's manifest describes it (manifest "model.inputs[0]" and "input_format").
