@@ -51,6 +51,10 @@ class Backend {
   virtual std::string description() const = 0;
 };
 
+// sha256 of a file as lowercase hex (the manifest's form); defined by the core (sha256.cpp). Throws pkd::Error when
+// the file cannot be read.
+std::string sha256_file(const std::filesystem::path& path);
+
 // Defined in tensorrt_backend.cpp, compiled only with -DPKD_WITH_TENSORRT=ON (the core then defines PKD_HAVE_TENSORRT).
 // `bundle` is the bundle folder as the user named it (for messages), `dir` the folder to read from. `engines` are the
 // manifest's records in manifest order; the backend picks the first whose TensorRT version and compute capability
