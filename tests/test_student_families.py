@@ -76,3 +76,27 @@ def test_a_tensorrt_plan_of_the_family_builds_and_passes_its_gate(family_run, tm
                                                                                     profiles=[(1, 2, 4)]),
                                               parity_images=3))
     assert record["parity_passed"] and record["fp32_layers"] > 0  # LayerNorm/Softmax/Reduce pinned to FP32
+
+
+def test_int8_leaves_the_attention_pool_float(family_run):
+    """An attention-pool head (SigLIP's MAP head: timm AttentionPoolLatent) stays float in the INT8 graph, found by
+    the module class the exporter records on its nodes; every other weight MatMul/Gemm/Conv is quantized."""
+    import onnx
+
+    from promptkd_edge.export.graph import attention_pool_nodes, head_nodes
+
+    arch, root, _ = family_run
+    fp32 = onnx.load(str(root / "bundle" / "model.onnx"))
+    pool = set(attention_pool_nodes(fp32))
+    int8 = onnx.load(str(root / "bundle-int8" / "model.onnx"))
+    manifest = json.loads((root / "bundle-int8" / "manifest.json").read_text())
+    assert manifest["model"]["conversion"]["float_attention_pool_nodes"] == len(pool)
+    has_pool = any(type(m).__name__ == "AttentionPoolLatent" for m in open_clip.create_model(arch).visual.modules())
+    assert bool(pool) == has_pool, arch
+    constants = {i.name for i in int8.graph.initializer}
+    dequantized = {n.output[0] for n in int8.graph.node if n.op_type == "DequantizeLinear"
+                   and n.input[0] in constants}
+    weighted = [n for n in int8.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")
+                and (n.input[1] in constants or n.input[1] in dequantized)]
+    skip = pool | set(head_nodes(fp32))
+    assert weighted and all((n.input[1] in dequantized) == (n.name not in skip) for n in weighted), arch

@@ -26,7 +26,16 @@ from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity as gate
 from promptkd_edge.export.frame import DEFAULT_GATE_SIZES, METHODS, TRT_METHODS, frame_node_names
 from promptkd_edge.export.gate_batches import Chunk, describe, plan_batches, run_batches
-from promptkd_edge.export.graph import DEFAULT_OPSET, INPUT_NAME, embedding_tensor, head_nodes, io_description, slim
+from promptkd_edge.export.graph import (
+    DEFAULT_OPSET,
+    INPUT_NAME,
+    attention_pool_nodes,
+    embedding_tensor,
+    head_nodes,
+    int8_float_nodes,
+    io_description,
+    slim,
+)
 from promptkd_edge.export.precision import (
     engine_graph_name,
     has_modelopt,
@@ -420,7 +429,8 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     progress.note(f"exporting ONNX (opset {options.opset}, dynamic batch)")
     export_onnx(folded, fp32_path, spec.size, opset=options.opset)
     slimmed = slim(fp32_path) if options.slim else None
-    keep = head_nodes(onnx.load(str(fp32_path)))
+    graph = onnx.load(str(fp32_path), load_external_data=False)
+    keep = head_nodes(graph)
     conversion: dict[str, Any] = {}
     if onnx_precision != "fp32":
         src = tmp / "model.fp32-master.onnx"
@@ -430,10 +440,11 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
             conversion = {"tool": to_fp16(src, fp32_path, keep, calib), "kept_fp32": ["LayerNormalization",
                           "Softmax", "L2 norm", "logits MatMul"]}
         else:
-            conversion = quantize_int8(src, fp32_path, calib, INPUT_NAME, keep, target="cpu",
+            conversion = quantize_int8(src, fp32_path, calib, INPUT_NAME, int8_float_nodes(graph), target="cpu",
                                        method=options.calibration_method,
                                        on_batch=progress.task("int8 calibration", len(calib)))
             conversion["smoothing"] = smoothing
+            conversion["float_attention_pool_nodes"] = len(attention_pool_nodes(graph))
         src.unlink()
 
     progress.note("parity gate: PyTorch student against the exported graph")
@@ -693,7 +704,10 @@ def _engine_graph(bundle_dir: Path, stage: Path, manifest: Manifest, precision: 
     if calib is None:
         raise PkdError(f"{precision} calibration needs images; none were found")
     by_onnxruntime = precision == "int8" and not has_modelopt("quantization")  # it reports its calibration batches
+    import onnx
+
+    pool = [n for n in attention_pool_nodes(onnx.load(str(master), load_external_data=False)) if n not in keep]
     conversion = quantize_for_tensorrt(
-        master, dst, precision, api, calib, INPUT_NAME, keep, method=options.calibration_method,
+        master, dst, precision, api, calib, INPUT_NAME, keep + pool, method=options.calibration_method,
         on_batch=progress.task(f"{precision} calibration", len(calib)) if by_onnxruntime else None)
-    return dst, name, conversion
+    return dst, name, {**conversion, "float_attention_pool_nodes": len(pool)}

@@ -1,4 +1,5 @@
-"""Torch-free ONNX graph utilities for bundles: names, opset limits, the FP32 head nodes, I/O descriptions, onnxslim.
+"""Torch-free ONNX graph utilities for bundles: names, opset limits, the FP32 head nodes, the attention-pool nodes
+INT8 leaves float, I/O descriptions, onnxslim.
 
 `pkd export BUNDLE --trt` on a device without torch uses these; the export from PyTorch is `onnx_export.py`.
 """
@@ -48,6 +49,31 @@ def head_nodes(model) -> list[str]:
             tail.append(node.name)
             frontier.update(node.output)
     return tail
+
+
+# Attention-pooling heads, by the module class torch's exporter records on every node it emits
+# ("pkg.torch.onnx.class_hierarchy"): timm's AttentionPoolLatent (SigLIP/SigLIP2's MAP head, PE-Core) and open_clip's
+# AttentionalPooler.
+POOL_CLASSES = ("AttentionPoolLatent", "AttentionalPooler")
+
+
+def attention_pool_nodes(model) -> list[str]:
+    """Names of the nodes of the tower's attention-pooling head, which INT8 leaves float.
+
+    One learned query attends over every token: its softmax sees the whole sequence's quantization error, and it
+    alone decides the feature. Measured on ViT-B-16-SigLIP2 (random weights, 100 calibration / 200 parity images):
+    mean |delta logit| 0.084 -> 0.061, max 0.47 -> 0.34, with 39 of the graph's nodes left float (its query is one
+    token, so the cost is the K/V projection of the sequence, under a twelfth of one block).
+    """
+    return [n.name for n in model.graph.node
+            if any(p.key == "pkg.torch.onnx.class_hierarchy" and any(c in p.value for c in POOL_CLASSES)
+                   for p in n.metadata_props)]
+
+
+def int8_float_nodes(model) -> list[str]:
+    """Nodes an INT8 graph of `model` keeps float: the head (`head_nodes`) and any attention-pool head."""
+    head = head_nodes(model)
+    return head + [n for n in attention_pool_nodes(model) if n not in head]
 
 
 def embedding_tensor(model) -> str | None:
