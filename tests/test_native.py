@@ -39,9 +39,12 @@ def native() -> Path:
 
 @pytest.fixture(scope="module")
 def bundles(tiny_run, module_dir) -> dict[str, Path]:
-    """Tiny bundles: FP32 and INT8 (normalized input, logits head), and a uint8-input one with both heads."""
+    """Tiny bundles: FP32 and INT8 (normalized input, logits head), uint8 input with the embeddings head (logits are
+    computed from the class vectors), pixels input with both heads."""
     out = {}
-    for name, kw in (("fp32", {}), ("int8", {"precision": "int8"}), ("u8", {"input_format": "uint8", "head": "both"})):
+    for name, kw in (("fp32", {}), ("int8", {"precision": "int8"}),
+                     ("u8", {"input_format": "uint8", "head": "embeddings"}),
+                     ("px", {"input_format": "pixels", "head": "both"})):
         export_run(tiny_run, module_dir / name, ExportOptions(parity_images=16, calibration_images=16,
                                                               fast_decode=False, **kw))
         out[name] = module_dir / name
@@ -166,18 +169,25 @@ def test_fp32_logits_are_onnxruntimes_within_the_fp32_gate(native, bundles, imag
     assert np.array_equal(got.argmax(1), want.argmax(1))
 
 
-def test_uint8_bundle_logits_and_embeddings_equal_the_python_runtimes(native, bundles, images, tmp_path):
+@pytest.mark.parametrize("bundle", ["u8", "px"])
+def test_other_input_formats_and_heads_equal_the_python_runtimes(native, bundles, images, tmp_path, bundle):
     files = [images[n] for n in MODEL_IMAGES]
-    got, _ = _native_logits(native, bundles["u8"], files, "fp32", tmp_path)
-    assert np.array_equal(got, _python_logits(bundles["u8"], files, "fp32"))
-    check(native, "embed", bundles["u8"], tmp_path / "e.f32", *files)
-    clf = Classifier.from_bundle(bundles["u8"], "openvino", exact_preprocess=True)
+    got, _ = _native_logits(native, bundles[bundle], files, "fp32", tmp_path)
+    want = _python_logits(bundles[bundle], files, "fp32")
+    if bundle == "px":  # the graph's own logits
+        assert np.array_equal(got, want)
+    else:  # logit_scale * E @ W^T: float64 sums here, numpy's float32 matmul there
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    check(native, "embed", bundles[bundle], "fp32", tmp_path / "e.f32", *files)  # the graph's first or second output
+    clf = Classifier.from_bundle(bundles[bundle], "openvino", precision="fp32", exact_preprocess=True)
     want = clf.embed([str(f) for f in files])
     assert np.array_equal(np.fromfile(tmp_path / "e.f32", np.float32).reshape(want.shape), want)
-    # a logits-only bundle refuses embed with the Python runtime's line
-    r = run(native, "pkd-native-check", "embed", bundles["fp32"], tmp_path / "e.f32", files[0])
+
+
+def test_embed_of_a_logits_only_bundle_is_the_python_runtimes_refusal(native, bundles, images, tmp_path):
+    r = run(native, "pkd-native-check", "embed", bundles["fp32"], "fp32", tmp_path / "e.f32", images["rgb.png"])
     with pytest.raises(PkdError) as e:
-        Classifier.from_bundle(bundles["fp32"], "openvino").embed([str(files[0])])
+        Classifier.from_bundle(bundles["fp32"], "openvino").embed([str(images["rgb.png"])])
     assert (r.returncode, r.stderr) == (2, f"error: {e.value}\n")
 
 

@@ -27,6 +27,21 @@ std::string version() {
   return build.substr(0, build.find('-'));
 }
 
+// An output tensor as float32 (an FP16 graph's outputs are f16; numpy would give float16, promoted alike).
+std::vector<float> to_float(const ov::Tensor& t) {
+  const size_t n = t.get_size();
+  if (t.get_element_type() == ov::element::f32) return {t.data<const float>(), t.data<const float>() + n};
+  if (t.get_element_type() == ov::element::f16) {
+    const ov::float16* p = t.data<const ov::float16>();
+    return std::vector<float>(p, p + n);
+  }
+  if (t.get_element_type() == ov::element::bf16) {
+    const ov::bfloat16* p = t.data<const ov::bfloat16>();
+    return std::vector<float>(p, p + n);
+  }
+  throw Error("the model's output is " + t.get_element_type().get_type_name() + ", not a float tensor");
+}
+
 class OpenVinoBackend final : public Backend {
  public:
   OpenVinoBackend(const std::filesystem::path& model, const std::string& shown, const InputSpec& input,
@@ -67,8 +82,7 @@ class OpenVinoBackend final : public Backend {
       const ov::Shape s = t.get_shape();
       out.batch = static_cast<int64_t>(s.empty() ? 0 : s[0]);
       out.width = out.batch ? static_cast<int64_t>(t.get_size()) / out.batch : 0;
-      const float* data = t.data<const float>();
-      out.values.assign(data, data + t.get_size());
+      out.values = to_float(t);
     } catch (const std::exception& e) {
       give(std::move(request));
       throw Error("OpenVINO failed to run the model: " + first_line(e.what()));
