@@ -4,9 +4,13 @@
   ../shared/third_party/tensorrt, so a clean clone has them).
 - The real CUDA 12.6 runtime from PyPI: nvidia-cuda-runtime-cu12 (cuda_runtime_api.h, libcudart.so.12) and the
   crt/ headers of nvidia-cuda-nvcc-cu12, which cuda_runtime_api.h includes.
-- Stub libnvinfer.so.10 / .so.11 built with the C compiler, as tests/real_tensorrt.py does for the Python bindings: the
-  backend's only undefined TensorRT symbols are createInferRuntime_INTERNAL (NULL: what TensorRT returns where no GPU
-  can start) and the getInferLib*Version getters, whose version PKD_STUB_TENSORRT ("10.3.0.26") chooses.
+- A stand-in libnvinfer.so.10 / .so.11 (tests/native/fake_nvinfer.cpp) built against each header set, as
+  tests/real_tensorrt.py stubs the libraries of the Python bindings: the backend's only undefined TensorRT symbols are
+  createInferRuntime_INTERNAL and the getInferLib*Version getters (PKD_STUB_TENSORRT="10.3.0.26" chooses the version).
+  createInferRuntime returns NULL, what TensorRT returns where no GPU can start, unless PKD_FAKE_TRT_RUNTIME=1: then a
+  runtime whose plans are text and whose engine runs on the fake libcudart's host memory. Its implementation classes
+  override every pure virtual of TensorRT's apiv::VRuntime/VCudaEngine/VExecutionContext, generated from that
+  version's NvInferImpl.h (`fake_overrides`).
 - A stub libcudart.so.12 that fakes one GPU (PKD_FAKE_GPU="8.7:Orin"), loaded with LD_PRELOAD, so that the plan
   checks after the GPU probe run here. Without it the real libcudart finds no driver.
 
@@ -14,20 +18,25 @@
     driver_command(b, dir)   # the command that opens a bundle's plan (pkd-classify --backend tensorrt after the merge)
     env(fake_gpu=..., tensorrt=...)
 
-Build folders: $PKD_TEST_CACHE or .cache/test, `native-trt-<hash of sources and options>`. PKD_NATIVE_CPP names another
-export/cpp tree to build (the mutation tests build a mutated copy). Failures raise NativeTensorRTError with one line:
+Build folders: $PKD_NATIVE_BUILD_ROOT, else $PKD_TEST_CACHE or .cache/test, `native-trt-<generation>-<hash of sources
+and options>`. PKD_NATIVE_CPP names another export/cpp tree to build (a mutation test builds a mutated copy, ~10 s per
+generation, best with PKD_NATIVE_BUILD_ROOT in its temporary folder). Failures raise NativeTensorRTError with one line:
 these tests run in CI, they do not skip.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,22 +47,55 @@ DEFAULT_VERSION = {10: "10.3.0.26", 11: "11.1.0.106"}  # NV_TENSORRT_{MAJOR..BUI
 CUDA_WHEELS = ("nvidia-cuda-runtime-cu12==12.6.77", "nvidia-cuda-nvcc-cu12==12.6.77")
 DRIVER_SOURCES = REPO / "tests" / "native"
 
-# Every TensorRT symbol tensorrt_backend.cpp leaves undefined (nm -uC): the rest is inline through the mImpl vtables.
-NVINFER_STUB = r"""#include <stdio.h>
-#include <stdlib.h>
-static int part(int i) {
-  int v[4] = {DEFAULT_MAJOR, DEFAULT_MINOR, DEFAULT_PATCH, DEFAULT_BUILD};
-  const char* s = getenv("PKD_STUB_TENSORRT");
-  if (s) sscanf(s, "%d.%d.%d.%d", &v[0], &v[1], &v[2], &v[3]);
-  return v[i];
+# What the fake libnvinfer's implementation classes do where the backend calls them (tests/native/fake_nvinfer.cpp):
+# class -> method -> (a text the parameter list must hold, the body). Every other pure virtual aborts.
+FAKE_BODIES = {
+    "VRuntime": {"deserializeCudaEngine": ("blob", "return fake_deserialize(blob, size);")},
+    "VCudaEngine": {
+        "createExecutionContext": ("", "return fake_context();"),
+        "getNbIOTensors": ("", "return static_cast<int32_t>(names_.size());"),
+        "getIOTensorName": ("", "return names_.at(static_cast<size_t>(index)).c_str();"),
+        "getTensorIOMode": ("", "return is_output(tensorName) ? TensorIOMode::kOUTPUT : TensorIOMode::kINPUT;"),
+        "getTensorDataType": ("", "return is_output(tensorName) ? spec_.outdtype : spec_.dtype;"),
+        "getTensorShape": ("", "return is_output(tensorName) ? dims_of(-1, {spec_.out}) : dims_of(-1, spec_.shape);"),
+        "getNbOptimizationProfiles": ("", "return static_cast<int32_t>(spec_.profiles.size());"),
+        "getProfileShape": ("", "return fake_profile_shape(profileIndex, select);"),
+    },
+    "VExecutionContext": {
+        "setOptimizationProfileAsync": ("", "return fake_set_profile(profileIndex);"),
+        "setInputShape": ("", "return fake_set_input_shape(dims);"),
+        "getTensorShape": ("", "return fake_shape(tensorName);"),
+        "setTensorAddress": ("", "return fake_set_address(tensorName, data);"),
+        "enqueueV3": ("", "return fake_enqueue();"),
+    },
 }
-void *createInferRuntime_INTERNAL(void *logger, int version) { (void)logger; (void)version; return NULL; }
-int getInferLibVersion(void) { return part(0) * 10000 + part(1) * 100 + part(2); }
-int getInferLibMajorVersion(void) { return part(0); }
-int getInferLibMinorVersion(void) { return part(1); }
-int getInferLibPatchVersion(void) { return part(2); }
-int getInferLibBuildVersion(void) { return part(3); }
-"""
+
+
+def fake_overrides(impl_header: Path) -> str:
+    """An override of every pure virtual of apiv::VRuntime, VCudaEngine and VExecutionContext in `impl_header`
+    (NvInferImpl.h of one TensorRT version), with the FAKE_BODIES bodies, else std::abort()."""
+    text = impl_header.read_text()
+    out = []
+    for cls, bodies in FAKE_BODIES.items():
+        match = re.search(rf"^class {cls} : public VRoot\n{{(.*?)^}};", text, re.S | re.M)
+        if match is None:
+            raise NativeTensorRTError(f"{impl_header} has no class {cls}")
+        out.append(f"#ifdef PKD_FAKE_CLASS_{cls}")
+        body = re.sub(r"//[^\n]*", "", match.group(1)).replace("public:", "")
+        for statement in (" ".join(s.split()) for s in body.split(";")):
+            found = re.fullmatch(r"(?:TRT_NODISCARD )?virtual (.+?)\b(\w+)\( ?(.*)\)( const)? noexcept = 0",
+                                 statement)
+            if not statement:
+                continue
+            if found is None:
+                raise NativeTensorRTError(f"cannot read {cls} member '{statement}' in {impl_header}")
+            ret, name, params, const = found.groups()
+            need, code = bodies.get(name, ("", ""))
+            code = code if code and need in params else "std::abort();"
+            out.append(f"  {ret.strip()} {name}({params}){const or ''} noexcept override {{ {code} }}")
+        out.append(f"#endif  // {cls}")
+    return "\n".join(out) + "\n"
+
 
 # One fake GPU from PKD_FAKE_GPU="M.m:Name" (none without it: the real runtime's answer here). Built against the CUDA 12
 # headers, whose cudaGetDeviceProperties is cudaGetDeviceProperties_v2. Memory and streams are host stand-ins.
@@ -118,6 +160,18 @@ def cpp_root() -> Path:
     return Path(os.environ.get("PKD_NATIVE_CPP") or REPO / "export" / "cpp").resolve()
 
 
+@contextmanager
+def _locked(folder: Path) -> Iterator[bool]:
+    """Hold `folder`.lock (one builder at a time across processes); yields whether `folder` is already ready."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield (folder / ".ready").is_file()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     done = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if done.returncode:
@@ -157,6 +211,13 @@ def cuda() -> Cuda:
     out = Cuda(root / "cuda_runtime", root / "cuda_nvcc", root / "fake" / "libcudart.so.12")
     if (root / ".ready").is_file():
         return out
+    with _locked(root) as ready:
+        if not ready:
+            _prepare_cuda(root, out)
+    return out
+
+
+def _prepare_cuda(root: Path, out: Cuda) -> None:
     wheels = root / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     for spec in CUDA_WHEELS:
@@ -185,32 +246,44 @@ def cuda() -> Cuda:
           f"-Wl,--version-script={versions}",
           f"-I{out.runtime / 'include'}", f"-I{out.nvcc / 'include'}", str(src)], "building the fake-GPU libcudart")
     (root / ".ready").write_text("\n".join(CUDA_WHEELS) + "\n")
-    return out
 
 
 def tensorrt_root(major: int) -> Path:
-    """A TensorRT prefix for TensorRT_ROOT: the real headers and a stub libnvinfer.so.<major>. 10 is laid out like a
-    TensorRT tarball (include/, lib/), 11 like JetPack (include/<arch>/, lib/<arch>/): FindTensorRT must find both."""
-    key = hashlib.sha256((NVINFER_STUB + str(HEADERS[major])).encode()).hexdigest()[:10]
+    """A TensorRT prefix for TensorRT_ROOT: the real headers and the fake libnvinfer.so.<major> built against them.
+    10 is laid out like a TensorRT tarball (include/, lib/), 11 like JetPack (include/<arch>/, lib/<arch>/):
+    FindTensorRT must find both."""
+    fake = DRIVER_SOURCES / "fake_nvinfer.cpp"
+    overrides = fake_overrides(HEADERS[major] / "NvInferImpl.h")
+    key = hashlib.sha256((fake.read_text() + overrides + str(HEADERS[major])).encode()).hexdigest()[:10]
     root = cache_root() / f"native-trt-stub{major}-{key}"
     arch = [f"{os.uname().machine}-linux-gnu"] if major == 11 else []
     if (root / ".ready").is_file():
         return root
+    with _locked(root) as ready:
+        if not ready:
+            _build_fake_nvinfer(major, root, arch, overrides)
+    return root
+
+
+def _build_fake_nvinfer(major: int, root: Path, arch: list[str], overrides: str) -> None:
+    fake = DRIVER_SOURCES / "fake_nvinfer.cpp"
+    cu = cuda()
     shutil.rmtree(root, ignore_errors=True)
     include, lib = root.joinpath("include", *arch), root.joinpath("lib", *arch)
     include.parent.mkdir(parents=True)
     include.symlink_to(HEADERS[major], target_is_directory=True)
     lib.mkdir(parents=True)
-    major_, minor, patch, build_ = DEFAULT_VERSION[major].split(".")
-    source = (f"#define DEFAULT_MAJOR {major_}\n#define DEFAULT_MINOR {minor}\n#define DEFAULT_PATCH {patch}\n"
-              f"#define DEFAULT_BUILD {build_}\n" + NVINFER_STUB)
-    (root / "nvinfer_stub.c").write_text(source)
+    (root / "fake_overrides.inc").write_text(overrides)
     soname = f"libnvinfer.so.{major}"
-    _run([_compiler(), "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(lib / soname), f"-Wl,-soname,{soname}",
-          str(root / "nvinfer_stub.c")], f"building the stub {soname}")
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        raise NativeTensorRTError("no C++ compiler (c++, g++ or clang++): apt-get install g++")
+    _run([cxx, "-std=c++17", "-shared", "-fPIC", "-o", str(lib / soname), f"-Wl,-soname,{soname}", f"-I{root}",
+          "-isystem", str(HEADERS[major]), "-isystem", str(cu.runtime / "include"),
+          "-isystem", str(cu.nvcc / "include"),
+          str(fake)], f"building the fake {soname}")
     (lib / "libnvinfer.so").symlink_to(soname)
     (root / ".ready").write_text(DEFAULT_VERSION[major] + "\n")
-    return root
 
 
 def _sources_digest(options: list[str]) -> str:
@@ -256,10 +329,19 @@ def build(major: int) -> Build:
     """tensorrt_backend.cpp and the test driver, configured through export/cpp/cmake/TensorRTBackend.cmake against
     the real TensorRT `major` headers, the stub libnvinfer and the real CUDA 12.6 runtime (-Wall -Wextra -Werror)."""
     trt = tensorrt_root(major)
-    folder = cache_root() / f"native-trt-{major}-{_sources_digest(_options(trt))}"
+    builds = Path(os.environ.get("PKD_NATIVE_BUILD_ROOT") or cache_root())
+    folder = builds / f"native-trt-{major}-{_sources_digest(_options(trt))}"
     if (folder / ".ready").is_file():
         return Build(major, folder, 0.0)
-    start = time.monotonic()
+    with _locked(folder) as ready:
+        if ready:
+            return Build(major, folder, 0.0)
+        start = time.monotonic()
+        _build(major, trt, folder)
+        return Build(major, folder, time.monotonic() - start)
+
+
+def _build(major: int, trt: Path, folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     done = configure(trt, folder)
     if done.returncode:
@@ -268,19 +350,23 @@ def build(major: int) -> Build:
     (folder / "configure.log").write_text(done.stdout)
     _run(["cmake", "--build", str(folder), "-j", "2"], f"building the TensorRT {major} backend")
     (folder / ".ready").write_text("ok\n")
-    return Build(major, folder, time.monotonic() - start)
 
 
-def driver_command(built: Build, bundle: str | Path, device: int = 0) -> list[str]:
-    """The command that opens `bundle`'s TensorRT plan natively and prints "error: <line>" / exit 2 when it cannot.
-    After the merge with the core this becomes `pkd-classify BUNDLE IMAGE --backend tensorrt`."""
-    return [str(built.driver), str(bundle), "--device", str(device)]
+def driver_command(built: Build, bundle: str | Path, device: int = 0, batches: tuple[int, ...] = ()) -> list[str]:
+    """The command that opens `bundle`'s TensorRT plan natively (and runs `batches` of made-up images), printing
+    "error: <line>" / exit 2 when it cannot. After the merge with the core the refusals' command becomes
+    `pkd-classify BUNDLE IMAGE --backend tensorrt`."""
+    return [str(built.driver), str(bundle), "--device", str(device), *(a for b in batches for a in ("--run", str(b)))]
 
 
-def env(fake_gpu: str | None = None, tensorrt: str | None = None) -> dict[str, str]:
+def env(fake_gpu: str | None = None, tensorrt: str | None = None, engine: bool = False) -> dict[str, str]:
     """The driver's environment: `fake_gpu` ("8.7:Orin") preloads the fake-GPU libcudart (else the real one runs and
-    finds no driver); `tensorrt` ("10.3.0.26") is what the stub libnvinfer reports."""
-    out = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PKD_FAKE_GPU", "PKD_STUB_TENSORRT")}
+    finds no driver); `tensorrt` ("10.3.0.26") is what the fake libnvinfer reports; `engine`: its createInferRuntime
+    returns the fake runtime whose plans are text (else NULL)."""
+    out = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "PKD_FAKE_GPU", "PKD_STUB_TENSORRT", "PKD_FAKE_TRT_RUNTIME")}
+    if engine:
+        out["PKD_FAKE_TRT_RUNTIME"] = "1"
     if fake_gpu is not None:
         out["LD_PRELOAD"] = str(cuda().fake)
         out["PKD_FAKE_GPU"] = fake_gpu

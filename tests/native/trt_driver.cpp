@@ -1,9 +1,13 @@
 // Test driver: opens a bundle's TensorRT plan through pkd::detail::open_tensorrt as the core will, reading only what
 // that needs from manifest.json (model.inputs[0], input_format, engines). Prints the backend's description, or
-// "error: <line>" on stderr and exits 2, as pkd-classify does. Usage: pkd_trt_driver BUNDLE [--device N]
+// "error: <line>" on stderr and exits 2, as pkd-classify does. Usage: pkd_trt_driver BUNDLE [--device N] [--run B...]
+// --run runs batches of B made-up images (element i of a batch = (i * 7 + 3) % 256, over 255 for float input) in
+// turn and prints each output row.
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -39,23 +43,51 @@ std::vector<EngineRecord> engines(const ordered_json& manifest) {
   return out;
 }
 
+void run(pkd::detail::Backend& backend, const InputSpec& spec, int64_t batch) {
+  int64_t row = 1;
+  for (size_t i = 1; i < spec.shape.size(); ++i) row *= spec.shape[i];
+  std::vector<uint8_t> bytes(static_cast<size_t>(batch * row));
+  std::vector<float> floats(bytes.size());
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    bytes[i] = static_cast<uint8_t>((i * 7 + 3) % 256);
+    floats[i] = static_cast<float>(bytes[i]) / 255.0f;
+  }
+  auto out = backend.run(spec.format == "uint8" ? static_cast<const void*>(bytes.data()) : floats.data(), batch);
+  std::printf("output %lld %lld\n", static_cast<long long>(out.batch), static_cast<long long>(out.width));
+  for (int64_t b = 0; b < out.batch; ++b) {
+    for (int64_t j = 0; j < out.width; ++j) std::printf(j ? " %.9g" : "%.9g", out.values[b * out.width + j]);
+    std::printf("\n");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2 && !(argc == 4 && std::string(argv[2]) == "--device")) {
-    std::cerr << "usage: pkd_trt_driver BUNDLE [--device N]\n";
+  if (argc < 2) {
+    std::cerr << "usage: pkd_trt_driver BUNDLE [--device N] [--run BATCH...]\n";
     return 2;
   }
   std::string bundle = argv[1];
   while (bundle.size() > 1 && bundle.back() == '/') bundle.pop_back();  // Python's Path(bundle) as printed
+  int device = 0;
+  std::vector<int64_t> batches;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    if (std::string(argv[i]) == "--device") {
+      device = std::stoi(argv[i + 1]);
+    } else {
+      batches.push_back(std::stoll(argv[i + 1]));
+    }
+  }
   try {
     std::ifstream in(std::filesystem::path(bundle) / "manifest.json");
     const ordered_json manifest = ordered_json::parse(in);
-    auto backend = pkd::detail::open_tensorrt(bundle, bundle, engines(manifest), input_spec(manifest.at("model")),
-                                              argc == 4 ? std::stoi(argv[3]) : 0);
-    std::cout << backend->description() << "\nmax_batch " << backend->max_batch() << "\n";
+    const InputSpec spec = input_spec(manifest.at("model"));
+    auto backend = pkd::detail::open_tensorrt(bundle, bundle, engines(manifest), spec, device);
+    std::cout << backend->description() << "\nmax_batch " << backend->max_batch() << std::endl;
+    for (int64_t batch : batches) run(*backend, spec, batch);
     return 0;
   } catch (const std::exception& e) {
+    std::cout.flush();
     std::cerr << "error: " << e.what() << "\n";
     return 2;
   }

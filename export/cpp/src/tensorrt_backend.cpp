@@ -17,7 +17,6 @@
 #include <iterator>
 #include <memory>
 #include <mutex>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -345,8 +344,7 @@ class TensorRTBackend final : public Backend {
       fits = input_shape_[i] >= 0 && (engine_shape[i] < 0 || engine_shape[i] == input_shape_[i]);
     }
     if (!fits || tensors_[0].dtype != want) {
-      std::vector<int64_t> shown = spec.shape;
-      throw Error("the bundle's model input " + spec.name + " " + shape_text(shown) + " (" + spec.format +
+      throw Error("the bundle's model input " + spec.name + " " + shape_text(spec.shape) + " (" + spec.format +
                   ") does not fit the engine's " + want_shape + " " + dtype_name(tensors_[0].dtype) + " input; " +
                   kRebuildHint);
     }
