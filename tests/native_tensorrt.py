@@ -352,11 +352,13 @@ def _build(major: int, trt: Path, folder: Path) -> None:
     (folder / ".ready").write_text("ok\n")
 
 
-def driver_command(built: Build, bundle: str | Path, device: int = 0, batches: tuple[int, ...] = ()) -> list[str]:
-    """The command that opens `bundle`'s TensorRT plan natively (and runs `batches` of made-up images), printing
-    "error: <line>" / exit 2 when it cannot. After the merge with the core the refusals' command becomes
-    `pkd-classify BUNDLE IMAGE --backend tensorrt`."""
-    return [str(built.driver), str(bundle), "--device", str(device), *(a for b in batches for a in ("--run", str(b)))]
+def driver_command(built: Build, bundle: str | Path, device: int = 0, batches: tuple[int, ...] = (),
+                   threads: int = 0) -> list[str]:
+    """The command that opens `bundle`'s TensorRT plan natively (and runs `batches` of made-up images, then again on
+    `threads` threads at once), printing "error: <line>" / exit 2 when it cannot. After the merge with the core the
+    refusals' command becomes `pkd-classify BUNDLE IMAGE --backend tensorrt`."""
+    runs = [a for b in batches for a in ("--run", str(b))]
+    return [str(built.driver), str(bundle), "--device", str(device), *runs, "--threads", str(threads)]
 
 
 def env(fake_gpu: str | None = None, tensorrt: str | None = None, engine: bool = False) -> dict[str, str]:

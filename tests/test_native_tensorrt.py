@@ -224,11 +224,11 @@ def generation(request, tmp_path_factory):
     return {"built": built, "version": gen.version, "cases": by_id}
 
 
-def _native(generation, case: dict) -> subprocess.CompletedProcess:
+def _native(generation, case: dict, threads: int = 0) -> subprocess.CompletedProcess:
     built = generation["built"]
     env = native_tensorrt.env(fake_gpu=case["fake_gpu"], tensorrt=_stub_version(generation["version"]),
                               engine=case["engine"])
-    command = native_tensorrt.driver_command(built, case["bundle"], case["device"], tuple(case["batches"]))
+    command = native_tensorrt.driver_command(built, case["bundle"], case["device"], tuple(case["batches"]), threads)
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
 
 
@@ -358,3 +358,12 @@ def test_a_plan_that_does_not_take_the_bundles_input_is_refused(generation, case
     want = "DataType.FLOAT input" if case_id == "float-plan-uint8-bundle" else "batchx6x4x3 DataType.UINT8 input"
     assert line.startswith("error: the bundle's model input image (-1, 5, 4, 3) (uint8) does not fit the engine's ")
     assert want in line and line.endswith("rebuild it here with `pkd export BUNDLE --trt`"), line
+
+
+def test_one_backend_from_several_threads(generation):
+    """One backend, four threads running batches of different sizes at once (shared context, profile and buffers):
+    every output equals its single-threaded one."""
+    case, _python = generation["cases"]["runs-uint8"]
+    run = _native(generation, case, threads=4)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "threads: 0 outputs differ"
