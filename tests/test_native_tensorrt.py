@@ -327,7 +327,8 @@ def _outputs(stdout: str) -> list[np.ndarray]:
     return blocks
 
 
-@pytest.mark.parametrize(("case_id", "uint8", "rtol"), [("runs-uint8", True, 1e-7), ("runs-float-fp16", False, 1e-3)])
+@pytest.mark.parametrize(("case_id", "uint8", "rtol"), [("runs-uint8", True, 1e-7), ("runs-float-fp16", False, 1e-3)],
+                         ids=["uint8-in", "float-in-fp16-out"])
 def test_runs_copy_each_batch_through_the_profile_that_holds_it(generation, case_id, uint8, rtol):
     """The fake engine writes 0.001 * sum(image) + j + 100 * active profile: every row of every batch comes back from
     the right input, through the first profile that holds its batch (a switch back to profile 0 included), float16
