@@ -15,7 +15,7 @@
   checks after the GPU probe run here. Without it the real libcudart finds no driver.
 
     build(major)             # the backend + tests/native/trt_driver.cpp, configured by export/cpp/cmake, cached
-    driver_command(b, dir)   # the command that opens a bundle's plan (pkd-classify --backend tensorrt after the merge)
+    driver_command(b, dir)   # the command that opens a bundle's plan through the backend alone
     env(fake_gpu=..., tensorrt=...)
 
 Build folders: $PKD_NATIVE_BUILD_ROOT, else $PKD_TEST_CACHE or .cache/test, `native-trt-<generation>-<hash of sources
@@ -355,8 +355,7 @@ def _build(major: int, trt: Path, folder: Path) -> None:
 def driver_command(built: Build, bundle: str | Path, device: int = 0, batches: tuple[int, ...] = (),
                    threads: int = 0) -> list[str]:
     """The command that opens `bundle`'s TensorRT plan natively (and runs `batches` of made-up images, then again on
-    `threads` threads at once), printing "error: <line>" / exit 2 when it cannot. After the merge with the core the
-    refusals' command becomes `pkd-classify BUNDLE IMAGE --backend tensorrt`."""
+    `threads` threads at once), printing "error: <line>" / exit 2 when it cannot (pkd-classify's convention)."""
     runs = [a for b in batches for a in ("--run", str(b))]
     return [str(built.driver), str(bundle), "--device", str(device), *runs, "--threads", str(threads)]
 

@@ -7,8 +7,9 @@ the REAL TensorRT bindings of the same generation (tests/real_tensorrt.py): with
 here), or with the tests' fake cuda-python showing the same fake GPU the native side gets from its fake libcudart, and
 past TensorRT's runtime with the same text "plans" on both sides. No real engine runs here.
 
-The driver (tests/native/trt_driver.cpp) stands in for the core's pkd-classify until the merge: `_native` runs
-`native_tensorrt.driver_command`, the one place to switch.
+The driver (tests/native/trt_driver.cpp) opens and runs a plan through the backend alone (`_native` runs
+`native_tensorrt.driver_command`), on manifests holding only what that reads; the last test builds the whole library
+as a Jetson does (TensorRT on, OpenVINO off) and runs `pkd-classify --backend tensorrt` on a real exported bundle.
 """
 
 from __future__ import annotations
@@ -368,3 +369,76 @@ def test_one_backend_from_several_threads(generation):
     run = _native(generation, case, threads=4)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == "threads: 0 outputs differ"
+
+
+# ------------------------------------------------------------------ the whole library, as a Jetson builds it
+PYTHON_OPENS = """
+import sys
+from promptkd_edge.errors import PkdError, first_line
+from promptkd_edge.runtime.classifier import Classifier
+try:
+    Classifier.from_bundle(sys.argv[1], backend="tensorrt").close()
+    print("opened")
+except PkdError as e:
+    print(first_line(e, with_type=False))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory) -> Path:
+    """A real (tiny) FP32 bundle of the session's run."""
+    from promptkd_edge.export.bundle import ExportOptions, export_run
+
+    out = tmp_path_factory.mktemp("native-trt-bundle") / "bundle"
+    export_run(tiny_run, out, ExportOptions(parity_images=4))
+    return out
+
+
+def _with_plan(bundle: Path, dest: Path, tensorrt: str, *, parity: bool = True, tamper: bool = False) -> Path:
+    """A copy of `bundle` with a plan recorded in its manifest, as `pkd export BUNDLE --trt` records one."""
+    import shutil
+
+    shutil.copytree(bundle, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    record = _engine(dest, "model.fp16.plan", tensorrt, parity=parity)
+    manifest["engines"] = [record]
+    manifest["files"][record["file"]] = record["sha256"]
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if tamper:
+        (dest / record["file"]).write_bytes(b"plan, modified")
+    return dest
+
+
+EXPECTED_START = {"no-gpu": "no CUDA GPU is visible (cudaErrorInsufficientDriver)",
+                  "no-passed-plan": "bundle ", "tampered-plan": "bundle "}
+EXPECTED_IN = {"no-gpu": "TensorRT needs an NVIDIA GPU", "no-passed-plan": "holds no TensorRT plan",
+               "tampered-plan": "was modified: engines/model.fp16.plan does not match its sha256"}
+
+
+@pytest.mark.parametrize("major", GENERATIONS)
+def test_pkd_classify_built_for_tensorrt_ends_in_the_python_runtimes_lines(major, exported, tmp_path):
+    """export/cpp configured as on a Jetson (TensorRT on, OpenVINO off) against the real headers, the stub libnvinfer
+    and the real CUDA runtime: `pkd-classify BUNDLE IMAGE --backend tensorrt` reads the bundle through the core and
+    ends, in one line with exit 2, exactly where `Classifier.from_bundle(..., backend="tensorrt")` ends on the real
+    bindings: no GPU (the plan passed its gate), no usable plan (it did not), a plan modified after export."""
+    from native_build import build
+
+    built = build([f"-DTensorRT_ROOT={native_tensorrt.tensorrt_root(major)}",
+                   f"-DPKD_CUDA_ROOTS={';'.join(str(r) for r in native_tensorrt.cuda().roots)}",
+                   "-DPKD_WITH_TENSORRT=ON"], with_openvino=False)
+    gen = real_tensorrt.ensure(major)
+    image = tmp_path / "image.png"
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(image)
+    cases = {"no-gpu": {}, "no-passed-plan": {"parity": False}, "tampered-plan": {"tamper": True}}
+    for name, kw in cases.items():
+        bundle = _with_plan(exported, tmp_path / name, gen.version, **kw)
+        python = real_tensorrt.run_python(gen, PYTHON_OPENS, str(bundle))
+        assert python.returncode == 0, python.stderr[-2000:]
+        native = subprocess.run([str(built / "pkd-classify"), str(bundle), str(image), "--backend", "tensorrt"],
+                                capture_output=True, text=True, env=native_tensorrt.env(tensorrt=_stub_version(
+                                    gen.version)), timeout=60)
+        assert native.returncode == 2 and native.stdout == "", (name, native.returncode, native.stdout)
+        assert native.stderr.strip().splitlines() == [f"error: {python.stdout.strip()}"], name
+        assert python.stdout.startswith(EXPECTED_START[name]) and EXPECTED_IN[name] in python.stdout, python.stdout

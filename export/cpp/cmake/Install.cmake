@@ -15,3 +15,6 @@ write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/promptkd_edgeConfig
                                  COMPATIBILITY SameMinorVersion)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/promptkd_edgeConfig.cmake
               ${CMAKE_CURRENT_BINARY_DIR}/promptkd_edgeConfigVersion.cmake DESTINATION ${PKD_CONFIG_DIR})
+if(PKD_WITH_TENSORRT)  # for the static library's find_dependency(TensorRT)
+  install(FILES ${CMAKE_CURRENT_LIST_DIR}/FindTensorRT.cmake DESTINATION ${PKD_CONFIG_DIR})
+endif()
