@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean mutations-native
 
 # The tested set: the package with its training/export/test extras, pinned by constraints.txt (torch 2.14.1 with
 # torchvision 0.29.1, ...). A user's `pip install promptkd-edge[...]` takes pyproject.toml's ranges instead.
@@ -27,6 +27,10 @@ test: $(STAMP)
 	$(BIN)/python tests/triton_schema.py
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 	$(BIN)/ruff check promptkd_edge tests benchmarks
+
+# each mutation of the native library (tests/native/mutations.json) rebuilt and caught by its tests (~25 min)
+mutations-native: $(STAMP)
+	$(BIN)/python tests/native_mutations.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check promptkd_edge tests benchmarks

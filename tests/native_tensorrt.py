@@ -19,8 +19,8 @@
     env(fake_gpu=..., tensorrt=...)
 
 Build folders: $PKD_NATIVE_BUILD_ROOT, else $PKD_TEST_CACHE or .cache/test, `native-trt-<generation>-<hash of sources
-and options>`. PKD_NATIVE_CPP names another export/cpp tree to build (a mutation test builds a mutated copy, ~10 s per
-generation, best with PKD_NATIVE_BUILD_ROOT in its temporary folder). Failures raise NativeTensorRTError with one line:
+and options>`. PKD_NATIVE_SOURCE names another export/cpp tree to build (a mutant of tests/native_mutations.py, ~10 s
+per generation, with PKD_NATIVE_BUILD_ROOT in its temporary folder). Failures raise NativeTensorRTError with one line:
 these tests run in CI, they do not skip.
 """
 
@@ -156,8 +156,8 @@ def cache_root() -> Path:
 
 
 def cpp_root() -> Path:
-    """The export/cpp tree to build (PKD_NATIVE_CPP: a mutated copy)."""
-    return Path(os.environ.get("PKD_NATIVE_CPP") or REPO / "export" / "cpp").resolve()
+    """The export/cpp tree to build (PKD_NATIVE_SOURCE: a mutated copy)."""
+    return Path(os.environ.get("PKD_NATIVE_SOURCE") or REPO / "export" / "cpp").resolve()
 
 
 @contextmanager
