@@ -21,7 +21,24 @@ constexpr int ERROR_EXIT = 2, SKIPPED_EXIT = 3;
 const char* const USAGE =
     "usage: pkd-classify BUNDLE IMAGE... [--backend openvino|tensorrt] [--top-k K] [--threads N]\n"
     "                    [--precision auto|fp32|bf16|int8] [--batch-size N] [--allow-invalid] [--json]\n"
-    "Top-k classes of image files (folders are walked) with a promptkd-edge bundle; output like `pkd predict`.\n";
+    "Top-k classes of image files (folders are walked) with a promptkd-edge bundle; output like `pkd predict`.\n"
+    "\n"
+    "  --backend B       openvino (CPU; default) or tensorrt (a plan the bundle records for this GPU)\n"
+    "  --top-k K         classes per image (default 5)\n"
+    "  --threads N       OpenVINO inference threads (default: all usable cores)\n"
+    "  --precision P     OpenVINO: auto (bf16 where the bundle's bf16 gate passed and the CPU has it), fp32, bf16,\n"
+    "                    int8 (the bundle's INT8 graph)\n"
+    "  --batch-size N    images per inference call (default 16)\n"
+    "  --allow-invalid   load a bundle that failed its parity gate at export\n"
+    "  --json            one JSON object: bundle, backend, predictions [{image, labels, probabilities, indices}],\n"
+    "                    skipped [{image, reason}]\n"
+    "\n"
+    "Exit: 0; 2 with one line on stderr (bad bundle, input or option); 3 when some images were skipped.\n"
+    "\n"
+    "Examples:\n"
+    "  pkd-classify bundles/pets cat.jpg dog.png\n"
+    "  pkd-classify bundles/pets photos/ --top-k 3 --json > labels.json\n"
+    "  pkd-classify bundles/pets frame.jpg --backend tensorrt\n";
 const char* const IMAGE_EXTENSIONS[] = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"};
 
 struct Args {
