@@ -18,7 +18,7 @@ from PIL import Image
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity
-from promptkd_edge.export.bundle import ExportOptions, _run_data, export_run
+from promptkd_edge.export.bundle import ExportOptions, export_run, run_data
 from promptkd_edge.export.decode_gate import camera_jpegs
 from promptkd_edge.runtime import Classifier, gpu_decode
 from promptkd_edge.runtime import preprocess as pre
@@ -43,7 +43,7 @@ def bundle(tiny_run, module_dir) -> Path:
 def camera(bundle, tiny_run, module_dir) -> list[Path]:
     """The gate's camera JPEGs, made again from the same parity images (the export's own were temporary)."""
     spec = PreprocessSpec.load(bundle / "preprocess.json")
-    images = parity.collect_images(_run_data(RunDir(tiny_run).config), PARITY, 0, spec.size, 0)
+    images = parity.collect_images(run_data(RunDir(tiny_run).config), PARITY, 0, spec.size, 0)
     folder = module_dir / "camera"
     folder.mkdir()
     return camera_jpegs(images.parity, folder)

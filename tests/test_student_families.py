@@ -100,3 +100,27 @@ def test_int8_leaves_the_attention_pool_float(family_run):
                 and (n.input[1] in constants or n.input[1] in dequantized)]
     skip = pool | set(head_nodes(fp32))
     assert weighted and all((n.input[1] in dequantized) == (n.name not in skip) for n in weighted), arch
+
+
+def test_slim_keeps_what_finds_the_attention_pool(tmp_path):
+    """onnxslim drops node metadata; `slim` gives it back to every node whose name survives, so `pkd export --slim
+    --precision int8` still finds (and leaves float) the attention pool."""
+    import onnx
+    import torch
+
+    from promptkd_edge.export.fold import FoldedStudent
+    from promptkd_edge.export.graph import attention_pool_nodes, slim
+    from promptkd_edge.export.onnx_export import export_onnx
+    from promptkd_edge.models.class_vectors import ClassVectors
+    from promptkd_edge.models.openclip import ModelSpec, load_clip
+    from promptkd_edge.models.student import StudentConfig, build_student
+
+    arch = "pkd-tiny-map-vit"
+    student = build_student(load_clip(ModelSpec.parse(arch)), StudentConfig(spec=arch, teacher_dim=32)).eval()
+    vectors = ClassVectors(NAMES, torch.nn.functional.normalize(torch.randn(len(NAMES), 32), dim=-1), "t", "{}", 100.0)
+    path = tmp_path / "model.onnx"
+    export_onnx(FoldedStudent(student, vectors), path, student.preprocess.size)
+    pool = set(attention_pool_nodes(onnx.load(str(path))))
+    slim(path)
+    names = {n.name for n in onnx.load(str(path)).graph.node}
+    assert pool and set(attention_pool_nodes(onnx.load(str(path)))) == pool & names and pool & names

@@ -239,7 +239,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, options: Expo
     vectors = ClassVectors.load(run.path)
     teacher = _text_teacher(vectors) if options.text_encoder else None  # fail before minutes of export
     spec = student.preprocess
-    data = options.data or _run_data(run.config)
+    data = options.data or run_data(run.config)
     onnx_precision = "fp32" if options.trt is not None or options.precision == "bf16" else options.precision
     needs_calibration = onnx_precision == "int8" or (options.trt is not None and options.precision in ("int8", "fp8"))
     images = gate.collect_images(data, options.parity_images,
@@ -300,7 +300,8 @@ def _clean_leftovers(folder: Path, pattern: str, progress: Progress) -> None:
                           f"{folder / match.group(1)} to restore it")
 
 
-def _run_data(config_path: Path) -> str | None:
+def run_data(config_path: Path) -> str | None:
+    """The data folder a run was distilled on (its config.json), or None: where the gates' images come from."""
     try:
         return read_json(config_path, "run config").get("config", {}).get("data") or None
     except PkdError:

@@ -19,7 +19,11 @@ INPUT_NAME = "image"
 
 
 def slim(path: str | os.PathLike) -> int:
-    """Simplify the model in place with onnxslim (constant folding, dead nodes); returns nodes removed."""
+    """Simplify the model in place with onnxslim (constant folding, dead nodes); returns nodes removed.
+
+    onnxslim drops the nodes' metadata (the module each came from, which `attention_pool_nodes` reads): every node
+    whose name survives gets its metadata back.
+    """
     try:
         import onnxslim
     except ImportError:
@@ -27,11 +31,16 @@ def slim(path: str | os.PathLike) -> int:
     import onnx
 
     before = onnx.load(str(path))
+    count = len(before.graph.node)
+    metadata = {n.name: [(p.key, p.value) for p in n.metadata_props] for n in before.graph.node if n.metadata_props}
     with contextlib.redirect_stdout(io.StringIO()):
         slimmed = onnxslim.slim(before)
+    for node in slimmed.graph.node:
+        if node.name in metadata and not node.metadata_props:
+            onnx.helper.set_metadata_props(node, dict(metadata[node.name]))
     onnx.checker.check_model(slimmed, full_check=True)
     onnx.save(slimmed, str(path))
-    return len(before.graph.node) - len(slimmed.graph.node)
+    return count - len(slimmed.graph.node)
 
 
 def head_nodes(model) -> list[str]:
