@@ -28,7 +28,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 	$(BIN)/ruff check promptkd_edge tests benchmarks
 
-# each mutation of the native library (tests/native/mutations.json) rebuilt and caught by its tests (~25 min)
+# each mutation of the native library (tests/native/mutations.json) rebuilt and caught by its tests (15 min)
 mutations-native: $(STAMP)
 	$(BIN)/python tests/native_mutations.py
 

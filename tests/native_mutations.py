@@ -5,7 +5,7 @@
 One copy of export/cpp is made; for each mutation its text is replaced (it must occur exactly once), the copy rebuilt
 incrementally (PKD_NATIVE_SOURCE / PKD_NATIVE_BUILD for tests/native_build.py, PKD_NATIVE_BUILD_ROOT for
 tests/native_tensorrt.py) and its tests run: they must fail. The file is restored after each. Not part of `make test`
-(45 rebuilds and test runs: ~25 min on 2 cores); tests/test_mutations.py holds the package's own (Python) mutations.
+(45 rebuilds and test runs: 15 min on 2 cores); tests/test_mutations.py holds the package's own (Python) mutations.
 """
 
 from __future__ import annotations
