@@ -1,17 +1,17 @@
 """Which nodes an INT8 graph keeps float: one student's FP32 graph quantized with several float-node sets and
 calibration methods, each against that FP32 graph on the same images.
 
-    python benchmarks/int8_float_nodes.py --arch ViT-B-16-SigLIP2 --parity-images 1000   # random weights (~25 min)
+    python benchmarks/int8_float_nodes.py --arch ViT-B-16-SigLIP2 --parity-images 1000   # random weights (16 min)
     python benchmarks/int8_float_nodes.py --run runs/pets --parity-images 400             # a trained run, its data
     python benchmarks/int8_float_nodes.py --arch pkd-tiny-map-vit --parity-images 16      # seconds
 
 The FP32 graph is `pkd export`'s (prompts, projector and class vectors folded in, SmoothQuant a = 0.5 as the INT8
-export applies it); INT8 is export/precision.py `quantize_int8` (ONNX Runtime QDQ, the export's own code)
-with each float set: `head` (L2 norm and logits MatMul), `head+pool` (and any attention-pool head: what `pkd export
---precision int8` keeps), `head+pool+projector`. Figures per variant: top-1 agreement, agreement beyond near ties
-(the parity gate's rule and 99 % threshold), max and mean |delta logit|, min embedding cosine. With --arch the student
-has random weights (export_families.py's run: 100 random class vectors, generated images), so its figures measure
-the quantization against near-uniform logits; a trained run's data and class vectors measure what a user gets.
+export applies it, or --smooth-alpha); INT8 is export/precision.py `quantize_int8` (ONNX Runtime QDQ, the export's own
+code) with each float set: `head` (L2 norm and logits MatMul), `head+pool` (and any attention-pool head: what `pkd
+export --precision int8` keeps), `head+pool+projector`. Figures per variant: top-1 agreement, agreement beyond near
+ties (the parity gate's rule and 99 % threshold), max and mean |delta logit|, min embedding cosine. With --arch the
+student has random weights (export_families.py's run: 100 random class vectors, generated images), so its figures
+measure the quantization against near-uniform logits; a trained run's data and class vectors measure what a user gets.
 Results: benchmarks/results/int8_float_nodes-<student>-<cpu>.{json,md}.
 """
 
@@ -49,7 +49,7 @@ def float_sets(model) -> dict[str, list[str]]:
     return {"head": head, "head+pool": head + pool, "head+pool+projector": head + pool + projector}
 
 
-def fp32_graph(run: Path, path: Path, calibration_images: int, parity_images: int, seed: int):
+def fp32_graph(run: Path, path: Path, calibration_images: int, parity_images: int, seed: int, alpha: float):
     """(parity inputs, calibration inputs, image source); the FP32 graph of `run` in `path`, as INT8 export makes it."""
     from promptkd_edge.export.bundle import run_data
     from promptkd_edge.export.fold import FoldedStudent
@@ -66,7 +66,8 @@ def fp32_graph(run: Path, path: Path, calibration_images: int, parity_images: in
                                  spec.size, seed)
     calib, parity = prepare(images.calibration, spec), prepare(images.parity, spec)
     folded = FoldedStudent(student, vectors, "logits", "normalized")
-    smooth(folded, calib)
+    if alpha > 0:
+        smooth(folded, calib, alpha)
     export_onnx(folded, path, spec.size)
     return parity, calib, images.source
 
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--calibration-images", type=int, default=100)
     ap.add_argument("--methods", default="percentile", help="calibration methods: percentile,minmax,entropy")
     ap.add_argument("--sets", default="head,head+pool,head+pool+projector")
+    ap.add_argument("--smooth-alpha", type=float, default=0.5, help="SmoothQuant's a (the export's 0.5); 0: none")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
@@ -105,7 +107,8 @@ def main() -> None:
             run = Path(tmp) / "run"
             export_families.make_run(run, args.arch)
         master = Path(tmp) / "fp32.onnx"
-        parity, calib, source = fp32_graph(run, master, args.calibration_images, args.parity_images, args.seed)
+        parity, calib, source = fp32_graph(run, master, args.calibration_images, args.parity_images, args.seed,
+                                              args.smooth_alpha)
         reference = run_onnx(master, parity, args.threads)
         sets = float_sets(onnx.load(str(master), load_external_data=False))
         for method in args.methods.split(","):
@@ -125,8 +128,8 @@ def main() -> None:
                 for leftover in Path(tmp).glob("int8.onnx*"):
                     leftover.unlink()
     student = str(args.run) if args.run else f"{args.arch} (random weights, 100 random class vectors)"
-    report = {"student": student, "parity_images": len(parity), "calibration_images": len(calib),
-              "image_source": source, "threads": args.threads, "rows": rows}
+    report = {"student": student, "smooth_alpha": args.smooth_alpha, "parity_images": len(parity),
+              "calibration_images": len(calib), "image_source": source, "threads": args.threads, "rows": rows}
     cpu = cpu_info()["model"] or "cpu"
     name = re.sub(r"[^a-z0-9]+", "-", f"{args.run.name if args.run else args.arch}-{cpu}".lower()).strip("-")
     write_report(report, args.out, f"int8_float_nodes-{name}", markdown)
@@ -137,7 +140,8 @@ def markdown(r: dict) -> str:
     lines = ["# INT8: which nodes stay float", "",
              f"{r['date']}, {m['cpu']}, torch {m['torch']}. Student: {r['student']}; {r['parity_images']} parity "
              f"images, {r['calibration_images']} calibration images ({r['image_source']}). Reference: the FP32 "
-             "graph the INT8 export starts from (SmoothQuant applied); the gate passes at >= 99 % agreement beyond "
+             f"graph the INT8 export starts from (SmoothQuant a = {r.get('smooth_alpha', 0.5)}); the gate passes at "
+             ">= 99 % agreement beyond "
              "near ties (reference probabilities < 1 point apart).", "",
              "| float nodes | count | calibration | top-1 agreement | beyond ties | ties | max abs d logit | mean abs "
              "d logit | min cosine | gate |", "|---|---|---|---|---|---|---|---|---|---|"]
