@@ -124,3 +124,26 @@ def test_slim_keeps_what_finds_the_attention_pool(tmp_path):
     slim(path)
     names = {n.name for n in onnx.load(str(path)).graph.node}
     assert pool and set(attention_pool_nodes(onnx.load(str(path)))) == pool & names and pool & names
+
+
+def test_tensorrt_int8_graph_leaves_the_attention_pool_float(family_run, tmp_path, monkeypatch):
+    """The INT8 graph a TensorRT plan is built from keeps the attention pool float too (TensorRT 10, fake held
+    against the real bindings), and the plan's record says how many nodes that is."""
+    import onnx
+
+    from promptkd_edge.export.graph import attention_pool_nodes
+
+    _, root, _ = family_run
+    bundle = tmp_path / "bundle"
+    shutil.copytree(root / "bundle", bundle)
+    _fake_tensorrt(monkeypatch, tmp_path)
+    record = add_engine(bundle, ExportOptions(precision="int8", trt=TrtBuildOptions(precision="int8",
+                                                                                    profiles=[(1, 2, 4)]),
+                                              parity_images=3, calibration_images=4))
+    pool = set(attention_pool_nodes(onnx.load(str(bundle / "model.onnx"))))
+    assert record["conversion"]["float_attention_pool_nodes"] == len(pool)
+    graph = onnx.load(str(bundle / record["onnx"])).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    weighted = [n for n in graph.node if n.op_type == "MatMul" and n.name in pool and len(n.input) > 1]
+    assert all(n.input[1] not in dequantized for n in weighted)
+    assert any(n.input[1] in dequantized for n in graph.node if n.op_type == "MatMul" and n.name not in pool)
