@@ -72,9 +72,9 @@ MUTATIONS = [
     Mutation("pipeline leaves its threads running", "runtime/pipeline.py", "pool.shutdown(wait=True, cancel_futures=True)", "pool.shutdown(wait=False, cancel_futures=True)", (PIPE + "test_a_bad_image_in_a_later_batch_raises_its_line_and_stops_every_worker",)),  # noqa: E501
     Mutation("pipeline out of order", "runtime/pipeline.py", "return _assemble(start, [f.result() for f in futures], frames)", 'return _assemble(start, [f.result() for f in __import__("concurrent.futures").futures.as_completed(futures)], frames)', (PIPE + "test_pipelined_batches_keep_the_input_order_over_many_chunks",)),  # noqa: E501
     Mutation("DeepStream scales bilinear for bicubic", DS, '"bicubic": 2}', '"bicubic": 1}', (DS_TESTS + "test_nvinfer_scales_with_the_bundles_interpolation_on_the_gpu",)),  # noqa: E501
-    Mutation("INT8 quantizes the attention pool", "export/bundle.py", "INPUT_NAME, int8_float_nodes(graph), target=", "INPUT_NAME, keep, target=", ("tests/test_student_families.py::test_int8_leaves_the_attention_pool_float[pkd-tiny-map-vit]",)),  # noqa: E501
+    Mutation("INT8 quantizes the attention pool", "export/bundle.py", "INPUT_NAME, float_nodes, target=", "INPUT_NAME, keep, target=", ("tests/test_student_families.py::test_int8_leaves_the_attention_pool_float[pkd-tiny-map-vit]",)),  # noqa: E501
     Mutation("slim drops the node metadata", "export/graph.py", "            onnx.helper.set_metadata_props(node, dict(metadata[node.name]))", "            pass", ("tests/test_student_families.py::test_slim_keeps_what_finds_the_attention_pool",)),  # noqa: E501
-    Mutation("TensorRT INT8 quantizes the attention pool", "export/bundle.py", "INPUT_NAME, keep + pool, method=options.calibration_method", "INPUT_NAME, keep, method=options.calibration_method", ("tests/test_student_families.py::test_tensorrt_int8_graph_leaves_the_attention_pool_float[pkd-tiny-map-vit]",)),  # noqa: E501
+    Mutation("TensorRT INT8 quantizes the attention pool", "export/bundle.py", "INPUT_NAME, float_nodes, method=options.calibration_method", "INPUT_NAME, keep, method=options.calibration_method", ("tests/test_student_families.py::test_tensorrt_int8_graph_leaves_the_attention_pool_float[pkd-tiny-map-vit]",)),  # noqa: E501
 ]
 
 PROBE = '''

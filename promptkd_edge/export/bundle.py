@@ -29,7 +29,6 @@ from promptkd_edge.export.gate_batches import Chunk, describe, plan_batches, run
 from promptkd_edge.export.graph import (
     DEFAULT_OPSET,
     INPUT_NAME,
-    attention_pool_nodes,
     embedding_tensor,
     head_nodes,
     int8_float_nodes,
@@ -441,11 +440,12 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
             conversion = {"tool": to_fp16(src, fp32_path, keep, calib), "kept_fp32": ["LayerNormalization",
                           "Softmax", "L2 norm", "logits MatMul"]}
         else:
-            conversion = quantize_int8(src, fp32_path, calib, INPUT_NAME, int8_float_nodes(graph), target="cpu",
+            float_nodes = int8_float_nodes(graph, keep)
+            conversion = quantize_int8(src, fp32_path, calib, INPUT_NAME, float_nodes, target="cpu",
                                        method=options.calibration_method,
                                        on_batch=progress.task("int8 calibration", len(calib)))
             conversion["smoothing"] = smoothing
-            conversion["float_attention_pool_nodes"] = len(attention_pool_nodes(graph))
+            conversion["float_attention_pool_nodes"] = len(float_nodes) - len(keep)
         src.unlink()
 
     progress.note("parity gate: PyTorch student against the exported graph")
@@ -707,8 +707,8 @@ def _engine_graph(bundle_dir: Path, stage: Path, manifest: Manifest, precision: 
     by_onnxruntime = precision == "int8" and not has_modelopt("quantization")  # it reports its calibration batches
     import onnx
 
-    pool = [n for n in attention_pool_nodes(onnx.load(str(master), load_external_data=False)) if n not in keep]
+    float_nodes = int8_float_nodes(onnx.load(str(master), load_external_data=False), keep)
     conversion = quantize_for_tensorrt(
-        master, dst, precision, api, calib, INPUT_NAME, keep + pool, method=options.calibration_method,
+        master, dst, precision, api, calib, INPUT_NAME, float_nodes, method=options.calibration_method,
         on_batch=progress.task(f"{precision} calibration", len(calib)) if by_onnxruntime else None)
-    return dst, name, {**conversion, "float_attention_pool_nodes": len(pool)}
+    return dst, name, {**conversion, "float_attention_pool_nodes": len(float_nodes) - len(keep)}

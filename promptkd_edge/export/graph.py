@@ -79,10 +79,10 @@ def attention_pool_nodes(model) -> list[str]:
                    for p in n.metadata_props)]
 
 
-def int8_float_nodes(model) -> list[str]:
-    """Nodes an INT8 graph of `model` keeps float: the head (`head_nodes`) and any attention-pool head."""
-    head = head_nodes(model)
-    return head + [n for n in attention_pool_nodes(model) if n not in head]
+def int8_float_nodes(model, keep: list[str]) -> list[str]:
+    """Nodes an INT8 graph of `model` keeps float: `keep` (the head, and a frame graph's transform) and any
+    attention-pool head."""
+    return keep + [n for n in attention_pool_nodes(model) if n not in keep]
 
 
 def embedding_tensor(model) -> str | None:
