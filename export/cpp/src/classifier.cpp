@@ -111,12 +111,7 @@ std::unique_ptr<Backend> open_backend(const Bundle& b, const std::string& backen
 #endif
   }
 #ifdef PKD_HAVE_TENSORRT
-  std::vector<detail::EngineRecord> engines;
-  for (const auto& e : b.engines)
-    if (e.parity_passed) engines.push_back(e);
-  if (engines.empty())
-    throw Error("bundle " + b.name + " holds no TensorRT plan; build one with `pkd export " + b.name + " --trt`");
-  return detail::open_tensorrt(b.name, b.dir, engines, b.input, o.device);
+  return detail::open_tensorrt(b.name, b.dir, b.engines, b.input, o.device);  // it picks among the passed plans
 #else
   throw Error("this promptkd_edge was built without its TensorRT backend; configure it with -DPKD_WITH_TENSORRT=ON "
               "-DTensorRT_ROOT=<TensorRT or JetPack prefix>");
