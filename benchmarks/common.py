@@ -39,3 +39,9 @@ def write_report(report: dict, out: Path | None, default_name: str, markdown: Ca
     out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
     return out
+
+
+def where_it_ran(report: dict) -> str:
+    """"DATE, CPU (flags: ...)" of a written report: what every results table says first."""
+    m = report["machine"]
+    return f"{report['date']}, {m['cpu']} (flags: {' '.join(m.get('cpu_speed_flags', [])) or 'not recorded'})"

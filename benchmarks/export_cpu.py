@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import write_report  # noqa: E402
+from common import where_it_ran, write_report  # noqa: E402
 
 from promptkd_edge.bench.timing import time_calls  # noqa: E402
 from promptkd_edge.export.bundle import ExportOptions, export_run  # noqa: E402
@@ -109,7 +109,7 @@ def main() -> None:
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [f"# Exported {r['student']} student on CPU: ONNX Runtime FP32 / INT8 vs PyTorch eager", "",
-             f"{r['date']}, {m['cpu']} (flags: {' '.join(m.get('cpu_speed_flags', [])) or 'not recorded'}), "
+             f"{where_it_ran(r)}, "
              f"{r['threads']} threads, torch {m['torch']}. Student {r['student']} "
              f"(random weights), prompts {r['prompts']}, projector to {r['teacher_dim']}, {r['classes']} classes; "
              "input already preprocessed (compute only).", "",

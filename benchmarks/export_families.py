@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import export_cpu  # noqa: E402
 import torch  # noqa: E402
-from common import write_report  # noqa: E402
+from common import where_it_ran, write_report  # noqa: E402
 
 from promptkd_edge.errors import PkdError, first_line  # noqa: E402
 from promptkd_edge.export.bundle import ExportOptions, export_run  # noqa: E402
@@ -132,7 +132,7 @@ def _gate(g: dict) -> str:
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = ["# Real-size students of every family: export and gates on CPU", "",
-             f"{r['date']}, {m['cpu']} (flags: {' '.join(m.get('cpu_speed_flags', [])) or 'not recorded'}), "
+             f"{where_it_ran(r)}, "
              f"{r['threads']} threads, torch {m['torch']}. Random weights, adaptation moved off identity, "
              f"projector to 768, 100 classes; {r['parity_images']} generated parity images, "
              f"{r['calibration_images']} generated calibration images (INT8).", "",

@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import write_report  # noqa: E402
+from common import where_it_ran, write_report  # noqa: E402
 
 from promptkd_edge.export import parity as gate  # noqa: E402
 from promptkd_edge.export.graph import INPUT_NAME, attention_pool_nodes, head_nodes  # noqa: E402
@@ -138,7 +138,7 @@ def main() -> None:
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = ["# INT8: which nodes stay float", "",
-             f"{r['date']}, {m['cpu']}, torch {m['torch']}. Student: {r['student']}; {r['parity_images']} parity "
+             f"{where_it_ran(r)}, torch {m['torch']}. Student: {r['student']}; {r['parity_images']} parity "
              f"images, {r['calibration_images']} calibration images ({r['image_source']}). Reference: the FP32 "
              f"graph the INT8 export starts from (SmoothQuant a = {r.get('smooth_alpha', 0.5)}); the gate passes at "
              ">= 99 % agreement beyond "

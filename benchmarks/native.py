@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # tests/native_build.py: configure + build export/cpp once
 
 import numpy as np  # noqa: E402
-from common import write_report  # noqa: E402
+from common import where_it_ran, write_report  # noqa: E402
 from native_build import build, openvino_cmake_dir  # noqa: E402
 
 from promptkd_edge.runtime import Classifier  # noqa: E402
@@ -160,9 +160,8 @@ def main() -> None:
 
 
 def markdown(r: dict) -> str:
-    m = r["machine"]
     lines = ["# Native library against the Python runtime (OpenVINO, CPU)", "",
-             f"{r['date']}, {m['cpu']} (flags: {' '.join(m.get('cpu_speed_flags', [])) or 'not recorded'}), "
+             f"{where_it_ran(r)}, "
              f"{r['threads']} inference threads, {r['precision']}; bundle: {r['bundle']}. p50 of {r['iterations']} "
              f"calls after {r['warmup']} warm-up calls, ms per call. Overhead = median over calls of the side's call "
              "minus OpenVINO's own inference alone on a ready input (same model file and properties), called "

@@ -65,16 +65,20 @@ def test_distill_export_predict_with_a_weights_file(family_run):
     assert prediction["labels"][0] in NAMES
 
 
+def _plan(family_run, tmp_path: Path, monkeypatch, precision: str) -> tuple[Path, dict]:
+    """(a copy of the family's FP32 bundle, the record of the `precision` plan added to it on the fake TensorRT 10)."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(family_run[1] / "bundle", bundle)
+    _fake_tensorrt(monkeypatch, tmp_path)
+    trt = TrtBuildOptions(precision=precision, profiles=[(1, 2, 4)])
+    return bundle, add_engine(bundle, ExportOptions(precision=precision, trt=trt, parity_images=3,
+                                                    calibration_images=4))
+
+
 def test_a_tensorrt_plan_of_the_family_builds_and_passes_its_gate(family_run, tmp_path, monkeypatch):
     """TensorRT 10's parser takes every operator of the family's graph (the fake refuses ops onnx-tensorrt has no
     importer for in its table) and the fp16 plan passes its gate against ONNX Runtime."""
-    _, root, _ = family_run
-    bundle = tmp_path / "bundle"
-    shutil.copytree(root / "bundle", bundle)
-    _fake_tensorrt(monkeypatch, tmp_path)
-    record = add_engine(bundle, ExportOptions(precision="fp16", trt=TrtBuildOptions(precision="fp16",
-                                                                                    profiles=[(1, 2, 4)]),
-                                              parity_images=3))
+    _, record = _plan(family_run, tmp_path, monkeypatch, "fp16")
     assert record["parity_passed"] and record["fp32_layers"] > 0  # LayerNorm/Softmax/Reduce pinned to FP32
 
 
@@ -133,13 +137,7 @@ def test_tensorrt_int8_graph_leaves_the_attention_pool_float(family_run, tmp_pat
 
     from promptkd_edge.export.graph import attention_pool_nodes
 
-    _, root, _ = family_run
-    bundle = tmp_path / "bundle"
-    shutil.copytree(root / "bundle", bundle)
-    _fake_tensorrt(monkeypatch, tmp_path)
-    record = add_engine(bundle, ExportOptions(precision="int8", trt=TrtBuildOptions(precision="int8",
-                                                                                    profiles=[(1, 2, 4)]),
-                                              parity_images=3, calibration_images=4))
+    bundle, record = _plan(family_run, tmp_path, monkeypatch, "int8")
     pool = set(attention_pool_nodes(onnx.load(str(bundle / "model.onnx"))))
     assert record["conversion"]["float_attention_pool_nodes"] == len(pool)
     graph = onnx.load(str(bundle / record["onnx"])).graph
