@@ -138,6 +138,26 @@ def test_resume_with_another_config_exits_2_and_keeps_the_run(inputs):
     assert invoke("distill", "--resume", str(inputs / "run"), "--workers", "1").exit_code == 0  # allowed change
 
 
+def test_resume_a_run_written_before_the_schedule_field(inputs):
+    """Runs written before `schedule` existed stepped their cosine per step and have no such key in config.json: the
+    resume check once read the raw file, took today's default ('epoch') and refused them."""
+    from promptkd_edge.train.config import DistillConfig
+    from promptkd_edge.train.distill_setup import resumed_config
+
+    assert invoke(*_distill_args(inputs, **{"--schedule": "step"})).exit_code == 0
+    config = inputs / "run" / "config.json"
+    stored = json.loads(config.read_text())
+    del stored["config"]["schedule"]
+    config.write_text(json.dumps(stored))
+    assert DistillConfig.from_dict(stored["config"]).schedule == "epoch"  # today's default: not what the run did
+    assert resumed_config(inputs / "run").schedule == "step"
+    assert resumed_config(inputs / "run", {"workers": 1}).workers == 1
+    result = runner.invoke(app, ["distill", "--resume", str(inputs / "run"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["distill", "--resume", str(inputs / "run"), "--schedule", "epoch"])
+    assert result.exit_code == 2 and "schedule='epoch' (run has 'step')" in " ".join(result.output.split())
+
+
 def test_distill_then_eval_json(inputs):
     result = invoke(*_distill_args(inputs), "--json")
     summary = json.loads(result.stdout)

@@ -42,6 +42,8 @@ DS = "export/deepstream.py"
 DS_TESTS = "tests/test_deepstream.py::"
 FRAME = "tests/test_frame_input.py::"
 PIPE = "tests/test_predict_files.py::"
+FALLBACK = "export/int8_fallback.py"
+FALLBACK_TESTS = "tests/test_int8_fallback.py::"
 
 MUTATIONS = [
     Mutation("no sync before outputs are read", TRT, 'cuda_check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")', "None", (RUN_PATH,), True),  # noqa: E501
@@ -72,9 +74,16 @@ MUTATIONS = [
     Mutation("pipeline leaves its threads running", "runtime/pipeline.py", "pool.shutdown(wait=True, cancel_futures=True)", "pool.shutdown(wait=False, cancel_futures=True)", (PIPE + "test_a_bad_image_in_a_later_batch_raises_its_line_and_stops_every_worker",)),  # noqa: E501
     Mutation("pipeline out of order", "runtime/pipeline.py", "return _assemble(start, [f.result() for f in futures], frames)", 'return _assemble(start, [f.result() for f in __import__("concurrent.futures").futures.as_completed(futures)], frames)', (PIPE + "test_pipelined_batches_keep_the_input_order_over_many_chunks",)),  # noqa: E501
     Mutation("DeepStream scales bilinear for bicubic", DS, '"bicubic": 2}', '"bicubic": 1}', (DS_TESTS + "test_nvinfer_scales_with_the_bundles_interpolation_on_the_gpu",)),  # noqa: E501
-    Mutation("INT8 quantizes the attention pool", "export/bundle.py", "INPUT_NAME, float_nodes, target=", "INPUT_NAME, keep, target=", ("tests/test_student_families.py::test_int8_leaves_the_attention_pool_float[pkd-tiny-map-vit]",)),  # noqa: E501
+    Mutation("INT8 quantizes the attention pool", "export/bundle.py", "INPUT_NAME, [*float_nodes, *extra], target=", "INPUT_NAME, [*keep, *extra], target=", ("tests/test_student_families.py::test_int8_leaves_the_attention_pool_float[pkd-tiny-map-vit]",)),  # noqa: E501
     Mutation("slim drops the node metadata", "export/graph.py", "            onnx.helper.set_metadata_props(node, dict(metadata[node.name]))", "            pass", ("tests/test_student_families.py::test_slim_keeps_what_finds_the_attention_pool",)),  # noqa: E501
     Mutation("TensorRT INT8 quantizes the attention pool", "export/bundle.py", "INPUT_NAME, float_nodes, method=options.calibration_method", "INPUT_NAME, keep, method=options.calibration_method", ("tests/test_student_families.py::test_tensorrt_int8_graph_leaves_the_attention_pool_float[pkd-tiny-map-vit]",)),  # noqa: E501
+    Mutation("INT8 fallback never runs", FALLBACK, 'if before["passed"]:', "if True:", (FALLBACK_TESTS + "test_the_node_behind_an_outlier_is_kept_float_and_the_graph_then_agrees",)),  # noqa: E501
+    Mutation("INT8 fallback keeps the least sensitive first", FALLBACK, "(error[name], candidates.index(name)))", "(error[name], candidates.index(name)), reverse=True)", (FALLBACK_TESTS + "test_the_node_behind_an_outlier_is_kept_float_and_the_graph_then_agrees",)),  # noqa: E501
+    Mutation("INT8 fallback's float copy keeps quantized weights", FALLBACK, "            node.input[k] = original\n", "            pass\n", (FALLBACK_TESTS + "test_float_nodes_copy_computes_what_the_fp32_graph_does",)),  # noqa: E501
+    Mutation("INT8 fallback does not bisect", FALLBACK, "    while high - low > 1:", "    while False:", (FALLBACK_TESTS + "test_as_few_nodes_as_reach_the_target_and_never_past_the_budget",)),  # noqa: E501
+    Mutation("INT8 fallback past its budget", FALLBACK, "order[:budget]", "order", (FALLBACK_TESTS + "test_as_few_nodes_as_reach_the_target_and_never_past_the_budget",)),  # noqa: E501
+    Mutation("resume check reads the stored config raw", "train/distill_setup.py", "    stored = stored_config(run)\n", '    stored = DistillConfig.from_dict(read_json(run.config, "run config")["config"])\n', ("tests/test_cli.py::test_resume_a_run_written_before_the_schedule_field",)),  # noqa: E501
+    Mutation("export ignores --no-int8-fallback", "export/bundle.py", "progress) if options.int8_fallback else None", "progress) if True else None", (FALLBACK_TESTS + "test_export_keeps_the_projector_float_where_int8_would_fail_its_gate",)),  # noqa: E501
 ]
 
 PROBE = '''

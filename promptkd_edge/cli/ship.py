@@ -112,6 +112,10 @@ def export(
     smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="INT8: migrate activation outliers (CLIP's "
                                          "massive activations) into the weights first (SmoothQuant); function "
                                          "unchanged.")] = _E.smooth,
+    int8_fallback: Annotated[bool, typer.Option("--int8-fallback/--no-int8-fallback", help="INT8: where the graph "
+                                                "disagrees with FP32 on the calibration images, keep float its "
+                                                "most sensitive nodes (measured one by one, at most a quarter) "
+                                                "until it agrees.")] = _E.int8_fallback,
     text_encoder: Annotated[bool, typer.Option("--text-encoder", help="Also ship the teacher's text tower (ONNX, "
                                                "FP32 + FP16) and tokenizer, gated against `pkd classes`, so apps "
                                                "name classes on the device (needs --head embeddings or both).")

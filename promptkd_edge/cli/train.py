@@ -126,6 +126,9 @@ def distill(
                                                   rich_help_panel=DATA)] = _D.shard_epoch_size,
     checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: each epoch only).",
                                                   rich_help_panel=TRAINING)] = _D.checkpoint_every,
+    keep_checkpoints: Annotated[int, typer.Option(help="Checkpoints kept, the newest (at least 1; with 2 a resume "
+                                                  "can fall back past a damaged latest).",
+                                                  rich_help_panel=TRAINING)] = _D.keep_checkpoints,
     random_init: Annotated[bool, typer.Option("--random-init", help="Allow a teacher or student architecture "
                                               "without weights (random initialisation; for tests and dry runs).",
                                               rich_help_panel=MODELS)] = _D.random_init,
@@ -164,15 +167,11 @@ def _distill_config(ctx: typer.Context, out: Path | None, resume: Path | None) -
         return DistillConfig.from_dict(given), out
     if out is not None and Path(out) != Path(resume):
         raise PkdError("pass either --out (a new run) or --resume (an existing one), not both")
-    from promptkd_edge.train.run_dir import RunDir
-    from promptkd_edge.utils.files import read_json
+    from promptkd_edge.train.distill_setup import resumed_config
 
-    RunDir(resume).check_existing()
-    stored = read_json(RunDir(resume).config, "run config")["config"]
-    stored.setdefault("schedule", "step")  # runs written before the per-epoch default trained per step
     # typer may carry its own click: compare the source by name
     explicit = {k: v for k, v in given.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
-    return DistillConfig.from_dict({**stored, **explicit}), resume
+    return resumed_config(resume, explicit), resume
 
 
 # ---------------------------------------------------------------------------------------------------- eval

@@ -14,7 +14,7 @@ import datetime as dt
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from promptkd_edge.export.graph import (
     io_description,
     slim,
 )
+from promptkd_edge.export.int8_fallback import float_fallback
 from promptkd_edge.export.precision import (
     engine_graph_name,
     has_modelopt,
@@ -90,6 +91,7 @@ class ExportOptions:
     calibration_images: int = 400
     calibration_method: str = "percentile"
     smooth: bool = True  # int8: SmoothQuant's scale migration before quantizing (export/smooth.py)
+    int8_fallback: bool = True  # int8: keep float the nodes that cost agreement (export/int8_fallback.py)
     batch_size: int = 16
     force: bool = False
     overwrite: bool = False
@@ -441,9 +443,21 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
                           "Softmax", "L2 norm", "logits MatMul"]}
         else:
             float_nodes = int8_float_nodes(graph, keep)
-            conversion = quantize_int8(src, fp32_path, calib, INPUT_NAME, float_nodes, target="cpu",
-                                       method=options.calibration_method,
-                                       on_batch=progress.task("int8 calibration", len(calib)))
+            made = []  # each quantization's record; the last one wrote model.onnx
+
+            def quantize(extra: Sequence[str] = ()) -> None:
+                made.append(quantize_int8(src, fp32_path, calib, INPUT_NAME, [*float_nodes, *extra], target="cpu",
+                                          method=options.calibration_method,
+                                          on_batch=progress.task("int8 calibration", len(calib))))
+
+            quantize()
+            def gated(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                return gate.with_logits(outputs, vectors.vectors.numpy(), vectors.logit_scale)
+
+            fallback = float_fallback(src, fp32_path, calib, quantize, gated, _embeddings_inside(src, options.head),
+                                      progress) if options.int8_fallback else None
+            conversion = made[-1]
+            conversion["float_fallback"] = fallback
             conversion["smoothing"] = smoothing
             conversion["float_attention_pool_nodes"] = len(float_nodes) - len(keep)
         src.unlink()

@@ -13,7 +13,11 @@ from promptkd_edge.models.templates import DEFAULT_TEMPLATE
 # a run stops (an unreadable image is replaced by the same readable neighbour whatever the limit), so a run that
 # stopped at the limit can be resumed past it.
 RESUMABLE_CHANGES = frozenset({"workers", "log_every", "cache_dir", "compile", "device", "random_init",
-                               "max_bad_fraction"})
+                               "max_bad_fraction", "keep_checkpoints"})
+# Fields added to DistillConfig after runs were written without them, with the value those runs used
+STORED_BEFORE: dict[str, Any] = {
+    "schedule": "step",  # runs written before the per-epoch cosine (the official one) stepped their cosine per step
+}
 MAX_BAD_FRACTION = 0.01  # the default limit of unreadable images, both stages'
 BAD_FRACTION_CHECK = "--max-bad-fraction must be in [0, 1)"
 
@@ -164,6 +168,12 @@ class DistillConfig:
         if unknown:
             raise PkdError(f"unknown config keys: {', '.join(unknown)}")
         return cls(**d)
+
+    @classmethod
+    def from_stored(cls, d: dict[str, Any]) -> DistillConfig:
+        """The config a run's config.json stores, written by any earlier version: a field added since takes the
+        value that reproduces what that version did (`STORED_BEFORE`), not today's default."""
+        return cls.from_dict({**STORED_BEFORE, **d})
 
     def differences(self, other: DistillConfig) -> list[str]:
         """Fields that differ and would change the result of a resumed run."""

@@ -133,7 +133,9 @@ def distill(cfg: DistillConfig, out: str | Path, *, resume: bool = False, from_c
             progress: Progress | None = None,
             on_checkpoint: Callable[[TrainingState], None] | None = None) -> DistillResult:
     """Run (or, with `resume`, continue) a distillation into the run directory `out`; `from_checkpoint` names the
-    checkpoint to continue from when not the latest (one before a damaged latest)."""
+    checkpoint to continue from when not the latest (one before a damaged latest). To continue a run with the config
+    it was started with (a few options changed, as `pkd distill --resume` does), pass
+    `train.distill_setup.resumed_config(out, overrides)` as `cfg`."""
     cfg = cfg.validate().with_absolute_paths()
     if from_checkpoint and not resume:
         raise PkdError("--from-checkpoint continues an existing run: pass it with --resume RUN")

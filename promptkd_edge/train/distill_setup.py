@@ -190,9 +190,23 @@ def setup_optimization(cfg: DistillConfig, rt: Runtime, student: Student, steps_
                                scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"))
 
 
+def stored_config(run: RunDir) -> DistillConfig:
+    """The config `run` was started with, as its config.json records it (from any earlier version)."""
+    run.check_existing()
+    return DistillConfig.from_stored(read_json(run.config, "run config")["config"])
+
+
+def resumed_config(run: str | os.PathLike | RunDir, overrides: dict[str, Any] | None = None) -> DistillConfig:
+    """The config to continue `run` with: the one it was started with, `overrides` on top (`pkd distill --resume`
+    passes the options given on its command line). `distill(..., resume=True)` then refuses any override that would
+    change the run's numbers."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    return DistillConfig.from_dict({**stored_config(run).to_dict(), **(overrides or {})})
+
+
 def check_resumable(cfg: DistillConfig, run: RunDir) -> None:
     """Refuse to resume `run` with a config that would change its numbers."""
-    stored = DistillConfig.from_dict(read_json(run.config, "run config")["config"])
+    stored = stored_config(run)
     diffs = cfg.differences(stored)
     if diffs:
         shown = ", ".join(f"{k}={getattr(cfg, k)!r} (run has {getattr(stored, k)!r})" for k in diffs[:3])
