@@ -26,14 +26,17 @@ test: $(STAMP)
 	$(BIN)/python tests/modelopt_venv.py
 	$(BIN)/python tests/triton_schema.py
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
-	$(BIN)/ruff check promptkd_edge tests benchmarks
+	$(MAKE) --no-print-directory lint
 
 # each mutation of the native library (tests/native/mutations.json) rebuilt and caught by its tests (15 min)
 mutations-native: $(STAMP)
 	$(BIN)/python tests/native_mutations.py
 
+# the Python (ruff), the shell scripts (shellcheck) and the Dockerfiles (hadolint); the last two from PyPI wheels
 lint: $(STAMP)
 	$(BIN)/ruff check promptkd_edge tests benchmarks
+	$(BIN)/shellcheck .ci/run benchmarks/gpu_check.sh docker/install.sh
+	$(BIN)/hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu docker/Dockerfile.jetson
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/distill_throughput.py

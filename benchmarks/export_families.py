@@ -33,6 +33,7 @@ from promptkd_edge.export.bundle import ExportOptions, export_run  # noqa: E402
 from promptkd_edge.models.openclip import register_tiny_configs  # noqa: E402
 from promptkd_edge.runtime import Classifier  # noqa: E402
 from promptkd_edge.runtime.cpu import cpu_info  # noqa: E402
+from promptkd_edge.utils.progress import LineProgress  # noqa: E402
 
 DEFAULT_ARCHS = "MobileCLIP2-S0,ViT-B-16-SigLIP2,PE-Core-S-16-384"
 BACKEND_OF = {"fp32": "onnxruntime", "int8": "onnxruntime", "bf16": "openvino"}
@@ -66,7 +67,8 @@ def export_one(run: Path, out: Path, precision: str, args: argparse.Namespace) -
     started = time.perf_counter()
     try:
         m = export_run(run, out, ExportOptions(precision=precision, parity_images=args.parity_images,
-                                               calibration_images=args.calibration_images))
+                                               calibration_images=args.calibration_images),
+                       progress=LineProgress() if args.verbose else None)
     except PkdError as e:
         return {"precision": precision, "passed": False, "reason": first_line(e, with_type=False),
                 "export_seconds": round(time.perf_counter() - started, 1)}
@@ -93,6 +95,7 @@ def main() -> None:
     ap.add_argument("--parity-images", type=int, default=50)
     ap.add_argument("--calibration-images", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--verbose", action="store_true", help="print the export's progress notes")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     register_tiny_configs()
@@ -144,6 +147,12 @@ def markdown(r: dict) -> str:
             continue
         for b in s["bundles"]:
             gates = b.get("reason") or "; ".join(_gate(g) for g in b["gates"])
+            fallback = (b.get("conversion") or {}).get("float_fallback") or {}
+            if fallback.get("needed"):
+                gates += (f"; INT8 float fallback: {len(fallback['nodes'])} of {fallback['candidates']} quantized "
+                          f"nodes kept float (calibration images: top-1 "
+                          f"{100 * fallback['before']['top1_agreement_beyond_ties']:.2f} -> "
+                          f"{100 * fallback['after']['top1_agreement_beyond_ties']:.2f} %)")
             ops = sum(b.get("ops", {}).values()) or ""
             lines.append(f"| {s['arch']} | {s['family']} · {s['adaptation']} | "
                          f"{s['trainable_params']:,} | {b['precision']} | {b['export_seconds']} | "

@@ -32,7 +32,7 @@ case "$ROLE" in
 esac
 
 TARGET="$SOURCE"
-if [ -n "$EXTRAS" ]; then TARGET="$SOURCE[$EXTRAS]"; fi
+if [ -n "$EXTRAS" ]; then TARGET="${SOURCE}[${EXTRAS}]"; fi
 
 run() {
   if [ "${PKD_DRY_RUN:-0}" = "1" ]; then echo "$*"; else "$@"; fi

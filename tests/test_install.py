@@ -204,3 +204,15 @@ def test_dependencies_by_role():
     assert all("==" in line for line in constraints)
     assert {"torch==2.14.1", "torchvision==0.29.1"} <= set(constraints)
     assert "-c constraints.txt" in (REPO / "Makefile").read_text()
+
+
+def test_make_lint_covers_every_shell_script_and_dockerfile():
+    """`make lint` names its files: a script or Dockerfile added later must be added there too, or this fails."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    shell = {p for p in tracked if p.endswith(".sh") or (REPO / p).is_file()
+             and (REPO / p).read_bytes()[:64].startswith((b"#!/bin/sh", b"#!/usr/bin/env bash", b"#!/bin/bash"))}
+    docker = {p for p in tracked if Path(p).name.startswith("Dockerfile")}
+    lint = re.search(r"^lint:.*?\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M).group(1)
+    named = set(lint.split())
+    assert shell and docker and not (shell | docker) - named, sorted((shell | docker) - named)
+    assert "$(BIN)/shellcheck" in named and "$(BIN)/hadolint" in named
