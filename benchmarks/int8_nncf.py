@@ -34,7 +34,8 @@ from export_cpu import SIZES  # noqa: E402
 from int8_outliers import planted_run  # noqa: E402
 
 from promptkd_edge.export import parity as gate  # noqa: E402
-from promptkd_edge.export.bundle import ExportOptions, _embeddings_inside, export_run  # noqa: E402
+from promptkd_edge.export.bundle import ExportOptions, export_run  # noqa: E402
+from promptkd_edge.export.gate_run import embeddings_inside  # noqa: E402
 from promptkd_edge.models.openclip import register_tiny_configs  # noqa: E402
 from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 from promptkd_edge.runtime.openvino_backend import OpenVinoBackend, has_bf16  # noqa: E402
@@ -178,7 +179,7 @@ def main() -> None:
             np.save(Path(tmp) / "calibration.npy", calibration)
             master = fp32 / "model.onnx"
             reference = run_all(OnnxRuntimeBackend(master, providers="cpu",
-                                                   extra_outputs=_embeddings_inside(master, "logits")), parity)
+                                                   extra_outputs=embeddings_inside(master, "logits")), parity)
             graphs = {"ours": int8 / "model.onnx"}
             for i, (variant, (preset, same_nodes)) in enumerate(VARIANTS.items()):
                 dst = Path(tmp) / f"{run.name}-nncf-{i}.onnx"
@@ -191,7 +192,7 @@ def main() -> None:
                 nncf_version = done.stdout.strip().splitlines()[-1]
                 graphs[variant] = dst
             for graph, path in graphs.items():
-                for runtime, backend in backends(path, _embeddings_inside(master, "logits"), bf16).items():
+                for runtime, backend in backends(path, embeddings_inside(master, "logits"), bf16).items():
                     figures = gate.compare(reference, run_all(backend, parity), "int8", runtime, images.source)
                     rows.append({"student": student, "graph": graph, "runtime": runtime,
                                  "passed": figures["passed"], "min_cosine": figures["min_cosine"],

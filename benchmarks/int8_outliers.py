@@ -107,7 +107,7 @@ def main() -> None:
                 out = Path(tmp) / f"{run.name}-{smooth}"
                 manifest = export_run(run, out, ExportOptions(
                     precision="int8", smooth=smooth, force=True, parity_images=args.parity_images,
-                    calibration_images=args.calibration_images))
+                    calibration_images=args.calibration_images, int8_fallback=False))  # smoothing alone
                 gate = manifest.parity[0]
                 rows.append({"student": student, "export": label, "passed": gate.passed,
                              "min_cosine": gate.min_cosine, "top1_agreement": gate.top1_agreement,

@@ -49,11 +49,11 @@ def open_bundle_spec(run: Path):
 def test_each_cpu_backend_matches_onnxruntime_fp32_within_its_thresholds(cpu_bundles, images):
     """OpenVINO f32 and bf16 on the FP32 graph, ONNX Runtime and OpenVINO on the INT8 graph, each against ONNX
     Runtime FP32 with the gate of its precision (embeddings compared inside the logits graph)."""
-    from promptkd_edge.export.bundle import _embeddings_inside
+    from promptkd_edge.export.gate_run import embeddings_inside
     from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     fp32, int8 = (cpu_bundles[k] / "model.onnx" for k in ("fp32", "int8"))
-    inside = {p: _embeddings_inside(p, "logits") for p in (fp32, int8)}
+    inside = {p: embeddings_inside(p, "logits") for p in (fp32, int8)}
     reference = OnnxRuntimeBackend(fp32, providers="cpu", extra_outputs=inside[fp32]).run(images)
     cases = [("fp32", OpenVinoBackend(fp32, precision="fp32", extra_outputs=inside[fp32])),
              ("int8", OnnxRuntimeBackend(int8, providers="cpu", extra_outputs=inside[int8])),
@@ -400,7 +400,7 @@ def test_int8_survives_planted_activation_outliers(tmp_path):
     import onnx
 
     run = _planted_run(tmp_path / "planted", factor=150.0)
-    options = dict(precision="int8", parity_images=48, calibration_images=48, force=True)
+    options = dict(precision="int8", parity_images=48, calibration_images=48, force=True, int8_fallback=False)
     raw = export_run(run, tmp_path / "raw", ExportOptions(smooth=False, **options))
     smoothed = export_run(run, tmp_path / "smooth", ExportOptions(**options))
     raw_cos, smooth_cos = raw.parity[0].min_cosine, smoothed.parity[0].min_cosine

@@ -26,10 +26,10 @@ from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity as gate
 from promptkd_edge.export.frame import DEFAULT_GATE_SIZES, METHODS, TRT_METHODS, frame_node_names
 from promptkd_edge.export.gate_batches import Chunk, describe, plan_batches, run_batches
+from promptkd_edge.export.gate_run import embeddings_inside, run_for_gate
 from promptkd_edge.export.graph import (
     DEFAULT_OPSET,
     INPUT_NAME,
-    embedding_tensor,
     head_nodes,
     int8_float_nodes,
     io_description,
@@ -171,15 +171,6 @@ def _versions(opset: int) -> dict[str, Any]:
     return {"promptkd_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__, "openvino": openvino_version(), "opset": opset}
 
-
-def _run_backend(backend, arrays: np.ndarray, batch: int, progress: Progress, what: str) -> dict[str, np.ndarray]:
-    outs: dict[str, list[np.ndarray]] = {}
-    update = progress.task(what, len(arrays))
-    for i in range(0, len(arrays), batch):
-        for k, v in backend.run(arrays[i:i + batch]).items():
-            outs.setdefault(k, []).append(np.asarray(v, dtype=np.float32))
-        update(min(i + batch, len(arrays)))
-    return {k: np.concatenate(v) for k, v in outs.items()}
 
 
 def _run_plan(engine: TensorRTBackend, arrays: np.ndarray, chunks: list[Chunk], progress: Progress
@@ -454,7 +445,7 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
             def gated(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 return gate.with_logits(outputs, vectors.vectors.numpy(), vectors.logit_scale)
 
-            fallback = float_fallback(src, fp32_path, calib, quantize, gated, _embeddings_inside(src, options.head),
+            fallback = float_fallback(src, fp32_path, calib, quantize, gated, embeddings_inside(src, options.head),
                                       progress) if options.int8_fallback else None
             conversion = made[-1]
             conversion["float_fallback"] = fallback
@@ -467,18 +458,18 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
     reference = _torch_reference(student, vectors, float_inputs, options.batch_size, progress)
     model_inputs = prepare(images.parity, spec, input_format=graph_fmt) if graph_fmt != "normalized" else float_inputs
     backend = OnnxRuntimeBackend(fp32_path, providers="cpu", precision=onnx_precision,
-                                 extra_outputs=_embeddings_inside(fp32_path, options.head))
+                                 extra_outputs=embeddings_inside(fp32_path, options.head))
     try:
-        got = _run_backend(backend, model_inputs, options.batch_size, progress,
+        got = run_for_gate(backend, model_inputs, options.batch_size, progress,
                            f"parity: ONNX Runtime {onnx_precision}")
     finally:
         backend.close()
-    candidate = gate.with_logits(got, vectors.vectors.numpy(), vectors.logit_scale)
-    figures = gate.compare(reference, candidate, onnx_precision, "onnxruntime-cpu", images.source)
-    figures["calibration_overlap"] = images.overlap
+    entry = gate.judge(reference, got, onnx_precision, "onnxruntime-cpu", images.source,
+                       class_vectors=vectors.vectors.numpy(), logit_scale=vectors.logit_scale,
+                       calibration_overlap=images.overlap)
     frame, frame_figures = None, []
     if fmt == "frame":
-        figures["target"] += " (the graph behind the frame transform, on open_clip's crops)"
+        entry.target += " (the graph behind the frame transform, on open_clip's crops)"
         frame, frame_figures = _frame_graph(tmp, fp32_path, student, vectors, spec, images, options, progress)
         keep = keep + frame_node_names(onnx.load(str(fp32_path)))  # FP32 on TensorRT too: pixels to 0.5 of 255
 
@@ -493,11 +484,11 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
                        embedding_dim=vectors.dim, logit_scale=vectors.logit_scale, fp32_nodes=keep,
                        conversion=conversion, slim_nodes_removed=slimmed, frame=frame)
     manifest = Manifest(
-        model=model, valid=figures["passed"],
+        model=model, valid=entry.passed,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         source={"run": str(run.path.resolve()), "student_spec": student.config.spec,
                 "teacher": vectors.teacher, "student_sha256": sha256_file(run.student), **state},
-        versions=_versions(options.opset), parity=[ParityEntry.from_dict(f) for f in (figures, *frame_figures)])
+        versions=_versions(options.opset), parity=[entry, *(ParityEntry.from_dict(f) for f in frame_figures)])
     write_manifest(tmp, manifest)
     return manifest, reference
 
@@ -521,7 +512,7 @@ def _frame_graph(tmp: Path, fp32_path: Path, student, vectors, spec: PreprocessS
         return build_frame_graph(normalized, fp32_path, spec, images.parity, reference, vectors.vectors.numpy(),
                                  vectors.logit_scale, methods=frame_methods(options), sizes=sizes,
                                  batch=options.batch_size, source=images.source,
-                                 extra_outputs=_embeddings_inside(normalized, options.head), note=progress.note)
+                                 extra_outputs=embeddings_inside(normalized, options.head), note=progress.note)
     finally:
         normalized.unlink(missing_ok=True)
 
@@ -537,24 +528,15 @@ def _gate_bf16(bundle: Path, manifest: Manifest, images: gate.ImageSet, referenc
     progress.note("parity gate: OpenVINO bf16 on this CPU" + ("" if required else offer))
     model = manifest.model
     inputs = prepare(images.parity, spec, input_format=model.input_format)
-    figures = gate_bf16(bundle / model.file, model.head, inputs, reference, vectors.vectors.numpy(),
-                        vectors.logit_scale, images.source, "pytorch", batch=options.batch_size, required=required,
-                        progress=progress, thresholds="int8" if model.precision == "int8" else "bf16")
-    if not figures["passed"] and not required:
-        progress.note(f"OpenVINO bf16 failed its gate ({'; '.join(figures['failures'])}): recorded as failed, so "
+    entry = gate_bf16(bundle / model.file, model.head, inputs, reference, vectors.vectors.numpy(),
+                      vectors.logit_scale, images.source, "pytorch", batch=options.batch_size, required=required,
+                      progress=progress, thresholds="int8" if model.precision == "int8" else "bf16")
+    if not entry.passed and not required:
+        progress.note(f"OpenVINO bf16 failed its gate ({'; '.join(entry.failures)}): recorded as failed, so "
                       "the runtime computes this bundle in f32")
-    manifest.record_parity(ParityEntry.from_dict(figures))
+    manifest.record_parity(entry)
     write_manifest(bundle, manifest)
 
-
-def _embeddings_inside(path: Path, head: str) -> dict[str, str] | None:
-    """For a logits-only graph: its internal unit features, so the gate compares embeddings as it should."""
-    import onnx
-
-    if head != "logits":
-        return None
-    tensor = embedding_tensor(onnx.load(str(path), load_external_data=False))
-    return {"embeddings": tensor} if tensor else None
 
 
 def write_manifest(bundle: Path, manifest: Manifest) -> None:
@@ -611,9 +593,9 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
     master = bundle_dir / "model.onnx"
     gate_inputs = _gate_inputs(images, spec, fmt, model.frame, options.trt)
     if reference is None or fmt == "frame":  # a frame graph's reference: itself on ONNX Runtime, gated at export
-        cpu = OnnxRuntimeBackend(master, providers="cpu", extra_outputs=_embeddings_inside(master, model.head))
+        cpu = OnnxRuntimeBackend(master, providers="cpu", extra_outputs=embeddings_inside(master, model.head))
         try:
-            reference = _joined([_run_backend(cpu, make(), options.batch_size, progress,
+            reference = _joined([run_for_gate(cpu, make(), options.batch_size, progress,
                                               "parity: ONNX Runtime fp32 (reference)") for make in gate_inputs])
         finally:
             cpu.close()
@@ -647,15 +629,13 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
         n = len(images.parity)
         got, rows = _joined([r[0] for r in runs]), np.concatenate([r[1] + k * n for k, r in enumerate(runs)])
         _, vectors, scale = read_classes(bundle_dir)
-        cls = (vectors, scale)
-        figures = gate.compare(gate.with_logits({k: v[rows] for k, v in reference.items()}, *cls),
-                               gate.with_logits(got, *cls), precision,
-                               f"tensorrt {record['tensorrt']} {record['gpu']}", images.source)
-        figures["reference"] = target_ref
-        figures["profiles_run"] = describe(chunks)
-        record["parity_passed"] = figures["passed"]
-        if not figures["passed"] and not options.force:
-            raise PkdError(f"the TensorRT engine failed the parity gate ({'; '.join(figures['failures'])}); "
+        entry = gate.judge({k: v[rows] for k, v in reference.items()}, got, precision,
+                           f"tensorrt {record['tensorrt']} {record['gpu']}", images.source, class_vectors=vectors,
+                           logit_scale=scale, reference=target_ref, profiles_run=describe(chunks),
+                           engine=record["file"])
+        record["parity_passed"] = entry.passed
+        if not entry.passed and not options.force:
+            raise PkdError(f"the TensorRT engine failed the parity gate ({'; '.join(entry.failures)}); "
                            "it was not added (--force keeps it, marked invalid)")
         release(stage)
         for path in sorted(p for p in stage.rglob("*") if p.is_file()):
@@ -663,7 +643,7 @@ def add_engine(bundle_dir: str | os.PathLike, options: ExportOptions, *, progres
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
         manifest.record_engine(EngineEntry.from_dict(record))
-        manifest.record_parity(ParityEntry.from_dict({**figures, "engine": record["file"]}))
+        manifest.record_parity(entry)
         write_manifest(bundle_dir, manifest)
     return record
 

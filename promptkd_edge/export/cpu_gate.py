@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity as gate
+from promptkd_edge.export.gate_run import embeddings_inside, run_for_gate
 from promptkd_edge.formats.manifest import ParityEntry
 from promptkd_edge.runtime.bundle import open_bundle, read_classes
 from promptkd_edge.runtime.cpu import cpu_info
@@ -46,33 +46,30 @@ def bf16_unavailable() -> str | None:
 
 def gate_bf16(model_path: Path, head: str, inputs: np.ndarray, reference: dict[str, np.ndarray],
               vectors: np.ndarray | None, scale: float, source: str, reference_name: str, *, batch: int,
-              required: bool, progress: Progress, thresholds: str = "bf16") -> dict[str, Any]:
+              required: bool, progress: Progress, thresholds: str = "bf16") -> ParityEntry:
     """Run `model_path` on OpenVINO bf16 over `inputs` and compare with `reference` under `thresholds` (a
     parity.THRESHOLDS key): the manifest's parity entry."""
-    from promptkd_edge.export.bundle import _embeddings_inside, _run_backend
     from promptkd_edge.runtime.openvino_backend import OpenVinoBackend
 
-    backend = OpenVinoBackend(model_path, precision="bf16", extra_outputs=_embeddings_inside(model_path, head))
+    backend = OpenVinoBackend(model_path, precision="bf16", extra_outputs=embeddings_inside(model_path, head))
     try:
-        got = _run_backend(backend, inputs, batch, progress, "parity: OpenVINO bf16")
+        got = run_for_gate(backend, inputs, batch, progress, "parity: OpenVINO bf16")
     finally:
         backend.close()
     info = cpu_info()
-    figures = gate.compare(gate.with_logits(reference, vectors, scale), gate.with_logits(got, vectors, scale),
-                           thresholds, "openvino-cpu", source)
-    figures.update(precision="bf16", thresholds_of=thresholds, runtime=RUNTIME, required=required,
-                   reference=reference_name, openvino=backend.version,
-                   cpu={"model": info["model"], "speed_flags": info["speed_flags"]})
-    return figures
+    return gate.judge(reference, got, thresholds, "openvino-cpu", source, class_vectors=vectors, logit_scale=scale,
+                      precision="bf16", thresholds_of=thresholds, runtime=RUNTIME, required=required,
+                      reference=reference_name, openvino=backend.version,
+                      cpu={"model": info["model"], "speed_flags": info["speed_flags"]})
 
 
 def add_bf16_gate(bundle_dir: str | os.PathLike, *, data: str | None = None, parity_images: int = 200,
                   batch_size: int = 16, seed: int = 0, force: bool = False,
-                  progress: Progress | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None) -> ParityEntry:
     """`pkd export BUNDLE --precision bf16`: gate OpenVINO bf16 on this CPU against ONNX Runtime on the bundle's
     own model.onnx (FP32 or INT8, itself gated against PyTorch at export) and record it. A failing gate records
     nothing (with `force`: recorded as failed, so the runtime still never picks it)."""
-    from promptkd_edge.export.bundle import _embeddings_inside, _run_backend, write_manifest
+    from promptkd_edge.export.bundle import write_manifest
     from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     progress = progress or NullProgress()
@@ -90,19 +87,18 @@ def add_bf16_gate(bundle_dir: str | os.PathLike, *, data: str | None = None, par
     inputs = prepare(images.parity, spec, input_format=model.input_format)
     master = bundle_dir / model.file
     cpu = OnnxRuntimeBackend(master, providers="cpu", precision=model.precision,
-                             extra_outputs=_embeddings_inside(master, model.head))
+                             extra_outputs=embeddings_inside(master, model.head))
     try:
-        reference = _run_backend(cpu, inputs, batch_size, progress,
+        reference = run_for_gate(cpu, inputs, batch_size, progress,
                                  f"parity: ONNX Runtime {model.precision} (reference)")
     finally:
         cpu.close()
     _, vectors, scale = read_classes(bundle_dir)
-    figures = gate_bf16(master, model.head, inputs, reference, vectors, scale, images.source,
-                        f"onnxruntime-cpu {model.precision}", batch=batch_size, required=False,
-                        progress=progress)
-    if not figures["passed"] and not force:
-        raise PkdError(f"OpenVINO bf16 failed the parity gate ({'; '.join(figures['failures'])}); not recorded "
+    entry = gate_bf16(master, model.head, inputs, reference, vectors, scale, images.source,
+                      f"onnxruntime-cpu {model.precision}", batch=batch_size, required=False, progress=progress)
+    if not entry.passed and not force:
+        raise PkdError(f"OpenVINO bf16 failed the parity gate ({'; '.join(entry.failures)}); not recorded "
                        "(--force records it as failed; the runtime never picks a failed precision)")
-    manifest.record_parity(ParityEntry.from_dict(figures))
+    manifest.record_parity(entry)
     write_manifest(bundle_dir, manifest)
-    return figures
+    return entry

@@ -15,11 +15,11 @@ from __future__ import annotations
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from promptkd_edge.export import parity as gate
+from promptkd_edge.export.gate_run import embeddings_inside, run_for_gate
 from promptkd_edge.formats.manifest import Manifest, ParityEntry
 from promptkd_edge.formats.preprocess import DECODE_GATES, DECODES, DRAFT_OVERSAMPLE, PreprocessSpec
 from promptkd_edge.runtime.preprocess import prepare
@@ -54,10 +54,9 @@ def torch_device() -> str | None:
 
 
 def gate_decodes(bundle: Path, manifest: Manifest, images: list, spec: PreprocessSpec, source: str, *,
-                 vectors: np.ndarray | None, scale: float, batch: int, progress: Progress) -> list[dict[str, Any]]:
+                 vectors: np.ndarray | None, scale: float, batch: int, progress: Progress) -> list[ParityEntry]:
     """Gate each JPEG decode shortcut on `images` (the parity images) re-encoded as camera JPEGs; record the
-    entries in `manifest` (the caller writes it). Returns the figures."""
-    from promptkd_edge.export.bundle import _embeddings_inside, _run_backend
+    entries in `manifest` (the caller writes it). Returns the entries."""
     from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     model = manifest.model
@@ -67,34 +66,33 @@ def gate_decodes(bundle: Path, manifest: Manifest, images: list, spec: Preproces
     if device is None:
         progress.note("JPEG decode on the GPU not gated: torchvision is not installed")
     backend = OnnxRuntimeBackend(bundle / model.file, providers="cpu", precision=model.precision,
-                                 extra_outputs=_embeddings_inside(bundle / model.file, model.head))
+                                 extra_outputs=embeddings_inside(bundle / model.file, model.head))
     out = []
     try:
         with tempfile.TemporaryDirectory(prefix="pkd-decode-gate-") as tmp:
             paths = camera_jpegs(images, Path(tmp))
             exact = prepare(paths, spec, input_format="uint8")
-            reference = _run_backend(backend, _model_input(exact, spec, model.input_format), batch, progress,
+            reference = run_for_gate(backend, _model_input(exact, spec, model.input_format), batch, progress,
                                      "decode gate: exact preprocess")
             for variant in variants:
                 crops = prepare(paths, replace(spec, decode=variant), input_format="uint8")
-                got = _run_backend(backend, _model_input(crops, spec, model.input_format), batch, progress,
+                got = run_for_gate(backend, _model_input(crops, spec, model.input_format), batch, progress,
                                    f"decode gate: {variant}")
-                figures = gate.compare(gate.with_logits(reference, vectors, scale),
-                                       gate.with_logits(got, vectors, scale), thresholds, f"preprocess ({variant})",
-                                       source)
                 pixels = np.abs(crops.astype(np.int16) - exact)
-                figures.update(precision=f"jpeg-{variant.split('-')[0]}", thresholds_of=thresholds,
-                               runtime=DECODE_GATES[variant], required=False, reference=REFERENCE,
-                               method=DECODES[variant], decode=variant,
-                               oversample=DRAFT_OVERSAMPLE if variant == "draft" else None,
-                               jpeg={"size": list(CAMERA_SIZE), "quality": JPEG_QUALITY},
-                               max_abs_pixel_diff=int(pixels.max()), mean_abs_pixel_diff=float(pixels.mean()),
-                               computed_by=f"onnxruntime-cpu {model.precision}")
-                verdict = "passed" if figures["passed"] else f"failed ({'; '.join(figures['failures'])})"
-                progress.note(f"JPEG decode '{variant}' {verdict}: top-1 agreement {figures['top1_agreement']:.2%}, "
-                              f"max |delta logit| {figures['max_abs_logit_diff']:.3g}")
-                manifest.record_parity(ParityEntry.from_dict(figures))
-                out.append(figures)
+                entry = gate.judge(reference, got, thresholds, f"preprocess ({variant})", source,
+                                   class_vectors=vectors, logit_scale=scale,
+                                   precision=f"jpeg-{variant.split('-')[0]}", thresholds_of=thresholds,
+                                   runtime=DECODE_GATES[variant], required=False, reference=REFERENCE,
+                                   method=DECODES[variant], decode=variant,
+                                   oversample=DRAFT_OVERSAMPLE if variant == "draft" else None,
+                                   jpeg={"size": list(CAMERA_SIZE), "quality": JPEG_QUALITY},
+                                   max_abs_pixel_diff=int(pixels.max()), mean_abs_pixel_diff=float(pixels.mean()),
+                                   computed_by=f"onnxruntime-cpu {model.precision}")
+                verdict = "passed" if entry.passed else f"failed ({'; '.join(entry.failures)})"
+                progress.note(f"JPEG decode '{variant}' {verdict}: top-1 agreement {entry.top1_agreement:.2%}, "
+                              f"max |delta logit| {entry.max_abs_logit_diff:.3g}")
+                manifest.record_parity(entry)
+                out.append(entry)
     finally:
         backend.close()
     return out

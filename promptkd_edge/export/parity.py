@@ -23,6 +23,7 @@ import numpy as np
 
 from promptkd_edge.data.listing import list_images
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.manifest import ParityEntry
 
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"top1_agreement": 1.0, "max_abs_logit_diff": 1e-3},
@@ -118,6 +119,18 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
     figures["failures"] = failures(figures)
     figures["passed"] = not figures["failures"]
     return figures
+
+
+def judge(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], rule: str, target: str, source: str,
+          /, *, class_vectors: np.ndarray | None = None, logit_scale: float = 100.0, **recorded: Any) -> ParityEntry:
+    """The parity gate, as every export step runs it: logits completed from embeddings on either side that has none
+    (scale * E @ W^T), `compare`d under THRESHOLDS[`rule`], with the `recorded` fields (runtime, required,
+    reference, a `precision` other than the rule's, ...) added: the manifest's entry. The five figures' arguments
+    are positional, so that `reference=` names what the entry was compared against."""
+    figures = compare(with_logits(reference, class_vectors, logit_scale),
+                      with_logits(candidate, class_vectors, logit_scale), rule, target, source)
+    figures.update(recorded)
+    return ParityEntry.from_dict(figures)
 
 
 def failures(figures: dict[str, Any]) -> list[str]:
