@@ -51,6 +51,7 @@ from promptkd_edge.formats.manifest import (
     ParityEntry,
     TensorInfo,
     TextEncoderEntry,
+    write_manifest,
 )
 from promptkd_edge.runtime.bundle import is_bundle, open_bundle, read_classes, read_manifest
 from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -538,16 +539,6 @@ def _gate_bf16(bundle: Path, manifest: Manifest, images: gate.ImageSet, referenc
     write_manifest(bundle, manifest)
 
 
-
-def write_manifest(bundle: Path, manifest: Manifest) -> None:
-    """Record the sha256 of every file in the bundle and whether its required gates passed (an optional entry, a
-    faster precision offered at export, that failed only means the runtime does not use it), then write
-    manifest.json last (atomically)."""
-    manifest.files = {path.relative_to(bundle).as_posix(): sha256_file(path) for path in sorted(bundle.rglob("*"))
-                      if path.is_file() and path.relative_to(bundle).as_posix() != MANIFEST_FILE
-                      and not path.name.startswith(".")}
-    manifest.valid = not manifest.failures()
-    write_json(bundle / MANIFEST_FILE, manifest.to_dict())
 
 
 def _text_teacher(vectors):

@@ -22,7 +22,7 @@ import numpy as np
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity as gate
 from promptkd_edge.export.gate_run import embeddings_inside, run_for_gate
-from promptkd_edge.formats.manifest import ParityEntry
+from promptkd_edge.formats.manifest import ParityEntry, write_manifest
 from promptkd_edge.runtime.bundle import open_bundle, read_classes
 from promptkd_edge.runtime.cpu import cpu_info
 from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare
@@ -69,7 +69,6 @@ def add_bf16_gate(bundle_dir: str | os.PathLike, *, data: str | None = None, par
     """`pkd export BUNDLE --precision bf16`: gate OpenVINO bf16 on this CPU against ONNX Runtime on the bundle's
     own model.onnx (FP32 or INT8, itself gated against PyTorch at export) and record it. A failing gate records
     nothing (with `force`: recorded as failed, so the runtime still never picks it)."""
-    from promptkd_edge.export.bundle import write_manifest
     from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     progress = progress or NullProgress()

@@ -9,15 +9,18 @@ entry, a field written by a newer promptkd-edge) is kept in the record's `extra`
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.formats.preprocess import input_format_of
 from promptkd_edge.formats.record import JsonRecord
+from promptkd_edge.utils.files import sha256_file, write_json
 
 BUNDLE_FORMAT = "promptkd-edge/bundle"
 MANIFEST_FILE = "manifest.json"
@@ -273,3 +276,15 @@ class Manifest(ManifestRecord):
     def record_engine(self, engine: EngineEntry) -> None:
         """Add a plan, replacing an earlier one with the same file."""
         self.engines = [e for e in self.engines if e.file != engine.file] + [engine]
+
+
+def write_manifest(bundle: str | os.PathLike, manifest: Manifest) -> None:
+    """Record the sha256 of every file in the bundle and whether its required gates passed (an optional entry, a
+    faster precision offered at export, that failed only means the runtime does not use it), then write
+    manifest.json last (atomically)."""
+    bundle = Path(bundle)
+    manifest.files = {path.relative_to(bundle).as_posix(): sha256_file(path) for path in sorted(bundle.rglob("*"))
+                      if path.is_file() and path.relative_to(bundle).as_posix() != MANIFEST_FILE
+                      and not path.name.startswith(".")}
+    manifest.valid = not manifest.failures()
+    write_json(bundle / MANIFEST_FILE, manifest.to_dict())
