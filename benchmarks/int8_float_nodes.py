@@ -8,10 +8,12 @@ calibration methods, each against that FP32 graph on the same images.
 The FP32 graph is `pkd export`'s (prompts, projector and class vectors folded in, SmoothQuant a = 0.5 as the INT8
 export applies it, or --smooth-alpha); INT8 is export/precision.py `quantize_int8` (ONNX Runtime QDQ, the export's own
 code) with each float set: `head` (L2 norm and logits MatMul), `head+pool` (and any attention-pool head: what `pkd
-export --precision int8` keeps), `head+pool+projector`. Figures per variant: top-1 agreement, agreement beyond near
-ties (the parity gate's rule and 99 % threshold), max and mean |delta logit|, min embedding cosine. With --arch the
-student has random weights (export_families.py's run: 100 random class vectors, generated images), so its figures
-measure the quantization against near-uniform logits; a trained run's data and class vectors measure what a user gets.
+export --precision int8` keeps), `head+pool+projector`, and `head+pool+fallback` (then the INT8 float fallback,
+export/int8_fallback.py, on the calibration images: the export's default). Figures per variant: top-1 agreement,
+agreement beyond near ties (the parity gate's rule and 99 % threshold), max and mean |delta logit|, min embedding
+cosine. With --arch the student has random weights (export_families.py's run: 100 random class vectors, generated
+images), so its figures measure the quantization against near-uniform logits; a trained run's data and class vectors
+measure what a user gets.
 Results: benchmarks/results/int8_float_nodes-<student>-<cpu>.{json,md}.
 """
 
@@ -31,11 +33,14 @@ import torch  # noqa: E402
 from common import where_it_ran, write_report  # noqa: E402
 
 from promptkd_edge.export import parity as gate  # noqa: E402
+from promptkd_edge.export.gate_run import embeddings_inside  # noqa: E402
 from promptkd_edge.export.graph import INPUT_NAME, attention_pool_nodes, head_nodes  # noqa: E402
+from promptkd_edge.export.int8_fallback import float_fallback  # noqa: E402
 from promptkd_edge.export.precision import quantize_int8  # noqa: E402
 from promptkd_edge.models.openclip import register_tiny_configs  # noqa: E402
 from promptkd_edge.runtime.cpu import cpu_info  # noqa: E402
 from promptkd_edge.runtime.preprocess import prepare  # noqa: E402
+from promptkd_edge.utils.progress import LineProgress  # noqa: E402
 
 
 def projector_nodes(model) -> list[str]:
@@ -90,7 +95,8 @@ def main() -> None:
     ap.add_argument("--parity-images", type=int, default=1000)
     ap.add_argument("--calibration-images", type=int, default=100)
     ap.add_argument("--methods", default="percentile", help="calibration methods: percentile,minmax,entropy")
-    ap.add_argument("--sets", default="head,head+pool,head+pool+projector")
+    ap.add_argument("--sets", default="head,head+pool,head+pool+projector,head+pool+fallback",
+                    help="+fallback: then the INT8 float fallback on the calibration images, as the export does")
     ap.add_argument("--smooth-alpha", type=float, default=0.5, help="SmoothQuant's a (the export's 0.5); 0: none")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -115,10 +121,20 @@ def main() -> None:
             for name in args.sets.split(","):
                 start = time.perf_counter()
                 dst = Path(tmp) / "int8.onnx"
-                quantize_int8(master, dst, calib, INPUT_NAME, sets[name], method=method)
+                float_nodes = sets[name.removesuffix("+fallback")]
+                quantize_int8(master, dst, calib, INPUT_NAME, float_nodes, method=method)
+                fallback = None
+                if name.endswith("+fallback"):  # what `pkd export --precision int8` does next (the default)
+                    def requantize(extra, dst=dst, float_nodes=float_nodes, method=method):
+                        quantize_int8(master, dst, calib, INPUT_NAME, [*float_nodes, *extra], method=method)
+
+                    fallback = float_fallback(master, dst, calib, requantize, lambda outputs: outputs,
+                                              embeddings_inside(master, "logits"), LineProgress())
                 got = run_onnx(dst, parity, args.threads)
                 f = gate.compare({"logits": reference}, {"logits": got}, "int8", "onnxruntime-cpu int8", source)
-                rows.append({"float": name, "float_nodes": len(sets[name]), "method": method,
+                kept = fallback["nodes"] if fallback else []
+                rows.append({"float": name, "float_nodes": len(float_nodes) + len(kept), "method": method,
+                             "fallback": fallback,
                              **{k: f[k] for k in ("top1_agreement", "top1_agreement_beyond_ties", "near_tie_flips",
                                                   "max_abs_logit_diff", "mean_abs_logit_diff", "min_cosine",
                                                   "passed")}, "seconds": round(time.perf_counter() - start, 1)})
