@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean mutations-native
+.PHONY: demo test test-fast lint bench clean mutations-native
 
 # The tested set: the package with its training/export/test extras, pinned by constraints.txt (torch 2.14.1 with
 # torchvision 0.29.1, ...). A user's `pip install promptkd-edge[...]` takes pyproject.toml's ranges instead.
@@ -27,6 +27,11 @@ test: $(STAMP)
 	$(BIN)/python tests/triton_schema.py
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory lint
+
+# the inner loop: every test but the slow ones (tests/conftest.py SLOW_MODULES, @pytest.mark.slow); `make test` and CI
+# run them all
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 # each mutation of the native library (tests/native/mutations.json) rebuilt and caught by its tests (15 min)
 mutations-native: $(STAMP)

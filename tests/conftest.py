@@ -54,6 +54,19 @@ def tiny_config(tmp_path: Path, **overrides):
     return DistillConfig(**base)
 
 
+# What `make test-fast` (pytest -m "not slow") leaves out, by what makes them slow: mutants each run in a subprocess,
+# whole pipelines (the demo, the paper reproduction), builds and installs (CMake, venvs, the ModelOpt venv, the GPU
+# check's wheels), real-size towers. `make test` and CI run everything.
+SLOW_MODULES = {"test_mutations.py", "test_demo.py", "test_reproduce.py", "test_native.py", "test_native_tensorrt.py",
+                "test_install.py", "test_modelopt.py", "test_gpu_check.py", "test_students_bench.py"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_sessionfinish(session, exitstatus) -> None:
     shutil.rmtree(os.environ["PKD_CACHE_DIR"], ignore_errors=True)
 

@@ -216,3 +216,18 @@ def test_make_lint_covers_every_shell_script_and_dockerfile():
     named = set(lint.split())
     assert shell and docker and not (shell | docker) - named, sorted((shell | docker) - named)
     assert "$(BIN)/shellcheck" in named and "$(BIN)/hadolint" in named
+
+
+def test_make_test_fast_leaves_out_exactly_the_slow_modules():
+    from conftest import SLOW_MODULES
+
+    assert all((REPO / "tests" / name).is_file() for name in SLOW_MODULES), SLOW_MODULES
+    fast = re.search(r"^test-fast:.*?\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M).group(1)
+    assert '-m "not slow"' in fast
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow",
+                             "tests/test_mutations.py", "tests/test_export.py"], cwd=REPO, capture_output=True,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    ids = [line for line in result.stdout.splitlines() if "::" in line]
+    assert any(i.startswith("tests/test_mutations.py::") for i in ids)  # a whole slow module
+    assert [i for i in ids if i.startswith("tests/test_export.py::")] == [
+        "tests/test_export.py::test_vit_b16_student_exports_with_parity"]  # marked one by one there
