@@ -173,6 +173,29 @@ def _versions(opset: int) -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__, "openvino": openvino_version(), "opset": opset}
 
 
+def _int8_graph(src: Path, fp32_path: Path, graph, keep: list[str], calib: np.ndarray, vectors, smoothing,
+                options: ExportOptions, progress: Progress) -> dict[str, Any]:
+    """model.onnx as the INT8 QDQ graph of `src` (head and attention pools float), with the float fallback unless
+    turned off (export/int8_fallback.py); returns the manifest's conversion record."""
+    float_nodes = int8_float_nodes(graph, keep)
+    made = []  # each quantization's record; the last one wrote model.onnx
+
+    def quantize(extra: Sequence[str] = ()) -> None:
+        made.append(quantize_int8(src, fp32_path, calib, INPUT_NAME, [*float_nodes, *extra], target="cpu",
+                                  method=options.calibration_method,
+                                  on_batch=progress.task("int8 calibration", len(calib))))
+
+    def gated(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return gate.with_logits(outputs, vectors.vectors.numpy(), vectors.logit_scale)
+
+    quantize()
+    fallback = float_fallback(src, fp32_path, calib, quantize, gated, embeddings_inside(src, options.head),
+                              progress) if options.int8_fallback else None
+    conversion = made[-1]
+    conversion.update(float_fallback=fallback, smoothing=smoothing,
+                      float_attention_pool_nodes=len(float_nodes) - len(keep))
+    return conversion
+
 
 def _run_plan(engine: TensorRTBackend, arrays: np.ndarray, chunks: list[Chunk], progress: Progress
               ) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -434,24 +457,7 @@ def _export_into(tmp: Path, run, student, vectors, spec: PreprocessSpec, images:
             conversion = {"tool": to_fp16(src, fp32_path, keep, calib), "kept_fp32": ["LayerNormalization",
                           "Softmax", "L2 norm", "logits MatMul"]}
         else:
-            float_nodes = int8_float_nodes(graph, keep)
-            made = []  # each quantization's record; the last one wrote model.onnx
-
-            def quantize(extra: Sequence[str] = ()) -> None:
-                made.append(quantize_int8(src, fp32_path, calib, INPUT_NAME, [*float_nodes, *extra], target="cpu",
-                                          method=options.calibration_method,
-                                          on_batch=progress.task("int8 calibration", len(calib))))
-
-            quantize()
-            def gated(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-                return gate.with_logits(outputs, vectors.vectors.numpy(), vectors.logit_scale)
-
-            fallback = float_fallback(src, fp32_path, calib, quantize, gated, embeddings_inside(src, options.head),
-                                      progress) if options.int8_fallback else None
-            conversion = made[-1]
-            conversion["float_fallback"] = fallback
-            conversion["smoothing"] = smoothing
-            conversion["float_attention_pool_nodes"] = len(float_nodes) - len(keep)
+            conversion = _int8_graph(src, fp32_path, graph, keep, calib, vectors, smoothing, options, progress)
         src.unlink()
 
     progress.note("parity gate: PyTorch student against the exported graph")
