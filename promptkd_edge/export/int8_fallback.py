@@ -134,18 +134,16 @@ def float_fallback(src: str | os.PathLike, dst: str | os.PathLike, calibration: 
 
     `outputs` completes a graph's outputs (by name) into what the gate compares (`logits`, and `embeddings` when
     known); `extra_outputs` {name: tensor} reads inner tensors too (the embeddings inside a logits-only graph)."""
-    import onnx
-
     progress = progress or NullProgress()
     runner = _Runner(calibration, outputs, extra_outputs)
-    reference = runner.run(runner.load(src))
+    fp32 = runner.load(src)  # also where the float weights come from
+    reference = runner.run(fp32)
     qdq = runner.load(dst)
     before = _figures(reference, runner.run(qdq))
     report: dict[str, Any] = {"target": target_thresholds(), "images": int(len(calibration)),
                               "before": _summary(before), "nodes": []}
     if before["passed"]:
         return {**report, "needed": False}
-    fp32 = onnx.load(str(src))
     candidates = quantized_nodes(qdq)
     budget = max(1, int(MAX_FLOAT_FRACTION * len(candidates)))
     progress.note(f"int8 against fp32 on the calibration images: {_said(before)}, short of the fallback's target "
