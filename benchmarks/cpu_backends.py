@@ -27,7 +27,8 @@ from export_cpu import SIZES, make_run  # noqa: E402
 
 from promptkd_edge.bench.backends import parse_backends  # noqa: E402
 from promptkd_edge.bench.harness import BenchConfig, run_bench  # noqa: E402
-from promptkd_edge.export.bundle import ExportOptions, export_run  # noqa: E402
+from promptkd_edge.export.bundle import export_run  # noqa: E402
+from promptkd_edge.export.options import ExportOptions  # noqa: E402
 from promptkd_edge.models.openclip import register_tiny_configs  # noqa: E402
 from promptkd_edge.runtime.cpu import cpu_info  # noqa: E402
 from promptkd_edge.utils.files import read_json  # noqa: E402

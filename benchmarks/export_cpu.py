@@ -24,7 +24,8 @@ import torch  # noqa: E402
 from common import where_it_ran, write_report  # noqa: E402
 
 from promptkd_edge.bench.timing import time_calls  # noqa: E402
-from promptkd_edge.export.bundle import ExportOptions, export_run  # noqa: E402
+from promptkd_edge.export.bundle import export_run  # noqa: E402
+from promptkd_edge.export.options import ExportOptions  # noqa: E402
 from promptkd_edge.models.class_vectors import ClassVectors  # noqa: E402
 from promptkd_edge.models.openclip import ModelSpec, load_clip, register_tiny_configs  # noqa: E402
 from promptkd_edge.models.student import StudentConfig, build_student, save_student  # noqa: E402

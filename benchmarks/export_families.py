@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from common import where_it_ran, write_report  # noqa: E402
 
 from promptkd_edge.errors import PkdError, first_line  # noqa: E402
-from promptkd_edge.export.bundle import ExportOptions, export_run  # noqa: E402
+from promptkd_edge.export.bundle import export_run  # noqa: E402
+from promptkd_edge.export.options import ExportOptions  # noqa: E402
 from promptkd_edge.models.openclip import register_tiny_configs  # noqa: E402
 from promptkd_edge.runtime import Classifier  # noqa: E402
 from promptkd_edge.runtime.cpu import cpu_info  # noqa: E402

@@ -50,7 +50,8 @@ def make_bundle(root: Path, size: str, parity_images: int) -> Path:
     """The student run (random weights) exported to an FP32 bundle, as benchmarks/export_cpu.py does."""
     from export_cpu import make_run
 
-    from promptkd_edge.export.bundle import ExportOptions, export_run
+    from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.export.options import ExportOptions
     from promptkd_edge.models.openclip import register_tiny_configs
 
     register_tiny_configs()

@@ -450,7 +450,8 @@ def bundle(step: Step) -> dict[str, Any]:
     files, against the same bundle on ONNX Runtime."""
     import torch
 
-    from promptkd_edge.export.bundle import ExportOptions, export_run
+    from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.export.options import ExportOptions
 
     start = time.perf_counter()
     run = make_run(step.work / "tiny", "pkd-tiny-student", 3, 128, 10)

@@ -56,13 +56,12 @@ def float_sets(model) -> dict[str, list[str]]:
 
 def fp32_graph(run: Path, path: Path, calibration_images: int, parity_images: int, seed: int, alpha: float):
     """(parity inputs, calibration inputs, image source); the FP32 graph of `run` in `path`, as INT8 export makes it."""
-    from promptkd_edge.export.bundle import run_data
     from promptkd_edge.export.fold import FoldedStudent
     from promptkd_edge.export.onnx_export import export_onnx
     from promptkd_edge.export.smooth import smooth
+    from promptkd_edge.formats.run import RunDir, run_data
     from promptkd_edge.models.class_vectors import ClassVectors
     from promptkd_edge.models.student import load_student
-    from promptkd_edge.train.run_dir import RunDir
 
     run_dir = RunDir(run)
     student, vectors = load_student(run_dir.student), ClassVectors.load(run_dir.path)

@@ -34,8 +34,9 @@ from export_cpu import SIZES  # noqa: E402
 from int8_outliers import planted_run  # noqa: E402
 
 from promptkd_edge.export import parity as gate  # noqa: E402
-from promptkd_edge.export.bundle import ExportOptions, export_run  # noqa: E402
+from promptkd_edge.export.bundle import export_run  # noqa: E402
 from promptkd_edge.export.gate_run import embeddings_inside  # noqa: E402
+from promptkd_edge.export.options import ExportOptions  # noqa: E402
 from promptkd_edge.models.openclip import register_tiny_configs  # noqa: E402
 from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 from promptkd_edge.runtime.openvino_backend import OpenVinoBackend, has_bf16  # noqa: E402

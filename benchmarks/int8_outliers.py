@@ -26,7 +26,8 @@ import torch  # noqa: E402
 from common import RESULTS, write_report  # noqa: E402
 from export_cpu import SIZES, make_run  # noqa: E402
 
-from promptkd_edge.export.bundle import ExportOptions, export_run  # noqa: E402
+from promptkd_edge.export.bundle import export_run  # noqa: E402
+from promptkd_edge.export.options import ExportOptions  # noqa: E402
 from promptkd_edge.models.openclip import ModelSpec, load_clip, register_tiny_configs  # noqa: E402
 from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 

@@ -44,7 +44,8 @@ def make_bundle(work: Path) -> Path:
     import export_cpu
     import torch
 
-    from promptkd_edge.export.bundle import ExportOptions, export_run
+    from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.export.options import ExportOptions
 
     torch.set_num_threads(2)
     bundle = work / "bundle-vit-b-16"

@@ -10,6 +10,7 @@ os.environ["PKD_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="pkd-test-ca
 import shutil
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -94,8 +95,34 @@ def labeled_dir(tmp_path) -> Path:
     return write_images(tmp_path / "labeled", 12, classes=NAMES, seed=3)
 
 
-def pkd(*args: str, cwd: Path | None = None, env: dict | None = None):
-    """Run the real `pkd` CLI in a subprocess; returns CompletedProcess."""
+class Ran(NamedTuple):
+    """What a `pkd` run gave, as subprocess.run's CompletedProcess names it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def pkd(*args: str | os.PathLike, cwd: Path | None = None, env: dict | None = None) -> Ran:
+    """The `pkd` CLI run in this process (typer's runner: the same parsing, error lines and exit codes, without
+    importing torch and the package again). `pkd_process` where the process itself is under test."""
+    import contextlib
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from promptkd_edge.cli import app
+
+    with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
+        result = CliRunner().invoke(app, [str(a) for a in args], env={"HF_HUB_OFFLINE": "1", **(env or {})})
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):  # what Python prints
+        stderr += "".join(traceback.format_exception(result.exception))
+    return Ran(result.exit_code, result.stdout, stderr)
+
+
+def pkd_process(*args: str, cwd: Path | None = None, env: dict | None = None):
+    """Run the real `pkd` CLI in a subprocess (`python -m promptkd_edge`); returns CompletedProcess."""
     import subprocess
 
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}

@@ -179,7 +179,8 @@ def test_limits_and_comparisons_from_known_rows():
 
 
 def test_bench_a_bundle_from_the_cli(tiny_run, tmp_path):
-    from promptkd_edge.export.bundle import ExportOptions, export_run
+    from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.export.options import ExportOptions
 
     export_run(tiny_run, tmp_path / "bundle", ExportOptions(parity_images=2))
     r = pkd("bench", str(tmp_path / "bundle"), "--backends", "onnxruntime-cpu-fp32,tensorrt", "--batch-sizes",

@@ -20,11 +20,12 @@ from typer.testing import CliRunner
 
 from promptkd_edge.cli import app
 from promptkd_edge.errors import PkdError
-from promptkd_edge.export.bundle import ExportOptions, export_run
+from promptkd_edge.export.bundle import export_run
+from promptkd_edge.export.options import ExportOptions
+from promptkd_edge.formats.classes import read_class_names, validate_class_names
 from promptkd_edge.models import compute_class_vectors, load_clip, load_teacher
 from promptkd_edge.models.student import StudentConfig, build_student, save_student
 from promptkd_edge.runtime import Classifier
-from promptkd_edge.runtime.names import read_class_names, validate_class_names
 
 NAMES = ["red_square", "green circle", "blue stripes"]
 runner = CliRunner()
@@ -253,12 +254,12 @@ def test_names_equal_after_the_context_cut_are_refused_and_cuts_are_said(text_bu
 
 def test_the_key_without_ftfy_still_catches_case_unicode_form_and_spacing(monkeypatch):
     """A core install (no ftfy/regex): the stand-in key."""
-    from promptkd_edge.runtime import tokenizer as tok
+    from promptkd_edge.utils import clip_text
 
     def missing():
         raise PkdError("the text encoder needs ftfy and regex")
 
-    monkeypatch.setattr(tok, "_imports", missing)
+    monkeypatch.setattr(clip_text, "imports", missing)
     for a, b in ALIKE[:4] + [("ﬁsh", "fish")]:
         with pytest.raises(PkdError, match="same text to CLIP's tokenizer"):
             validate_class_names([a, b], "names")
@@ -268,7 +269,7 @@ def test_the_key_without_ftfy_still_catches_case_unicode_form_and_spacing(monkey
 def test_the_key_is_what_open_clip_tokenizes(monkeypatch):
     """text_key: equal keys exactly when open_clip's token ids (without the cut) are equal, over variants of names
     that differ in case, Unicode form, spacing, entities and punctuation."""
-    from promptkd_edge.runtime.tokenizer import text_key
+    from promptkd_edge.utils.clip_text import text_key
 
     bases = ["Golden Retriever", "crème brûlée", "t-rex", "fish & chips", "it's a dog", "C++ code", "日本の猫",
              "x² ½", "ＦＵＬＬ width", "naïve café", "don't", "a.b", "a. b", "ab", "a b", "e-mail", "3.14"]

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from conftest import TEACHER
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.classes import read_class_names
 from promptkd_edge.models import ClassVectors, Teacher, compute_class_vectors, load_clip
-from promptkd_edge.runtime.names import read_class_names
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import NAMES, STUDENT, TEACHER, pkd, write_images
+from conftest import NAMES, STUDENT, TEACHER, pkd_process, write_images
 from typer.testing import CliRunner
 
 from promptkd_edge.cli import app
@@ -45,7 +45,7 @@ def test_option_defaults_are_the_config_defaults():
     import typer
 
     from promptkd_edge.bench.harness import BenchConfig
-    from promptkd_edge.export.bundle import ExportOptions
+    from promptkd_edge.export.options import ExportOptions
     from promptkd_edge.export.tensorrt_build import TrtBuildOptions
     from promptkd_edge.train.config import DistillConfig, TeacherTuneConfig
 
@@ -176,10 +176,10 @@ def test_distill_then_eval_json(inputs):
 
 def test_real_process_bad_input_no_traceback(tmp_path):
     """The installed entry point itself (not the test runner): exit code 2, one line on stderr."""
-    proc = pkd("distill", "--data", str(tmp_path / "nope"), "--classes", "x.txt", "--out", str(tmp_path / "r"))
+    proc = pkd_process("distill", "--data", str(tmp_path / "nope"), "--classes", "x.txt", "--out", str(tmp_path / "r"))
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
-    debug = pkd("--debug", "distill", "--data", str(tmp_path / "nope"), "--classes", "x.txt",
+    debug = pkd_process("--debug", "distill", "--data", str(tmp_path / "nope"), "--classes", "x.txt",
                 "--out", str(tmp_path / "r"))
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 

@@ -15,10 +15,12 @@ from conftest import STUDENT, TEACHER, pkd, tiny_config, write_images
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity as gate
-from promptkd_edge.export.bundle import ExportOptions, export_run
+from promptkd_edge.export.bundle import export_run
+from promptkd_edge.export.options import ExportOptions
 from promptkd_edge.formats.manifest import TensorInfo
 from promptkd_edge.runtime import Classifier
 from promptkd_edge.runtime import auto as auto_mod
+from promptkd_edge.runtime.backends import Backend
 from promptkd_edge.runtime.bundle import open_bundle
 from promptkd_edge.runtime.openvino_backend import OpenVinoBackend, has_bf16
 from promptkd_edge.runtime.preprocess import prepare
@@ -183,7 +185,9 @@ def test_required_bf16_gate_fails_the_export(tiny_run, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------ auto
 
 
-class FakeBackend:
+class FakeBackend(Backend):
+    device = "cpu"
+
     def __init__(self, name, log):
         self.name, self.log, self.description = name, log, f"fake {name}"
         log.append(("load", name))

@@ -10,11 +10,12 @@ from conftest import write_images
 from PIL import Image
 
 from promptkd_edge.data.datasets import BadImages, PairedViews, collate_skipping_bad
-from promptkd_edge.data.listing import LabeledImages, list_images
+from promptkd_edge.data.listing import LabeledImages
 from promptkd_edge.data.sampling import EpochSampler, cached_view
 from promptkd_edge.data.views import CROP_RATIO, render_view, sample_crop, view_rng
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.openclip import Preprocess
+from promptkd_edge.utils.image_files import list_images
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 

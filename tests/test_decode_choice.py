@@ -18,12 +18,14 @@ from PIL import Image
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity
-from promptkd_edge.export.bundle import ExportOptions, export_run, run_data
+from promptkd_edge.export.bundle import export_run
 from promptkd_edge.export.decode_gate import camera_jpegs
+from promptkd_edge.export.options import ExportOptions
+from promptkd_edge.formats.run import RunDir, run_data
 from promptkd_edge.runtime import Classifier, gpu_decode
 from promptkd_edge.runtime import preprocess as pre
+from promptkd_edge.runtime.backends import Backend
 from promptkd_edge.runtime.preprocess import PreprocessSpec, decode_for, load_crop, prepare
-from promptkd_edge.train.run_dir import RunDir
 from promptkd_edge.utils import images as image_utils
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -160,7 +162,7 @@ def test_exact_preprocess_opts_out(bundle, camera, tmp_path, monkeypatch):
     assert calls == []
 
 
-class _GpuBackend:
+class _GpuBackend(Backend):
     """A backend that says it computes on CUDA (what ONNX Runtime's CUDA provider reports)."""
 
     name, device, description = "onnxruntime", "cuda", "fake cuda"

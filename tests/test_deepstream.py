@@ -20,7 +20,8 @@ from test_class_names import cli, error_line, wide_terminal  # noqa: F401  (wide
 from test_nothing_lost_serving import _with_plan, keyfile_group
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.export.bundle import ExportOptions, export_run
+from promptkd_edge.export.bundle import export_run
+from promptkd_edge.export.options import ExportOptions
 from promptkd_edge.formats.manifest import TensorInfo
 from promptkd_edge.runtime import Classifier
 from promptkd_edge.runtime.bundle import open_bundle

@@ -17,12 +17,12 @@ from safetensors.torch import load_file
 
 from promptkd_edge.data.datasets import PairedViews, collate_skipping_bad
 from promptkd_edge.data.decode import read_rgb
-from promptkd_edge.data.listing import list_images
 from promptkd_edge.data.sampling import EpochSampler
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models import ClassVectors, StudentConfig, Teacher, build_student, load_clip, load_student
 from promptkd_edge.train.distill import distill
 from promptkd_edge.train.losses import kd_loss
+from promptkd_edge.utils.image_files import list_images
 
 
 def test_run_directory_holds_everything(tiny_run: Path):

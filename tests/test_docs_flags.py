@@ -72,10 +72,10 @@ def test_other_tools_flags_are_theirs():
 
 
 def test_the_readme_lists_every_runtime_backend():
-    from promptkd_edge.runtime.classifier import BACKENDS
+    from promptkd_edge.runtime.backends import NAMES
 
     listed = re.search(r"Backends: ((?:`[a-z]+`(?:, )?)+)\.", (REPO / "README.md").read_text())
-    assert listed and re.findall(r"`([a-z]+)`", listed.group(1)) == list(BACKENDS)
+    assert listed and re.findall(r"`([a-z]+)`", listed.group(1)) == list(NAMES)
 
 
 @pytest.mark.parametrize("path", [*DOCS, *SOURCES], ids=lambda p: str(p.relative_to(REPO)))

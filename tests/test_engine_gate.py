@@ -14,8 +14,10 @@ import pytest
 from test_export import _fake_tensorrt  # noqa: F401 - the fake TensorRT install, also used by other tests
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.export.bundle import ExportOptions, add_engine, export_run
+from promptkd_edge.export.bundle import export_run
 from promptkd_edge.export.gate_batches import plan_batches
+from promptkd_edge.export.options import ExportOptions
+from promptkd_edge.export.plan import add_engine
 from promptkd_edge.export.tensorrt_build import TrtBuildOptions
 
 
@@ -160,9 +162,8 @@ def test_triton_plan_entry_says_which_tensorrt_and_gpu_built_the_plan(fp32_bundl
 def test_a_gpu_name_cannot_break_out_of_the_comment(fp32_bundle, tmp_path):
     import triton_schema
 
-    from promptkd_edge.export.bundle import write_manifest
     from promptkd_edge.export.triton import write_repository
-    from promptkd_edge.formats.manifest import EngineEntry
+    from promptkd_edge.formats.manifest import EngineEntry, write_manifest
     from promptkd_edge.formats.plan_record import read_plan_record
     from promptkd_edge.runtime.bundle import open_bundle
 
@@ -239,8 +240,7 @@ def test_doctor_on_the_real_tensorrt_bindings_without_a_gpu(fp32_bundle, tmp_pat
 
     import real_tensorrt
 
-    from promptkd_edge.export.bundle import write_manifest
-    from promptkd_edge.formats.manifest import EngineEntry
+    from promptkd_edge.formats.manifest import EngineEntry, write_manifest
     from promptkd_edge.runtime.bundle import open_bundle
 
     gen = real_tensorrt.ensure(10)
@@ -269,15 +269,15 @@ def test_profiles_the_serving_entry_refuses_are_refused_before_the_build(fp32_bu
                                                                           profiles, message):
     """`pkd export BUNDLE --trt --triton REPO --triton-backend tensorrt` (or --deepstream) with profiles the entry
     cannot serve: refused before the minutes-long build, not after it."""
-    from promptkd_edge.export.extend import extend_bundle
+    from promptkd_edge.export.add_to_bundle import DeepStreamConfig, TritonEntry, extend_bundle
 
     bundle = tmp_path / "b"
     shutil.copytree(fp32_bundle, bundle)
     fake = _fake_tensorrt(monkeypatch, tmp_path)
     options = ExportOptions(precision="fp16", trt=TrtBuildOptions(precision="fp16", profiles=profiles),
                             parity_images=3)
-    serving = {"triton": tmp_path / "repo", "triton_backend": "tensorrt"} if where == "triton" else \
-        {"deepstream": tmp_path / "ds"}
+    serving = {"triton": TritonEntry(tmp_path / "repo", "tensorrt")} if where == "triton" else \
+        {"deepstream": DeepStreamConfig(tmp_path / "ds")}
     with pytest.raises(PkdError, match=message):
         extend_bundle(bundle, options, **serving)
     assert not fake.fake.called("build_serialized_network") and not (tmp_path / "repo").exists()

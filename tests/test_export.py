@@ -16,8 +16,9 @@ from conftest import pkd
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity
-from promptkd_edge.export.bundle import ExportOptions, export_run
+from promptkd_edge.export.bundle import export_run
 from promptkd_edge.export.fold import FoldedStudent, fold_batchnorm
+from promptkd_edge.export.options import ExportOptions
 from promptkd_edge.formats.manifest import EngineEntry
 from promptkd_edge.models.class_vectors import ClassVectors
 from promptkd_edge.models.student import load_student
@@ -138,7 +139,7 @@ def manifest_json(bundle: Path) -> dict:
 
 def _deepstream_bundle(bundles, tmp_path, monkeypatch, profiles=((1, 4, 8),), precision="fp16"):
     """The pixel bundle with a plan built by the fake TensorRT 10.3 (a real engine record)."""
-    from promptkd_edge.export.bundle import add_engine
+    from promptkd_edge.export.plan import add_engine
     from promptkd_edge.export.tensorrt_build import TrtBuildOptions
 
     bundle = tmp_path / "pets-ds"
@@ -489,7 +490,7 @@ def test_plan_for_another_gpu_falls_back_to_the_cpu(tiny_run, tmp_path, monkeypa
 
 
 def test_adding_a_plan_to_an_existing_bundle_on_the_target(bundles, tmp_path, monkeypatch):
-    from promptkd_edge.export.bundle import add_engine
+    from promptkd_edge.export.plan import add_engine
     from promptkd_edge.export.tensorrt_build import TrtBuildOptions
 
     bundle = tmp_path / "b"
@@ -507,8 +508,8 @@ def test_adding_a_plan_to_an_existing_bundle_on_the_target(bundles, tmp_path, mo
 
 def test_a_second_device_builds_from_the_bundles_recorded_graph(tiny_run, tmp_path, monkeypatch):
     """Plans for several GPUs / TensorRT releases come from one calibration: the recorded Q/DQ graph is reused."""
-    from promptkd_edge.export import bundle as bundle_module
-    from promptkd_edge.export.bundle import add_engine
+    from promptkd_edge.export import plan as plan_module
+    from promptkd_edge.export.plan import add_engine
     from promptkd_edge.export.tensorrt_build import TrtBuildOptions
 
     _fake_tensorrt(monkeypatch, tmp_path, "11.4.0")
@@ -521,7 +522,7 @@ def test_a_second_device_builds_from_the_bundles_recorded_graph(tiny_run, tmp_pa
     def no_new_graph(*args, **kwargs):
         raise AssertionError("the recorded graph should have been reused")
 
-    monkeypatch.setattr(bundle_module, "quantize_for_tensorrt", no_new_graph)
+    monkeypatch.setattr(plan_module, "quantize_for_tensorrt", no_new_graph)
     second = add_engine(out, options)
     m = manifest_json(out)
     assert [e["tensorrt"] for e in m["engines"]] == ["11.4.0", "11.5.0"] and m["valid"]
@@ -539,7 +540,7 @@ def test_a_failed_trt_build_leaves_the_bundle_as_it_was(bundles, tmp_path, monke
     usable, then exited 2. Now TensorRT and the GPU are checked first, and the graph, plan and script are staged
     and moved in only with the manifest that records them."""
     from promptkd_edge.export import parity
-    from promptkd_edge.export.bundle import add_engine
+    from promptkd_edge.export.plan import add_engine
     from promptkd_edge.export.tensorrt_build import TrtBuildOptions
 
     bundle = tmp_path / "b"
@@ -688,8 +689,8 @@ def test_triton_entry_serves_the_tensorrt_plan(tiny_run, tmp_path, monkeypatch):
 def test_triton_lists_every_profile_and_refuses_gaps(bundles, tmp_path):
     """Defect 4: Triton uses profile 0 unless instance_group lists the profiles; with [1,1,1] and [1,8,32] every
     batch above 1 failed. All profiles are listed, and batches no profile covers are refused."""
-    from promptkd_edge.export.bundle import write_manifest
     from promptkd_edge.export.triton import plan_batch_limit, write_repository
+    from promptkd_edge.formats.manifest import write_manifest
 
     bundle = tmp_path / "b"
     shutil.copytree(bundles["fp32"], bundle)
@@ -707,7 +708,7 @@ def test_triton_lists_every_profile_and_refuses_gaps(bundles, tmp_path):
         plan_batch_limit([[1, 1, 1], [4, 8, 16]], 3)
     with pytest.raises(PkdError, match=r"^batch 2, 3 lies in none of the plan's profiles \(1\.\.1, 4\.\.16\), but "
                                        r"Triton's dynamic batcher may form it up to max_batch_size 16: rebuild the "
-                                       r"plan with --trt-profile covering 1\.\.16 or pass --max-batch 1$"):
+                                       r"plan with --trt-profile covering 1\.\.16 or pass --triton-max-batch 1$"):
         plan_batch_limit([[1, 1, 1], [4, 8, 16]], None)
     with pytest.raises(PkdError, match="--trt-profile covering 1..8$"):
         plan_batch_limit([[2, 4, 8]], None)
@@ -760,9 +761,9 @@ def test_work_folders_of_killed_exports_are_removed(tiny_run, tmp_path):
         staging = tmp_path / "b" / f".engine-{dead.pid}"
         (staging / "engines").mkdir(parents=True)
         left_by(staging, dead.pid)
-        from promptkd_edge.export.bundle import _clean_leftovers
+        from promptkd_edge.export.out_folder import clean_leftovers
 
-        _clean_leftovers(tmp_path / "b", r"\.engine-(\d+)", LineProgress(stream=log))
+        clean_leftovers(tmp_path / "b", r"\.engine-(\d+)", LineProgress(stream=log))
         assert not staging.exists() and f"removed {staging}" in log.getvalue()
     finally:
         alive.kill()

@@ -13,7 +13,8 @@ from test_export import _fake_tensorrt, reference_logits
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import frame as frame_graph
-from promptkd_edge.export.bundle import ExportOptions, export_run
+from promptkd_edge.export.bundle import export_run
+from promptkd_edge.export.options import ExportOptions
 from promptkd_edge.runtime import Classifier
 from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare
 
@@ -70,9 +71,9 @@ def test_frame_bundle_matches_open_clip_on_frames_of_two_sizes(frame_bundle, tin
 
 
 def test_auto_backend_times_a_frame_bundle_on_frames(frame_bundle, monkeypatch):
-    from promptkd_edge.runtime import classifier
+    from promptkd_edge.runtime import backends
 
-    monkeypatch.setattr(classifier, "PROBE_FRAME", (72, 128))  # 1080p by default; small frames keep this fast
+    monkeypatch.setattr(backends, "PROBE_FRAME", (72, 128))  # 1080p by default; small frames keep this fast
     clf = Classifier.from_bundle(frame_bundle)  # backend "auto" measures the CPU options on frames
     assert clf.choice is not None and "onnxruntime" in clf.choice.timings
     x = frames(3, SIZES[1], seed=5)
@@ -212,7 +213,7 @@ def test_export_options_refuse_what_a_frame_graph_cannot_be():
 def test_tensorrt_plan_of_a_frame_bundle_has_frame_profiles(frame_bundle, tmp_path, monkeypatch):
     import shutil
 
-    from promptkd_edge.export.bundle import add_engine
+    from promptkd_edge.export.plan import add_engine
     from promptkd_edge.export.tensorrt_build import TrtBuildOptions
 
     fake = _fake_tensorrt(monkeypatch, tmp_path, "10.3.0")
@@ -283,7 +284,7 @@ def test_triton_serves_frames_of_any_size_and_the_rest_refuses_one_line(frame_bu
         write_config(frame_bundle, tmp_path / "ds")
     with pytest.raises(PkdError, match="torch backend runs the student on crops"):
         Classifier.from_bundle(frame_bundle, backend="torch")
-    from promptkd_edge.export.extend import extend_bundle
+    from promptkd_edge.export.add_to_bundle import extend_bundle
 
     with pytest.raises(PkdError, match="bf16 is not offered"):
         extend_bundle(frame_bundle, ExportOptions(precision="bf16"))

@@ -16,7 +16,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from conftest import STUDENT, TEACHER, pkd, write_images
+from conftest import STUDENT, TEACHER, pkd_process, write_images
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -142,7 +142,7 @@ def test_error_lines_name_the_file_given(tmp_path, name):
 def test_progress_in_a_log_file_is_whole_lines_of_plain_text(hostile, tmp_path):
     """Not a terminal (a log file, CI): no bars cut mid-number, no escape codes, names shown literally."""
     out = tmp_path / "r [bold]\x1b[0m"
-    proc = pkd("distill", "--random-init", "--teacher", TEACHER, "--student", STUDENT, "--classes",
+    proc = pkd_process("distill", "--random-init", "--teacher", TEACHER, "--student", STUDENT, "--classes",
                str(hostile / "classes.txt"), "--data", str(hostile / "unlabeled"), "--out", str(out), "--epochs", "2",
                "--warmup-epochs", "0", "--batch-size", "4", "--workers", "0", "--prompt-depth", "1", "--cache-dir",
                str(tmp_path / "cache"))

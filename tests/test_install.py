@@ -44,7 +44,8 @@ def wheel(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(tiny_run, tmp_path_factory) -> Path:
-    from promptkd_edge.export.bundle import ExportOptions, export_run
+    from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.export.options import ExportOptions
 
     out = tmp_path_factory.mktemp("install") / "bundle"
     export_run(tiny_run, out, ExportOptions(parity_images=4))

@@ -17,8 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import int8_fallback
-from promptkd_edge.export.bundle import ExportOptions, export_run
+from promptkd_edge.export.bundle import export_run
 from promptkd_edge.export.int8_fallback import float_fallback, quantized_nodes, target_thresholds, with_float_nodes
+from promptkd_edge.export.options import ExportOptions
 from promptkd_edge.export.precision import quantize_int8
 from promptkd_edge.models.student import load_student, save_student
 

@@ -9,8 +9,9 @@ import shutil
 import pytest
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.export.bundle import ExportOptions, export_run, write_manifest
-from promptkd_edge.formats.manifest import EngineEntry, Manifest, ParityEntry
+from promptkd_edge.export.bundle import export_run
+from promptkd_edge.export.options import ExportOptions
+from promptkd_edge.formats.manifest import EngineEntry, Manifest, ParityEntry, write_manifest
 from promptkd_edge.runtime.bundle import open_bundle
 
 

@@ -102,7 +102,8 @@ def test_autocast_takes_the_calibration_images_and_keeps_exactly_the_named_nodes
 @pytest.fixture(scope="module")
 def master(tiny_run, tmp_path_factory) -> tuple[Path, list[str], np.ndarray]:
     """The tiny student's FP32 model.onnx (a real ViT graph), its FP32 head nodes and calibration images."""
-    from promptkd_edge.export.bundle import ExportOptions, export_run
+    from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.export.options import ExportOptions
     from promptkd_edge.runtime.bundle import open_bundle
 
     out = tmp_path_factory.mktemp("modelopt") / "bundle"

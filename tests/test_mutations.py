@@ -44,6 +44,8 @@ FRAME = "tests/test_frame_input.py::"
 PIPE = "tests/test_predict_files.py::"
 FALLBACK = "export/int8_fallback.py"
 FALLBACK_TESTS = "tests/test_int8_fallback.py::"
+REGISTRY = "tests/test_backend_registry.py::"
+EXPORT_CLI = "tests/test_export_cli.py::"
 
 MUTATIONS = [
     Mutation("no sync before outputs are read", TRT, 'cuda_check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")', "None", (RUN_PATH,), True),  # noqa: E501
@@ -59,15 +61,15 @@ MUTATIONS = [
     Mutation("TF32 left on", BUILD, "        config.clear_flag(trt.BuilderFlag.TF32)", "        pass", (BUILD_FLAGS + "test_plans_are_built_without_tf32",)),  # noqa: E501
     Mutation("trtexec script without --noTF32", BUILD, 'args.append("--noTF32")', "pass", (BUILD_FLAGS + "test_plans_are_built_without_tf32",)),  # noqa: E501
     Mutation("engine cache not keyed by GPU model", BUILD, '"gpu": gpu["name"], "sm": gpu["sm"]', '"sm": gpu["sm"]', (BUILD_FLAGS + "test_engine_cache_is_keyed_by_gpu_model_not_only_sm",)),  # noqa: E501
-    Mutation("Q without zero point taken as UINT8", BUILD, "return _output_dtype(node) or TensorProto.INT8", "return _output_dtype(node) or TensorProto.UINT8", (BUILD_FLAGS + "test_quantize_without_zero_point_is_int8_as_tensorrt_parses_it",)),  # noqa: E501
+    Mutation("Q without zero point taken as UINT8", "export/trt_graph.py", "return _output_dtype(node) or TensorProto.INT8", "return _output_dtype(node) or TensorProto.UINT8", (BUILD_FLAGS + "test_quantize_without_zero_point_is_int8_as_tensorrt_parses_it",)),  # noqa: E501
     Mutation("gate batch outside the profiles", "export/gate_batches.py", "        return min(max(preferred, lo), hi)", "        return preferred", (GATE + "test_plan_batches_cover_each_image_once_inside_the_profiles", GATE + "test_gate_runs_every_profile_in_batches_it_takes")),  # noqa: E501
-    Mutation("gate runs only the first profile that holds a batch", "export/bundle.py", "return engine.run(batch, profile=profile)", "return engine.run(batch)", (GATE + "test_a_broken_second_profile_fails_the_gate",)),  # noqa: E501
-    Mutation("doctor does not check plans", "bench/doctor.py", 'check_plan_compatible(r, trt, out["gpu"])', "pass", (GATE + "test_doctor_checks_each_plan_against_this_tensorrt_and_gpu",)),  # noqa: E501
+    Mutation("gate runs only the first profile that holds a batch", "export/plan.py", "return engine.run(batch, profile=profile)", "return engine.run(batch)", (GATE + "test_a_broken_second_profile_fails_the_gate",)),  # noqa: E501
+    Mutation("doctor does not check plans", "bench/plan_check.py", 'check_plan_compatible(r, trt, out["gpu"])', "pass", (GATE + "test_doctor_checks_each_plan_against_this_tensorrt_and_gpu",)),  # noqa: E501
     Mutation("DeepStream takes a --head both plan", DS, "    if others:\n", "    if False and others:\n", (DS_TESTS + "test_a_bundle_with_embeddings_is_refused_for_what_nvinfer_would_make_of_it",)),  # noqa: E501
     Mutation("DeepStream classifier with the detector's gie id", DS, 'DEFAULT_GIE_IDS = {"primary": 1, "secondary": 2}', 'DEFAULT_GIE_IDS = {"primary": 1, "secondary": 1}', (DS_TESTS + "test_a_secondary_classifier_has_its_own_gie_id",)),  # noqa: E501
     Mutation("tuned teacher loads with another tokenizer", "models/teacher.py", "if config.tokenizer_sha256 and tokenizer_digest(", "if False and tokenizer_digest(", ("tests/test_teacher_families.py::test_pkd_teacher_on_siglip_like_trains",)),  # noqa: E501
     Mutation("draft decode without a passing record", "runtime/preprocess.py", '    return ("draft" if DECODE_GATES["draft"] in passed else "exact"), notes', '    return "draft", notes', ("tests/test_decode_choice.py::test_a_failed_or_missing_record_keeps_the_exact_path",)),  # noqa: E501
-    Mutation("exact_preprocess ignored", "runtime/classifier.py", "exact=exact_preprocess, gpu=on_gpu", "exact=False, gpu=on_gpu", ("tests/test_decode_choice.py::test_exact_preprocess_opts_out",)),  # noqa: E501
+    Mutation("exact_preprocess ignored", "runtime/classifier.py", "exact=exact_preprocess,", "exact=False,", ("tests/test_decode_choice.py::test_exact_preprocess_opts_out",)),  # noqa: E501
     Mutation("BGR frames not reversed", "runtime/preprocess.py", "return a[..., ::-1]", "return a", (FRAME + "test_bgr_arrays_on_a_crop_bundle_equal_rgb_reversed",)),  # noqa: E501
     Mutation("frame resize gate always passes", "export/frame.py", 'if all(f["passed"] for k, f in measured.items() if k.startswith(f"{method} on ")):', "if True:", (FRAME + "test_gate_refuses_a_resize_that_fails_with_the_measured_numbers",)),  # noqa: E501
     Mutation("pipeline degraded to a loop", "runtime/pipeline.py", "            if len(pending) > AHEAD:", "            if len(pending) > 0:", (PIPE + "test_the_next_batch_is_decoded_while_the_backend_runs",)),  # noqa: E501
@@ -76,7 +78,7 @@ MUTATIONS = [
     Mutation("DeepStream scales bilinear for bicubic", DS, '"bicubic": 2}', '"bicubic": 1}', (DS_TESTS + "test_nvinfer_scales_with_the_bundles_interpolation_on_the_gpu",)),  # noqa: E501
     Mutation("INT8 quantizes the attention pool", "export/bundle.py", "INPUT_NAME, [*float_nodes, *extra], target=", "INPUT_NAME, [*keep, *extra], target=", ("tests/test_student_families.py::test_int8_leaves_the_attention_pool_float[pkd-tiny-map-vit]",)),  # noqa: E501
     Mutation("slim drops the node metadata", "export/graph.py", "            onnx.helper.set_metadata_props(node, dict(metadata[node.name]))", "            pass", ("tests/test_student_families.py::test_slim_keeps_what_finds_the_attention_pool",)),  # noqa: E501
-    Mutation("TensorRT INT8 quantizes the attention pool", "export/bundle.py", "INPUT_NAME, float_nodes, method=options.calibration_method", "INPUT_NAME, keep, method=options.calibration_method", ("tests/test_student_families.py::test_tensorrt_int8_graph_leaves_the_attention_pool_float[pkd-tiny-map-vit]",)),  # noqa: E501
+    Mutation("TensorRT INT8 quantizes the attention pool", "export/plan.py", "INPUT_NAME, float_nodes, method=options.calibration_method", "INPUT_NAME, keep, method=options.calibration_method", ("tests/test_student_families.py::test_tensorrt_int8_graph_leaves_the_attention_pool_float[pkd-tiny-map-vit]",)),  # noqa: E501
     Mutation("INT8 fallback never runs", FALLBACK, 'if before["passed"]:', "if True:", (FALLBACK_TESTS + "test_the_node_behind_an_outlier_is_kept_float_and_the_graph_then_agrees",)),  # noqa: E501
     Mutation("INT8 fallback keeps the least sensitive first", FALLBACK, "(error[name], candidates.index(name)))", "(error[name], candidates.index(name)), reverse=True)", (FALLBACK_TESTS + "test_the_node_behind_an_outlier_is_kept_float_and_the_graph_then_agrees",)),  # noqa: E501
     Mutation("INT8 fallback's float copy keeps quantized weights", FALLBACK, "            node.input[k] = original\n", "            pass\n", (FALLBACK_TESTS + "test_float_nodes_copy_computes_what_the_fp32_graph_does",)),  # noqa: E501
@@ -84,6 +86,13 @@ MUTATIONS = [
     Mutation("INT8 fallback past its budget", FALLBACK, "order[:budget]", "order", (FALLBACK_TESTS + "test_as_few_nodes_as_reach_the_target_and_never_past_the_budget",)),  # noqa: E501
     Mutation("resume check reads the stored config raw", "train/distill_setup.py", "    stored = stored_config(run)\n", '    stored = DistillConfig.from_dict(read_json(run.config, "run config")["config"])\n', ("tests/test_cli.py::test_resume_a_run_written_before_the_schedule_field",)),  # noqa: E501
     Mutation("export ignores --no-int8-fallback", "export/bundle.py", "progress) if options.int8_fallback else None", "progress) if True else None", (FALLBACK_TESTS + "test_export_keeps_the_projector_float_where_int8_would_fail_its_gate",)),  # noqa: E501
+    Mutation("auto measures one kind's CPU options only", "runtime/backends.py", "options = [o for kind in KINDS.values() if kind.auto_cpu is not None for o in kind.auto_cpu(bundle, opts)]", "options = [o for kind in KINDS.values() if kind.auto_cpu is not None for o in kind.auto_cpu(bundle, opts)][:1]", (REGISTRY + "test_auto_tries_the_gpu_kinds_in_order_then_measures_every_cpu_option",)),  # noqa: E501
+    Mutation("a GPU kind's failure ends auto", "runtime/backends.py", '            opts.notes.append(f"{kind.label} not used: {e}")\n            continue', "            raise", (REGISTRY + "test_auto_tries_the_gpu_kinds_in_order_then_measures_every_cpu_option",)),  # noqa: E501
+    Mutation("TensorRT plans loaded as dicts again", "runtime/backends.py", "return TensorRTBackend(bundle.path / engine.file, engine, device_id=opts.device_id)", "return TensorRTBackend(bundle.path / engine.file, engine.to_dict(), device_id=opts.device_id)", (REGISTRY + "test_the_tensorrt_kind_hands_the_manifests_entries_to_the_backend",)),  # noqa: E501
+    Mutation("formats reads the runtime (upward import)", "formats/run.py", "from promptkd_edge.errors import PkdError\n", "from promptkd_edge.errors import PkdError\nif False:\n    import promptkd_edge.runtime.bundle  # noqa: F401\n", ("tests/test_layering.py::test_every_import_follows_the_documented_layering",)),  # noqa: E501
+    Mutation("content digest spells bf16 as fp16", "formats/run.py", '"BF16": "torch.bfloat16"', '"BF16": "torch.float16"', ("tests/test_nothing_lost_training.py::test_the_content_digest_read_without_torch_is_the_one_torch_gave",)),  # noqa: E501
+    Mutation("export options without their operation ignored", "cli/export.py", "        if orphans and not given:", "        if False:", (EXPORT_CLI + "test_an_option_without_its_operation_is_one_line",)),  # noqa: E501
+    Mutation("--triton-max-batch ignored", "cli/export.py", 'p["triton_max_batch"] if p["triton_max_batch"] is not None else max_batch)', "max_batch)", (EXPORT_CLI + "test_the_triton_and_deepstream_batch_sizes_go_each_to_its_own_record",)),  # noqa: E501
 ]
 
 PROBE = '''

@@ -20,7 +20,8 @@ from native_build import NativeBuildError, build, openvino_cmake_dir
 from PIL import Image
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.export.bundle import ExportOptions, export_run
+from promptkd_edge.export.bundle import export_run
+from promptkd_edge.export.options import ExportOptions
 from promptkd_edge.runtime import Classifier
 from promptkd_edge.runtime.openvino_backend import has_bf16
 from promptkd_edge.utils.images import decode_rgb, resize_crop

@@ -2,8 +2,8 @@
 
 Built through export/cpp/cmake/TensorRTBackend.cmake against the real TensorRT 10.3 (JetPack 6.1/6.2) and 11.1
 headers, a stand-in libnvinfer and the real CUDA 12.6 runtime (tests/native_tensorrt.py). Every expected line is what
-the Python runtime (runtime/classifier.py `_tensorrt`, runtime/tensorrt_backend.py) prints for the same bundle, run on
-the REAL TensorRT bindings of the same generation (tests/real_tensorrt.py): with the real CUDA runtime (no driver
+the Python runtime (the tensorrt kind of runtime/backends.py, runtime/tensorrt_backend.py) prints for the same bundle,
+run on the REAL TensorRT bindings of the same generation (tests/real_tensorrt.py): with the real CUDA runtime (no driver
 here), or with the tests' fake cuda-python showing the same fake GPU the native side gets from its fake libcudart, and
 past TensorRT's runtime with the same text "plans" on both sides. No real engine runs here.
 
@@ -29,10 +29,11 @@ GENERATIONS = (10, 11)
 NATIVE_NULL = "createInferRuntime returned nullptr"  # the native reason where Python prints pybind11's
 PYBIND_NULL = "pybind11::init(): factory function returned nullptr"
 
-# The Python runtime's line for each case: `_tensorrt` on the case's manifest engines (then `run` on its batches), with
-# the real cuda-python (fake_gpu None) or the tests' fake one (tests/fake_tensorrt.py) showing the same GPU as the
-# native fake libcudart. For "engine" cases `trt.Runtime` of the real module is replaced by a runtime whose plans are
-# the same text as tests/native/fake_nvinfer.cpp reads, and which behaves as that fake does. Prints a JSON list.
+# The Python runtime's line for each case: the tensorrt kind's `load` on the case's manifest engines (then `run` on
+# its batches), with the real cuda-python (fake_gpu None) or the tests' fake one (tests/fake_tensorrt.py) showing the
+# same GPU as the native fake libcudart. For "engine" cases `trt.Runtime` of the real module is replaced by a runtime
+# whose plans are the same text as tests/native/fake_nvinfer.cpp reads, and which behaves as that fake does. Prints
+# a JSON list.
 PYTHON_REFERENCE = """
 import json, sys
 from pathlib import Path
@@ -42,7 +43,7 @@ import tensorrt as trt
 import promptkd_edge.runtime.tensorrt_backend as tb
 from promptkd_edge.errors import PkdError
 from promptkd_edge.formats.manifest import EngineEntry
-from promptkd_edge.runtime.classifier import _tensorrt
+from promptkd_edge.runtime.backends import KINDS, LoadOptions
 sys.path.insert(0, sys.argv[2])
 from fake_tensorrt import make_fake_cudart
 
@@ -112,7 +113,7 @@ for case in json.loads(sys.argv[1]):
     manifest = json.loads((Path(case["bundle"]) / "manifest.json").read_text())
     bundle = SimpleNamespace(path=Path(case["bundle"]), engines=[EngineEntry.from_dict(e) for e in manifest["engines"]])
     try:
-        backend = _tensorrt(bundle, case["device"])
+        backend = KINDS["tensorrt"].load(bundle, LoadOptions(device_id=case["device"]))
         shape = manifest["model"]["inputs"][0]["shape"][1:]
         for batch in case["batches"]:
             backend.run(np.zeros((batch, *shape), dtype=manifest["model"]["inputs"][0]["dtype"]))
@@ -387,7 +388,8 @@ except PkdError as e:
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory) -> Path:
     """A real (tiny) FP32 bundle of the session's run."""
-    from promptkd_edge.export.bundle import ExportOptions, export_run
+    from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.export.options import ExportOptions
 
     out = tmp_path_factory.mktemp("native-trt-bundle") / "bundle"
     export_run(tiny_run, out, ExportOptions(parity_images=4))

@@ -22,7 +22,9 @@ from typer.testing import CliRunner
 from promptkd_edge.cli import app
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import bundle as bundle_mod
-from promptkd_edge.export.bundle import ExportOptions, export_run
+from promptkd_edge.export import out_folder
+from promptkd_edge.export.bundle import export_run
+from promptkd_edge.export.options import ExportOptions
 from promptkd_edge.runtime import Classifier
 from promptkd_edge.utils import files as files_mod
 from promptkd_edge.utils.progress import LineProgress
@@ -128,7 +130,7 @@ def test_overwrite_replaces_a_bundle_in_one_step_and_only_a_bundle_holding_nothi
         assert Path(src) != out, "the bundle left its place before the new one was there"
         return real_replace(src, dst)
 
-    monkeypatch.setattr(bundle_mod.os, "replace", no_moving_aside)
+    monkeypatch.setattr(out_folder.os, "replace", no_moving_aside)
     result = cli("export", run_copy, "--out", out, "--overwrite", "--head", "both", "--parity-images", "2")
     assert result.exit_code == 0, result.output
     assert json.loads((out / "manifest.json").read_text())["model"]["head"] == "both"
@@ -139,7 +141,7 @@ def test_overwrite_replaces_a_bundle_in_one_step_and_only_a_bundle_holding_nothi
 def test_two_step_replacement_where_the_file_system_cannot_swap(run_copy, tmp_path, monkeypatch):
     out = tmp_path / "b"
     export_run(run_copy, out, ExportOptions(parity_images=2))
-    monkeypatch.setattr(bundle_mod, "exchange", lambda a, b: False)
+    monkeypatch.setattr(out_folder, "exchange", lambda a, b: False)
     m = export_run(run_copy, out, ExportOptions(parity_images=2, head="embeddings", overwrite=True))
     assert m.model.head == "embeddings" and [p.name for p in tmp_path.iterdir() if p.name != "run"] == ["b"]
 
@@ -194,7 +196,7 @@ def test_a_held_lock_keeps_a_folder_whose_record_looks_dead(tmp_path):
     with files_mod.work_folder(tmp_path / f".x.tmp-{pid}") as folder:
         record = {**files_mod.this_machine(), "pid": pid}
         (folder / files_mod.OWNER_FILE).write_text(json.dumps(record))  # the same inode: its lock is kept
-        bundle_mod._clean_leftovers(tmp_path, r"\.(.+)\.(tmp|old)-(\d+)", LineProgress(stream=log))
+        out_folder.clean_leftovers(tmp_path, r"\.(.+)\.(tmp|old)-(\d+)", LineProgress(stream=log))
         assert folder.exists() and "holds its lock" in log.getvalue()
     assert not folder.exists()
 
@@ -205,7 +207,7 @@ def test_engine_staging_of_another_host_is_left_alone(bundle, tmp_path):
     theirs = owned(b / f".engine-{pid}", pid=pid, host="jetson-7")
     mine = owned(b / f".engine-{pid + 1}", pid=pid)
     log = io.StringIO()
-    bundle_mod._clean_leftovers(b, r"\.engine-(\d+)", LineProgress(stream=log))
+    out_folder.clean_leftovers(b, r"\.engine-(\d+)", LineProgress(stream=log))
     assert theirs.exists() and not mine.exists() and "on host jetson-7" in log.getvalue()
 
 

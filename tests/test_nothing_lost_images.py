@@ -21,10 +21,11 @@ from typer.testing import CliRunner
 
 from promptkd_edge.cli import app
 from promptkd_edge.data.decode import read_rgb
-from promptkd_edge.data.listing import LabeledImages, list_images
+from promptkd_edge.data.listing import LabeledImages
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.openclip import Preprocess
 from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare, to_rgb
+from promptkd_edge.utils.image_files import list_images
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -45,7 +46,8 @@ def cli(*args: str):
 
 @pytest.fixture(scope="module")
 def bundle(tiny_run, module_dir) -> Path:
-    from promptkd_edge.export.bundle import ExportOptions, export_run
+    from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.export.options import ExportOptions
 
     export_run(tiny_run, module_dir / "bundle", ExportOptions(parity_images=2))
     return module_dir / "bundle"

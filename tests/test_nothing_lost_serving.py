@@ -21,7 +21,8 @@ from conftest import write_images
 from typer.testing import CliRunner
 
 from promptkd_edge.cli import app
-from promptkd_edge.export.bundle import ExportOptions, export_run
+from promptkd_edge.export.bundle import export_run
+from promptkd_edge.export.options import ExportOptions
 from promptkd_edge.formats.manifest import TensorInfo
 from promptkd_edge.runtime import auto as auto_mod
 from promptkd_edge.runtime.bundle import open_bundle
@@ -185,8 +186,8 @@ KILLER = """
 import os, sys
 from pathlib import Path
 import promptkd_edge.export.triton as t
-from promptkd_edge.export.extend import extend_bundle
-from promptkd_edge.export.bundle import ExportOptions
+from promptkd_edge.export.add_to_bundle import TritonEntry, extend_bundle
+from promptkd_edge.export.options import ExportOptions
 
 where = sys.argv[3]
 real_write_text, real_copyfile = t.write_text, t.shutil.copyfile
@@ -203,7 +204,7 @@ def copyfile(src, dst):
 
 t.write_text = write_text
 t.shutil.copyfile = copyfile
-extend_bundle(Path(sys.argv[1]), ExportOptions(), triton=Path(sys.argv[2]), triton_name="pets")
+extend_bundle(Path(sys.argv[1]), ExportOptions(), triton=TritonEntry(Path(sys.argv[2]), name="pets"))
 """
 
 
@@ -446,8 +447,7 @@ def pixel_bundle(tiny_run, module_dir) -> Path:
 
 def _with_plan(pixel_bundle: Path, where: Path, plan: str, gpu: str = "Orin") -> Path:
     """A copy of the pixel bundle with a (fake) gated plan named `plan`, from a GPU named `gpu`."""
-    from promptkd_edge.export.bundle import write_manifest
-    from promptkd_edge.formats.manifest import EngineEntry
+    from promptkd_edge.formats.manifest import EngineEntry, write_manifest
 
     shutil.copytree(pixel_bundle, where)
     (where / "engines").mkdir()
@@ -485,9 +485,8 @@ def test_deepstream_refuses_a_plan_name_no_key_file_can_hold(pixel_bundle, tmp_p
 
 def test_a_plan_entry_parses_with_every_profile_listed(bundle, tmp_path):
     """Case 20: the TensorRT entry (platform, profiles as strings, dynamic batching) is a ModelConfig Triton reads."""
-    from promptkd_edge.export.bundle import write_manifest
     from promptkd_edge.export.triton import write_repository
-    from promptkd_edge.formats.manifest import EngineEntry
+    from promptkd_edge.formats.manifest import EngineEntry, write_manifest
 
     b = tmp_path / 'plan "b"'
     shutil.copytree(bundle, b)

@@ -10,15 +10,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TEACHER, tiny_config, write_images
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from promptkd_edge.cli import app
 from promptkd_edge.data.decode import read_rgb
-from promptkd_edge.data.listing import LabeledImages, list_images
+from promptkd_edge.data.listing import LabeledImages
 from promptkd_edge.errors import PkdError
 from promptkd_edge.train.distill import distill
+from promptkd_edge.utils.image_files import list_images
 
 runner = CliRunner()
 
@@ -145,7 +147,7 @@ def test_a_lost_pointer_or_a_wrong_name_says_which_checkpoints_there_are(run_cop
 
 def test_a_damaged_student_file_is_rewritten_from_the_checkpoint_on_resume(run_copy, finished):
     """student.safetensors (what export and eval read) is recorded by the checkpoint written with it."""
-    from promptkd_edge.train.checkpoint import matches_checkpoint
+    from promptkd_edge.formats.run import matches_checkpoint
 
     student = run_copy / "student.safetensors"
     assert matches_checkpoint(run_copy / "checkpoints", "step-00000008", student) is True
@@ -160,7 +162,7 @@ def test_a_damaged_student_file_is_rewritten_from_the_checkpoint_on_resume(run_c
 
 def test_the_student_record_is_of_its_content_not_its_header_order(finished, tmp_path):
     """safetensors writers may order the header differently each time: the record must not depend on it."""
-    from promptkd_edge.train.checkpoint import content_sha256
+    from promptkd_edge.formats.run import content_sha256
 
     data = (finished / "student.safetensors").read_bytes()
     n = int.from_bytes(data[:8], "little")
@@ -175,6 +177,41 @@ def test_the_student_record_is_of_its_content_not_its_header_order(finished, tmp
     changed[-1] ^= 0x01
     (tmp_path / "changed.safetensors").write_bytes(bytes(changed))
     assert content_sha256(tmp_path / "changed.safetensors") != content_sha256(finished / "student.safetensors")
+
+
+def _torch_content_sha256(path):
+    """The content digest as earlier versions computed it, through torch (the digests their checkpoints hold)."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as f:
+        h.update(repr(sorted((f.metadata() or {}).items())).encode())
+        for key in sorted(f.keys()):
+            t = f.get_tensor(key).contiguous()
+            h.update(f"\n{key}:{t.dtype}:{tuple(t.shape)}\n".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_the_content_digest_read_without_torch_is_the_one_torch_gave(tmp_path):
+    """formats/run.py reads the digest from the file's bytes (export needs no torch for it): every dtype, a scalar,
+    an empty tensor and metadata give what the torch reading gave, so earlier checkpoints' records still match."""
+    from safetensors.torch import save_file
+
+    from promptkd_edge.formats.run import content_sha256
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"t_{dt}".replace("torch.", ""): (torch.randn(3, 5, generator=g) * 50).to(dt)
+               for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
+                          torch.float8_e5m2, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)}
+    tensors |= {"flag": torch.randn(4, generator=g) > 0, "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3),
+                "prompts.0": torch.randn(2, 4, 8, generator=g)}
+    save_file(tensors, str(tmp_path / "a.safetensors"), metadata={"format": "pt", "b": "2"})
+    assert content_sha256(tmp_path / "a.safetensors") == _torch_content_sha256(tmp_path / "a.safetensors")
+    save_file({"x": torch.ones(2)}, str(tmp_path / "b.safetensors"))  # no metadata
+    assert content_sha256(tmp_path / "b.safetensors") == _torch_content_sha256(tmp_path / "b.safetensors")
 
 
 def test_each_checkpoint_records_the_sha256_of_its_files(finished):
@@ -357,7 +394,8 @@ def test_saving_after_a_resume_from_an_earlier_checkpoint_keeps_the_good_ones(tm
     good checkpoints are kept and step 8 is replaced when the run gets there."""
     import torch
 
-    from promptkd_edge.train.checkpoint import TrainingState, checkpoint_names, load_latest, save_checkpoint
+    from promptkd_edge.formats.run import checkpoint_names
+    from promptkd_edge.train.checkpoint import TrainingState, load_latest, save_checkpoint
 
     def state(step: int) -> TrainingState:
         return TrainingState(epoch=0, step=step, step_in_epoch=step, student={"w": torch.full((2,), float(step))},

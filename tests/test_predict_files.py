@@ -17,12 +17,14 @@ from conftest import write_images
 
 from promptkd_edge.errors import PkdError
 from promptkd_edge.runtime import Classifier, pipeline, preprocess
+from promptkd_edge.runtime.backends import Backend
 from promptkd_edge.runtime.files import FileResult, ImageFile, image_files, predict_files
 
 
 @pytest.fixture(scope="module")
 def clf(tiny_run, module_dir):
-    from promptkd_edge.export.bundle import ExportOptions, export_run
+    from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.export.options import ExportOptions
 
     export_run(tiny_run, module_dir / "bundle", ExportOptions(parity_images=2))
     c = Classifier.from_bundle(module_dir / "bundle", "onnxruntime")
@@ -150,11 +152,12 @@ def test_the_next_batch_is_decoded_while_the_backend_runs(clf, monkeypatch):
     started = spy_load_crop(monkeypatch)
     position = {id(x): i for i, x in enumerate(images)}
 
-    class Watching:
+    class Watching(Backend):
         """The backend, recording per run whether the next batch's decoding had begun before it returned."""
 
         def __init__(self, inner):
             self.inner, self.overlapped = inner, []
+            self.name, self.device, self.description = inner.name, inner.device, inner.description
 
         def run(self, x):
             nxt = (len(self.overlapped) + 1) * batch

@@ -16,7 +16,8 @@ from test_engine_gate import _fake_tensorrt
 from typer.testing import CliRunner
 
 from promptkd_edge.cli import app
-from promptkd_edge.export.bundle import ExportOptions, add_engine
+from promptkd_edge.export.options import ExportOptions
+from promptkd_edge.export.plan import add_engine
 from promptkd_edge.export.tensorrt_build import TrtBuildOptions
 from promptkd_edge.models.towers import family_of
 

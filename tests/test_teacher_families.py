@@ -17,7 +17,8 @@ import torch
 from conftest import NAMES, STUDENT, tiny_config, write_images
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.models.class_vectors import CLASSES_FILE, ClassVectors, compute_class_vectors
+from promptkd_edge.formats.classes import CLASSES_FILE
+from promptkd_edge.models.class_vectors import ClassVectors, compute_class_vectors
 from promptkd_edge.models.openclip import load_clip
 from promptkd_edge.models.prompted_text import PromptedTextTower
 from promptkd_edge.models.teacher import class_prompt, load_teacher
@@ -145,7 +146,7 @@ def test_pkd_teacher_on_siglip_like_trains(siglip_like, tmp_path):
 
     from open_clip.tokenizer import HFTokenizer
 
-    from promptkd_edge.models.openclip import tokenizer_digest
+    from promptkd_edge.models.clip_tokenizer import tokenizer_digest
     from promptkd_edge.models.teacher import read_teacher_file
     from promptkd_edge.train.config import TeacherTuneConfig
     from promptkd_edge.train.teacher import tune_teacher
@@ -177,7 +178,7 @@ def test_pkd_teacher_on_siglip_like_trains(siglip_like, tmp_path):
 
 def test_tokenizer_digest_follows_what_the_tokens_are():
     """CLIP's byte-pair tokenizer: one digest per (tables, context length); a copy of it gives the same one."""
-    from promptkd_edge.models.openclip import tokenizer_digest
+    from promptkd_edge.models.clip_tokenizer import tokenizer_digest
 
     clip = open_clip.get_tokenizer("ViT-B-16")
     assert tokenizer_digest(clip) == tokenizer_digest(open_clip.get_tokenizer("ViT-B-32"))
@@ -255,7 +256,8 @@ def _siglip_run(root, spec):
 def test_text_encoder_bundle_for_siglip_like_teacher(siglip_like, tmp_path):
     """`--text-encoder` with an HF tokenizer: the bundle's encoder, fed by the torch-free tokenizer, gives the
     teacher's class vectors for names the run never saw; the whole context is fed (no causal mask)."""
-    from promptkd_edge.export.bundle import ExportOptions, export_run
+    from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.export.options import ExportOptions
     from promptkd_edge.runtime.bundle import open_bundle
     from promptkd_edge.runtime.text import TextEncoder
 
@@ -275,7 +277,7 @@ def test_text_encoder_bundle_for_siglip_like_teacher(siglip_like, tmp_path):
 
 
 def test_uncached_hub_tokenizer_offline_is_one_line():
-    from promptkd_edge.models.openclip import load_tokenizer
+    from promptkd_edge.models.clip_tokenizer import load_tokenizer
 
     with pytest.raises(PkdError) as e:
         load_tokenizer("hf-hub:pkd-test/not-on-any-hub")

@@ -72,8 +72,8 @@ def test_trt_tf32_option_reaches_the_build_options(monkeypatch, tmp_path, args, 
     from typer.testing import CliRunner
 
     from promptkd_edge.cli import app
-    from promptkd_edge.export import extend
-    from promptkd_edge.runtime import bundle
+    from promptkd_edge.export import add_to_bundle as extend
+    from promptkd_edge.formats import bundle
 
     seen = []
 

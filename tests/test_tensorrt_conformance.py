@@ -295,7 +295,8 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def bundle(tiny_run, tmp_path_factory) -> Path:
-    from promptkd_edge.export.bundle import ExportOptions, export_run
+    from promptkd_edge.export.bundle import export_run
+    from promptkd_edge.export.options import ExportOptions
 
     out = tmp_path_factory.mktemp("real-trt") / "bundle"
     export_run(tiny_run, out, ExportOptions(parity_images=4))
@@ -327,8 +328,7 @@ def test_cli_on_the_real_bindings_without_a_gpu(generation, bundle, tmp_path):
     # a bundle that records a plan: the runtime reaches the real module, then finds no GPU
     from PIL import Image
 
-    from promptkd_edge.export.bundle import write_manifest
-    from promptkd_edge.formats.manifest import EngineEntry
+    from promptkd_edge.formats.manifest import EngineEntry, write_manifest
     from promptkd_edge.runtime.bundle import open_bundle
 
     manifest = open_bundle(copy).manifest

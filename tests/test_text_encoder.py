@@ -15,7 +15,8 @@ import torch
 from conftest import STUDENT, TEACHER, pkd, write_images
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.export.bundle import ExportOptions, export_run
+from promptkd_edge.export.bundle import export_run
+from promptkd_edge.export.options import ExportOptions
 from promptkd_edge.models import ClassVectors, Teacher, TeacherConfig, compute_class_vectors, load_clip, load_teacher
 from promptkd_edge.models.student import StudentConfig, build_student, save_student
 from promptkd_edge.models.teacher import DEFAULT_TEMPLATE, save_teacher

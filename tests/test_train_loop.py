@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import write_images
 
-from promptkd_edge.data.listing import list_images
 from promptkd_edge.errors import PkdError
 from promptkd_edge.models.openclip import preprocess_for
 from promptkd_edge.train import teacher_cache
 from promptkd_edge.train.distributed import Runtime
-from promptkd_edge.train.run_dir import MetricsLog, plot_loss, read_metrics
+from promptkd_edge.train.metrics_log import MetricsLog, plot_loss, read_metrics
 from promptkd_edge.train.schedule import Optimization, optimizer_and_schedule
 from promptkd_edge.train.step_log import StepLog
+from promptkd_edge.utils.image_files import list_images
 
 
 def test_step_log_writes_each_buffered_step_once_with_its_own_values(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from promptkd_edge.utils.devices import cuda_available
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
-    kind: str  # torch | onnxruntime | openvino | tensorrt | auto
+    kind: str  # a runtime backend kind (runtime/backends.py KINDS), or "auto"
     precision: str  # fp32 | fp16 | bf16 | int8 | plan
     cuda_only: bool = False
     compile_mode: str | None = None  # torch.compile mode; "reduce-overhead" = CUDA graphs
@@ -49,6 +49,19 @@ BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
     BackendSpec("tensorrt", "tensorrt", "plan", cuda_only=True),
 )}
 DEVICE_RESIDENT = ("onnxruntime-cuda-fp32", "onnxruntime-tensorrt-fp16", "tensorrt")  # compute: batch on the GPU
+
+
+def rows_help() -> str:
+    """The rows `pkd bench --backends` takes, for its help: names that differ only in their last words grouped
+    (torch-eager-fp32|fp16|bf16), in table order."""
+    groups: dict[str, list[str]] = {}
+    for name in BACKENDS:
+        head, _, tail = name.partition("-")
+        head2, _, tail2 = tail.partition("-")
+        key, rest = (f"{head}-{head2}", tail2) if tail2 else (name, "")
+        groups.setdefault(key, []).append(rest)
+    words = [f"{k}-{'|'.join(v)}" if v != [""] else k for k, v in groups.items()]
+    return ", ".join(w + (" (a bundle: what the runtime picks)" if w == "auto" else "") for w in words) + " (or: all)."
 
 
 def parse_backends(text: str) -> list[BackendSpec]:
@@ -106,15 +119,7 @@ def load(spec: BackendSpec, model: BenchModel, *, device: str, threads: int | No
     if spec.cuda_only and not on_cuda:
         raise Unavailable("needs a CUDA GPU" + ("" if cuda_available() else " (torch.cuda.is_available() is False)")
                           + "; run with --device cuda on a GPU machine")
-    if spec.kind == "torch":
-        return TorchRunner(spec, model, device, threads)
-    if spec.kind == "onnxruntime":
-        return OrtRunner(spec, model, threads)
-    if spec.kind == "openvino":
-        return OpenVinoRunner(spec, model, threads)
-    if spec.kind == "auto":
-        return AutoRunner(model, threads)
-    return TensorRTRunner(model)
+    return RUNNERS[spec.kind](spec, model, device, threads)
 
 
 class TorchRunner(Runner):
@@ -194,7 +199,7 @@ class _AppBackendRunner(Runner):
 
 
 class OrtRunner(_AppBackendRunner):
-    def __init__(self, spec: BackendSpec, model: BenchModel, threads: int | None):
+    def __init__(self, spec: BackendSpec, model: BenchModel, device: str, threads: int | None):
         from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
         try:
@@ -216,13 +221,12 @@ class OrtRunner(_AppBackendRunner):
         self._backend = OnnxRuntimeBackend(path, providers=providers, threads=threads)
         if self._backend.fell_back_to_cpu:
             raise Unavailable(f"{spec.provider} failed to load and onnxruntime fell back to CPU (see `pkd doctor`)")
-        self.name, self.precision = spec.name, spec.precision
-        self.device = "cpu" if spec.provider == "CPUExecutionProvider" else "cuda"
+        self.name, self.precision, self.device = spec.name, spec.precision, self._backend.device
         self.description = self._backend.description
 
 
 class OpenVinoRunner(_AppBackendRunner):
-    def __init__(self, spec: BackendSpec, model: BenchModel, threads: int | None):
+    def __init__(self, spec: BackendSpec, model: BenchModel, device: str, threads: int | None):
         from promptkd_edge.runtime.openvino_backend import OpenVinoBackend, has_bf16, openvino_version
 
         if openvino_version() is None:
@@ -242,7 +246,7 @@ class OpenVinoRunner(_AppBackendRunner):
 class AutoRunner(_AppBackendRunner):
     """The backend `Classifier.from_bundle(backend="auto")` loads for the bundle on this machine."""
 
-    def __init__(self, model: BenchModel, threads: int | None):
+    def __init__(self, spec: BackendSpec, model: BenchModel, device: str, threads: int | None):
         from promptkd_edge.runtime import Classifier
 
         if model.bundle is None:
@@ -253,24 +257,26 @@ class AutoRunner(_AppBackendRunner):
             raise Unavailable(str(e)) from None
         self._backend = clf.backend
         self.name = "auto"
-        graph, computes = clf.bundle.model.precision, getattr(clf.backend, "precision", None)
+        graph, computes = clf.bundle.model.precision, clf.backend.precision
         # the INT8 graph on OpenVINO bf16 is INT8 + bf16 (as the openvino-cpu-int8-bf16 row); else what it computes in
         self.precision = (f"{graph}-{computes}" if graph == "int8" and computes == "bf16" else
                           graph if graph == "int8" else computes or graph)
-        on_gpu = getattr(clf.backend, "name", "") == "tensorrt" or getattr(clf.backend, "device", "cpu") == "cuda"
-        self.device = "cuda" if on_gpu else "cpu"
+        self.device = clf.backend.device
         self.description = f"auto: {clf.description}" + (f"; {clf.choice.reason}" if clf.choice is not None else "")
 
 
 class TensorRTRunner(_AppBackendRunner):
     """A plan of the bundle built for this TensorRT and GPU, else one built here (fp16, profile 1..max batch)."""
 
-    def __init__(self, model: BenchModel, max_batch: int = 256):
+    max_batch = 256  # the profile of a plan built here: 1..max_batch
+
+    def __init__(self, spec: BackendSpec, model: BenchModel, device: str, threads: int | None):
         from promptkd_edge.runtime.tensorrt_backend import (
             TensorRTBackend,
             check_plan_compatible,
             gpu_info,
             import_tensorrt,
+            plan_field,
         )
 
         try:
@@ -284,12 +290,12 @@ class TensorRTRunner(_AppBackendRunner):
                 check_plan_compatible(r, trt, gpu)
             except PkdError:
                 continue
-            record, plan = r, model.bundle / r["file"]
+            record, plan = r, model.bundle / plan_field(r, "file")
             break
         if record is None:
-            record, plan = _build_plan(model, max_batch)
+            record, plan = _build_plan(model, self.max_batch)
         self._backend = TensorRTBackend(plan, record)
-        self.name, self.precision, self.device = "tensorrt", record["precision"], "cuda"
+        self.name, self.precision, self.device = "tensorrt", plan_field(record, "precision"), "cuda"
         self.description = self._backend.description
 
 
@@ -310,3 +316,9 @@ def _build_plan(model: BenchModel, max_batch: int) -> tuple[dict, Any]:
     record = build_engine(src, src.parent / "engines", input_name="image", input_dims=model.input_shape,
                           options=options)
     return record, src.parent / record["file"]
+
+
+# one runner per runtime backend kind (runtime/backends.py KINDS) and for "auto" (tests/test_backend_registry.py)
+RUNNERS: dict[str, Callable[[BackendSpec, BenchModel, str, int | None], Runner]] = {
+    "torch": TorchRunner, "onnxruntime": OrtRunner, "openvino": OpenVinoRunner, "tensorrt": TensorRTRunner,
+    "auto": AutoRunner}

@@ -218,93 +218,6 @@ def probe_tensorrt(run_tensorrt_check: bool = True) -> dict[str, Any]:
     return info
 
 
-# ------------------------------------------------------------------------------------ a bundle's TensorRT plans
-def _deepstream_configs(path: Path) -> list[Path]:
-    """The nvinfer config `path` is, or those `pkd export --deepstream` wrote in the folder `path`."""
-    return [path] if path.is_file() else sorted(path.glob("config_infer_*.txt")) if path.is_dir() else []
-
-
-def is_serving_entry(path: Path) -> bool:
-    """Whether `path` looks like a Triton entry folder or a DeepStream config (file or folder), not a bundle."""
-    return (path / "config.pbtxt").is_file() or bool(_deepstream_configs(path))
-
-
-def _plan_records(path: Path) -> tuple[str, list[dict[str, Any]]]:
-    """("bundle" | "triton entry" | "deepstream config", plan records) of a bundle, of a Triton plan entry folder
-    `pkd export --triton` wrote, or of a DeepStream config (its file, or the folder holding one) `pkd export
-    --deepstream` wrote: the configs' plan record line (formats/plan_record.py); a PkdError for anything else."""
-    from promptkd_edge.errors import PkdError
-    from promptkd_edge.export.triton import CONFIG
-    from promptkd_edge.formats.plan_record import read_plan_record
-    from promptkd_edge.runtime.bundle import is_bundle, read_manifest
-
-    if is_bundle(path):
-        return "bundle", [e.to_dict() for e in read_manifest(path).engines]
-    triton = path / CONFIG
-    if triton.is_file():
-        text = system.read_text(triton) or ""
-        record = read_plan_record(text)
-        if record is not None:
-            served = re.search(r"versions:\s*\[\s*(\d+)", text)
-            return "triton entry", [{**record, "file": f"{served.group(1) if served else '?'}/model.plan"}]
-    records = []
-    for config in _deepstream_configs(path):
-        text = system.read_text(config) or ""
-        record = read_plan_record(text)
-        engine = re.search(r"^model-engine-file=(.*)$", text, re.MULTILINE)
-        if record is not None:
-            records.append({**record, "file": f"{config.name}: {engine.group(1) if engine else '?'}"})
-    if records:
-        return "deepstream config", records
-    raise PkdError(f"{path} is neither a bundle nor a Triton plan entry or DeepStream config written by "
-                   "`pkd export --triton/--deepstream`")
-
-
-def check_plans(path: str | os.PathLike) -> dict[str, Any]:
-    """Each TensorRT plan of a bundle (or Triton entry) against the TensorRT that imports here and this GPU: a plan
-    loads only on the TensorRT release that built it and that GPU architecture (runtime/tensorrt_backend.py).
-    {"kind", "tensorrt", "gpu", "reason" (why plans cannot be checked here, or None), "plans": [{"file",
-    "tensorrt", "compute_capability", "gpu", "runs_here" (None: not checked), "detail"}]}."""
-    from promptkd_edge.errors import PkdError
-    from promptkd_edge.runtime.tensorrt_backend import check_plan_compatible, gpu_info, import_tensorrt
-
-    kind, records = _plan_records(Path(path))
-    out: dict[str, Any] = {"kind": kind, "tensorrt": None, "gpu": None, "reason": None, "plans": []}
-    try:
-        trt = import_tensorrt()
-        out["tensorrt"] = str(trt.__version__)
-        out["gpu"] = gpu_info()
-    except Exception as e:  # noqa: BLE001 - a PkdError saying what is missing, or a TensorRT that cannot load
-        out["reason"] = f"plans cannot be checked here: {e if isinstance(e, PkdError) else one_line(e)}"
-    for r in records:
-        plan = {k: r.get(k) for k in ("file", "tensorrt", "compute_capability", "gpu", "precision")}
-        plan["runs_here"], plan["detail"] = None, out["reason"]
-        if out["reason"] is None:
-            try:
-                check_plan_compatible(r, trt, out["gpu"])
-                plan["runs_here"] = True
-                plan["detail"] = (f"runs here (TensorRT {out['tensorrt']}, sm_{out['gpu']['sm']} "
-                                  f"{out['gpu']['name']})")
-            except PkdError as e:
-                again = {"triton entry": "; then write the entry again (`pkd export BUNDLE --triton REPO "
-                                         "--triton-backend tensorrt`)",
-                         "deepstream config": "; then write the config again (`pkd export BUNDLE --deepstream DIR`)"
-                         }.get(kind, "")
-                plan["runs_here"], plan["detail"] = False, f"{e}{again}"
-        out["plans"].append(plan)
-    if not records:
-        out["reason"] = "the bundle has no TensorRT plan (`pkd export BUNDLE --trt` builds one where it runs)"
-    return out
-
-
-def plan_lines(check: dict[str, Any]) -> list[str]:
-    """One line per plan (or why none was checked) for the doctor's text output."""
-    if not check["plans"]:
-        return [check["reason"]]
-    # a mismatch's detail (check_plan_compatible's line) starts with the plan's file already
-    return [p["detail"] if p["runs_here"] is False else f"{p['file']}: {p['detail']}" for p in check["plans"]]
-
-
 # ---------------------------------------------------------------------------------------------- CUDA, GPUs
 def _cuda_version(v: int | None) -> str | None:
     return f"{v // 1000}.{(v % 1000) // 10}" if v else None
@@ -405,6 +318,23 @@ def probe_jetson() -> dict[str, Any]:
     return info
 
 
+def probe_backends() -> dict[str, Any]:
+    """The runtime's backend kinds (runtime/backends.py, the registry `Classifier.from_bundle` loads from): each
+    one's modules installed here or not, its devices, its gate, and whether `auto` may pick it."""
+    from promptkd_edge.runtime.backends import availability
+
+    return {"kinds": availability()}
+
+
+def _row_backends(d: dict[str, Any]) -> tuple[str, str]:
+    kinds = d["kinds"]
+    here = [k["backend"] for k in kinds if k["available"]]
+    auto = [k["backend"] for k in kinds if k["available"] and k["auto"]]
+    absent = [f"{k['backend']} ({k['reason']})" for k in kinds if not k["available"]]
+    detail = f"installed: {', '.join(here) or 'none'}; auto picks among: {', '.join(auto) or 'none'}"
+    return ("ok" if here else "warning"), detail + (f"; not installed: {'; '.join(absent)}" if absent else "")
+
+
 # --------------------------------------------------------------------------------------------------- report
 def probe(run_tensorrt_check: bool = True) -> dict[str, Any]:
     """Describe what this machine can run; never raises for a missing or broken component."""
@@ -421,6 +351,7 @@ def probe(run_tensorrt_check: bool = True) -> dict[str, Any]:
         "cuda_python": _guarded(probe_cuda_python),
         "nvidia_smi": _guarded(probe_nvidia_smi),
         "jetson": _guarded(probe_jetson),
+        "backends": _guarded(probe_backends),
     }
     report["seconds"] = round(time.perf_counter() - start, 3)
     return report
@@ -523,4 +454,5 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
 
     add("nvidia-smi", "nvidia_smi", smi_row)
     add("jetson", "jetson", _row_jetson)
+    add("backends", "backends", _row_backends)
     return rows

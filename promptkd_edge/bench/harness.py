@@ -33,6 +33,7 @@ from promptkd_edge.bench.record import BenchReport, Environment, ResultRow
 from promptkd_edge.bench.targets import BenchModel, Unavailable, default_teacher, resolve
 from promptkd_edge.bench.timing import Timing, time_calls
 from promptkd_edge.errors import PkdError, first_line
+from promptkd_edge.formats.run import is_run
 from promptkd_edge.utils.devices import resolve_device
 from promptkd_edge.utils.progress import NullProgress, Progress
 
@@ -170,10 +171,10 @@ def time_text_encoder(bundle: str, names: int, threads: int | None, device: str)
 
 
 def _kind(target: str) -> str:
-    from promptkd_edge.runtime.bundle import is_bundle
+    from promptkd_edge.formats.bundle import is_bundle
 
     path = Path(target)
-    return "bundle" if is_bundle(path) else "run" if (path / "student.safetensors").is_file() else "architecture"
+    return "bundle" if is_bundle(path) else "run" if is_run(path) else "architecture"
 
 
 FRAME = (1080, 1920)  # height, width of the generated camera-like inputs
@@ -192,7 +193,7 @@ def camera_inputs(folder: Path, images: int, frames: int, source: str | None = N
     from promptkd_edge.runtime.preprocess import to_rgb
 
     if source:
-        from promptkd_edge.data.listing import list_images
+        from promptkd_edge.utils.image_files import list_images
 
         files = list_images(source)[:images]
         what = f"{len(files)} images from {source}"

@@ -18,6 +18,8 @@ import numpy as np
 
 from promptkd_edge.bench.flops import onnx_gflops, torch_gflops
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.manifest import EngineEntry
+from promptkd_edge.formats.run import STUDENT_FILE, is_run
 from promptkd_edge.runtime.preprocess import PreprocessSpec
 
 
@@ -37,7 +39,7 @@ class BenchModel:
     build_torch: Callable[[], Any]  # -> nn.Module, model-ready batch (see input_format) -> logits
     input_format: str = "normalized"  # runtime.preprocess.INPUT_FORMATS
     bundle: Path | None = None  # the bundle folder its TensorRT plans live in
-    engines: list[dict] = field(default_factory=list)  # the bundle's plan records, as the TensorRT backend reads them
+    engines: list[EngineEntry] = field(default_factory=list)  # the bundle's plan records (its manifest's entries)
     fixed_onnx: dict[str, Path] = field(default_factory=dict)  # precision -> ONNX shipped with the target
     params_m: float | None = None
     gflops_per_image: float | None = None
@@ -196,7 +198,7 @@ def student_from_run(run_dir: Path) -> BenchModel:
     from promptkd_edge.models.class_vectors import ClassVectors
     from promptkd_edge.models.student import load_student
 
-    student = load_student(run_dir / "student.safetensors")
+    student = load_student(run_dir / STUDENT_FILE)
     vectors = ClassVectors.load(run_dir)
     folded = FoldedStudent(student, vectors, "logits")
     cfg = student.config
@@ -229,7 +231,7 @@ def student_from_bundle(path: Path) -> BenchModel:
             from promptkd_edge.models.student import load_student
 
             try:
-                student = load_student(bundle.path / "student.safetensors")
+                student = load_student(bundle.path / STUDENT_FILE)
             except PkdError as e:
                 raise Unavailable(f"the torch form of this bundle needs its base weights: {e}") from None
             holder["m"] = FoldedStudent(student, ClassVectors.load(bundle.path), "logits", model.input_format)
@@ -239,20 +241,20 @@ def student_from_bundle(path: Path) -> BenchModel:
     fixed = {model.precision: bundle.model_path}
     return BenchModel("student", f"bundle {path.name}: {spec}, {model.precision} model.onnx, "
                       f"{model.num_classes} classes", _arch(spec) if spec != "?" else "?",
-                      PreprocessSpec.from_dict(bundle.preprocess), model.num_classes, build,
+                      bundle.preprocess, model.num_classes, build,
                       input_format=model.input_format, bundle=bundle.path,
-                      engines=[e.to_dict() for e in bundle.engines],
+                      engines=list(bundle.engines),
                       fixed_onnx=fixed, gflops_per_image=onnx_gflops(bundle.model_path))
 
 
 def resolve(target: str, *, classes: int = 1000, teacher: str | None = None) -> tuple[str, list[BenchModel]]:
     """(kind, models) for a bundle folder, a run folder or an architecture name; the teacher last if asked."""
-    from promptkd_edge.runtime.bundle import is_bundle
+    from promptkd_edge.formats.bundle import is_bundle
 
     path = Path(target).expanduser()
     if is_bundle(path):
         kind, student = "bundle", student_from_bundle(path)
-    elif (path / "student.safetensors").is_file():
+    elif is_run(path):
         kind, student = "run", student_from_run(path)
     elif path.exists():
         raise PkdError(f"{path} is neither a bundle (manifest.json) nor a run (student.safetensors)")
@@ -274,14 +276,14 @@ def resolve(target: str, *, classes: int = 1000, teacher: str | None = None) -> 
 
 def default_teacher(kind: str, target: str) -> str:
     """The teacher a target was distilled from (runs and bundles record it), else ViT-L-14."""
-    import json
+    from promptkd_edge.formats.bundle import read_manifest
+    from promptkd_edge.formats.classes import ClassList
 
-    path = Path(target)
     try:
         if kind == "bundle":
-            return json.loads((path / "manifest.json").read_text())["source"]["teacher"]
-        if kind == "run":
-            return json.loads((path / "classes.json").read_text())["teacher"]
-    except (OSError, KeyError, ValueError):
+            return read_manifest(Path(target)).source["teacher"]
+        if kind == "run" and (teacher := ClassList.read(target).teacher):
+            return teacher
+    except (PkdError, KeyError):
         pass
     return "ViT-L-14"

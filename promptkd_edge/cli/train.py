@@ -23,7 +23,9 @@ from promptkd_edge.cli.common import (
     require,
 )
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.run import RunDir
 from promptkd_edge.train.config import RESUMABLE_CHANGES, DistillConfig, TeacherTuneConfig
+from promptkd_edge.utils.files import fields_as_json
 from promptkd_edge.utils.text import shown, visible
 
 _D = defaults(DistillConfig)
@@ -49,92 +51,111 @@ DISTILL_EXAMPLES = """
 DATA, MODELS, TRAINING, PERFORMANCE = "Data", "Models", "Training", "Performance"
 
 
+_DistillData = Annotated[str, typer.Option(
+    "--data", rich_help_panel=DATA,
+    help="Unlabeled images: a folder (recursive), a text file listing paths, or WebDataset shards (needs the \\[wds] "
+         "extra).")]
+_DistillOut = Annotated[Path | None, typer.Option("--out", rich_help_panel=DATA, help="New run directory.")]
+_DistillResume = Annotated[Path | None, typer.Option(
+    "--resume", rich_help_panel=DATA,
+    help="Continue the run in this directory from its last "
+         "checkpoint (same config; these may change: "
+         f"{_RESUMABLE}).")]
+_DistillFromCheckpoint = Annotated[str | None, typer.Option(
+    "--from-checkpoint", rich_help_panel=DATA,
+    help="With --resume: continue from this checkpoint (a folder name under RUN/checkpoints, e.g. step-00000400) "
+         "instead of the latest, e.g. when the latest is damaged.")]
+_DistillTeacher = Annotated[str, typer.Option(
+    rich_help_panel=MODELS, help="Teacher: ARCH, ARCH:TAG or ARCH:/path/to/weights.")]
+_DistillClasses = Annotated[str | None, typer.Option(
+    rich_help_panel=MODELS, help="Class names: a text file (one per line) or an ImageFolder (its sub-folders).")]
+_DistillClassVectors = Annotated[str | None, typer.Option(
+    rich_help_panel=MODELS, help="Reuse stored class vectors (a run or folder with classes.json).")]
+_DistillTemplate = Annotated[str, typer.Option(rich_help_panel=MODELS, help="Text template for the class vectors.")]
+_DistillStudent = Annotated[str, typer.Option(
+    rich_help_panel=MODELS, help="Student: ARCH, ARCH:TAG or ARCH:/path/to/weights.")]
+_DistillPromptTokens = Annotated[int, typer.Option(rich_help_panel=MODELS, help="Visual prompt tokens per layer.")]
+_DistillPromptDepth = Annotated[int, typer.Option(rich_help_panel=MODELS, help="Layers that get their own prompts.")]
+_DistillAllowPickle = Annotated[bool, typer.Option(
+    rich_help_panel=MODELS,
+    help="Allow weight files that need unpickling (TorchScript .pt); only for files you trust.")]
+_DistillEpochs = Annotated[int, typer.Option(rich_help_panel=TRAINING, help="Epochs over the unlabeled images.")]
+_DistillBatchSize = Annotated[int, typer.Option(rich_help_panel=TRAINING, help="Images per process and step.")]
+_DistillLr = Annotated[float | None, typer.Option(
+    rich_help_panel=TRAINING,
+    help="Learning rate \\[default: SGD 0.005 x global batch / 8; AdamW 2.5e-4 x sqrt(global batch / 8)].")]
+_DistillOptimizer = Annotated[str, typer.Option(rich_help_panel=TRAINING, help="sgd (momentum 0.9) or adamw.")]
+_DistillWeightDecay = Annotated[float, typer.Option(rich_help_panel=TRAINING, help="Weight decay.")]
+_DistillWarmupEpochs = Annotated[int, typer.Option(
+    rich_help_panel=TRAINING, help="Epochs at the constant warm-up lr before the cosine.")]
+_DistillWarmupLr = Annotated[float, typer.Option(rich_help_panel=TRAINING, help="Warm-up learning rate.")]
+_DistillSchedule = Annotated[str, typer.Option(
+    rich_help_panel=TRAINING,
+    help="epoch: the official cosine, stepped per epoch (the last epoch at ~2.5 % of lr); step: a per-step cosine to "
+         "0.")]
+_DistillTemperature = Annotated[float, typer.Option(
+    rich_help_panel=TRAINING, help="KD temperature T (the loss is multiplied by T^2).")]
+_DistillKdNorm = Annotated[str, typer.Option(
+    rich_help_panel=TRAINING,
+    help="paper: KL summed / (batch x classes), as PromptKD; batchmean: per-sample mean KL (weight w here = w x "
+         "classes under paper).")]
+_DistillKdWeight = Annotated[float, typer.Option(
+    rich_help_panel=TRAINING, help="Loss weight (PromptKD: 1000; 200 for Aircraft/Flowers/DTD).")]
+_DistillCropScaleMin = Annotated[float, typer.Option(
+    rich_help_panel=TRAINING, help="Smallest RandomResizedCrop area fraction.")]
+_DistillSeed = Annotated[int, typer.Option(
+    rich_help_panel=TRAINING, help="Seed of initialisation, data order and augmentation.")]
+_DistillDevice = Annotated[str, typer.Option(rich_help_panel=PERFORMANCE, help="auto, cpu, cuda or cuda:N.")]
+_DistillPrecision = Annotated[str, typer.Option(
+    rich_help_panel=PERFORMANCE, help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (GradScaler) or fp32.")]
+_DistillCompile = Annotated[bool, typer.Option(
+    "--compile", rich_help_panel=PERFORMANCE, help="torch.compile the student and teacher.")]
+_DistillWorkers = Annotated[int, typer.Option(rich_help_panel=PERFORMANCE, help="DataLoader worker processes.")]
+_DistillTeacherCache = Annotated[int, typer.Option(
+    rich_help_panel=PERFORMANCE,
+    help="Cache the teacher's features for K augmented views per image (computed once, reused across runs); 0 runs "
+         "the teacher every step.")]
+_DistillCacheDir = Annotated[str | None, typer.Option(
+    rich_help_panel=PERFORMANCE,
+    help="Where teacher-feature caches live \\[default: ~/.cache/promptkd-edge/teacher-features].")]
+_DistillMaxBadFraction = Annotated[float, typer.Option(
+    rich_help_panel=DATA, help="Abort when more than this fraction of images is unreadable.")]
+_DistillShardEpochSize = Annotated[int, typer.Option(
+    rich_help_panel=DATA, help="Images per epoch when --data is WebDataset shards.")]
+_DistillCheckpointEvery = Annotated[int, typer.Option(
+    rich_help_panel=TRAINING, help="Also checkpoint every N steps (0: each epoch only).")]
+_DistillKeepCheckpoints = Annotated[int, typer.Option(
+    rich_help_panel=TRAINING,
+    help="Checkpoints kept, the newest (at least 1; with 2 a resume can fall back past a damaged latest).")]
+_DistillRandomInit = Annotated[bool, typer.Option(
+    "--random-init", rich_help_panel=MODELS,
+    help="Allow a teacher or student architecture without weights (random initialisation; for tests and dry runs).")]
+_DistillLogEvery = Annotated[int, typer.Option(rich_help_panel=TRAINING, help="Flush metrics every N steps.")]
+_DistillAsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
 @app.command(epilog=DISTILL_EXAMPLES)
 @errors_to_exit
 def distill(
-    ctx: typer.Context,
-    data: Annotated[str, typer.Option("--data", help="Unlabeled images: a folder (recursive), a text file listing "
-                                      "paths, or WebDataset shards (needs the \\[wds] extra).",
-                                      rich_help_panel=DATA)] = _D.data,
-    out: Annotated[Path | None, typer.Option("--out", help="New run directory.", rich_help_panel=DATA)] = None,
-    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory from its last "
-                                                "checkpoint (same config; these may change: "
-                                                f"{_RESUMABLE}).", rich_help_panel=DATA)] = None,
-    from_checkpoint: Annotated[str | None, typer.Option(
-        "--from-checkpoint", help="With --resume: continue from this checkpoint (a folder name under "
-        "RUN/checkpoints, e.g. step-00000400) instead of the latest, e.g. when the latest is damaged.",
-        rich_help_panel=DATA)] = None,
-    teacher: Annotated[str, typer.Option(help="Teacher: ARCH, ARCH:TAG or ARCH:/path/to/weights.",
-                                         rich_help_panel=MODELS)] = _D.teacher,
-    classes: Annotated[str | None, typer.Option(help="Class names: a text file (one per line) or an ImageFolder "
-                                                "(its sub-folders).", rich_help_panel=MODELS)] = _D.classes,
-    class_vectors: Annotated[str | None, typer.Option(help="Reuse stored class vectors (a run or folder with "
-                                                      "classes.json).", rich_help_panel=MODELS)] = _D.class_vectors,
-    template: Annotated[str, typer.Option(help="Text template for the class vectors.",
-                                          rich_help_panel=MODELS)] = _D.template,
-    student: Annotated[str, typer.Option(help="Student: ARCH, ARCH:TAG or ARCH:/path/to/weights.",
-                                         rich_help_panel=MODELS)] = _D.student,
-    prompt_tokens: Annotated[int, typer.Option(help="Visual prompt tokens per layer.",
-                                               rich_help_panel=MODELS)] = _D.prompt_tokens,
-    prompt_depth: Annotated[int, typer.Option(help="Layers that get their own prompts.",
-                                              rich_help_panel=MODELS)] = _D.prompt_depth,
-    allow_pickle: Annotated[bool, typer.Option(help="Allow weight files that need unpickling (TorchScript .pt); "
-                                               "only for files you trust.",
-                                               rich_help_panel=MODELS)] = _D.allow_pickle,
-    epochs: Annotated[int, typer.Option(help="Epochs over the unlabeled images.",
-                                        rich_help_panel=TRAINING)] = _D.epochs,
-    batch_size: Annotated[int, typer.Option(help="Images per process and step.",
-                                            rich_help_panel=TRAINING)] = _D.batch_size,
-    lr: Annotated[float | None, typer.Option(help="Learning rate \\[default: SGD 0.005 x global batch / 8; AdamW "
-                                             "2.5e-4 x sqrt(global batch / 8)].", rich_help_panel=TRAINING)] = _D.lr,
-    optimizer: Annotated[str, typer.Option(help="sgd (momentum 0.9) or adamw.",
-                                           rich_help_panel=TRAINING)] = _D.optimizer,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.", rich_help_panel=TRAINING)] = _D.weight_decay,
-    warmup_epochs: Annotated[int, typer.Option(help="Epochs at the constant warm-up lr before the cosine.",
-                                               rich_help_panel=TRAINING)] = _D.warmup_epochs,
-    warmup_lr: Annotated[float, typer.Option(help="Warm-up learning rate.", rich_help_panel=TRAINING)] = _D.warmup_lr,
-    schedule: Annotated[str, typer.Option(help="epoch: the official cosine, stepped per epoch (the last epoch at "
-                                          "~2.5 % of lr); step: a per-step cosine to 0.",
-                                          rich_help_panel=TRAINING)] = _D.schedule,
-    temperature: Annotated[float, typer.Option(help="KD temperature T (the loss is multiplied by T^2).",
-                                               rich_help_panel=TRAINING)] = _D.temperature,
-    kd_norm: Annotated[str, typer.Option(help="paper: KL summed / (batch x classes), as PromptKD; batchmean: "
-                                         "per-sample mean KL (weight w here = w x classes under paper).",
-                                         rich_help_panel=TRAINING)] = _D.kd_norm,
-    kd_weight: Annotated[float, typer.Option(help="Loss weight (PromptKD: 1000; 200 for Aircraft/Flowers/DTD).",
-                                             rich_help_panel=TRAINING)] = _D.kd_weight,
-    crop_scale_min: Annotated[float, typer.Option(help="Smallest RandomResizedCrop area fraction.",
-                                                  rich_help_panel=TRAINING)] = _D.crop_scale_min,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation, data order and augmentation.",
-                                      rich_help_panel=TRAINING)] = _D.seed,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=PERFORMANCE)] = _D.device,
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (GradScaler) or fp32.",
-                                           rich_help_panel=PERFORMANCE)] = _D.precision,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the student and teacher.",
-                                          rich_help_panel=PERFORMANCE)] = _D.compile,
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes.",
-                                         rich_help_panel=PERFORMANCE)] = _D.workers,
-    teacher_cache: Annotated[int, typer.Option(help="Cache the teacher's features for K augmented views per image "
-                                               "(computed once, reused across runs); 0 runs the teacher every step.",
-                                               rich_help_panel=PERFORMANCE)] = _D.teacher_cache,
-    cache_dir: Annotated[str | None, typer.Option(help="Where teacher-feature caches live \\[default: "
-                                                  "~/.cache/promptkd-edge/teacher-features].",
-                                                  rich_help_panel=PERFORMANCE)] = _D.cache_dir,
-    max_bad_fraction: Annotated[float, typer.Option(help="Abort when more than this fraction of images is "
-                                                    "unreadable.", rich_help_panel=DATA)] = _D.max_bad_fraction,
-    shard_epoch_size: Annotated[int, typer.Option(help="Images per epoch when --data is WebDataset shards.",
-                                                  rich_help_panel=DATA)] = _D.shard_epoch_size,
-    checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: each epoch only).",
-                                                  rich_help_panel=TRAINING)] = _D.checkpoint_every,
-    keep_checkpoints: Annotated[int, typer.Option(help="Checkpoints kept, the newest (at least 1; with 2 a resume "
-                                                  "can fall back past a damaged latest).",
-                                                  rich_help_panel=TRAINING)] = _D.keep_checkpoints,
-    random_init: Annotated[bool, typer.Option("--random-init", help="Allow a teacher or student architecture "
-                                              "without weights (random initialisation; for tests and dry runs).",
-                                              rich_help_panel=MODELS)] = _D.random_init,
-    log_every: Annotated[int, typer.Option(help="Flush metrics every N steps.",
-                                           rich_help_panel=TRAINING)] = _D.log_every,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    ctx: typer.Context, data: _DistillData = _D.data, out: _DistillOut = None, resume: _DistillResume = None,
+    from_checkpoint: _DistillFromCheckpoint = None, teacher: _DistillTeacher = _D.teacher,
+    classes: _DistillClasses = _D.classes, class_vectors: _DistillClassVectors = _D.class_vectors,
+    template: _DistillTemplate = _D.template, student: _DistillStudent = _D.student,
+    prompt_tokens: _DistillPromptTokens = _D.prompt_tokens, prompt_depth: _DistillPromptDepth = _D.prompt_depth,
+    allow_pickle: _DistillAllowPickle = _D.allow_pickle, epochs: _DistillEpochs = _D.epochs,
+    batch_size: _DistillBatchSize = _D.batch_size, lr: _DistillLr = _D.lr, optimizer: _DistillOptimizer = _D.optimizer,
+    weight_decay: _DistillWeightDecay = _D.weight_decay, warmup_epochs: _DistillWarmupEpochs = _D.warmup_epochs,
+    warmup_lr: _DistillWarmupLr = _D.warmup_lr, schedule: _DistillSchedule = _D.schedule,
+    temperature: _DistillTemperature = _D.temperature, kd_norm: _DistillKdNorm = _D.kd_norm,
+    kd_weight: _DistillKdWeight = _D.kd_weight, crop_scale_min: _DistillCropScaleMin = _D.crop_scale_min,
+    seed: _DistillSeed = _D.seed, device: _DistillDevice = _D.device, precision: _DistillPrecision = _D.precision,
+    compile: _DistillCompile = _D.compile, workers: _DistillWorkers = _D.workers,
+    teacher_cache: _DistillTeacherCache = _D.teacher_cache, cache_dir: _DistillCacheDir = _D.cache_dir,
+    max_bad_fraction: _DistillMaxBadFraction = _D.max_bad_fraction,
+    shard_epoch_size: _DistillShardEpochSize = _D.shard_epoch_size,
+    checkpoint_every: _DistillCheckpointEvery = _D.checkpoint_every,
+    keep_checkpoints: _DistillKeepCheckpoints = _D.keep_checkpoints, random_init: _DistillRandomInit = _D.random_init,
+    log_every: _DistillLogEvery = _D.log_every, as_json: _DistillAsJson = False,
 ) -> None:
     """Stage II: distill the teacher into a prompted student on unlabeled images (PromptKD)."""
     require("distill", "train")
@@ -147,14 +168,14 @@ def distill(
     if not is_main_rank():
         return
     if as_json:
-        print_json({k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()})
+        print_json(fields_as_json(result))
         return
     console().print(f"[bold green]done[/]: {result.steps} steps, {result.images_seen} images in "
                     f"{result.seconds:.1f} s ({result.images_per_second:.1f} img/s), final loss "
                     f"{result.final_loss:.4g}"
                     + (f", {result.bad_images} unreadable images skipped (listed in "
                        f"{shown(Path(run_dir) / result.bad_images_file)})" if result.bad_images else ""))
-    console().print(f"student weights: {shown(Path(run_dir) / 'student.safetensors')}")
+    console().print(f"student weights: {shown(RunDir(run_dir).student)}")
 
 
 def _distill_config(ctx: typer.Context, out: Path | None, resume: Path | None) -> tuple[DistillConfig, Path]:
@@ -237,66 +258,77 @@ TEACHER_EXAMPLES = """
 PROMPTS, PROMPTSRC = "Prompts", "PromptSRC"
 
 
+_TeacherOut = Annotated[Path, typer.Option("--out", help="New teacher run directory.")]
+_TeacherTeacher = Annotated[str, typer.Option(help="Base CLIP: ARCH, ARCH:TAG or ARCH:/path/to/weights.")]
+_TeacherData = Annotated[str, typer.Option(
+    "--data", help="Labeled ImageFolder (class sub-folders) to take the shots from.")]
+_TeacherClassNames = Annotated[str | None, typer.Option(
+    help="Class names file fixing the class order (class ids); default: the sorted sub-folders of --data.")]
+_TeacherShots = Annotated[int, typer.Option(
+    help="Labeled images per class (an unreadable one is replaced by another image of its class).")]
+_TeacherMaxBadFraction = Annotated[float, typer.Option(
+    help="Abort when more than this fraction of the images read for the shots is unreadable.")]
+_TeacherClasses = Annotated[str, typer.Option(help="base: tune on the first ceil(N/2) classes (base-to-novel); all.")]
+_TeacherVisionTokens = Annotated[int, typer.Option(rich_help_panel=PROMPTS, help="Visual prompt tokens per layer.")]
+_TeacherVisionDepth = Annotated[int, typer.Option(rich_help_panel=PROMPTS, help="Layers with visual prompts.")]
+_TeacherTextTokens = Annotated[int, typer.Option(rich_help_panel=PROMPTS, help="Text context tokens per layer.")]
+_TeacherTextDepth = Annotated[int, typer.Option(rich_help_panel=PROMPTS, help="Layers with text prompts.")]
+_TeacherTextInit = Annotated[str, typer.Option(rich_help_panel=PROMPTS, help="Words the text context starts from.")]
+_TeacherSelfConsistency = Annotated[bool, typer.Option(
+    rich_help_panel=PROMPTSRC, help="PromptSRC's L1/KL consistency with the frozen model.")]
+_TeacherTextTargets = Annotated[str, typer.Option(
+    rich_help_panel=PROMPTSRC,
+    help="Templates of the frozen text targets: promptsrc (its 60 ImageNet templates) or openclip (open_clip's 80).")]
+_TeacherTextLossWeight = Annotated[float, typer.Option(rich_help_panel=PROMPTSRC)]
+_TeacherImageLossWeight = Annotated[float, typer.Option(rich_help_panel=PROMPTSRC)]
+_TeacherGpa = Annotated[bool, typer.Option(
+    rich_help_panel=PROMPTSRC, help="Gaussian-weighted aggregation of the prompts over epochs.")]
+_TeacherGpaMean = Annotated[float, typer.Option(rich_help_panel=PROMPTSRC)]
+_TeacherGpaStd = Annotated[float, typer.Option(rich_help_panel=PROMPTSRC)]
+_TeacherEpochs = Annotated[int, typer.Option(rich_help_panel=TRAINING)]
+_TeacherBatchSize = Annotated[int, typer.Option(rich_help_panel=TRAINING)]
+_TeacherLr = Annotated[float | None, typer.Option(
+    rich_help_panel=TRAINING, help="\\[default: 0.005 x batch / 8 (SGD)]")]
+_TeacherOptimizer = Annotated[str, typer.Option(rich_help_panel=TRAINING)]
+_TeacherWarmupEpochs = Annotated[int, typer.Option(rich_help_panel=TRAINING)]
+_TeacherSchedule = Annotated[str, typer.Option(
+    rich_help_panel=TRAINING, help="epoch: the official cosine, stepped per epoch; step: per-step cosine to 0.")]
+_TeacherTextChunk = Annotated[int, typer.Option(
+    rich_help_panel=TRAINING,
+    help="Classes per text-tower pass; with more classes the passes are checkpointed (memory for 1000 classes).")]
+_TeacherSeed = Annotated[int, typer.Option(rich_help_panel=TRAINING)]
+_TeacherDevice = Annotated[str, typer.Option(rich_help_panel=PERFORMANCE)]
+_TeacherPrecision = Annotated[str, typer.Option(rich_help_panel=PERFORMANCE)]
+_TeacherWorkers = Annotated[int, typer.Option(rich_help_panel=PERFORMANCE)]
+_TeacherAllowPickle = Annotated[bool, typer.Option(
+    help="Allow files that need unpickling (TorchScript .pt, some checkpoints); only for files you trust.")]
+_TeacherRandomInit = Annotated[bool, typer.Option(
+    "--random-init",
+    help="Allow a teacher architecture without weights (random initialisation; for tests and dry runs).")]
+_TeacherFromOfficial = Annotated[Path | None, typer.Option(
+    rich_help_panel="Import", help="Convert an official PromptKD/PromptSRC teacher checkpoint instead of training.")]
+_TeacherAsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
 @app.command(epilog=TEACHER_EXAMPLES)
 @errors_to_exit
 def teacher(
-    ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", help="New teacher run directory.")],
-    teacher: Annotated[str, typer.Option(help="Base CLIP: ARCH, ARCH:TAG or ARCH:/path/to/weights.")] = _T.teacher,
-    data: Annotated[str, typer.Option("--data", help="Labeled ImageFolder (class sub-folders) to take the shots "
-                                      "from.")] = _T.data,
-    class_names: Annotated[str | None, typer.Option(help="Class names file fixing the class order (class ids); "
-                                                    "default: the sorted sub-folders of --data.")] = _T.class_names,
-    shots: Annotated[int, typer.Option(help="Labeled images per class (an unreadable one is replaced by another "
-                                       "image of its class).")] = _T.shots,
-    max_bad_fraction: Annotated[float, typer.Option(help="Abort when more than this fraction of the images read "
-                                                    "for the shots is unreadable.")] = _T.max_bad_fraction,
-    classes: Annotated[str, typer.Option(help="base: tune on the first ceil(N/2) classes (base-to-novel); "
-                                         "all.")] = _T.classes,
-    vision_tokens: Annotated[int, typer.Option(help="Visual prompt tokens per layer.",
-                                               rich_help_panel=PROMPTS)] = _T.vision_tokens,
-    vision_depth: Annotated[int, typer.Option(help="Layers with visual prompts.",
-                                              rich_help_panel=PROMPTS)] = _T.vision_depth,
-    text_tokens: Annotated[int, typer.Option(help="Text context tokens per layer.",
-                                             rich_help_panel=PROMPTS)] = _T.text_tokens,
-    text_depth: Annotated[int, typer.Option(help="Layers with text prompts.",
-                                            rich_help_panel=PROMPTS)] = _T.text_depth,
-    text_init: Annotated[str, typer.Option(help="Words the text context starts from.",
-                                           rich_help_panel=PROMPTS)] = _T.text_init,
-    self_consistency: Annotated[bool, typer.Option(help="PromptSRC's L1/KL consistency with the frozen model.",
-                                                   rich_help_panel=PROMPTSRC)] = _T.self_consistency,
-    text_targets: Annotated[str, typer.Option(help="Templates of the frozen text targets: promptsrc (its 60 "
-                                              "ImageNet templates) or openclip (open_clip's 80).",
-                                              rich_help_panel=PROMPTSRC)] = _T.text_targets,
-    text_loss_weight: Annotated[float, typer.Option(rich_help_panel=PROMPTSRC)] = _T.text_loss_weight,
-    image_loss_weight: Annotated[float, typer.Option(rich_help_panel=PROMPTSRC)] = _T.image_loss_weight,
-    gpa: Annotated[bool, typer.Option(help="Gaussian-weighted aggregation of the prompts over epochs.",
-                                      rich_help_panel=PROMPTSRC)] = _T.gpa,
-    gpa_mean: Annotated[float, typer.Option(rich_help_panel=PROMPTSRC)] = _T.gpa_mean,
-    gpa_std: Annotated[float, typer.Option(rich_help_panel=PROMPTSRC)] = _T.gpa_std,
-    epochs: Annotated[int, typer.Option(rich_help_panel=TRAINING)] = _T.epochs,
-    batch_size: Annotated[int, typer.Option(rich_help_panel=TRAINING)] = _T.batch_size,
-    lr: Annotated[float | None, typer.Option(help="\\[default: 0.005 x batch / 8 (SGD)]",
-                                             rich_help_panel=TRAINING)] = _T.lr,
-    optimizer: Annotated[str, typer.Option(rich_help_panel=TRAINING)] = _T.optimizer,
-    warmup_epochs: Annotated[int, typer.Option(rich_help_panel=TRAINING)] = _T.warmup_epochs,
-    schedule: Annotated[str, typer.Option(help="epoch: the official cosine, stepped per epoch; step: per-step "
-                                          "cosine to 0.", rich_help_panel=TRAINING)] = _T.schedule,
-    text_chunk: Annotated[int, typer.Option(help="Classes per text-tower pass; with more classes the passes are "
-                                            "checkpointed (memory for 1000 classes).",
-                                            rich_help_panel=TRAINING)] = _T.text_chunk,
-    seed: Annotated[int, typer.Option(rich_help_panel=TRAINING)] = _T.seed,
-    device: Annotated[str, typer.Option(rich_help_panel=PERFORMANCE)] = _T.device,
-    precision: Annotated[str, typer.Option(rich_help_panel=PERFORMANCE)] = _T.precision,
-    workers: Annotated[int, typer.Option(rich_help_panel=PERFORMANCE)] = _T.workers,
-    allow_pickle: Annotated[bool, typer.Option(help="Allow files that need unpickling (TorchScript .pt, some "
-                                               "checkpoints); only for files you trust.")] = _T.allow_pickle,
-    random_init: Annotated[bool, typer.Option("--random-init", help="Allow a teacher architecture without weights "
-                                              "(random initialisation; for tests and dry runs).")] = _T.random_init,
-    from_official: Annotated[Path | None, typer.Option(help="Convert an official PromptKD/PromptSRC teacher "
-                                                       "checkpoint instead of training.",
-                                                       rich_help_panel="Import")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    ctx: typer.Context, out: _TeacherOut, teacher: _TeacherTeacher = _T.teacher, data: _TeacherData = _T.data,
+    class_names: _TeacherClassNames = _T.class_names, shots: _TeacherShots = _T.shots,
+    max_bad_fraction: _TeacherMaxBadFraction = _T.max_bad_fraction, classes: _TeacherClasses = _T.classes,
+    vision_tokens: _TeacherVisionTokens = _T.vision_tokens, vision_depth: _TeacherVisionDepth = _T.vision_depth,
+    text_tokens: _TeacherTextTokens = _T.text_tokens, text_depth: _TeacherTextDepth = _T.text_depth,
+    text_init: _TeacherTextInit = _T.text_init, self_consistency: _TeacherSelfConsistency = _T.self_consistency,
+    text_targets: _TeacherTextTargets = _T.text_targets,
+    text_loss_weight: _TeacherTextLossWeight = _T.text_loss_weight,
+    image_loss_weight: _TeacherImageLossWeight = _T.image_loss_weight, gpa: _TeacherGpa = _T.gpa,
+    gpa_mean: _TeacherGpaMean = _T.gpa_mean, gpa_std: _TeacherGpaStd = _T.gpa_std, epochs: _TeacherEpochs = _T.epochs,
+    batch_size: _TeacherBatchSize = _T.batch_size, lr: _TeacherLr = _T.lr, optimizer: _TeacherOptimizer = _T.optimizer,
+    warmup_epochs: _TeacherWarmupEpochs = _T.warmup_epochs, schedule: _TeacherSchedule = _T.schedule,
+    text_chunk: _TeacherTextChunk = _T.text_chunk, seed: _TeacherSeed = _T.seed, device: _TeacherDevice = _T.device,
+    precision: _TeacherPrecision = _T.precision, workers: _TeacherWorkers = _T.workers,
+    allow_pickle: _TeacherAllowPickle = _T.allow_pickle, random_init: _TeacherRandomInit = _T.random_init,
+    from_official: _TeacherFromOfficial = None, as_json: _TeacherAsJson = False,
 ) -> None:
     """Stage I: prompt-tune the CLIP teacher on a few labeled shots (PromptSRC), or import an official one."""
     require("teacher", "train")
@@ -305,7 +337,7 @@ def teacher(
     if from_official is not None:
         if not class_names and not data:
             raise PkdError("--from-official needs the class list: --class-names FILE or --data IMAGEFOLDER")
-        from promptkd_edge.runtime.names import read_class_names
+        from promptkd_edge.formats.classes import read_class_names
 
         names = read_class_names(class_names or data)
         path = import_official_teacher(from_official, teacher, names, out, text_prefix=text_init, device=device,
@@ -314,7 +346,7 @@ def teacher(
     else:
         cfg = TeacherTuneConfig(**config_values(TeacherTuneConfig, ctx.params))
         result = tune_teacher(cfg, out, progress=make_progress(not as_json))
-        summary = {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
+        summary = fields_as_json(result)
     if as_json:
         print_json(summary)
         return
@@ -355,8 +387,8 @@ def classes(
 ) -> None:
     """Class vectors W for a new or extended class list, from the run's (prompted) teacher text tower."""
     require("classes", "train")
-    from promptkd_edge.models.class_vectors import CLASSES_FILE, class_vectors_for_run
-    from promptkd_edge.runtime.names import read_class_names
+    from promptkd_edge.formats.classes import CLASSES_FILE, read_class_names
+    from promptkd_edge.models.class_vectors import class_vectors_for_run
     from promptkd_edge.utils.devices import resolve_device
 
     class_names = read_class_names(names)

@@ -1,128 +1,16 @@
-"""Find images: unlabeled folder trees or file lists, labeled ImageFolders. Paths only; decoding is elsewhere."""
+"""Labeled ImageFolders (`root/<class name>/**/<image>`); unlabeled folders and file lists: utils/image_files.py.
+Paths only; decoding is elsewhere."""
 
 from __future__ import annotations
 
-import logging
 import os
-import stat
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.runtime.names import validate_class_names
-from promptkd_edge.utils.paths import FILE, FOLDER, MISSING, check_file, check_folder, describe
-
-log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
-class ImageList(list):
-    """Image paths (a list) and how many links to folders or files already listed the walk skipped
-    (`skipped_links`: symlink loops, second links to one folder, several links to one file)."""
-
-    def __init__(self, paths=(), skipped_links: int = 0):
-        super().__init__(paths)
-        self.skipped_links = skipped_links
-
-    def note(self, source: str | os.PathLike) -> str | None:
-        """One line about the skipped links, or None when there were none."""
-        if not self.skipped_links:
-            return None
-        return (f"{source}: {self.skipped_links} link(s) to folders or images already listed skipped (symlink "
-                "loops or duplicate links); each real image is listed once")
-
-
-class _Seen:
-    """Real folders and files (st_dev, st_ino) a walk has visited, and how many links led back to them."""
-
-    def __init__(self, keys: Iterable[tuple[int, int]] = ()):
-        self.keys = set(keys)
-        self.skipped = 0
-
-    def first(self, key: tuple[int, int]) -> bool:
-        if key in self.keys:
-            self.skipped += 1
-            return False
-        self.keys.add(key)
-        return True
-
-
-def _key(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
-
-
-def _walk_images(root: Path, seen: _Seen, root_seen: bool = False) -> list[Path]:
-    """Images under `root` in os.walk's order (a folder's files sorted, then its sub-folders sorted, recursively;
-    hidden names skipped), following symlinks, but each real folder and each real file once (symlink loops and
-    second links are counted in `seen` and skipped). A sub-folder that cannot be read is an error."""
-    found: list[Path] = []
-    stack = [(root, True)] if root_seen else [(root, seen.first(_key(os.stat(root))))]
-    while stack:
-        folder, first = stack.pop()
-        if not first:
-            continue
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as e:
-            raise PkdError(f"cannot list image folder {folder}: {e.strerror or e}") from None
-        subfolders = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            try:
-                is_dir = entry.is_dir()  # follows symlinks
-                st = entry.stat() if is_dir or _is_image(entry.name) else None
-            except OSError:  # a broken link or a link loop: listed, and named as such when it is read
-                is_dir, st = False, None
-            if is_dir:
-                subfolders.append((Path(entry.path), seen.first(_key(st))))
-            elif _is_image(entry.name) and (st is None or not stat.S_ISREG(st.st_mode) or seen.first(_key(st))):
-                found.append(Path(entry.path))
-        stack.extend(reversed(subfolders))
-    return found
-
-
-def list_images(source: str | os.PathLike) -> ImageList:
-    """All images under a folder (recursive, sub-folder names ignored) or listed in a text file.
-
-    A file list holds one path per line, relative to the list's own folder unless absolute; blank lines and
-    lines starting with '#' are skipped. Paths are returned sorted for folders and in list order for lists.
-    Symlinks are followed, each real folder and file once: links that lead back (loops) or to what is already
-    listed are skipped, counted in the result's `skipped_links` and said in one warning line.
-    """
-    source = Path(source).expanduser()
-    kind = describe(source)
-    if kind == FOLDER:
-        check_folder(source, "image folder")
-        images = ImageList(_walk_images(source, seen := _Seen()), seen.skipped)
-        if not images:
-            raise PkdError(f"no images under {source} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        _warn(images.note(source))
-        return images
-    if kind == FILE:
-        check_file(source, "file list")
-        try:
-            lines = source.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise PkdError(f"cannot read file list {source}: {e}") from None
-        images = ImageList(source.parent / line.strip() for line in lines if line.strip() and not line.startswith("#"))
-        if not images:
-            raise PkdError(f"file list {source} names no images")
-        return images
-    if kind == MISSING:
-        raise PkdError(f"data not found: {source} (expected a folder of images or a text file listing them)")
-    raise PkdError(f"data {source} is {kind}; expected a folder of images or a text file listing them")
-
-
-def _warn(note: str | None) -> None:
-    if note:
-        log.warning("%s", note)
+from promptkd_edge.formats.classes import validate_class_names
+from promptkd_edge.utils.image_files import ImageList, Seen, file_key, walk_images, warn_note
+from promptkd_edge.utils.paths import check_folder
 
 
 @dataclass
@@ -144,14 +32,14 @@ class LabeledImages:
             raise PkdError(f"{root} has no class sub-folders (expected ROOT/<class name>/<images>)")
         validate_class_names(classes, str(root))  # folder names are class names: one line each, told apart
         samples, skipped = [], 0
-        folders = {_key(os.stat(f)) for f in [root, *(root / c for c in classes)]}  # no class walks into another
+        folders = {file_key(os.stat(f)) for f in [root, *(root / c for c in classes)]}  # no class walks into another
         for i, c in enumerate(classes):
-            seen = _Seen(folders)
-            samples += [(p, i) for p in _walk_images(root / c, seen, root_seen=True)]
+            seen = Seen(folders)
+            samples += [(p, i) for p in walk_images(root / c, seen, root_seen=True)]
             skipped += seen.skipped
         if not samples:
             raise PkdError(f"no images in the class folders of {root}")
-        _warn(ImageList(skipped_links=skipped).note(root))
+        warn_note(ImageList(skipped_links=skipped).note(root))
         return cls(root, classes, samples, skipped)
 
     def relabel(self, names: list[str]) -> LabeledImages:

@@ -24,7 +24,9 @@ from promptkd_edge.data import demo_domain
 from promptkd_edge.data.listing import LabeledImages
 from promptkd_edge.errors import PkdError
 from promptkd_edge.eval.accuracy import accuracy_report, predict
-from promptkd_edge.export.bundle import ExportOptions, export_run
+from promptkd_edge.export.bundle import export_run
+from promptkd_edge.export.options import ExportOptions
+from promptkd_edge.formats.run import RunDir
 from promptkd_edge.models.class_vectors import ClassVectors, compute_class_vectors
 from promptkd_edge.models.openclip import load_clip
 from promptkd_edge.models.student import load_student
@@ -222,7 +224,7 @@ def _evaluate(report: DemoReport, run_dir: Path, test: Path, teacher_spec: str, 
     tuned = load_teacher(vectors.teacher)
     baseline = load_teacher(student_spec)  # the student zero-shot, with its own text tower
     baseline_vectors = compute_class_vectors(baseline, vectors.names)
-    student = load_student(run_dir / "student.safetensors")
+    student = load_student(RunDir(run_dir).student)
     models = {
         "teacher zero-shot": (zero_shot.clip.preprocess,
                               lambda x: zero_shot_vectors.logits(zero_shot.encode_image(x))),

@@ -24,6 +24,11 @@ from promptkd_edge.utils.progress import NullProgress, Progress
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # model-ready images -> logits [B, C]
 
 
+def base_classes(n: int) -> int:
+    """The base split of the base-to-novel protocol: the first ceil(N/2) classes by class id."""
+    return math.ceil(n / 2)
+
+
 @dataclass
 class EvalResult:
     images: int
@@ -38,11 +43,11 @@ class EvalResult:
     skipped_links: int = 0  # symlink loops / duplicate links the folder scan skipped (each real image scored once)
 
     def to_dict(self) -> dict:
-        return {"images": self.images, "classes": self.classes, "base_classes": math.ceil(self.classes / 2),
+        return {"images": self.images, "classes": self.classes, "base_classes": base_classes(self.classes),
                 "top1": self.top1, "base": self.base, "novel": self.novel, "hm": self.hm,
                 "agreement": self.agreement, "bad_images": len(self.bad_images),
                 "skipped_links": self.skipped_links,
-                "base_class_names": self.class_names[:math.ceil(self.classes / 2)],
+                "base_class_names": self.class_names[:base_classes(self.classes)],
                 "unreadable": [{"path": p, "reason": why} for p, why in self.bad_images]}
 
 
@@ -79,7 +84,7 @@ def predict(labeled: LabeledImages, models: dict[str, tuple[Preprocess, Scorer]]
 def accuracy_report(labels: torch.Tensor, logits: dict[str, torch.Tensor], classes: int, bad: list,
                     pairs: list[tuple[str, str]] = ()) -> EvalResult:
     """All-class top-1, base/novel/HM (each half only where the data has images of it), agreement."""
-    nb = math.ceil(classes / 2)
+    nb = base_classes(classes)
     is_base = labels < nb
     result = EvalResult(images=len(labels), classes=classes, top1={}, bad_images=bad)
     preds = {n: z.argmax(-1) for n, z in logits.items()}
@@ -100,7 +105,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, with_teacher: bool = 
                  progress: Progress | None = None) -> EvalResult:
     """Score a run on a labeled ImageFolder named like its classes: a distillation run's student (and, with
     `with_teacher`, its teacher), or a teacher run's teacher."""
-    from promptkd_edge.train.run_dir import RunDir
+    from promptkd_edge.formats.run import RunDir
 
     run = RunDir(run_dir)
     run.check_existing()
@@ -128,7 +133,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, with_teacher: bool = 
 def base_novel_note(names: list[str]) -> str:
     """Which classes are base (the first half of the class list, as the paper's protocol), and a warning when the
     list is in sorted folder-name order, which is not the label order of some benchmark splits."""
-    nb = math.ceil(len(names) / 2)
+    nb = base_classes(len(names))
     shown = ", ".join(names[:min(nb, 3)]) + (", ..." if nb > 3 else "")
     note = f"base = the first {nb} classes of the class list ({shown}), novel = the other {len(names) - nb}"
     if names == sorted(names):

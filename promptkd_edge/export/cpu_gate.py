@@ -22,6 +22,7 @@ import numpy as np
 from promptkd_edge.errors import PkdError
 from promptkd_edge.export import parity as gate
 from promptkd_edge.export.gate_run import embeddings_inside, run_for_gate
+from promptkd_edge.formats.bundle import PREPROCESS_FILE
 from promptkd_edge.formats.manifest import ParityEntry, write_manifest
 from promptkd_edge.runtime.bundle import open_bundle, read_classes
 from promptkd_edge.runtime.cpu import cpu_info
@@ -81,7 +82,7 @@ def add_bf16_gate(bundle_dir: str | os.PathLike, *, data: str | None = None, par
     if model.precision not in BF16_GRAPHS:
         raise PkdError(f"OpenVINO computes an FP32 or INT8 model.onnx in bf16; this bundle's is "
                        f"{model.precision}: export the run again with --precision bf16")
-    spec = PreprocessSpec.load(bundle_dir / "preprocess.json")
+    spec = PreprocessSpec.load(bundle_dir / PREPROCESS_FILE)
     images = gate.collect_images(data, parity_images, 0, spec.size, seed)
     inputs = prepare(images.parity, spec, input_format=model.input_format)
     master = bundle_dir / model.file

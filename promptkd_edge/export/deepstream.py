@@ -47,10 +47,10 @@ from pathlib import Path
 import numpy as np
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.classes import check_labels, labels_text
 from promptkd_edge.formats.manifest import EngineEntry, Manifest, ModelEntry
 from promptkd_edge.formats.plan_record import plan_record_line
 from promptkd_edge.runtime.bundle import Bundle, open_bundle
-from promptkd_edge.runtime.names import check_labels, labels_text
 from promptkd_edge.runtime.preprocess import PreprocessSpec, prepare, to_rgb
 from promptkd_edge.utils.files import atomic_path, write_text
 from promptkd_edge.utils.text import visible
@@ -98,7 +98,7 @@ def batch_size_for(profiles: list[list[int]], requested: int | None) -> int:
         raise PkdError(f"the plan's first optimization profile starts at batch {lo}; nvinfer runs that profile and "
                        "needs batch 1 in it: rebuild with a first --trt-profile that starts at 1 (e.g. 1,8,32)")
     if requested is not None and requested < 1:
-        raise PkdError("--max-batch must be >= 1")
+        raise PkdError("--deepstream-batch-size must be >= 1")
     return min(requested or hi, hi)
 
 
@@ -339,7 +339,7 @@ def write_config(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, *, e
                        "`pkd export BUNDLE --trt` on the DeepStream machine")
     record = engines[0]
     batch = batch_size_for(record.profiles, max_batch)
-    spec = PreprocessSpec.from_dict(bundle.preprocess)
+    spec = bundle.preprocess
     scaling_filter(spec.interpolation)  # refuse what nvinfer cannot scale with before measuring or writing
     check = None
     if check_images > 0:

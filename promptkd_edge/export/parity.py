@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from promptkd_edge.data.listing import list_images
 from promptkd_edge.errors import PkdError
 from promptkd_edge.formats.manifest import ParityEntry
+from promptkd_edge.utils.image_files import list_images
 
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"top1_agreement": 1.0, "max_abs_logit_diff": 1e-3},

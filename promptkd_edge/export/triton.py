@@ -52,10 +52,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.classes import labels_text
 from promptkd_edge.formats.manifest import EngineEntry, ModelEntry, TensorInfo
 from promptkd_edge.formats.plan_record import plan_record_line
 from promptkd_edge.runtime.bundle import open_bundle
-from promptkd_edge.runtime.names import labels_text
 from promptkd_edge.utils.files import atomic_path, exclusive_lock, write_bytes, write_text
 from promptkd_edge.utils.text import visible
 
@@ -151,7 +151,7 @@ def plan_batch_limit(profiles: list[list[int]], requested: int | None) -> int:
     if uncovered:
         shown = ", ".join(map(str, uncovered[:6])) + (", ..." if len(uncovered) > 6 else "")
         ranges = ", ".join(f"{lo}..{hi}" for lo, _, hi in profiles)
-        fix = f" or pass --max-batch {uncovered[0] - 1}" if uncovered[0] > 1 else ""
+        fix = f" or pass --triton-max-batch {uncovered[0] - 1}" if uncovered[0] > 1 else ""
         raise PkdError(f"batch {shown} lies in none of the plan's profiles ({ranges}), but Triton's dynamic batcher "
                        f"may form it up to max_batch_size {limit}: rebuild the plan with --trt-profile covering "
                        f"1..{limit}{fix}")
@@ -169,7 +169,7 @@ def write_repository(bundle_dir: str | os.PathLike, repo: str | os.PathLike, *, 
     with all its profiles listed; its largest profile batch bounds `max_batch_size`.
     """
     if max_batch is not None and max_batch < 1:
-        raise PkdError("--max-batch must be >= 1")
+        raise PkdError("--triton-max-batch must be >= 1")
     bundle = open_bundle(bundle_dir)
     name = check_model_name(name if name is not None else bundle.path.name.replace("-", "_"))
     folder = Path(repo) / name

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.classes import CLASSES_FILE, VECTORS_FILE, ClassList, cut_note, validate_class_names
 from promptkd_edge.models.teacher import (
     DEFAULT_TEMPLATE,
     Teacher,
@@ -25,11 +26,7 @@ from promptkd_edge.models.teacher import (
     require_weights,
     teacher_run_file,
 )
-from promptkd_edge.runtime.names import cut_note, validate_class_names
-from promptkd_edge.utils.files import atomic_path, read_json, sha256_file, write_json
-
-VECTORS_FILE = "class_vectors.safetensors"
-CLASSES_FILE = "classes.json"
+from promptkd_edge.utils.files import atomic_path, sha256_file, write_json
 
 
 @dataclass
@@ -66,10 +63,9 @@ class ClassVectors:
         directory = Path(directory)
         with atomic_path(directory / VECTORS_FILE) as tmp:
             save_file({"class_vectors": self.vectors.detach().float().cpu().contiguous()}, str(tmp))
-        write_json(directory / CLASSES_FILE, {
-            "names": self.names, "teacher": self.teacher, "template": self.template,
-            "logit_scale": self.logit_scale, "dim": self.dim,
-            "vectors_file": VECTORS_FILE, "vectors_sha256": sha256_file(directory / VECTORS_FILE)})
+        write_json(directory / CLASSES_FILE, ClassList(
+            self.names, self.logit_scale, self.teacher, self.template, VECTORS_FILE,
+            sha256_file(directory / VECTORS_FILE), self.dim).to_dict())
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> ClassVectors:
@@ -79,16 +75,19 @@ class ClassVectors:
         directory = Path(directory)
         if directory.is_file():
             directory = directory.parent
-        meta = read_json(directory / CLASSES_FILE, "class list")
-        vectors_path = directory / meta.get("vectors_file", VECTORS_FILE)
+        meta = ClassList.read(directory)
+        vectors_path = directory / meta.vectors_file
         if not vectors_path.is_file():
             raise PkdError(f"class vectors not found: {vectors_path}")
-        if meta.get("vectors_sha256") and sha256_file(vectors_path) != meta["vectors_sha256"]:
+        if meta.vectors_sha256 and sha256_file(vectors_path) != meta.vectors_sha256:
             raise PkdError(f"{vectors_path} was modified after {directory / CLASSES_FILE} was written "
                            "(sha256 mismatch)")
+        if meta.teacher is None or meta.template is None:
+            raise PkdError(f"{directory / CLASSES_FILE} names no teacher and template: it ships class names for a "
+                           "bundle, not the class vectors of a teacher")
         vectors = load_file(str(vectors_path))["class_vectors"].float()
-        validate_class_names(meta["names"], str(directory / CLASSES_FILE))  # an older run's list: say which file
-        return cls(list(meta["names"]), vectors, meta["teacher"], meta["template"], float(meta["logit_scale"]))
+        validate_class_names(meta.names, str(directory / CLASSES_FILE))  # an older run's list: say which file
+        return cls(meta.names, vectors, meta.teacher, meta.template, meta.logit_scale)
 
 
 def compute_class_vectors(teacher: Teacher, names: list[str], template: str = DEFAULT_TEMPLATE) -> ClassVectors:

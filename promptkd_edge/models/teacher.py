@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.models.clip_tokenizer import tokenizer_digest
 from promptkd_edge.models.openclip import (
     SCHEMAS,
     LoadedCLIP,
     ModelSpec,
     load_clip,
     register_tiny_configs,
-    tokenizer_digest,
     weights_file_for,
 )
 from promptkd_edge.models.prompted_text import PromptedTextTower

@@ -14,31 +14,25 @@ measured once per machine and cached (runtime/auto.py). `description` and `choic
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, replace
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.runtime.backends import Backend, LoadOptions, check_options, load_backend
 from promptkd_edge.runtime.bundle import Bundle, open_bundle
 from promptkd_edge.runtime.pipeline import Chunk, chunks
 from promptkd_edge.runtime.preprocess import (
     FrameGroups,
-    PreprocessSpec,
     check_channel_order,
     decode_for,
     frame_groups,
     prepare,
 )
-
-BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
-PRECISIONS = ("fp32", "bf16")  # what `precision=` may force on OpenVINO
 
 
 @dataclass(frozen=True)
@@ -79,14 +73,14 @@ def best_k(logits: np.ndarray, names: Sequence[str], k: int) -> list[Prediction]
 class Classifier:
     """A bundle with a backend: `predict` (top-k labels), `logits`, `embed` (unit features)."""
 
-    def __init__(self, bundle: Bundle, backend: Any, notes: list[str] | None = None, choice: Any = None,
+    def __init__(self, bundle: Bundle, backend: Backend, notes: list[str] | None = None, choice: Any = None,
                  channel_order: str = "rgb", *, exact_preprocess: bool = False):
         self.bundle, self.backend = bundle, backend
         self.channel_order = check_channel_order(channel_order)  # of the HxWx3 arrays given: rgb or bgr
         self.notes = list(notes or [])
-        on_gpu = getattr(backend, "device", "cpu") == "cuda" or getattr(backend, "name", "") == "tensorrt"
-        decode, decode_notes = decode_for(bundle.manifest.passed_gates(), exact=exact_preprocess, gpu=on_gpu)
-        self.preprocess = replace(PreprocessSpec.from_dict(bundle.preprocess), decode=decode)
+        decode, decode_notes = decode_for(bundle.manifest.passed_gates(), exact=exact_preprocess,
+                                          gpu=backend.device == "cuda")
+        self.preprocess = replace(bundle.preprocess, decode=decode)
         self.notes += decode_notes
         self.class_names = list(bundle.class_names)
         self._vectors = bundle.class_vectors
@@ -95,7 +89,7 @@ class Classifier:
         self._text = None  # runtime.text.TextEncoder, loaded by the first with_class_names
         self._own_classes = True  # False after with_classes: the graph's own logits no longer apply
         self.workers: int | None = None  # decoding threads per call (None: min(4, usable CPUs); 0: the caller's)
-        if getattr(backend, "fell_back_to_cpu", False):
+        if backend.fell_back_to_cpu:
             self.notes.append("ONNX Runtime fell back to CPU: the GPU provider did not load "
                               "(check CUDA/cuDNN libraries with `pkd doctor`)")
 
@@ -113,64 +107,11 @@ class Classifier:
         passed (runtime/preprocess.py `decode_for`; `preprocess.decode` says which runs). `channel_order`: of the
         uint8 HxWx3 arrays given, "rgb" or "bgr" (OpenCV's and GStreamer's frames)."""
         check_channel_order(channel_order)
-        if backend not in BACKENDS:
-            raise PkdError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-        if hint not in ("latency", "throughput"):
-            raise PkdError(f"unknown OpenVINO hint '{hint}'; choose latency or throughput")
-        if precision is not None and precision not in PRECISIONS:
-            raise PkdError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
-        if precision == "bf16":
-            if backend not in ("auto", "openvino"):
-                raise PkdError(f"precision bf16 runs on OpenVINO (backend 'openvino' or 'auto'), not on {backend}")
-            backend = "openvino"
+        backend = check_options(backend, precision, hint)
         bundle = open_bundle(path, allow_invalid=allow_invalid)
-        notes: list[str] = []
-        cls = partial(cls, exact_preprocess=exact_preprocess, channel_order=channel_order)  # type: ignore[assignment]
-        if backend == "tensorrt" or (backend == "auto" and bundle.engines):
-            try:
-                return cls(bundle, _tensorrt(bundle, device_id), notes)
-            except PkdError as e:
-                if backend == "tensorrt":
-                    raise
-                notes.append(f"TensorRT not used: {e}")
-        if backend == "torch":
-            from promptkd_edge.runtime.torch_backend import TorchBackend
-
-            if bundle.model.input_format == "frame":
-                raise PkdError("the torch backend runs the student on crops; a --frame-input bundle resizes frames in "
-                               "its ONNX graph: use backend onnxruntime, openvino or tensorrt")
-
-            return cls(bundle, TorchBackend(bundle.path, bundle.model), notes)
-        if backend == "openvino":
-            from promptkd_edge.runtime.openvino_backend import OpenVinoBackend
-
-            chosen = precision or ("bf16" if _bf16_gated(bundle) else "fp32")
-            if chosen == "bf16" and "openvino-bf16" not in bundle.manifest.passed_gates():
-                notes.append("bf16 forced: this bundle has no passing bf16 parity gate (add one with "
-                             f"`pkd export {bundle.path} --precision bf16`)")
-            return cls(bundle, OpenVinoBackend(bundle.model_path, precision=chosen, threads=threads, hint=hint),
-                       notes)
-        from promptkd_edge.runtime.onnxruntime_backend import GPU_PROVIDERS, OnnxRuntimeBackend
-
-        def ort(chosen_providers: str | list[str]) -> OnnxRuntimeBackend:
-            return OnnxRuntimeBackend(bundle.model_path, providers=chosen_providers, threads=threads,
-                                      precision=bundle.model.precision)
-
-        if backend == "onnxruntime" or providers != "auto" or (not probe and precision is None):
-            return cls(bundle, ort(providers), notes)
-        import onnxruntime
-
-        if any(p in onnxruntime.get_available_providers() for p in GPU_PROVIDERS):
-            gpu = ort("auto")
-            if gpu.device == "cuda":
-                return cls(bundle, gpu, notes)
-            gpu.close()
-        from promptkd_edge.runtime.auto import choose
-
-        options = _cpu_options(bundle, threads, precision, hint, ort)
-        loaded, choice = choose(options, _probe_input(bundle), model_sha256=bundle.manifest.files[bundle.model.file],
-                                threads=threads, versions={**_versions(), "openvino hint": hint})
-        return cls(bundle, loaded, notes, choice)
+        opts = LoadOptions(providers, threads, device_id, precision, hint, probe)
+        loaded, choice = load_backend(backend, bundle, opts)
+        return cls(bundle, loaded, opts.notes, choice, channel_order, exact_preprocess=exact_preprocess)
 
     @property
     def description(self) -> str:
@@ -214,8 +155,7 @@ class Classifier:
 
     def _check_frame_profile(self, index: int, size: tuple[int, ...]) -> None:
         """A TensorRT plan takes the frame sizes its profiles were built for (the engine record's frame_sizes)."""
-        record = getattr(self.backend, "record", None)
-        limits = record.get("frame_sizes") if isinstance(record, dict) else None
+        limits = self.backend.frame_sizes
         if limits and not all(lo <= s <= hi for lo, s, hi in zip(limits[0], size, limits[2], strict=True)):
             (h0, w0), _, (h1, w1) = limits
             raise PkdError(f"image {index}: a {size[1]}x{size[0]} frame is outside the TensorRT plan's frame "
@@ -223,7 +163,7 @@ class Classifier:
 
     def _batch(self, batch_size: int) -> int:
         """`batch_size`, capped by what the backend takes (a TensorRT plan's largest profile)."""
-        return max(1, min(batch_size, getattr(self.backend, "max_batch", batch_size)))
+        return max(1, min(batch_size, self.backend.max_batch or batch_size))
 
     def prepared(self, images: Iterable[Any], batch_size: int = 16, *, workers: int | None = None
                  ) -> Iterator[Chunk]:
@@ -271,7 +211,7 @@ class Classifier:
     def with_classes(self, names: Sequence[str], vectors: np.ndarray, logit_scale: float | None = None
                      ) -> Classifier:
         """The same model with another class list (bundles with --head embeddings or both): W [C, D], unit rows."""
-        from promptkd_edge.runtime.names import name_list, validate_class_names
+        from promptkd_edge.formats.classes import name_list, validate_class_names
 
         names = name_list(names, "class names")
         validate_class_names(names, "class names")
@@ -294,7 +234,7 @@ class Classifier:
         (`pkd export --text-encoder`) in the sentence the run's vectors came from. Names cut to fit the text
         context are listed in `notes`. `names` is a list (a string is refused, not read one class a character);
         names the text encoder cannot tell apart are refused."""
-        from promptkd_edge.runtime.names import name_list, validate_class_names
+        from promptkd_edge.formats.classes import name_list, validate_class_names
 
         names = name_list(names, "class names")
         validate_class_names(names, "class names")
@@ -305,8 +245,7 @@ class Classifier:
 
             # on a GPU box the text tower runs on ONNX Runtime's CUDA provider where this build has it (TensorRT
             # is not built for it), else on the CPU: once per class list
-            on_gpu = getattr(self.backend, "device", "cpu") == "cuda" or self.backend.name == "tensorrt"
-            cuda = on_gpu and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+            cuda = self.backend.device == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
             kind = "openvino" if self.backend.name == "openvino" else "onnxruntime"
             self._text = TextEncoder(self.bundle, kind, providers="cuda" if cuda else "cpu")
         vectors, notes = self._text.encode(names)
@@ -339,73 +278,3 @@ def _items(images: Sequence[Any]) -> Sequence[Any]:
     if len(images) == 0:
         raise PkdError("no images given")
     return images
-
-
-PROBE_FRAME = (1080, 1920)  # the frame size backend="auto" times a frame bundle's CPU options on
-
-
-def _probe_input(bundle: Bundle):
-    """The input `runtime.auto` times the options on: the model's, a frame graph's at 1080p."""
-    spec = bundle.model.inputs[0]
-    if bundle.model.input_format != "frame":
-        return spec
-    return dataclasses.replace(spec, shape=[spec.shape[0], *PROBE_FRAME, 3])
-
-
-def _bf16_gated(bundle: Bundle) -> bool:
-    """The bundle's bf16 gate passed and this CPU computes bf16 natively."""
-    from promptkd_edge.runtime.openvino_backend import has_bf16
-
-    return "openvino-bf16" in bundle.manifest.passed_gates() and has_bf16()
-
-
-def _cpu_options(bundle: Bundle, threads: int | None, precision: str | None, hint: str, ort) -> list:
-    """The CPU ways to run `bundle` that its gates vouch for: ONNX Runtime on its graph; OpenVINO f32 on an FP32 or
-    INT8 graph (the graph's own arithmetic); OpenVINO bf16 on either where the bf16 gate passed (not with
-    precision="fp32")."""
-    from promptkd_edge.runtime.auto import Option
-    from promptkd_edge.runtime.openvino_backend import OpenVinoBackend, openvino_version
-
-    graph = bundle.model.precision
-    options = [Option("onnxruntime", lambda: ort("cpu"), f"{graph} gate")]
-    if openvino_version() is None or graph not in ("fp32", "int8"):
-        return options
-
-    def openvino(p: str):
-        return lambda: OpenVinoBackend(bundle.model_path, precision=p, threads=threads, hint=hint)
-
-    options.append(Option("openvino-fp32", openvino("fp32"), f"{graph} gate"))
-    if precision is None and _bf16_gated(bundle):
-        options.append(Option("openvino-bf16", openvino("bf16"), "bf16 gate"))
-    return options
-
-
-def _versions() -> dict[str, str | None]:
-    from promptkd_edge.utils.versions import distribution_version
-
-    return {dist: distribution_version(dist) for dist in ("onnxruntime", "onnxruntime-gpu", "openvino")}
-
-
-def _tensorrt(bundle: Bundle, device_id: int):
-    """The TensorRT backend on the first plan of the bundle built for this TensorRT version and GPU."""
-    from promptkd_edge.runtime.tensorrt_backend import (
-        TensorRTBackend,
-        check_plan_compatible,
-        gpu_info,
-        import_tensorrt,
-    )
-
-    engines = [e.to_dict() for e in bundle.engines if e.parity_passed]
-    if not engines:
-        raise PkdError(f"bundle {bundle.path} holds no TensorRT plan; build one with `pkd export {bundle.path} --trt`")
-    trt = import_tensorrt()
-    gpu = gpu_info(device_id)
-    errors = []
-    for record in engines:
-        try:
-            check_plan_compatible(record, trt, gpu)
-        except PkdError as e:
-            errors.append(str(e))
-            continue
-        return TensorRTBackend(Path(bundle.path) / record["file"], record, device_id=device_id)
-    raise PkdError(errors[0])

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from promptkd_edge.data.listing import IMAGE_EXTENSIONS, list_images
 from promptkd_edge.errors import PkdError
+from promptkd_edge.utils.image_files import IMAGE_EXTENSIONS, list_images
 from promptkd_edge.utils.paths import FOLDER, describe
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from promptkd_edge.errors import PkdError, first_line
+from promptkd_edge.runtime.backends import Backend
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -54,7 +55,7 @@ def _device_id(requested: list) -> int:
     return 0
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     """Runs an ONNX file; `fell_back_to_cpu` is True when a GPU provider was asked for but CPU runs the model."""
 
     name = "onnxruntime"
@@ -66,7 +67,7 @@ class OnnxRuntimeBackend:
         embeddings inside a logits-only graph this way). `io_binding` defaults to on for GPU providers."""
         import onnxruntime as ort
 
-        self.path = Path(model_path)
+        self.path, self.precision = Path(model_path), precision
         requested = resolve_providers(providers)
         source = str(self.path)
         self._renames = {tensor: name for name, tensor in (extra_outputs or {}).items()}

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from promptkd_edge.errors import PkdError, first_line
+from promptkd_edge.runtime.backends import Backend
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # ours -> OpenVINO's INFERENCE_PRECISION_HINT
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -66,7 +67,7 @@ def has_bf16() -> bool:
     return "BF16" in cpu_capabilities()
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(Backend):
     """Runs an ONNX file on OpenVINO's CPU plugin. Safe to call from several threads: each call takes an infer
     request from a pool (made on demand) and returns it."""
 

@@ -8,7 +8,9 @@ needs the export package.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from promptkd_edge.errors import PkdError, first_line
+from promptkd_edge.formats.manifest import EngineEntry
+from promptkd_edge.runtime.backends import Backend
 from promptkd_edge.utils.files import sha256_file
 
 REBUILD_HINT = "rebuild it here with `pkd export BUNDLE --trt`"
@@ -168,15 +172,28 @@ def _sm(compute_capability: str) -> str:
     return str(compute_capability).replace(".", "")
 
 
-def check_plan_compatible(record: dict[str, Any], trt, gpu: dict[str, str]) -> None:
+PlanRecord = EngineEntry | Mapping[str, Any]  # a bundle's manifest entry, or the record a build just returned
+
+
+def plan_field(record: PlanRecord, key: str, default: Any = None) -> Any:
+    """A plan record's `key`: an EngineEntry's field (else its extra), or a build record's (a dict) key."""
+    if isinstance(record, Mapping):
+        return record.get(key, default)
+    if key in {f.name for f in dataclasses.fields(record)}:
+        return getattr(record, key)
+    return record.extra.get(key, default)
+
+
+def check_plan_compatible(record: PlanRecord, trt, gpu: dict[str, str]) -> None:
     """A plan loads only on the TensorRT version and GPU architecture it was built for: else a one-line PkdError."""
     version = tensorrt_version(trt)
-    if record.get("tensorrt") == version and record.get("compute_capability") == gpu["compute_capability"]:
+    built, sm = plan_field(record, "tensorrt"), plan_field(record, "compute_capability", "?")
+    if built == version and sm == gpu["compute_capability"]:
         return
     raise PkdError(
-        f"{record.get('file', 'the plan')} was built for TensorRT {record.get('tensorrt')} on "
-        f"sm_{_sm(record.get('compute_capability', '?'))} ({record.get('gpu', '?')}); this machine has TensorRT "
-        f"{version} on sm_{_sm(gpu['compute_capability'])} ({gpu['name']}): {REBUILD_HINT}")
+        f"{plan_field(record, 'file', 'the plan')} was built for TensorRT {built} on sm_{_sm(sm)} "
+        f"({plan_field(record, 'gpu', '?')}); this machine has TensorRT {version} on "
+        f"sm_{_sm(gpu['compute_capability'])} ({gpu['name']}): {REBUILD_HINT}")
 
 
 NUMPY_DTYPES = (("float32", np.float32), ("float16", np.float16), ("int8", np.int8), ("int32", np.int32),
@@ -240,7 +257,7 @@ class _Buffers:
         self.host.clear()
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     """One TensorRT engine on one GPU; `run` takes and returns host numpy arrays and is safe from many threads.
 
     Copies go through pinned host buffers (a copy from pageable memory is synchronous), on the backend's own stream
@@ -251,10 +268,13 @@ class TensorRTBackend:
     """
 
     name = "tensorrt"
+    device = "cuda"
 
-    def __init__(self, plan_path: str | Path, record: dict[str, Any], device_id: int = 0):
+    def __init__(self, plan_path: str | Path, record: PlanRecord, device_id: int = 0):
         self.plan_path = Path(plan_path)
         self.record = record
+        self.precision = plan_field(record, "precision")
+        self.frame_sizes = plan_field(record, "frame_sizes")
         self.device_id = device_id
         trt = import_tensorrt()
         self._trt = trt
@@ -263,7 +283,7 @@ class TensorRTBackend:
         check_plan_compatible(record, trt, self.gpu)
         if not self.plan_path.is_file():
             raise PkdError(f"TensorRT plan not found: {self.plan_path}")
-        if record.get("sha256") and sha256_file(self.plan_path) != record["sha256"]:
+        if plan_field(record, "sha256") and sha256_file(self.plan_path) != plan_field(record, "sha256"):
             raise PkdError(f"{self.plan_path} does not match its sha256 in the manifest")
         self._lock = threading.Lock()
         cuda_check(cudart, cudart.cudaSetDevice(device_id), "cudaSetDevice")
@@ -275,7 +295,7 @@ class TensorRTBackend:
                            f"({first_line(e, with_type=False)})") from None
         self.engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         if self.engine is None:
-            raise PkdError(f"{record.get('file', self.plan_path.name)} cannot be loaded by this TensorRT/GPU "
+            raise PkdError(f"{plan_field(record, 'file', self.plan_path.name)} cannot be loaded by this TensorRT/GPU "
                            f"(TensorRT {tensorrt_version(trt)}, {self.gpu['name']}); {REBUILD_HINT}")
         self.context = self.engine.create_execution_context()
         if self.context is None:
@@ -305,7 +325,7 @@ class TensorRTBackend:
     @property
     def description(self) -> str:
         return (f"TensorRT {tensorrt_version(self._trt)}, {self.gpu['name']} (sm_{self.gpu['sm']}), "
-                f"plan {self.record.get('file', self.plan_path.name)}")
+                f"plan {plan_field(self.record, 'file', self.plan_path.name)}")
 
     def _pick_profile(self, batch: int, profile: int | None = None) -> int:
         """`profile` when given (it must hold `batch`), else the first profile that holds `batch`."""

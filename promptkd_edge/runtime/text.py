@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.classes import check_labels, cut_note, name_list, validate_class_names
 from promptkd_edge.runtime.bundle import Bundle
-from promptkd_edge.runtime.names import check_labels, cut_note, name_list, validate_class_names
 from promptkd_edge.runtime.tokenizer import cut_after_longest, load_bundle_tokenizer
 
 BATCH = 64

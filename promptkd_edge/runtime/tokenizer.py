@@ -18,9 +18,7 @@ library to. `load_bundle_tokenizer` picks the class from the manifest's tokenize
 from __future__ import annotations
 
 import gzip
-import html
 import os
-import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -28,13 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from promptkd_edge.errors import PkdError
+from promptkd_edge.utils.clip_text import WORDS, clean_text, imports
 
 WORD_END = "</w>"
 CLEANERS = ("lower", "whitespace")
 HF_CLEANERS = ("lower", "whitespace", "canonicalize")  # open_clip's get_clean_fn names
 HF_TYPE = "hf-tokenizers"
-# open_clip's split of cleaned text into words, numbers and punctuation runs (whitespace only separates)
-WORDS = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
 
 
 @lru_cache(maxsize=1)
@@ -50,43 +47,6 @@ def byte_symbols() -> dict[int, str]:
     return table
 
 
-def _imports():
-    try:
-        import ftfy
-        import regex
-    except ImportError:
-        raise PkdError("the text encoder needs ftfy and regex: pip install 'promptkd-edge[text]'") from None
-    return ftfy, regex
-
-
-def clean_text(text: str, clean: str = "lower") -> str:
-    """Text as open_clip cleans it before splitting: ftfy's fix_text, HTML entities unescaped twice, runs of
-    whitespace made one space, lower case (clean="lower"); "canonicalize" (SigLIP) also drops punctuation."""
-    ftfy, _ = _imports()
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    if clean == "canonicalize":  # big_vision's: underscores read as spaces, ASCII punctuation dropped, lower case
-        import string
-
-        text = text.replace("_", " ").translate(str.maketrans("", "", string.punctuation)).lower()
-    text = " ".join(text.split())
-    return text.lower() if clean == "lower" else text
-
-
-def text_key(text: str) -> tuple[str, ...]:
-    """What CLIP's tokenizer (clean="lower") makes of `text` before the context cut, without its vocabulary.
-
-    With ftfy and regex (the [text] extra; open_clip brings them): the words, numbers and punctuation runs of the
-    cleaned text. Two texts then have the same key exactly when they have the same token ids (a word's byte-pair
-    tokens are a function of the word and spell it back), but for the special tokens' own text. Without them (a
-    core install): NFKC, casefold and runs of whitespace as one space, a stand-in that catches case, Unicode forms
-    and spacing, not HTML entities or spacing around punctuation (and casefold is a little stricter than lower)."""
-    try:
-        _, regex = _imports()
-    except PkdError:
-        return (" ".join(unicodedata.normalize("NFKC", text).casefold().split()),)
-    return tuple(regex.findall(WORDS, clean_text(text)))
-
-
 class ClipTokenizer:
     """Token ids [N, context_length] (int64) of texts, exactly as open_clip's tokenizer for CLIP models."""
 
@@ -96,7 +56,7 @@ class ClipTokenizer:
             raise PkdError(f"unknown text cleaning '{clean}'; this tokenizer knows {', '.join(CLEANERS)}")
         if len(special_tokens) < 2:
             raise PkdError("a CLIP tokenizer needs at least the start and end tokens")
-        _, regex = _imports()
+        _, regex = imports()
         symbols = list(byte_symbols().values())
         vocab = symbols + [s + WORD_END for s in symbols] + ["".join(m) for m in merges] + list(special_tokens)
         self.ids = {token: i for i, token in enumerate(vocab)}

@@ -21,11 +21,9 @@ from typing import Any
 import torch
 
 from promptkd_edge.errors import PkdError, first_line
+from promptkd_edge.formats.run import LATEST, STATE_FILES, SUMS, checkpoint_names, content_sha256
 from promptkd_edge.utils.files import read_json, write_json
 
-LATEST = "latest.json"
-SUMS = "sha256.json"  # in each checkpoint folder: {file name: sha256} of STATE_FILES
-STATE_FILES = ("state.safetensors", "state.json")
 TENSOR = "__tensor__"
 
 
@@ -67,32 +65,6 @@ def _sha256(path: Path) -> str:
     """The file's sha256, read now (never a cached value: the point is to see a change)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def content_sha256(path: Path) -> str:
-    """The sha256 of a safetensors file's metadata and tensors (names, dtypes, shapes, bytes), in a fixed order:
-    the same content gives the same digest whichever order a writer put the header in."""
-    from safetensors import safe_open
-
-    h = hashlib.sha256()
-    with safe_open(str(path), framework="pt") as f:
-        h.update(repr(sorted((f.metadata() or {}).items())).encode())
-        for key in sorted(f.keys()):
-            t = f.get_tensor(key).contiguous()
-            h.update(f"\n{key}:{t.dtype}:{tuple(t.shape)}\n".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def checkpoint_names(root: str | os.PathLike) -> list[str]:
-    """The checkpoint folders under `root`, oldest first (their names sort by step)."""
-    root = Path(root)
-    return sorted(p.name for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
-
-
-def has_checkpoint(root: str | os.PathLike) -> bool:
-    """Whether a run's checkpoints folder holds a checkpoint to resume from (or a sign of one)."""
-    return (Path(root) / LATEST).is_file() or bool(checkpoint_names(root))
 
 
 def save_checkpoint(root: str | os.PathLike, state: TrainingState, keep: int = 2,
@@ -173,20 +145,6 @@ def load_latest(root: str | os.PathLike, name: str | None = None) -> TrainingSta
     except Exception as e:  # noqa: BLE001 - whatever is wrong inside, the checkpoint cannot be used
         raise PkdError(f"checkpoint {folder} is unreadable ({first_line(e, with_type=False)}); "
                        f"{_earlier_advice(root, name)}") from None
-
-
-def matches_checkpoint(root: str | os.PathLike, name: str, path: str | os.PathLike) -> bool | None:
-    """Whether the run file `path` holds what checkpoint `name` recorded under its file name (student.safetensors
-    of that step); None when the checkpoint recorded none (an earlier version's)."""
-    sums = Path(root) / name / SUMS
-    recorded = read_json(sums, "checkpoint checksums").get("content_sha256", {}).get(Path(path).name) \
-        if sums.is_file() else None
-    if recorded is None:
-        return None
-    try:
-        return content_sha256(Path(path)) == recorded
-    except Exception:  # noqa: BLE001 - missing, truncated, not safetensors: not the checkpoint's file
-        return False
 
 
 def _verify(folder: Path) -> bool:

@@ -22,15 +22,10 @@ import torch
 
 from promptkd_edge.data.datasets import BadImages, TooManyBadImages, write_bad_images
 from promptkd_edge.errors import PkdError
+from promptkd_edge.formats.run import RunDir, has_checkpoint, matches_checkpoint
 from promptkd_edge.models.class_vectors import ClassVectors
 from promptkd_edge.models.student import Student, save_student
-from promptkd_edge.train.checkpoint import (
-    TrainingState,
-    has_checkpoint,
-    load_latest,
-    matches_checkpoint,
-    save_checkpoint,
-)
+from promptkd_edge.train.checkpoint import TrainingState, load_latest, save_checkpoint
 from promptkd_edge.train.config import DistillConfig
 from promptkd_edge.train.distill_setup import (
     LazyTeacher,
@@ -55,11 +50,11 @@ from promptkd_edge.train.distributed import (
     shutdown,
 )
 from promptkd_edge.train.losses import kd_loss
-from promptkd_edge.train.run_dir import MetricsLog, RunDir, plot_loss
+from promptkd_edge.train.metrics_log import MetricsLog, plot_loss
 from promptkd_edge.train.schedule import Optimization
 from promptkd_edge.train.step_log import StepLog
 from promptkd_edge.train.teacher_cache import TeacherFeatureCache
-from promptkd_edge.utils.files import write_json
+from promptkd_edge.utils.files import fields_as_json, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 
@@ -310,7 +305,7 @@ def _finish(run: RunDir, rt: Runtime, epochs: int, state: TrainState, cache: Tea
         result.bad_images = len(state.bad.found)
     if rt.is_main:
         result.bad_images_file = write_bad_images(run.path / "bad_images.txt", state.bad)
-        write_json(run.summary, {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()})
+        write_json(run.summary, fields_as_json(result))
     progress.done()
     return result
 

@@ -14,25 +14,24 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from promptkd_edge import __version__
 from promptkd_edge.data.datasets import PairedViews, collate_skipping_bad
-from promptkd_edge.data.listing import list_images
 from promptkd_edge.data.sampling import EpochSampler
 from promptkd_edge.data.shards import ShardViews, is_shard_spec
 from promptkd_edge.errors import PkdError
-from promptkd_edge.models.class_vectors import CLASSES_FILE, ClassVectors, compute_class_vectors
+from promptkd_edge.formats.classes import CLASSES_FILE, read_class_names
+from promptkd_edge.formats.run import RunDir
+from promptkd_edge.models.class_vectors import ClassVectors, compute_class_vectors
 from promptkd_edge.models.openclip import Preprocess, load_clip, preprocess_for, weights_file_for
 from promptkd_edge.models.student import Student, StudentConfig, build_student
 from promptkd_edge.models.teacher import Teacher, base_spec, load_teacher, teacher_fingerprint
-from promptkd_edge.runtime.names import read_class_names
 from promptkd_edge.train import teacher_cache
 from promptkd_edge.train.config import DistillConfig
 from promptkd_edge.train.distributed import Runtime, barrier
-from promptkd_edge.train.run_dir import RunDir
 from promptkd_edge.train.schedule import Optimization
 from promptkd_edge.utils.files import read_json, sha256_file, write_json
+from promptkd_edge.utils.image_files import list_images
 from promptkd_edge.utils.progress import Progress
-from promptkd_edge.utils.versions import distribution_version
+from promptkd_edge.utils.versions import distribution_version, recorded_versions
 
 
 @dataclass
@@ -235,5 +234,5 @@ def write_config(run: RunDir, cfg: DistillConfig, resolved: dict[str, Any], resu
                 raise PkdError(f"cannot resume {run.path}: {key} was {previous[key]}, now {resolved[key]}; {hint}")
     write_json(run.config, {
         "kind": "promptkd-edge/distill-run", "config": cfg.to_dict(), "resolved": resolved,
-        "versions": {"promptkd_edge": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "versions": {**recorded_versions("torch"), "python": platform.python_version(),
                      "open_clip": distribution_version("open_clip_torch")}})

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from promptkd_edge.train.run_dir import MetricsLog
+from promptkd_edge.train.metrics_log import MetricsLog
 
 
 class StepLog:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -22,15 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from promptkd_edge import __version__
 from promptkd_edge.data.datasets import BadImages, PairedViews, collate_skipping_bad, write_bad_images
 from promptkd_edge.data.decode import read_rgb
 from promptkd_edge.data.listing import LabeledImages
 from promptkd_edge.data.sampling import EpochSampler
 from promptkd_edge.errors import PkdError
-from promptkd_edge.eval.accuracy import base_novel_note
+from promptkd_edge.eval.accuracy import base_classes, base_novel_note
+from promptkd_edge.formats.classes import read_class_names
+from promptkd_edge.formats.run import RunDir
 from promptkd_edge.models.class_vectors import compute_class_vectors
-from promptkd_edge.models.openclip import load_clip, tokenizer_digest
+from promptkd_edge.models.clip_tokenizer import tokenizer_digest
+from promptkd_edge.models.openclip import load_clip
 from promptkd_edge.models.teacher import (
     TEACHER_FILE,
     Teacher,
@@ -39,15 +40,15 @@ from promptkd_edge.models.teacher import (
     class_prompt,
     save_teacher,
 )
-from promptkd_edge.runtime.names import read_class_names
 from promptkd_edge.train.config import TeacherTuneConfig
 from promptkd_edge.train.distributed import autocast_dtype, resolve_precision, torch_device
+from promptkd_edge.train.metrics_log import MetricsLog, plot_loss
 from promptkd_edge.train.promptsrc import PromptAverage, consistency_losses, gpa_weights, text_target_templates
-from promptkd_edge.train.run_dir import MetricsLog, RunDir, plot_loss
 from promptkd_edge.train.schedule import Optimization
 from promptkd_edge.train.step_log import StepLog
-from promptkd_edge.utils.files import sha256_file, write_json
+from promptkd_edge.utils.files import fields_as_json, sha256_file, write_json
 from promptkd_edge.utils.progress import NullProgress, Progress, Update
+from promptkd_edge.utils.versions import recorded_versions
 
 
 @dataclass
@@ -65,11 +66,6 @@ class TeacherResult:
     shots_min: int = 0  # readable shots the classes trained on: fewest and most
     shots_max: int = 0
     short_classes: dict[str, int] = field(default_factory=dict)  # classes with fewer readable images than --shots
-
-
-def base_classes(n: int) -> int:
-    """The base split of the base-to-novel protocol: the first ceil(N/2) classes by class id."""
-    return math.ceil(n / 2)
 
 
 @dataclass
@@ -261,7 +257,7 @@ def _tune(cfg: TeacherTuneConfig, run: RunDir, device: torch.device, amp: torch.
                                          "steps_per_epoch": data.steps_per_epoch,
                                          "total_steps": cfg.epochs * data.steps_per_epoch,
                                          "text_checkpointing": checkpointing, "teacher": teacher.config.__dict__},
-                            "versions": {"promptkd_edge": __version__, "torch": torch.__version__}})
+                            "versions": recorded_versions("torch")})
 
     # 5. The loop.
     with MetricsLog(run.metrics) as metrics:
@@ -324,7 +320,7 @@ def _finish(run: RunDir, teacher: Teacher, average: PromptAverage | None, names:
                            bad_images_file=write_bad_images(run.path / "bad_images.txt", state.bad),
                            shots_min=min(per_class), shots_max=max(per_class),
                            short_classes={n: k for n, k in zip(train_names, per_class, strict=True) if k < shots})
-    write_json(run.summary, {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()})
+    write_json(run.summary, fields_as_json(result))
     progress.done()
     return result
 
@@ -392,5 +388,5 @@ def import_official_teacher(checkpoint: str | Path, base: str, names: list[str],
         compute_class_vectors(teacher.eval(), names).save(run.path)
         write_json(run.config, {"kind": "promptkd-edge/teacher-run", "imported_from": str(Path(checkpoint).resolve()),
                                 "checkpoint_sha256": sha256_file(checkpoint), "teacher": config.__dict__,
-                                "versions": {"promptkd_edge": __version__, "torch": torch.__version__}})
+                                "versions": recorded_versions("torch")})
         return run.path

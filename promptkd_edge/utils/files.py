@@ -89,6 +89,11 @@ def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def fields_as_json(record: Any) -> dict[str, Any]:
+    """A result record's fields as JSON values: what a run's summary.json and `--json` print (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(record).items()}
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any]:
     """Read a JSON object; a missing or broken file is a PkdError naming `what`."""
     path = Path(path)

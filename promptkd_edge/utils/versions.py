@@ -65,3 +65,11 @@ def package_version(module: str) -> str | None:
             with contextlib.suppress(Exception):
                 return importlib.metadata.version(dist)
     return _version_from_source(module)  # e.g. TensorRT from JetPack's apt packages: no dist-info
+
+
+def recorded_versions(*modules: str) -> dict[str, str | None]:
+    """What a run's config.json and a bundle's manifest record: this package's version, then each of `modules`'
+    (`package_version`: an imported module's own `__version__`, else its installed metadata)."""
+    from promptkd_edge import __version__
+
+    return {"promptkd_edge": __version__, **{m: package_version(m) for m in modules}}

@@ -1,17 +1,23 @@
-"""Class names as users give them, checked by one function wherever they enter (class-list files, ImageFolder
+"""The class list: `classes.json` (names, logit scale, the vectors file; a run's and a bundle's, one reader), and
+class names as users give them, checked by one function wherever they enter (class-list files, ImageFolder
 sub-folders, `--classes`, `Classifier.with_class_names`/`with_classes`, `ClassVectors`) and once more by the label
-writers (Triton's labels.txt, DeepStream's labels). No torch."""
+writers (Triton's labels.txt, DeepStream's labels). No torch, no numpy."""
 
 from __future__ import annotations
 
 import os
 import unicodedata
 from collections.abc import Collection, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.runtime.tokenizer import text_key
+from promptkd_edge.utils.clip_text import text_key
+from promptkd_edge.utils.files import read_json
 
+CLASSES_FILE = "classes.json"
+VECTORS_FILE = "class_vectors.safetensors"  # the tensor `class_vectors` [C, D] fp32; classes.json's default
 LINE_SEPARATORS = ("\u2028", "\u2029")  # str.splitlines() breaks on these too (and on \x85, \x1c-\x1e: all Cc)
 
 
@@ -58,7 +64,7 @@ def labels_text(names: Sequence[str], source: str, separator: str = "\n") -> str
 
 def name_key(name: str) -> Hashable:
     """What the teacher's tokenizer reads of a class name (underscores read as spaces, as in the sentence):
-    runtime.tokenizer.text_key, exact with ftfy and regex, a stand-in for case, Unicode form and spacing without."""
+    utils.clip_text.text_key, exact with ftfy and regex, a stand-in for case, Unicode form and spacing without."""
     return text_key(name.replace("_", " "))
 
 
@@ -139,3 +145,46 @@ def class_names_argument(value: str, option: str = "--classes") -> tuple[list[st
         notes.append(f"{option} {value!r} is read as class names (comma-separated); to read the file {value}, "
                      f"write {option} @{value}")
     return names, notes
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """classes.json: the class names in logit order, the teacher's logit scale, the file of the class vectors
+    (`class_vectors`, [C, D] fp32) and its sha256; `teacher` and `template` say where W came from (a bundle may ship
+    the names alone: `vectors_file` then names no file there). Other keys are kept (`extra`)."""
+
+    names: list[str]
+    logit_scale: float
+    teacher: str | None = None
+    template: str | None = None
+    vectors_file: str = VECTORS_FILE
+    vectors_sha256: str | None = None
+    dim: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> ClassList:
+        """The record of classes.json's content; one line naming what is missing or of the wrong type."""
+        names, scale = data.get("names"), data.get("logit_scale")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise PkdError(f"{source} has no list of class names ('names')")
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+            raise PkdError(f"{source} has no number 'logit_scale'")
+        vectors = data.get("vectors_file", VECTORS_FILE)
+        if not isinstance(vectors, str):
+            raise PkdError(f"{source} has vectors_file {vectors!r}, not a file name")
+        known = {"names", "logit_scale", "teacher", "template", "vectors_file", "vectors_sha256", "dim"}
+        return cls(list(names), float(scale), data.get("teacher"), data.get("template"), vectors,
+                   data.get("vectors_sha256"), data.get("dim"), {k: v for k, v in data.items() if k not in known})
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> ClassList:
+        """FOLDER/classes.json (a teacher run, a distillation run or a bundle)."""
+        path = Path(folder) / CLASSES_FILE
+        return cls.from_dict(read_json(path, "class list"), str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"names": self.names, "teacher": self.teacher, "template": self.template,
+                                "logit_scale": self.logit_scale, "dim": self.dim, "vectors_file": self.vectors_file,
+                                "vectors_sha256": self.vectors_sha256}
+        return {**data, **self.extra}

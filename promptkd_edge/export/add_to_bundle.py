@@ -1,20 +1,42 @@
-"""`pkd export BUNDLE`: what is added to a bundle that exists, on the machine that will run it."""
+"""`pkd export BUNDLE`: what is added to a bundle that exists, on the machine that will run it: a TensorRT plan,
+the bf16 gate, a Triton model repository entry, a DeepStream nvinfer config. Each is asked for by its own record."""
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 from promptkd_edge.errors import PkdError
-from promptkd_edge.export.bundle import ExportOptions, add_engine
+from promptkd_edge.export.options import ExportOptions
+from promptkd_edge.export.plan import add_engine
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 
-def extend_bundle(source: Path, options: ExportOptions, *, out: Path | None = None, triton: Path | None = None,
-                  triton_backend: str = "onnxruntime", triton_name: str | None = None, deepstream: Path | None = None,
-                  deepstream_mode: str = "primary", threshold: float = 0.0, max_batch: int | None = None,
-                  gie_id: int | None = None, operate_on_gie_id: int | None = None,
-                  progress: Progress | None = None) -> None:
+@dataclass(frozen=True)
+class TritonEntry:
+    """`--triton REPO`: the bundle's entry in a Triton model repository (export/triton.py)."""
+
+    repo: Path
+    backend: str = "onnxruntime"  # serves model.onnx (onnxruntime) or the bundle's plan (tensorrt)
+    name: str | None = None  # the model's name and folder (default: the bundle folder's name, '-' as '_')
+    max_batch: int | None = None  # config.pbtxt's max_batch_size (default 32; a plan's largest profile)
+
+
+@dataclass(frozen=True)
+class DeepStreamConfig:
+    """`--deepstream DIR`: a gst-nvinfer config, its labels and the plan (export/deepstream.py)."""
+
+    folder: Path
+    mode: str = "primary"  # primary (whole frames) or secondary (objects of an upstream detector)
+    threshold: float = 0.0  # classifier-threshold, on the logits
+    batch_size: int | None = None  # nvinfer batch-size (default: the plan's first profile's max)
+    gie_id: int | None = None
+    operate_on_gie_id: int | None = None
+
+
+def extend_bundle(source: Path, options: ExportOptions, *, out: Path | None = None, triton: TritonEntry | None = None,
+                  deepstream: DeepStreamConfig | None = None, progress: Progress | None = None) -> None:
     """`pkd export BUNDLE`: add a TensorRT plan (options.trt), the bf16 gate (options.precision "bf16"), a Triton
     model repository entry and/or a DeepStream config to the bundle `source`."""
     progress = progress or NullProgress()
@@ -33,8 +55,7 @@ def extend_bundle(source: Path, options: ExportOptions, *, out: Path | None = No
     if out is not None:
         raise PkdError("--out is for new bundles; with a bundle as SOURCE the plan is added to it")
     if trt:
-        _refuse_profiles_before_the_build(options, triton_backend if triton is not None else None,
-                                          deepstream is not None, max_batch)
+        _refuse_profiles_before_the_build(options, triton, deepstream)
         add_engine(source, options, progress=progress)
     if add_bf16:
         from promptkd_edge.export.cpu_gate import add_bf16_gate
@@ -49,28 +70,29 @@ def extend_bundle(source: Path, options: ExportOptions, *, out: Path | None = No
     if triton is not None:
         from promptkd_edge.export.triton import write_repository
 
-        folder = write_repository(source, triton, name=triton_name, backend=triton_backend, max_batch=max_batch,
-                                  overwrite=options.overwrite, note=progress.note)
+        folder = write_repository(source, triton.repo, name=triton.name, backend=triton.backend,
+                                  max_batch=triton.max_batch, overwrite=options.overwrite, note=progress.note)
         progress.note(f"Triton model repository entry: {folder}")
     if deepstream is not None:
         from promptkd_edge.export.deepstream import write_config
 
-        config = write_config(source, deepstream, max_batch=max_batch, mode=deepstream_mode, threshold=threshold,
-                              gie_id=gie_id, operate_on_gie_id=operate_on_gie_id, data=options.data,
+        config = write_config(source, deepstream.folder, max_batch=deepstream.batch_size, mode=deepstream.mode,
+                              threshold=deepstream.threshold, gie_id=deepstream.gie_id,
+                              operate_on_gie_id=deepstream.operate_on_gie_id, data=options.data,
                               check_images=options.parity_images, seed=options.seed)
         progress.note(f"DeepStream nvinfer config: {config} (config-file-path of gst-nvinfer)")
 
 
-def _refuse_profiles_before_the_build(options: ExportOptions, triton_backend: str | None, deepstream: bool,
-                                      max_batch: int | None) -> None:
+def _refuse_profiles_before_the_build(options: ExportOptions, triton: TritonEntry | None,
+                                      deepstream: DeepStreamConfig | None) -> None:
     """What the Triton entry or DeepStream config asked for with --trt would refuse of the plan's profiles (batches
     no profile takes; nvinfer's first profile not starting at 1), said before the build takes minutes."""
     profiles = [list(p) for p in options.trt.profiles]
-    if triton_backend == "tensorrt":
+    if triton is not None and triton.backend == "tensorrt":
         from promptkd_edge.export.triton import plan_batch_limit
 
-        plan_batch_limit(profiles, max_batch)
-    if deepstream:
+        plan_batch_limit(profiles, triton.max_batch)
+    if deepstream is not None:
         from promptkd_edge.export.deepstream import batch_size_for
 
-        batch_size_for(profiles, max_batch)
+        batch_size_for(profiles, deepstream.batch_size)

@@ -1,40 +1,14 @@
-"""The run directory of `pkd distill`: what it holds, the per-step metrics log and the loss curve."""
+"""A run's per-step metrics log (metrics.jsonl) and its loss curve (loss.png); the run folder's layout is
+formats/run.py."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from promptkd_edge.errors import PkdError
 from promptkd_edge.utils.files import atomic_path
 from promptkd_edge.utils.text import visible
-
-
-class RunDir:
-    """RUN/config.json, classes.json + class_vectors.safetensors, student.safetensors, metrics.jsonl, loss.png,
-    summary.json and checkpoints/."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.config = self.path / "config.json"
-        self.student = self.path / "student.safetensors"
-        self.metrics = self.path / "metrics.jsonl"
-        self.plot = self.path / "loss.png"
-        self.summary = self.path / "summary.json"
-        self.checkpoints = self.path / "checkpoints"
-
-    def check_new(self, resumable: bool = True) -> None:
-        """Refuse a folder that holds anything: a new run starts in a new or empty folder."""
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-            hint = f"pass --resume {self.path} to continue it, or choose" if resumable else "choose"
-            raise PkdError(f"{self.path} already exists and is not empty; {hint} another --out")
-
-    def check_existing(self) -> None:
-        """Refuse to resume a folder that holds no run."""
-        if not self.config.is_file():
-            raise PkdError(f"{self.path} is not a distillation run (no config.json)")
 
 
 class MetricsLog:
