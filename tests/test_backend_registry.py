@@ -52,7 +52,7 @@ def test_pkd_bench_help_lists_every_bench_row():
         first, *alternatives = word.split("|")
         stem = "-".join(first.split("-")[:2])
         names += [first, *(f"{stem}-{alt}" for alt in alternatives)]
-    assert names == list(bench_backends.BACKENDS)
+    assert names == list(bench_backends.rows())
 
 
 def test_pkd_doctor_lists_every_kind_in_registry_order():
@@ -193,3 +193,20 @@ def test_the_tensorrt_kind_hands_the_manifests_entries_to_the_backend(monkeypatc
     assert tb.plan_field(entries[0], "precision") == "fp16" == tb.plan_field({"precision": "fp16"}, "precision")
     with pytest.raises(PkdError, match=r"^engines/b\.plan was built for TensorRT 10\.3\.0 on sm_90 \(H200\)"):
         KINDS["tensorrt"].load(SimpleNamespace(engines=entries[1:2], path=Path("b")), LoadOptions())
+
+
+def test_a_new_kind_is_benched_without_a_runner_of_its_own(monkeypatch, tiny_bundle):
+    """`pkd bench BUNDLE`: a kind registered in the runtime gets a row (its name) and runs through its loader."""
+    from promptkd_edge.bench.harness import BenchConfig, run_bench
+
+    kind = Kind("scaled", "Scaled", "numpy test backend", ("cpu",), "none", ("numpy",), "pip install numpy",
+                lambda bundle, opts: _Scaled(len(bundle.class_names), 3.0))
+    monkeypatch.setattr(backends, "KINDS", {**KINDS, "scaled": kind})
+    assert "scaled" in [s.name for s in bench_backends.parse_backends("all")]
+    assert "scaled" in bench_backends.rows_help()  # what the help is built from when the module loads
+    cfg = BenchConfig(target=str(tiny_bundle), backends=bench_backends.parse_backends("scaled,onnxruntime-cpu-fp32"),
+                      batch_sizes=[1], warmup=1, iterations=2, min_seconds=0.0, max_seconds=2.0, device="cpu",
+                      threads=1, end_to_end=False, command="test")
+    rows = {r["backend"]: r for r in run_bench(cfg)["results"]}
+    assert rows["scaled"]["device"] == "cpu" and rows["scaled"]["precision"] == "fp32"  # the bundle's graph
+    assert "onnxruntime-cpu-fp32" in rows

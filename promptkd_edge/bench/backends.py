@@ -51,11 +51,20 @@ BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
 DEVICE_RESIDENT = ("onnxruntime-cuda-fp32", "onnxruntime-tensorrt-fp16", "tensorrt")  # compute: batch on the GPU
 
 
+def rows() -> dict[str, BackendSpec]:
+    """The rows `pkd bench` times: BACKENDS, then a row for each runtime backend kind that has none
+    (runtime/backends.py KINDS: a kind registered there is benched on bundles through its own loader)."""
+    from promptkd_edge.runtime.backends import KINDS
+
+    covered = {s.kind for s in BACKENDS.values()}
+    return {**BACKENDS, **{k: BackendSpec(k, k, "bundle") for k in KINDS if k not in covered}}
+
+
 def rows_help() -> str:
     """The rows `pkd bench --backends` takes, for its help: names that differ only in their last words grouped
     (torch-eager-fp32|fp16|bf16), in table order."""
     groups: dict[str, list[str]] = {}
-    for name in BACKENDS:
+    for name in rows():
         head, _, tail = name.partition("-")
         head2, _, tail2 = tail.partition("-")
         key, rest = (f"{head}-{head2}", tail2) if tail2 else (name, "")
@@ -66,13 +75,14 @@ def rows_help() -> str:
 
 def parse_backends(text: str) -> list[BackendSpec]:
     """'all', or a comma list of names (unknown names are an error naming the known ones)."""
+    known = rows()
     if text.strip() == "all":
-        return list(BACKENDS.values())
+        return list(known.values())
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BACKENDS]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise PkdError(f"unknown backend {', '.join(unknown) or '(none)'}; choose from all, {', '.join(BACKENDS)}")
-    return [BACKENDS[n] for n in names]
+        raise PkdError(f"unknown backend {', '.join(unknown) or '(none)'}; choose from all, {', '.join(known)}")
+    return [known[n] for n in names]
 
 
 def prepare_artifacts(spec: BackendSpec, model: BenchModel) -> None:
@@ -119,7 +129,7 @@ def load(spec: BackendSpec, model: BenchModel, *, device: str, threads: int | No
     if spec.cuda_only and not on_cuda:
         raise Unavailable("needs a CUDA GPU" + ("" if cuda_available() else " (torch.cuda.is_available() is False)")
                           + "; run with --device cuda on a GPU machine")
-    return RUNNERS[spec.kind](spec, model, device, threads)
+    return RUNNERS.get(spec.kind, KindRunner)(spec, model, device, threads)
 
 
 class TorchRunner(Runner):
@@ -265,6 +275,27 @@ class AutoRunner(_AppBackendRunner):
         self.description = f"auto: {clf.description}" + (f"; {clf.choice.reason}" if clf.choice is not None else "")
 
 
+class KindRunner(_AppBackendRunner):
+    """A runtime backend kind without a runner of its own: the bundle loaded through the registry's loader."""
+
+    def __init__(self, spec: BackendSpec, model: BenchModel, device: str, threads: int | None):
+        from promptkd_edge.runtime.backends import KINDS, LoadOptions
+        from promptkd_edge.runtime.bundle import open_bundle
+
+        kind = KINDS[spec.kind]
+        if model.bundle is None:
+            raise Unavailable(f"{kind.label} runs bundles: bench a bundle")
+        if (why := kind.missing()) is not None:
+            raise Unavailable(why)
+        try:
+            bundle = open_bundle(model.bundle)
+            self._backend = kind.load(bundle, LoadOptions(threads=threads))
+        except PkdError as e:
+            raise Unavailable(str(e)) from None
+        self.name, self.device, self.description = spec.name, self._backend.device, self._backend.description
+        self.precision = self._backend.precision or bundle.model.precision
+
+
 class TensorRTRunner(_AppBackendRunner):
     """A plan of the bundle built for this TensorRT and GPU, else one built here (fp16, profile 1..max batch)."""
 
@@ -318,7 +349,7 @@ def _build_plan(model: BenchModel, max_batch: int) -> tuple[dict, Any]:
     return record, src.parent / record["file"]
 
 
-# one runner per runtime backend kind (runtime/backends.py KINDS) and for "auto" (tests/test_backend_registry.py)
+# the runners of the rows of BACKENDS, by kind; a kind registered later runs in KindRunner
 RUNNERS: dict[str, Callable[[BackendSpec, BenchModel, str, int | None], Runner]] = {
     "torch": TorchRunner, "onnxruntime": OrtRunner, "openvino": OpenVinoRunner, "tensorrt": TensorRTRunner,
     "auto": AutoRunner}

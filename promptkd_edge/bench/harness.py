@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from promptkd_edge.bench.backends import (
-    BACKENDS,
     DEVICE_RESIDENT,
     BackendSpec,
     Runner,
     load,
     prepare_artifacts,
+    rows,
 )
 from promptkd_edge.bench.record import BenchReport, Environment, ResultRow
 from promptkd_edge.bench.targets import BenchModel, Unavailable, default_teacher, resolve
@@ -90,7 +90,7 @@ def measure(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport:
     device = resolve_device(cfg.device)
     teacher = (cfg.teacher or default_teacher(_kind(cfg.target), cfg.target)) if cfg.compare_teacher else None
     kind, models = resolve(cfg.target, classes=cfg.classes, teacher=teacher)
-    backends = cfg.backends or list(BACKENDS.values())
+    backends = cfg.backends or list(rows().values())
     batches = sorted(set(cfg.batch_sizes))
     report = BenchReport(
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), command=cfg.command,

@@ -305,10 +305,7 @@ def run_frames(run: Runner, images: Sequence[Any], sizes: Sequence[tuple[int, in
 def figures(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], target: str, source: str,
             sizes: Sequence[tuple[int, int]]) -> dict[str, Any]:
     """Parity figures of a frame graph's outputs against open_clip's transform's, under THRESHOLDS."""
-    out = gate.compare(reference, got, "fp32", target, source)
-    out["thresholds"] = THRESHOLDS
-    out["failures"] = gate.failures(out)
-    out["passed"] = not out["failures"]
+    out = gate.compare(reference, got, "fp32", target, source, thresholds=THRESHOLDS)
     out["frame_sizes"] = [list(s) for s in sizes]
     return out
 

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from promptkd_edge.export import parity as gate
+from promptkd_edge.export.gate_run import run_for_gate
 from promptkd_edge.export.precision import QUANTIZED_OPS
-from promptkd_edge.runtime.onnxruntime_backend import session_options
+from promptkd_edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from promptkd_edge.utils.progress import NullProgress, Progress
 
 MAX_FLOAT_FRACTION = 0.25  # of the quantized nodes: past that INT8 has lost what it was for
@@ -84,36 +85,23 @@ class _Runner:
     def __init__(self, inputs: np.ndarray, outputs: Callable[[Outputs], Outputs], extra: dict[str, str] | None):
         self.inputs, self.outputs, self.extra = inputs, outputs, extra or {}
 
-    def load(self, path: str | os.PathLike):
-        """The graph at `path` with the `extra` tensors among its outputs."""
+    @staticmethod
+    def load(path: str | os.PathLike):
         import onnx
 
-        model = onnx.load(str(path))
-        model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in self.extra.values())
-        return model
+        return onnx.load(str(path))
 
     def run(self, model, count: int | None = None) -> Outputs:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(model.SerializeToString(), session_options(precision="int8"),
-                                       providers=["CPUExecutionProvider"])
-        renames = {tensor: name for name, tensor in self.extra.items()}
-        names = [renames.get(o.name, o.name) for o in session.get_outputs()]
-        feed, x = session.get_inputs()[0].name, self.inputs[:count]
-        outs: dict[str, list[np.ndarray]] = {}
-        for i in range(0, len(x), BATCH):
-            for name, value in zip(names, session.run(None, {feed: x[i:i + BATCH]}), strict=True):
-                outs.setdefault(name, []).append(value)
-        return self.outputs({k: np.concatenate(v) for k, v in outs.items()})
+        backend = OnnxRuntimeBackend(model, providers="cpu", precision="int8", extra_outputs=self.extra)
+        try:
+            return self.outputs(run_for_gate(backend, self.inputs[:count], BATCH, NullProgress(), "int8 fallback"))
+        finally:
+            backend.close()
 
 
 def _figures(reference: Outputs, got: Outputs) -> dict[str, Any]:
     """The gate's figures, with its pass/fail judged against `target_thresholds()`."""
-    figures = gate.compare(reference, got, "int8", "int8 fallback", "calibration images")
-    figures["thresholds"] = target_thresholds()
-    figures["failures"] = gate.failures(figures)
-    figures["passed"] = not figures["failures"]
-    return figures
+    return gate.compare(reference, got, "int8", "int8 fallback", "calibration images", thresholds=target_thresholds())
 
 
 def _summary(figures: dict[str, Any]) -> dict[str, Any]:

@@ -88,8 +88,9 @@ def collect_images(data: str | os.PathLike | None, parity: int, calibration: int
 
 
 def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], precision: str,
-            target: str, source: str) -> dict[str, Any]:
-    """Parity figures of `candidate` against `reference` (both with 'logits', and 'embeddings' when known)."""
+            target: str, source: str, *, thresholds: dict[str, float] | None = None) -> dict[str, Any]:
+    """Parity figures of `candidate` against `reference` (both with 'logits', and 'embeddings' when known), passed
+    or failed under `thresholds` (default: THRESHOLDS[precision])."""
     if precision not in THRESHOLDS:
         raise PkdError(f"no parity thresholds for precision '{precision}'")
     ref, got = reference["logits"].astype(np.float64), candidate["logits"].astype(np.float64)
@@ -114,7 +115,7 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
         "top1_agreement": float(1.0 - flips.mean()),
         "near_tie_flips": int(near_tie.sum()),
         "top1_agreement_beyond_ties": float(1.0 - (flips & ~near_tie).mean()),
-        "thresholds": THRESHOLDS[precision],
+        "thresholds": THRESHOLDS[precision] if thresholds is None else thresholds,
     }
     figures["failures"] = failures(figures)
     figures["passed"] = not figures["failures"]

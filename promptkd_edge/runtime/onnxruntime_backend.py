@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,28 +56,37 @@ def _device_id(requested: list) -> int:
     return 0
 
 
+def _with_outputs(model: str | os.PathLike | Any, extra: dict[str, str] | None) -> bytes:
+    """The serialized graph (a file's or one in memory, left as it is) with the `extra` tensors among its outputs."""
+    import onnx
+
+    if isinstance(model, str | os.PathLike):
+        model = onnx.load(str(model))
+    elif extra:
+        model, original = onnx.ModelProto(), model
+        model.CopyFrom(original)  # a copy: the caller's graph stays as it is
+    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in (extra or {}).values())
+    return model.SerializeToString()
+
+
 class OnnxRuntimeBackend(Backend):
     """Runs an ONNX file; `fell_back_to_cpu` is True when a GPU provider was asked for but CPU runs the model."""
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: str | os.PathLike, *, providers: str | list = "auto",
+    def __init__(self, model_path: str | os.PathLike | Any, *, providers: str | list = "auto",
                  threads: int | None = None, precision: str = "fp32", extra_outputs: dict[str, str] | None = None,
                  io_binding: bool | None = None):
-        """`extra_outputs` {name: tensor} also returns intermediate tensors (the parity gate reads the
-        embeddings inside a logits-only graph this way). `io_binding` defaults to on for GPU providers."""
+        """`model_path`: an ONNX file, or a graph in memory (an onnx.ModelProto: the export's candidate graphs).
+        `extra_outputs` {name: tensor} also returns intermediate tensors (the parity gate reads the embeddings
+        inside a logits-only graph this way). `io_binding` defaults to on for GPU providers."""
         import onnxruntime as ort
 
-        self.path, self.precision = Path(model_path), precision
+        in_memory = not isinstance(model_path, str | os.PathLike)
+        self.path, self.precision = Path("<graph in memory>" if in_memory else model_path), precision
         requested = resolve_providers(providers)
-        source = str(self.path)
         self._renames = {tensor: name for name, tensor in (extra_outputs or {}).items()}
-        if extra_outputs:
-            import onnx
-
-            model = onnx.load(source)
-            model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in extra_outputs.values())
-            source = model.SerializeToString()
+        source = _with_outputs(model_path, extra_outputs) if in_memory or extra_outputs else str(self.path)
         try:
             self.session = ort.InferenceSession(source, session_options(threads, precision=precision),
                                                 providers=requested)
