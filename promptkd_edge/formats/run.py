@@ -127,7 +127,7 @@ def run_state(run: RunDir) -> dict[str, Any]:
         summary = read_json(run.summary, "run summary")
         return {"complete": True, "epoch": summary.get("epochs"), "step": summary.get("steps"), "epochs": epochs}
     state: dict[str, Any] = {"complete": False, "epochs": epochs, "checkpoint": None}
-    latest = _read_or_empty(run.checkpoints / "latest.json", "checkpoint pointer").get("checkpoint")
+    latest = _read_or_empty(run.checkpoints / LATEST, "checkpoint pointer").get("checkpoint")
     if isinstance(latest, str) and latest and "/" not in latest and latest not in (".", ".."):
         meta = _read_or_empty(run.checkpoints / latest / "state.json", "checkpoint")
         state.update(checkpoint=latest, **{k: meta.get(k) for k in ("epoch", "step", "step_in_epoch")})
