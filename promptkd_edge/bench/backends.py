@@ -304,7 +304,7 @@ class TensorRTRunner(_AppBackendRunner):
     def __init__(self, spec: BackendSpec, model: BenchModel, device: str, threads: int | None):
         from promptkd_edge.runtime.tensorrt_backend import (
             TensorRTBackend,
-            check_plan_compatible,
+            compatible_plan,
             gpu_info,
             import_tensorrt,
             plan_field,
@@ -315,15 +315,10 @@ class TensorRTRunner(_AppBackendRunner):
             gpu = gpu_info()
         except PkdError as e:
             raise Unavailable(str(e)) from None
-        record, plan = None, None
-        for r in model.engines:
-            try:
-                check_plan_compatible(r, trt, gpu)
-            except PkdError:
-                continue
-            record, plan = r, model.bundle / plan_field(r, "file")
-            break
-        if record is None:
+        record, _ = compatible_plan(model.engines, trt, gpu)
+        if record is not None:
+            plan = model.bundle / plan_field(record, "file")
+        else:
             record, plan = _build_plan(model, self.max_batch)
         self._backend = TensorRTBackend(plan, record)
         self.name, self.precision, self.device = "tensorrt", plan_field(record, "precision"), "cuda"

@@ -131,7 +131,7 @@ _DistillRandomInit = Annotated[bool, typer.Option(
     "--random-init", rich_help_panel=MODELS,
     help="Allow a teacher or student architecture without weights (random initialisation; for tests and dry runs).")]
 _DistillLogEvery = Annotated[int, typer.Option(rich_help_panel=TRAINING, help="Flush metrics every N steps.")]
-_DistillAsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+_ResultJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
 @app.command(epilog=DISTILL_EXAMPLES)
@@ -155,7 +155,7 @@ def distill(
     shard_epoch_size: _DistillShardEpochSize = _D.shard_epoch_size,
     checkpoint_every: _DistillCheckpointEvery = _D.checkpoint_every,
     keep_checkpoints: _DistillKeepCheckpoints = _D.keep_checkpoints, random_init: _DistillRandomInit = _D.random_init,
-    log_every: _DistillLogEvery = _D.log_every, as_json: _DistillAsJson = False,
+    log_every: _DistillLogEvery = _D.log_every, as_json: _ResultJson = False,
 ) -> None:
     """Stage II: distill the teacher into a prompted student on unlabeled images (PromptKD)."""
     require("distill", "train")
@@ -307,7 +307,6 @@ _TeacherRandomInit = Annotated[bool, typer.Option(
     help="Allow a teacher architecture without weights (random initialisation; for tests and dry runs).")]
 _TeacherFromOfficial = Annotated[Path | None, typer.Option(
     rich_help_panel="Import", help="Convert an official PromptKD/PromptSRC teacher checkpoint instead of training.")]
-_TeacherAsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
 @app.command(epilog=TEACHER_EXAMPLES)
@@ -328,7 +327,7 @@ def teacher(
     text_chunk: _TeacherTextChunk = _T.text_chunk, seed: _TeacherSeed = _T.seed, device: _TeacherDevice = _T.device,
     precision: _TeacherPrecision = _T.precision, workers: _TeacherWorkers = _T.workers,
     allow_pickle: _TeacherAllowPickle = _T.allow_pickle, random_init: _TeacherRandomInit = _T.random_init,
-    from_official: _TeacherFromOfficial = None, as_json: _TeacherAsJson = False,
+    from_official: _TeacherFromOfficial = None, as_json: _ResultJson = False,
 ) -> None:
     """Stage I: prompt-tune the CLIP teacher on a few labeled shots (PromptSRC), or import an official one."""
     require("teacher", "train")

@@ -98,27 +98,15 @@ class Kind:
 # ---------------------------------------------------------------------------------------------------- TensorRT
 def _tensorrt(bundle: Bundle, opts: LoadOptions) -> Backend:
     """The TensorRT backend on the first plan of the bundle built for this TensorRT version and GPU."""
-    from promptkd_edge.runtime.tensorrt_backend import (
-        TensorRTBackend,
-        check_plan_compatible,
-        gpu_info,
-        import_tensorrt,
-    )
+    from promptkd_edge.runtime.tensorrt_backend import TensorRTBackend, compatible_plan, gpu_info, import_tensorrt
 
     engines = [e for e in bundle.engines if e.parity_passed]
     if not engines:
         raise PkdError(f"bundle {bundle.path} holds no TensorRT plan; build one with `pkd export {bundle.path} --trt`")
-    trt = import_tensorrt()
-    gpu = gpu_info(opts.device_id)
-    errors = []
-    for engine in engines:
-        try:
-            check_plan_compatible(engine, trt, gpu)
-        except PkdError as e:
-            errors.append(str(e))
-            continue
-        return TensorRTBackend(bundle.path / engine.file, engine, device_id=opts.device_id)
-    raise PkdError(errors[0])
+    engine, reasons = compatible_plan(engines, import_tensorrt(), gpu_info(opts.device_id))
+    if engine is None:
+        raise PkdError(reasons[0])
+    return TensorRTBackend(bundle.path / engine.file, engine, device_id=opts.device_id)
 
 
 def _tensorrt_auto(bundle: Bundle, opts: LoadOptions) -> Backend | None:

@@ -196,6 +196,19 @@ def check_plan_compatible(record: PlanRecord, trt, gpu: dict[str, str]) -> None:
         f"sm_{_sm(gpu['compute_capability'])} ({gpu['name']}): {REBUILD_HINT}")
 
 
+
+def compatible_plan(records: list[PlanRecord], trt, gpu: dict[str, str]) -> tuple[PlanRecord | None, list[str]]:
+    """(the first of `records` built for this TensorRT and GPU, or None; why each one before it does not load)."""
+    reasons = []
+    for record in records:
+        try:
+            check_plan_compatible(record, trt, gpu)
+        except PkdError as e:
+            reasons.append(str(e))
+            continue
+        return record, reasons
+    return None, reasons
+
 NUMPY_DTYPES = (("float32", np.float32), ("float16", np.float16), ("int8", np.int8), ("int32", np.int32),
                 ("int64", np.int64), ("uint8", np.uint8), ("bool", np.bool_))  # TensorRT's module-level dtypes
 
